@@ -1,0 +1,44 @@
+# finetune-recipe. `make help` lists the targets.
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(abspath $(VENV))/bin
+# Stage commands in dvc.yaml say `python`: make it the project's interpreter.
+export PATH := $(BIN):$(PATH)
+PORT ?= 5000
+
+.DEFAULT_GOAL := help
+.PHONY: help setup repro test test-fast params ui bench clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed ## create .venv and install the project (torch, dvc, mlflow, ...)
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install -e '.[test]'
+	touch $@
+
+repro: setup ## run the whole recipe: dvc repro
+	dvc repro
+
+test: setup ## run the whole test suite, the end-to-end DVC runs included
+	python -m pytest
+
+test-fast: setup ## the unit tests only (skips tests marked slow)
+	python -m pytest -m "not slow"
+
+params: setup ## recompose params.yaml from conf/ (as dvc exp run -S does)
+	python -m recipe.compose
+
+ui: setup ## open the MLflow UI on 127.0.0.1 (PORT=5000 by default)
+	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(PORT)
+
+bench: setup ## run the benchmarks in bench/ (prints ratios)
+	python bench/audit_throughput.py
+	python bench/neardup_scaling.py
+
+clean: ## remove outputs and the local MLflow store (keeps .venv and the DVC cache)
+	rm -rf outputs mlflow.db mlartifacts

@@ -1,0 +1,1 @@
+"""Data sources, image decoding, and (later) loaders."""

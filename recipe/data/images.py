@@ -1,0 +1,132 @@
+"""Opening images safely, and decoding them into the canonical form the pipeline uses.
+
+Contract:
+- :func:`inspect_image` reads one file and returns what the audit records (format, mode, size,
+  EXIF orientation, hashes, channel sums) or the issue that makes it unusable. It refuses a
+  decompression bomb from the header alone, before any pixel is decoded.
+- :func:`load_image` decodes a valid file into 8-bit ``L`` or ``RGB``, whatever it was: EXIF
+  rotation applied, CMYK and palette converted, alpha composited on white, 16-bit scaled.
+"""
+from __future__ import annotations
+
+import hashlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+EXIF_ORIENTATION = 0x0112
+_HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
+
+
+class ImageRefused(Exception):
+    """The file is not a usable image; ``issue`` names why (a manifest issue name)."""
+
+    def __init__(self, issue: str, detail: str = ""):
+        super().__init__(f"{issue}: {detail}" if detail else issue)
+        self.issue = issue
+
+
+@dataclass
+class ImageInfo:
+    bytes: int
+    sha256: str
+    format: str = ""
+    mode: str = ""
+    width: int = 0
+    height: int = 0
+    exif_orientation: int = 0
+    phash: str = ""  # 16 hex digits: the 64-bit DCT hash of the canonical image
+    issue: str = ""  # empty when usable
+    detail: str = ""
+    # channel sums over pixels scaled to [0, 1], on the canonical RGB image reduced for speed
+    pixels: int = 0
+    channel_sum: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    channel_sumsq: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+def open_checked(path: Path, max_pixels: int) -> Image.Image:
+    """Open lazily and check the header; raise :class:`ImageRefused` on any problem."""
+    try:
+        with warnings.catch_warnings():
+            # Our own max_pixels check below decides; Pillow still raises past twice its limit.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        if isinstance(exc, UnidentifiedImageError):
+            raise ImageRefused("not_image", "Pillow cannot identify it") from None
+        raise ImageRefused("decompression_bomb", str(exc)) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageRefused("not_image", str(exc)) from None
+    w, h = im.size
+    if w * h > max_pixels:
+        im.close()
+        raise ImageRefused("decompression_bomb", f"{w}x{h} = {w * h} pixels > max_pixels {max_pixels}")
+    if w == 0 or h == 0:
+        im.close()
+        raise ImageRefused("not_image", f"empty size {w}x{h}")
+    return im
+
+
+def to_canonical(im: Image.Image) -> Image.Image:
+    """8-bit L or RGB, upright. Decodes the pixels (``im`` must have passed :func:`open_checked`)."""
+    im = ImageOps.exif_transpose(im)
+    if im.mode in _HIGH_BIT_MODES:
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        if im.mode == "F":
+            top = max(float(arr.max()), 1.0)
+        return Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if im.mode in ("1", "L"):
+        return im.convert("L")
+    if im.mode == "P":
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")  # RGB, CMYK, YCbCr, LAB, HSV
+
+
+def load_image(path: Path, max_pixels: int = Image.MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode a file into the canonical 8-bit L or RGB image."""
+    with open_checked(Path(path), max_pixels) as im:
+        return to_canonical(im)
+
+
+def inspect_image(path: Path, *, max_pixels: int, stats_max_side: int) -> ImageInfo:
+    import imagehash
+
+    data = Path(path).read_bytes()
+    info = ImageInfo(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    if not data:
+        info.issue = "zero_byte"
+        return info
+    try:
+        im = open_checked(Path(path), max_pixels)
+    except ImageRefused as exc:
+        info.issue, info.detail = exc.issue, str(exc)
+        return info
+    with im:
+        info.format, info.mode = im.format or "", im.mode
+        info.width, info.height = im.size
+        try:
+            info.exif_orientation = int(im.getexif().get(EXIF_ORIENTATION, 0) or 0)
+        except Exception:  # a broken EXIF block is not a broken image
+            info.exif_orientation = 0
+        try:
+            im.load()  # full decode: truncated or corrupt data fails here
+            canon = to_canonical(im)
+        except Exception as exc:
+            info.issue, info.detail = "truncated_or_corrupt", f"{type(exc).__name__}: {exc}"
+            return info
+    info.phash = str(imagehash.phash(canon))
+    small = canon.convert("RGB")
+    small.thumbnail((stats_max_side, stats_max_side))
+    arr = np.asarray(small, dtype=np.float64).reshape(-1, 3) / 255.0
+    info.pixels = arr.shape[0]
+    info.channel_sum = tuple(arr.sum(axis=0).tolist())
+    info.channel_sumsq = tuple((arr**2).sum(axis=0).tolist())
+    return info

@@ -1,0 +1,84 @@
+"""Pictures a person would rather look at than read. Matplotlib on the Agg backend (no display).
+
+Each function takes plain data and a path, writes one PNG and returns the path.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from recipe.data.images import load_image  # noqa: E402
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def class_histogram(counts: dict[str, int], path: Path, title: str = "Usable images per class") -> Path:
+    labels = list(counts)
+    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(labels) + 2), 3.5))
+    bars = ax.bar(range(len(labels)), [counts[k] for k in labels], color="tab:blue")
+    ax.bar_label(bars)
+    ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 4 else 0, ha="right" if len(labels) > 4 else "center")
+    ax.set_ylabel("images")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def size_scatter(widths: Sequence[float], heights: Sequence[float], labels: Sequence[str], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(0)  # jitter so identical sizes show as a cloud, not one dot
+    for label in sorted(set(labels)):
+        sel = labels == label
+        jitter = rng.normal(0, 0.5, size=(2, int(sel.sum())))
+        ax.scatter(np.asarray(widths)[sel] + jitter[0], np.asarray(heights)[sel] + jitter[1], s=8, alpha=0.5, label=label)
+    ax.set_xlabel("width (px)")
+    ax.set_ylabel("height (px)")
+    ax.set_title("Image sizes (usable images)")
+    ax.legend(fontsize=7, markerscale=2)
+    return _save(fig, path)
+
+
+def image_grid(rows: list[tuple[str, list[tuple[Path, str]]]], path: Path, tile: float = 1.6) -> Path:
+    """One row per (row title, [(image file, caption), ...]); images decoded as the pipeline does."""
+    ncols = max((len(items) for _, items in rows), default=1) or 1
+    fig, axes = plt.subplots(len(rows) or 1, ncols, figsize=(tile * ncols + 1, 1.25 * tile * max(len(rows), 1) + 0.3), squeeze=False)
+    for r, (title, items) in enumerate(rows):
+        for c in range(ncols):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c >= len(items):
+                continue
+            file, caption = items[c]
+            im = load_image(file)
+            ax.imshow(np.asarray(im), cmap="gray" if im.mode == "L" else None, vmin=0, vmax=255)
+            ax.set_title(caption, fontsize=6)
+        axes[r][0].text(-0.08, 0.5, title, transform=axes[r][0].transAxes, ha="right", va="center", fontsize=8)
+    return _save(fig, path)
+
+
+def split_counts(counts: dict[str, dict[str, int]], path: Path) -> Path:
+    """Grouped bars: images per class in each split."""
+    splits = list(counts)
+    labels = sorted({k for c in counts.values() for k in c})
+    width = 0.8 / max(len(splits), 1)
+    fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(labels) + 2), 3.5))
+    for i, s in enumerate(splits):
+        bars = ax.bar(np.arange(len(labels)) + i * width, [counts[s].get(k, 0) for k in labels], width, label=s)
+        ax.bar_label(bars, fontsize=7)
+    ax.set_xticks(np.arange(len(labels)) + width * (len(splits) - 1) / 2, labels)
+    ax.set_ylabel("images")
+    ax.set_title("Images per class and split")
+    ax.legend()
+    return _save(fig, path)

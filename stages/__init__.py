@@ -1,0 +1,1 @@
+"""DVC stage entry points: ``python -m stages.<name>``. Wiring only; the work is in recipe/."""

@@ -1,0 +1,34 @@
+"""What every stage script shares: argument parsing, one-line errors, JSON output."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+from recipe.errors import RecipeError
+
+
+def run(main: Callable[[argparse.Namespace], object], *paths: str) -> None:
+    """Parse ``--<path>`` options (their values come from dvc.yaml), run ``main``.
+
+    A :class:`RecipeError` (bad config, unusable data) ends the stage with its one-line message
+    on stderr and exit code 2, not a traceback.
+    """
+    parser = argparse.ArgumentParser()
+    for name in paths:
+        parser.add_argument(f"--{name}", type=Path, required=True)
+    args = parser.parse_args()
+    try:
+        main(args)
+    except RecipeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def write_json(path: Path, data: object) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+    return path
