@@ -73,7 +73,9 @@ def audit(
     for k, issue in enumerate(m["issue"]):
         if issue:
             issues[k].append(issue)
-    readable = np.array([not any(i in UNREADABLE for i in row) for row in issues])
+    unreadable = np.array([any(i in UNREADABLE for i in row) for row in issues], dtype=bool)
+    # An entry ingest did not copy (e.g. no_label) has no file and no hash: never read, never kept.
+    readable = ~unreadable & (m["ingest_issue"] == "").to_numpy()
     keep = readable.copy()  # unreadable entries are never used; drop_unreadable=false stops instead
 
     # Exact duplicates: byte-identical files. Conflicting labels can only be told apart here.
@@ -120,7 +122,7 @@ def audit(
     m["issues"] = [";".join(dict.fromkeys(row)) for row in issues]
     m = m.drop(columns=["issue", "pixels", "channel_sum", "channel_sumsq"])
     report = _report(m, info_rows, declared, min_per_class)
-    report["unreadable"] = int((~readable).sum())
+    report["unreadable"] = int(unreadable.sum())
     first = ["path", "label", "keep", "issues", "group"]
     return m[first + [c for c in m.columns if c not in first]], report
 

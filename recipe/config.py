@@ -90,6 +90,13 @@ def _one_line(name: str, section: Any, exc: ValidationError) -> str:
             key[-1] += f"[{part}]"
             node = node[part]
     value = err.get("input", node)
+    if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        ctx = err.get("ctx", {})
+        tag_key = ".".join(key + [str(ctx.get("discriminator", "")).strip("'")])
+        allowed = ctx.get("expected_tags", "")
+        if err["type"] == "union_tag_not_found":
+            return f"{tag_key}: a value is required (one of {allowed})"
+        return f"{tag_key} = {ctx.get('tag')!r}: must be one of {allowed}"
     if err["type"] == "extra_forbidden":
         return f"{'.'.join(key)}: unknown key (not in the schema; check the spelling)"
     if err["type"] == "missing":

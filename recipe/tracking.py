@@ -82,11 +82,10 @@ def _environment_tags() -> dict[str, str]:
     return tags
 
 
-def _experiment_id(mlflow: Any, name: str, root: Path) -> str:
+def _experiment_id(mlflow: Any, name: str, location: str | None) -> str:
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    location = None if os.environ.get("MLFLOW_TRACKING_URI") else (root / "mlartifacts").as_uri()
     try:
         return mlflow.create_experiment(name, artifact_location=location)
     except Exception:  # another process created it between our look and our create
@@ -114,14 +113,17 @@ def stage_run(stage: str, params: dict[str, Any], *, experiment: str) -> Iterato
     import mlflow  # imported here: it takes seconds, and config errors should not wait on it
 
     root = project_root()
+    # A team server decides where artifacts go; the embedded store keeps them beside mlflow.db.
+    # (Read the variable before set_tracking_uri, which sets it itself.)
+    location = None if os.environ.get("MLFLOW_TRACKING_URI") else (root / "mlartifacts").as_uri()
     mlflow.set_tracking_uri(tracking_uri(root))
-    experiment_id = _experiment_id(mlflow, experiment, root)
+    experiment_id = _experiment_id(mlflow, experiment, location)
     common = {"git_commit": git_commit() or "unknown", "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "")}
     parent_tags = {**common, "params_hash": section_hash(_all_params()), **_environment_tags()}
     parent = _parent_run_id(mlflow.MlflowClient(), experiment_id, pipeline_key(), parent_tags)
     child_tags = {**common, "stage": stage, "params_hash": section_hash(params), **_environment_tags()}
     with mlflow.start_run(run_id=parent, experiment_id=experiment_id):
-        with mlflow.start_run(run_name=stage, nested=True, tags=child_tags) as run:
+        with mlflow.start_run(run_name=stage, nested=True, experiment_id=experiment_id, tags=child_tags) as run:
             mlflow.log_params(flatten(params))
             yield run
 

@@ -49,10 +49,14 @@ class ImageInfo:
 
 def open_checked(path: Path, max_pixels: int) -> Image.Image:
     """Open lazily and check the header; raise :class:`ImageRefused` on any problem."""
+    pillow_limit = Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
-            # Our own max_pixels check below decides; Pillow still raises past twice its limit.
+            # Our own max_pixels check below decides, also above twice Pillow's limit (where
+            # Pillow would raise): lift Pillow's limit while opening when max_pixels is larger.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if pillow_limit is not None and max_pixels > pillow_limit:
+                Image.MAX_IMAGE_PIXELS = max_pixels
             im = Image.open(path)
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
         if isinstance(exc, UnidentifiedImageError):
@@ -60,6 +64,8 @@ def open_checked(path: Path, max_pixels: int) -> Image.Image:
         raise ImageRefused("decompression_bomb", str(exc)) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageRefused("not_image", str(exc)) from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pillow_limit
     w, h = im.size
     if w * h > max_pixels:
         im.close()

@@ -1,0 +1,54 @@
+"""Shared test helpers: the real config, small image datasets made on the fly, subprocess env."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def noise_image(path: Path, seed: int, size: int = 48, mode: str = "L") -> Path:
+    """A random picture, distinct for each seed (blocky, so pHash sees structure)."""
+    rng = np.random.default_rng(seed)
+    channels = 1 if mode == "L" else 3
+    small = rng.integers(0, 256, size=(8, 8, channels), dtype=np.uint8)
+    arr = np.kron(small, np.ones((size // 8, size // 8, 1), dtype=np.uint8))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr[..., 0] if channels == 1 else arr, mode).save(path)
+    return path
+
+
+def image_folder(root: Path, counts: dict[str, int], seed: int = 0) -> Path:
+    """An ImageFolder dataset: ``root/<class>/<class>_<i>.png`` with distinct images."""
+    k = seed * 10_000
+    for label, n in counts.items():
+        for i in range(n):
+            k += 1
+            noise_image(root / label / f"{label}_{i:03d}.png", k)
+    return root
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment a user's shell would give: the project's interpreter first on PATH, and
+    none of the variables DVC or MLflow set for the process running the tests."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DVC_ROOT", "DVC_EXP_NAME", "DVC_STAGE", "MLFLOW_TRACKING_URI", "RECIPE_PIPELINE_ID")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("GIT_AUTHOR_NAME", "test")
+    env.setdefault("GIT_AUTHOR_EMAIL", "test@localhost")
+    env.setdefault("GIT_COMMITTER_NAME", "test")
+    env.setdefault("GIT_COMMITTER_EMAIL", "test@localhost")
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def params() -> dict:
+    """The committed params.yaml (the real config)."""
+    return yaml.safe_load((REPO / "params.yaml").read_text())

@@ -1,0 +1,89 @@
+"""Config: params.yaml matches conf/, schemas are strict, and a bad value is one clear line."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from recipe.compose import compose
+from recipe.config import load_section, validate
+from recipe.errors import ConfigError
+from recipe.schema import AuditConfig, DataConfig, Seed, SplitConfig, TrackingConfig
+
+from conftest import REPO, subprocess_env
+
+
+def test_params_yaml_is_a_fresh_composition_of_conf(tmp_path):
+    fresh = compose(REPO, [], tmp_path / "params.yaml")
+    assert yaml.safe_load(fresh.read_text()) == yaml.safe_load((REPO / "params.yaml").read_text()), (
+        "params.yaml drifted from conf/: run `make params` and commit the result"
+    )
+
+
+def test_overrides_compose_like_dvc(tmp_path):
+    out = yaml.safe_load(compose(REPO, ["data=folder", "data.path=/my/images", "seed=7"], tmp_path / "p.yaml").read_text())
+    assert out["data"]["source"] == "folder" and out["data"]["path"] == "/my/images"
+    assert out["split"]["seed"] == 7  # interpolated from the one seed
+    tiny = yaml.safe_load(compose(REPO, ["experiment=tiny"], tmp_path / "t.yaml").read_text())
+    assert tiny["data"]["limit"] == 48 and tiny["data"]["source"] == "elpv"
+
+
+def test_unknown_override_key_is_refused(tmp_path):
+    with pytest.raises(Exception, match="audit.near_dup_bitz"):
+        compose(REPO, ["audit.near_dup_bitz=3"], tmp_path / "p.yaml")
+
+
+def test_every_section_of_the_real_config_validates(params):
+    load_section("data", DataConfig, params)
+    load_section("audit", AuditConfig, params)
+    load_section("split", SplitConfig, params)
+    load_section("tracking", TrackingConfig, params)
+    assert load_section("seed", Seed, params) == params["seed"]
+
+
+@pytest.mark.parametrize(
+    "section, change, expected",
+    [
+        ("audit", {"near_dup_bits": -1}, "audit.near_dup_bits = -1: Input should be greater than or equal to 0"),
+        ("audit", {"conflicting_labels": "maybe"}, "audit.conflicting_labels = 'maybe': Input should be 'drop' or 'keep'"),
+        ("audit", {"near_dup_bitz": 3}, "audit.near_dup_bitz: unknown key"),
+        ("audit", {"workers": "two"}, "audit.workers = 'two': Input should be a valid integer"),
+        ("split", {"fractions": {"train": 0.5, "valid": 0.2, "test": 0.2}}, "split.fractions = {'train': 0.5, 'valid': 0.2, 'test': 0.2}: must sum to 1 (they sum to 0.9)"),
+        ("split", {"fractions": {"train": 0.8, "test": 0.2}}, "needs train, valid and test"),
+        ("data", {"source": "s3"}, "data.source = 's3': must be one of 'elpv', 'folder', 'csv'"),
+        ("data", {"task": "regression"}, "data.task = 'regression': Input should be 'binary' or 'four_class'"),
+        ("data", {"limit": 0}, "data.limit = 0: Input should be greater than 0"),
+    ],
+)
+def test_bad_values_name_key_value_and_what_is_allowed(params, section, change, expected):
+    schema = {"audit": AuditConfig, "split": SplitConfig, "data": DataConfig}[section]
+    with pytest.raises(ConfigError) as err:
+        validate(section, {**params[section], **change}, schema)
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_required_value_says_how_to_set_it():
+    with pytest.raises(ConfigError, match=r"data.path = '\?\?\?': a value is required \(set it with -S data.path=...\)"):
+        validate("data", {"source": "folder", "path": "???", "limit": None, "stratify_column": None}, DataConfig)
+
+
+def test_seed_must_be_an_int(params):
+    with pytest.raises(ConfigError, match="seed = '42'"):
+        validate("seed", "42", Seed)
+
+
+def test_stage_stops_with_one_line_and_no_traceback(tmp_path, params):
+    params["split"]["fractions"]["test"] = 0.5
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = subprocess.run(
+        [sys.executable, "-m", "stages.split", "--manifest", "m.csv", "--split", "s.csv", "--metrics", "x.json", "--plot", "p.png"],
+        cwd=tmp_path, env=subprocess_env(PYTHONPATH=str(REPO)), capture_output=True, text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: split.fractions = {'train': 0.6, 'valid': 0.15, 'test': 0.5}: must sum to 1 (they sum to 1.25)"
+    ]
+    assert "Traceback" not in proc.stderr

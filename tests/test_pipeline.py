@@ -1,0 +1,126 @@
+"""End to end: the real `dvc repro` and `dvc exp run --temp` in a copy of the project, on a small
+folder dataset with planted problems; checks the outputs and the runs in the MLflow store."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from recipe.compose import compose
+
+from conftest import REPO, image_folder, noise_image, subprocess_env
+
+pytestmark = pytest.mark.slow
+
+
+def sh(*cmd: str, cwd: Path) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+def dvc(*args: str, cwd: Path) -> str:
+    return sh(sys.executable, "-m", "dvc", *args, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A git + DVC copy of this repository pointed at a small ImageFolder with planted problems."""
+    base = tmp_path_factory.mktemp("e2e")
+    data = image_folder(base / "images", {"good": 16, "bad": 10})
+    (data / "bad" / "empty.png").write_bytes(b"")
+    shutil.copy(data / "good" / "good_000.png", data / "good" / "zz_copy.png")
+    (data / "good" / "notes.jpg").write_text("not an image")
+    os.symlink(noise_image(base / "elsewhere" / "x.png", 777), data / "bad" / "escape.png")
+    proj = base / "proj"
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True)
+    for rel in listed.stdout.splitlines():
+        if (REPO / rel).is_file() and not rel.startswith(("tests/", "bench/")):
+            (proj / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, proj / rel)
+    sh("git", "init", "-q", cwd=proj)
+    compose(proj, ["data=folder", f"data.path={data}"], proj / "params.yaml")
+    sh("git", "add", "-A", cwd=proj)
+    sh("git", "commit", "-qm", "e2e fixture", cwd=proj)
+    first = dvc("repro", cwd=proj)
+    return {"proj": proj, "data": data, "first": first}
+
+
+def store_runs(proj: Path) -> list:
+    mlflow.set_tracking_uri(f"sqlite:///{proj}/mlflow.db")
+    try:
+        return mlflow.search_runs(experiment_names=["finetune-recipe"], output_format="list")
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_repro_writes_every_output(project):
+    proj = project["proj"]
+    manifest = pd.read_csv(proj / "outputs/audit/manifest.csv", keep_default_na=False).set_index("path")
+    assert {"label", "keep", "issues", "group"} <= set(manifest.columns)
+    assert manifest.loc["bad/empty.png", "issues"] == "zero_byte"
+    assert manifest.loc["good/notes.jpg", "issues"] == "not_image"
+    assert manifest.loc["bad/escape.png", "issues"] == "path_outside_root"
+    assert manifest.loc["good/zz_copy.png", "issues"] == "exact_duplicate"
+    assert not manifest.loc[["bad/empty.png", "good/notes.jpg", "bad/escape.png", "good/zz_copy.png"], "keep"].any()
+    report = json.loads((proj / "outputs/audit/report.json").read_text())
+    assert report["kept"] == 26 and report["classes"] == {"bad": 10, "good": 16}
+    assert report["issues"]["exact_duplicate"] == 1 and report["issues"]["zero_byte"] == 1
+    for name in ("class_histogram", "sizes", "samples", "duplicates"):
+        assert (proj / f"outputs/audit/plots/{name}.png").stat().st_size > 1000
+    split = pd.read_csv(proj / "outputs/split/split.csv")
+    assert len(split) == 26 and set(split["split"]) == {"train", "valid", "test"}
+    assert json.loads((proj / "outputs/split/metrics.json").read_text())["leaking_groups"] == 0
+
+
+def test_stages_of_one_repro_share_one_parent_run(project):
+    runs = store_runs(project["proj"])
+    children = [r for r in runs if r.info.run_name in ("ingest", "audit", "split")]
+    assert sorted(r.info.run_name for r in children) == ["audit", "ingest", "split"]
+    parents = {r.data.tags["mlflow.parentRunId"] for r in children}
+    assert len(parents) == 1
+    (parent,) = [r for r in runs if r.info.run_id in parents]
+    assert parent.data.tags["git_commit"] == sh("git", "rev-parse", "HEAD", cwd=project["proj"]).strip()
+    audit = next(r for r in children if r.info.run_name == "audit")
+    assert audit.data.metrics["kept"] == 26 and audit.data.params["audit.near_dup_bits"] == "4"
+    artifacts = {a.path for a in mlflow.MlflowClient(f"sqlite:///{project['proj']}/mlflow.db").list_artifacts(audit.info.run_id, "plots")}
+    assert "plots/samples.png" in artifacts
+    assert (project["proj"] / "mlartifacts").is_dir()
+
+
+def test_nothing_changed_skips_audit_and_split(project):
+    out = dvc("repro", cwd=project["proj"])
+    assert "Stage 'audit' didn't change, skipping" in out
+    assert "Stage 'split' didn't change, skipping" in out
+
+
+def test_new_data_reruns_downstream(project):
+    noise_image(project["data"] / "bad" / "bad_new.png", 4242)
+    out = dvc("repro", cwd=project["proj"])
+    assert "Running stage 'audit'" in out and "Running stage 'split'" in out
+    report = json.loads((project["proj"] / "outputs/audit/report.json").read_text())
+    assert report["classes"]["bad"] == 11
+
+
+def test_temp_experiment_lands_in_the_root_store_under_its_own_parent(project):
+    proj = project["proj"]
+    sh("git", "add", "-A", cwd=proj)
+    sh("git", "commit", "-qm", "lock", "--allow-empty", cwd=proj)
+    before = {r.info.run_id for r in store_runs(proj)}
+    dvc("exp", "run", "--temp", "-n", "seed-seven", "-S", "split.seed=7", cwd=proj)
+    new = [r for r in store_runs(proj) if r.info.run_id not in before]
+    parents = [r for r in new if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].data.tags["dvc_exp_name"] == "seed-seven"
+    split_runs = [r for r in new if r.info.run_name == "split"]
+    assert len(split_runs) == 1 and split_runs[0].data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+    assert split_runs[0].data.params["split.seed"] == "7"
+    assert not list((proj / ".dvc" / "tmp").rglob("mlflow.db"))
+    shown = dvc("exp", "show", "--json", cwd=proj)
+    assert "seed-seven" in shown
