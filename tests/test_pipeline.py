@@ -10,8 +10,10 @@ import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from recipe.compose import compose
 
@@ -39,6 +41,7 @@ def project(tmp_path_factory):
     shutil.copy(data / "good" / "good_000.png", data / "good" / "zz_copy.png")
     (data / "good" / "notes.jpg").write_text("not an image")
     os.symlink(noise_image(base / "elsewhere" / "x.png", 777), data / "bad" / "escape.png")
+    odd_but_valid(data)
     proj = base / "proj"
     listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True)
     for rel in listed.stdout.splitlines():
@@ -51,6 +54,17 @@ def project(tmp_path_factory):
     sh("git", "commit", "-qm", "e2e fixture", cwd=proj)
     first = dvc("repro", cwd=proj)
     return {"proj": proj, "data": data, "first": first}
+
+
+def odd_but_valid(data: Path) -> None:
+    """A CMYK JPEG with a non-ASCII name, a 16-bit PNG and an EXIF-rotated JPEG: all usable."""
+    rgb = Image.open(noise_image(data.parent / "tmp" / "c.png", 901, mode="RGB"))
+    rgb.convert("CMYK").save(data / "good" / "ünïcødé_画像.jpg", quality=95)
+    deep = (np.asarray(Image.open(noise_image(data.parent / "tmp" / "d.png", 902))).astype(np.uint16) * 257)
+    Image.fromarray(deep).save(data / "bad" / "deep16.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.open(noise_image(data.parent / "tmp" / "e.png", 903, mode="RGB")).save(data / "good" / "rotated.jpg", exif=exif, quality=95)
 
 
 def store_runs(proj: Path) -> list:
@@ -70,13 +84,16 @@ def test_repro_writes_every_output(project):
     assert manifest.loc["bad/escape.png", "issues"] == "path_outside_root"
     assert manifest.loc["good/zz_copy.png", "issues"] == "exact_duplicate"
     assert not manifest.loc[["bad/empty.png", "good/notes.jpg", "bad/escape.png", "good/zz_copy.png"], "keep"].any()
+    odd = manifest.loc[["good/ünïcødé_画像.jpg", "bad/deep16.png", "good/rotated.jpg"]]
+    assert odd["keep"].all() and (odd["issues"] == "").all()
+    assert odd["mode"].tolist()[0] == "CMYK" and odd["mode"].tolist()[1] in ("I;16", "I") and odd["exif_orientation"].tolist() == [0, 0, 6]
     report = json.loads((proj / "outputs/audit/report.json").read_text())
-    assert report["kept"] == 26 and report["classes"] == {"bad": 10, "good": 16}
+    assert report["kept"] == 29 and report["classes"] == {"bad": 11, "good": 18}
     assert report["issues"]["exact_duplicate"] == 1 and report["issues"]["zero_byte"] == 1
     for name in ("class_histogram", "sizes", "samples", "duplicates"):
         assert (proj / f"outputs/audit/plots/{name}.png").stat().st_size > 1000
     split = pd.read_csv(proj / "outputs/split/split.csv")
-    assert len(split) == 26 and set(split["split"]) == {"train", "valid", "test"}
+    assert len(split) == 29 and set(split["split"]) == {"train", "valid", "test"}
     assert json.loads((proj / "outputs/split/metrics.json").read_text())["leaking_groups"] == 0
 
 
@@ -89,7 +106,7 @@ def test_stages_of_one_repro_share_one_parent_run(project):
     (parent,) = [r for r in runs if r.info.run_id in parents]
     assert parent.data.tags["git_commit"] == sh("git", "rev-parse", "HEAD", cwd=project["proj"]).strip()
     audit = next(r for r in children if r.info.run_name == "audit")
-    assert audit.data.metrics["kept"] == 26 and audit.data.params["audit.near_dup_bits"] == "4"
+    assert audit.data.metrics["kept"] == 29 and audit.data.params["audit.near_dup_bits"] == "4"
     artifacts = {a.path for a in mlflow.MlflowClient(f"sqlite:///{project['proj']}/mlflow.db").list_artifacts(audit.info.run_id, "plots")}
     assert "plots/samples.png" in artifacts
     assert (project["proj"] / "mlartifacts").is_dir()
@@ -106,7 +123,7 @@ def test_new_data_reruns_downstream(project):
     out = dvc("repro", cwd=project["proj"])
     assert "Running stage 'audit'" in out and "Running stage 'split'" in out
     report = json.loads((project["proj"] / "outputs/audit/report.json").read_text())
-    assert report["classes"]["bad"] == 11
+    assert report["classes"]["bad"] == 12
 
 
 def test_temp_experiment_lands_in_the_root_store_under_its_own_parent(project):
