@@ -78,9 +78,22 @@ def audit(
     readable = ~unreadable & (m["ingest_issue"] == "").to_numpy()
     keep = readable.copy()  # unreadable entries are never used; drop_unreadable=false stops instead
 
-    # Exact duplicates: byte-identical files. Conflicting labels can only be told apart here.
-    m["dup_group"] = -1
     readable_idx = np.flatnonzero(readable)
+    _mark_exact_duplicates(m, readable_idx, issues, keep, drop=drop_exact_duplicates, conflicting=conflicting_labels)
+    _mark_near_duplicates(m, readable_idx, issues, radius=near_dup_bits)
+
+    m["keep"] = keep
+    m["issues"] = [";".join(dict.fromkeys(row)) for row in issues]
+    m = m.drop(columns=["issue", "pixels", "channel_sum", "channel_sumsq"])
+    report = _report(m, info_rows, declared, min_per_class)
+    report["unreadable"] = int(unreadable.sum())
+    first = ["path", "label", "keep", "issues", "group"]
+    return m[first + [c for c in m.columns if c not in first]], report
+
+
+def _mark_exact_duplicates(m, readable_idx, issues, keep, *, drop: bool, conflicting: str) -> None:
+    """Byte-identical files: the first by path stays; conflicting labels can only be judged here."""
+    m["dup_group"] = -1
     for gid, (_, rows) in enumerate(m.iloc[readable_idx].groupby("sha256", sort=True)):
         if len(rows) < 2:
             continue
@@ -90,41 +103,34 @@ def audit(
         for n, k in enumerate(idx):
             if conflict:
                 issues[k].append("conflicting_label")
-                keep[k] &= conflicting_labels == "keep"
+                keep[k] &= conflicting == "keep"
             if n > 0:
                 issues[k].append("exact_duplicate")
-                keep[k] &= not drop_exact_duplicates
+                keep[k] &= not drop
 
-    # Near duplicates (and exact ones, at distance 0) form groups the split keeps together.
+
+def _mark_near_duplicates(m, readable_idx, issues, *, radius: int) -> None:
+    """``group``: connected components of pHash distance <= radius (exact copies at 0), for the
+    split; ``near_group`` and the issues only where a component holds more than one content."""
     m["near_group"] = -1
     m["group"] = -1
-    hashes = hex_to_uint64(m["phash"].iloc[readable_idx])
-    pairs = near_pairs(hashes, near_dup_bits)
-    exact = m.iloc[readable_idx]["sha256"].to_numpy()
+    pairs = near_pairs(hex_to_uint64(m["phash"].iloc[readable_idx]), radius)
     comp = group_ids(len(readable_idx), pairs)
-    sizes = np.bincount(comp) if len(comp) else np.array([], int)
-    near_member = np.zeros(len(readable_idx), bool)
-    near_member[np.unique(pairs)] = True
     m.loc[readable_idx, "group"] = comp
-    for c in np.flatnonzero(sizes > 1):
-        members = readable_idx[comp == c]
-        if len(set(exact[comp == c])) < 2:
-            continue  # only byte-identical copies: reported as exact duplicates above
+    exact = m.iloc[readable_idx]["sha256"].to_numpy()
+    in_pair = np.zeros(len(readable_idx), bool)
+    in_pair[np.unique(pairs)] = True
+    for c in np.flatnonzero(np.bincount(comp, minlength=1) > 1):
+        mine = comp == c
+        if len(set(exact[mine])) < 2:
+            continue  # only byte-identical copies: reported as exact duplicates
+        members = readable_idx[mine]
         m.loc[members, "near_group"] = c
         labels_differ = m.loc[members, "label"].nunique() > 1
-        for k, near in zip(members, near_member[comp == c]):
-            if near:
-                issues[k].append("near_duplicate")
-                if labels_differ:
-                    issues[k].append("near_duplicate_label_differs")
-
-    m["keep"] = keep
-    m["issues"] = [";".join(dict.fromkeys(row)) for row in issues]
-    m = m.drop(columns=["issue", "pixels", "channel_sum", "channel_sumsq"])
-    report = _report(m, info_rows, declared, min_per_class)
-    report["unreadable"] = int(unreadable.sum())
-    first = ["path", "label", "keep", "issues", "group"]
-    return m[first + [c for c in m.columns if c not in first]], report
+        for k in members[in_pair[mine]]:
+            issues[k].append("near_duplicate")
+            if labels_differ:
+                issues[k].append("near_duplicate_label_differs")
 
 
 def _report(m: pd.DataFrame, info_rows: list[dict], declared: list[str], min_per_class: int) -> dict:
