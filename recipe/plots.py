@@ -36,17 +36,22 @@ def class_histogram(counts: dict[str, int], path: Path, title: str = "Usable ima
 
 
 def size_scatter(widths: Sequence[float], heights: Sequence[float], labels: Sequence[str], path: Path) -> Path:
+    """One marker per distinct (width, height, label), its area growing with the image count."""
+    import pandas as pd
+
+    table = pd.DataFrame({"w": np.asarray(widths), "h": np.asarray(heights), "label": np.asarray(labels)})
+    counts = table.groupby(["label", "w", "h"]).size().reset_index(name="n")
     fig, ax = plt.subplots(figsize=(5, 4.5))
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(0)  # jitter so identical sizes show as a cloud, not one dot
-    for label in sorted(set(labels)):
-        sel = labels == label
-        jitter = rng.normal(0, 0.5, size=(2, int(sel.sum())))
-        ax.scatter(np.asarray(widths)[sel] + jitter[0], np.asarray(heights)[sel] + jitter[1], s=8, alpha=0.5, label=label)
+    for label, part in counts.groupby("label"):
+        ax.scatter(part["w"], part["h"], s=12 + 200 * np.sqrt(part["n"] / counts["n"].max()), alpha=0.5, label=label)
+    distinct = table.groupby(["w", "h"]).size()
+    if len(distinct) <= 3:  # say it in words: a lone dot hides how many images sit on it
+        for (w, h), n in distinct.items():
+            ax.annotate(f"{n} images at {int(w)}x{int(h)}", (w, h), textcoords="offset points", xytext=(8, 8), fontsize=8)
     ax.set_xlabel("width (px)")
     ax.set_ylabel("height (px)")
-    ax.set_title("Image sizes (usable images)")
-    ax.legend(fontsize=7, markerscale=2)
+    ax.set_title(f"Image sizes: {len(distinct)} distinct (usable images)")
+    ax.legend(fontsize=7)
     return _save(fig, path)
 
 
