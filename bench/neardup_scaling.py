@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import scipy
 
-from recipe.neardup import hamming, hex_to_uint64, near_pairs
+from recipe.neardup import BITS, hamming, hex_to_uint64, near_pairs
 
 
 def synthetic(n: int, planted: int, radius: int, rng: np.random.Generator) -> tuple[np.ndarray, set[tuple[int, int]]]:
