@@ -285,6 +285,19 @@ def test_near_pairs_with_crowded_buckets(radius):
     assert len(expected) > 500 and got == expected
 
 
+def test_near_pairs_in_small_blocks_gives_the_same_answer(monkeypatch):
+    """Candidates are processed in blocks to bound memory; block edges must lose nothing."""
+    import recipe.neardup as neardup
+
+    rng = np.random.default_rng(3)
+    hashes = np.uint64(0x1234_5678_0000_0000) ^ rng.integers(0, 1 << 12, 400, dtype=np.uint64)
+    monkeypatch.setattr(neardup, "BLOCK", 97)
+    stats: dict = {}
+    got = set(map(tuple, near_pairs(hashes, 6, stats).tolist()))
+    assert stats["compared"] > 97 * 10  # many blocks were used
+    assert got == brute_force_pairs(hashes, 6)
+
+
 def test_group_ids_are_connected_components():
     pairs = np.array([[0, 1], [1, 2], [4, 5], [7, 9], [8, 9]])
     g = group_ids(10, pairs)

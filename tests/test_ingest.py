@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from recipe.data.sources import ingest
-from recipe.errors import ConfigError
+from recipe.errors import ConfigError, DataError
 
 from conftest import image_folder, noise_image
 
@@ -95,3 +95,12 @@ def test_elpv_labels(tmp_path, task, expected):
     for label, n in expected.items():  # the subset keeps each class's share (largest remainder)
         assert abs(counts[label] - 40 * n / 2624) < 1
     assert len(list((tmp_path / "raw" / "files" / "images").iterdir())) == 40
+
+
+def test_a_source_with_nothing_usable_stops_after_writing_its_index(tmp_path):
+    src = tmp_path / "src"
+    (src / "a").mkdir(parents=True)
+    os.symlink("/etc/hostname", src / "a" / "x.png")
+    with pytest.raises(DataError, match=r"ingest: the source holds no image that could be copied \(1 entries"):
+        ingest(source="folder", out=tmp_path / "raw", seed=0, path=str(src))
+    assert read_index(tmp_path / "raw")["ingest_issue"].tolist() == ["path_outside_root"]

@@ -49,7 +49,7 @@ def ingest(*, source: str, out: Path, seed: int, limit: int | None = None, **opt
         rows = [r for r in rows if r["ingest_issue"] or id(r) in keep]
     index = pd.DataFrame(rows)
     index = index[INDEX_COLUMNS + [c for c in index.columns if c not in INDEX_COLUMNS]]
-    _sync(index, Path(out) / "files")
+    copied = _sync(index, Path(out) / "files")
     index.to_csv(Path(out) / "index.csv", index=False)
     summary = {
         "source": source,
@@ -60,6 +60,8 @@ def ingest(*, source: str, out: Path, seed: int, limit: int | None = None, **opt
         "ingest_issues": index["ingest_issue"].replace("", np.nan).dropna().value_counts().to_dict(),
     }
     (Path(out) / "ingest.json").write_text(json.dumps(summary, indent=2))
+    if not copied:
+        raise DataError(f"ingest: the source holds no image that could be copied ({len(index)} entries; see {Path(out) / 'index.csv'})")
     return summary
 
 
@@ -174,8 +176,9 @@ def _existing_dir(path: str | Path, key: str) -> Path:
     return p.resolve()
 
 
-def _sync(index: pd.DataFrame, files: Path) -> None:
-    """Make ``files`` hold exactly the copyable entries of ``index``; copy only what changed."""
+def _sync(index: pd.DataFrame, files: Path) -> int:
+    """Make ``files`` hold exactly the copyable entries of ``index``; copy only what changed.
+    Returns how many files ``files`` holds."""
     wanted = {}
     for rel, origin, issue in zip(index["path"], index["origin"], index["ingest_issue"]):
         if not issue and Path(origin).is_file():
@@ -193,5 +196,4 @@ def _sync(index: pd.DataFrame, files: Path) -> None:
                 continue
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dst)
-    if not wanted:
-        raise DataError(f"ingest: the source holds no file that could be copied ({len(index)} entries)")
+    return len(wanted)
