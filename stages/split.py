@@ -25,7 +25,8 @@ def main(args):
         write_json(args.metrics, summary)
         plots.split_counts(summary["counts"], args.plot)
         mlflow.log_metrics({"images": summary["images"], "leaking_groups": summary["leaking_groups"],
-                            **{f"fraction.{k}": v for k, v in summary["fractions_actual"].items()}})
+                            **{f"fraction.{k}": v for k, v in summary["fractions_actual"].items()},
+                            **{f"count.{s}.{label}": n for s, c in summary["counts"].items() for label, n in c.items()}})
         mlflow.log_artifact(str(args.split))
         mlflow.log_artifact(str(args.metrics))
         mlflow.log_artifact(str(args.plot), "plots")

@@ -49,11 +49,23 @@ def project(tmp_path_factory):
             (proj / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, proj / rel)
     sh("git", "init", "-q", cwd=proj)
-    compose(proj, ["data=folder", f"data.path={data}"], proj / "params.yaml")
+    point_conf_at(proj, data)
+    compose(proj, [], proj / "params.yaml")
     sh("git", "add", "-A", cwd=proj)
     sh("git", "commit", "-qm", "e2e fixture", cwd=proj)
     first = dvc("repro", cwd=proj)
     return {"proj": proj, "data": data, "first": first}
+
+
+def point_conf_at(proj: Path, data: Path) -> None:
+    """Make the folder dataset the committed default, in conf/ where defaults live: `dvc exp run
+    -S` recomposes params.yaml from conf/ plus its own overrides, so a choice written only into
+    params.yaml would not survive the first experiment."""
+    (proj / "conf/experiment/e2e.yaml").write_text(
+        f"# @package _global_\ndefaults:\n  - override /data: folder\ndata:\n  path: {data}\n"
+    )
+    config = proj / "conf/config.yaml"
+    config.write_text(config.read_text().replace("- experiment: null", "- experiment: e2e"))
 
 
 def odd_but_valid(data: Path) -> None:
@@ -138,6 +150,7 @@ def test_temp_experiment_lands_in_the_root_store_under_its_own_parent(project):
     split_runs = [r for r in new if r.info.run_name == "split"]
     assert len(split_runs) == 1 and split_runs[0].data.tags["mlflow.parentRunId"] == parents[0].info.run_id
     assert split_runs[0].data.params["split.seed"] == "7"
+    assert sum(v for k, v in split_runs[0].data.metrics.items() if k.startswith("count.")) == 30
     assert not list((proj / ".dvc" / "tmp").rglob("mlflow.db"))
     shown = dvc("exp", "show", "--json", cwd=proj)
     assert "seed-seven" in shown
