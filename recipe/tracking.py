@@ -110,7 +110,7 @@ def stage_run(stage: str, params: dict[str, Any], *, experiment: str) -> Iterato
     params.yaml; they are logged flattened (``audit.near_dup_bits``) and their hash becomes
     the child's ``params_hash`` tag.
     """
-    import mlflow  # imported here: it takes seconds, and config errors should not wait on it
+    import mlflow  # imported here so that importing recipe.tracking stays cheap (mlflow takes ~1 s)
 
     root = project_root()
     # A team server decides where artifacts go; the embedded store keeps them beside mlflow.db.
