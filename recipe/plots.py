@@ -87,3 +87,23 @@ def split_counts(counts: dict[str, dict[str, int]], path: Path) -> Path:
     ax.set_title("Images per class and split")
     ax.legend()
     return _save(fig, path)
+
+
+def audit_pictures(manifest, report, *, files: Path, out: Path, seed: int, per_class: int, max_groups: int) -> None:
+    """The audit's four pictures: class histogram, sizes, seeded samples per class, duplicate groups."""
+    kept = manifest[manifest["keep"]]
+    class_histogram(report["classes"], out / "class_histogram.png")
+    size_scatter(kept["width"], kept["height"], kept["label"], out / "sizes.png")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for label, of_label in kept.groupby("label"):
+        picked = of_label.iloc[np.sort(rng.choice(len(of_label), size=min(per_class, len(of_label)), replace=False))]
+        rows.append((f"{label} ({len(of_label)})", [(files / p, p.rsplit("/", 1)[-1]) for p in picked["path"]]))
+    image_grid(rows, out / "samples.png")
+    readable = manifest[manifest["group"] >= 0]
+    sizes = readable.groupby("group").size()
+    dup_rows = []
+    for gid in sizes[sizes > 1].sort_values(ascending=False, kind="stable").index[:max_groups]:
+        members = readable[readable["group"] == gid].head(6)
+        dup_rows.append((f"group {gid} ({sizes[gid]})", [(files / p, f"{lab}\n{p.rsplit('/', 1)[-1]}") for p, lab in zip(members["path"], members["label"])]))
+    image_grid(dup_rows or [("no duplicate groups", [])], out / "duplicates.png")
