@@ -120,14 +120,14 @@ def _mark_near_duplicates(m, readable_idx, issues, *, radius: int) -> None:
     exact = m.iloc[readable_idx]["sha256"].to_numpy()
     in_pair = np.zeros(len(readable_idx), bool)
     in_pair[np.unique(pairs)] = True
-    for c in np.flatnonzero(np.bincount(comp, minlength=1) > 1):
-        mine = comp == c
-        if len(set(exact[mine])) < 2:
-            continue  # only byte-identical copies: reported as exact duplicates
-        members = readable_idx[mine]
-        m.loc[members, "near_group"] = c
+    order = np.argsort(comp, kind="stable")  # one pass over the components, not one scan each
+    for positions in np.split(order, np.flatnonzero(np.diff(comp[order])) + 1):
+        if len(positions) < 2 or len(set(exact[positions])) < 2:
+            continue  # a singleton, or only byte-identical copies (reported as exact duplicates)
+        members = readable_idx[positions]
+        m.loc[members, "near_group"] = comp[positions[0]]
         labels_differ = m.loc[members, "label"].nunique() > 1
-        for k in members[in_pair[mine]]:
+        for k in members[in_pair[positions]]:
             issues[k].append("near_duplicate")
             if labels_differ:
                 issues[k].append("near_duplicate_label_differs")

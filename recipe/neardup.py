@@ -9,9 +9,10 @@ of its own, and only the pairs found that way are compared on all 64 bits.
 ``m`` is chosen per call to minimise the expected work on uniformly spread hashes: probes
 (``n * m * C(w, <= r//m)`` lookups) plus candidates (``m * n² / 2 * C(w, <= r//m) / 2**w``).
 With 100,000 uniform hashes that is 3.7 million candidates at the default radius 4 (1/1,400 of
-the 5 billion pairs) and 50 million at radius 8 (``bench/neardup_scaling.py`` measures it). Hashes that agree on many bits (a dataset of
-near-identical pictures) make crowded buckets and more candidates; the answer stays exact, and
-candidates are processed in blocks so memory stays bounded.
+the 5 billion pairs) and 50 million at radius 8 (``bench/neardup_scaling.py`` measures it).
+Hashes that agree on many bits (a dataset of near-identical pictures) make crowded buckets and
+more candidates; the answer stays exact, and candidates are processed in blocks so memory
+stays bounded.
 """
 from __future__ import annotations
 

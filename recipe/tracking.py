@@ -118,10 +118,11 @@ def stage_run(stage: str, params: dict[str, Any], *, experiment: str) -> Iterato
     location = None if os.environ.get("MLFLOW_TRACKING_URI") else (root / "mlartifacts").as_uri()
     mlflow.set_tracking_uri(tracking_uri(root))
     experiment_id = _experiment_id(mlflow, experiment, location)
-    common = {"git_commit": git_commit() or "unknown", "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "")}
-    parent_tags = {**common, "params_hash": section_hash(_all_params()), **_environment_tags()}
+    common = {"git_commit": git_commit() or "unknown", "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
+              **_environment_tags()}
+    parent_tags = {**common, "params_hash": section_hash(_all_params())}
     parent = _parent_run_id(mlflow.MlflowClient(), experiment_id, pipeline_key(), parent_tags)
-    child_tags = {**common, "stage": stage, "params_hash": section_hash(params), **_environment_tags()}
+    child_tags = {**common, "stage": stage, "params_hash": section_hash(params)}
     with mlflow.start_run(run_id=parent, experiment_id=experiment_id):
         with mlflow.start_run(run_name=stage, nested=True, experiment_id=experiment_id, tags=child_tags) as run:
             mlflow.log_params(flatten(params))

@@ -38,7 +38,7 @@ class Listing:
     classes: list[str] = field(default_factory=list)
 
 
-def ingest(*, source: str, out: Path, seed: int, limit: int | None = None, **options) -> dict:
+def ingest(*, source: str, out: Path, seed: int, limit: int | None, **options) -> dict:
     """List the source, optionally take a stratified subset, sync the files into ``out``."""
     lister = {"elpv": list_elpv, "folder": list_folder, "csv": list_csv}[source]
     listing = lister(**options)
