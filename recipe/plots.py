@@ -107,3 +107,58 @@ def audit_pictures(manifest, report, *, files: Path, out: Path, seed: int, per_c
         members = readable[readable["group"] == gid].head(6)
         dup_rows.append((f"group {gid} ({sizes[gid]})", [(files / p, f"{lab}\n{p.rsplit('/', 1)[-1]}") for p, lab in zip(members["path"], members["label"])]))
     image_grid(dup_rows or [("no duplicate groups", [])], out / "duplicates.png")
+
+
+def tensor_grid(images: np.ndarray, captions: Sequence[str], path: Path, title: str, tile: float = 1.6) -> Path:
+    """Images ``(N, C, H, W)`` in [0, 1] exactly as given (e.g. a batch after augmentation)."""
+    n = len(images)
+    ncols = min(8, n)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(tile * ncols, tile * nrows + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, cap in zip(axes.flat, images, captions):
+        img = np.clip(img.transpose(1, 2, 0), 0, 1)
+        ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray", vmin=0, vmax=1)
+        ax.set_title(cap, fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def lr_curve(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequence[float],
+             suggestions: dict[str, float], chosen: str, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(lrs, losses, color="0.75", lw=0.8, label="loss")
+    ax.plot(lrs, smoothed, color="tab:blue", label="smoothed")
+    ax.set_xscale("log")
+    lo, hi = min(smoothed), max(smoothed)
+    ax.set_ylim(lo - 0.1 * (hi - lo + 1e-9), min(hi, lo + 3 * (smoothed[0] - lo + 1e-9)) + 0.05 * (hi - lo + 1e-9))
+    for (name, lr), color in zip(suggestions.items(), ("tab:red", "tab:orange", "tab:green", "tab:purple")):
+        y = float(np.interp(np.log(lr), np.log(lrs), smoothed))
+        ax.plot([lr], [y], "o", color=color, ms=8 if name == chosen else 5,
+                label=f"{name}: {lr:.2e}" + (" (used)" if name == chosen else ""))
+    ax.set_xlabel("learning rate (log scale)")
+    ax.set_ylabel("training loss")
+    ax.set_title("Learning-rate range test")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def history(rows: Sequence[dict], path: Path, title: str) -> Path:
+    """Train and valid loss, and valid accuracy, per epoch; phases shaded apart."""
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax1.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train")
+    ax1.plot(epochs, [r["valid_loss"] for r in rows], "o-", label="valid")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss")
+    ax1.legend(fontsize=7)
+    ax2.plot(epochs, [r["accuracy"] for r in rows], "o-", color="tab:green")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("valid accuracy")
+    for ax in (ax1, ax2):
+        for i in range(1, len(rows)):
+            if rows[i].get("phase") != rows[i - 1].get("phase"):
+                ax.axvline(epochs[i] - 0.5, color="0.6", ls="--", lw=0.8)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)

@@ -78,3 +78,240 @@ class TrackingConfig(Strict):
 
 
 Seed = Annotated[int, Field(strict=True, ge=0)]  # the one seed of the recipe
+
+
+# --- the network and its training -----------------------------------------------------------
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+Rate = Annotated[float, Field(gt=0, le=100)]  # a learning rate
+
+
+class HeadConfig(Strict):
+    pool: Literal["avg", "avgmax"]
+    dropout: Annotated[float, Field(ge=0, lt=1)]
+    init: Literal["kaiming", "xavier"]
+    init_gain: PositiveFloat
+    prior_bias: bool
+
+
+class ModelConfig(Strict):
+    name: str = Field(min_length=1)
+    weights: str | None  # bundled | DEFAULT | a path | null
+    mean: Annotated[list[float], Field(min_length=3, max_length=3)]
+    std: Annotated[list[PositiveFloat], Field(min_length=3, max_length=3)]
+    head: HeadConfig
+
+
+class _Optim(Strict):
+    weight_decay: Annotated[float, Field(ge=0)]
+    bn_weight_decay: bool
+
+
+class SgdConfig(_Optim):
+    name: Literal["sgd"]
+    momentum: Annotated[float, Field(ge=0, lt=1)]
+    nesterov: bool
+
+    @field_validator("nesterov")
+    @classmethod
+    def _needs_momentum(cls, v: bool, info) -> bool:
+        if v and not info.data.get("momentum"):
+            raise ValueError("Nesterov momentum needs momentum > 0")
+        return v
+
+
+class AdamConfig(_Optim):
+    name: Literal["adam", "adamw"]
+    betas: Annotated[list[Annotated[float, Field(ge=0, lt=1)]], Field(min_length=2, max_length=2)]
+    eps: PositiveFloat
+
+
+class RmspropConfig(_Optim):
+    name: Literal["rmsprop"]
+    alpha: Annotated[float, Field(gt=0, lt=1)]
+    momentum: Annotated[float, Field(ge=0, lt=1)]
+    eps: PositiveFloat
+
+
+class AdagradConfig(_Optim):
+    name: Literal["adagrad"]
+    eps: PositiveFloat
+
+
+class AdadeltaConfig(_Optim):
+    name: Literal["adadelta"]
+    rho: Annotated[float, Field(gt=0, lt=1)]
+    eps: PositiveFloat
+
+
+OptimConfig = Annotated[Union[SgdConfig, AdamConfig, RmspropConfig, AdagradConfig, AdadeltaConfig],
+                        Field(discriminator="name")]
+
+
+class OneCycle(Strict):
+    name: Literal["onecycle"]
+    pct_start: Annotated[float, Field(gt=0, lt=1)]
+    div_factor: PositiveFloat
+    final_div_factor: PositiveFloat
+    cycle_momentum: bool
+
+
+class Sgdr(Strict):
+    name: Literal["sgdr"]
+    cycle_len: PositiveInt  # epochs
+    cycle_mult: PositiveInt
+    eta_min: Fraction
+
+
+class Cosine(Strict):
+    name: Literal["cosine"]
+    eta_min: Fraction
+
+
+class StepSchedule(Strict):
+    name: Literal["step"]
+    step_size: PositiveInt
+    gamma: Annotated[float, Field(gt=0, le=1)]
+
+
+class MultiStep(Strict):
+    name: Literal["multistep"]
+    milestones: list[PositiveInt]
+    gamma: Annotated[float, Field(gt=0, le=1)]
+
+
+class Exponential(Strict):
+    name: Literal["exponential"]
+    gamma: Annotated[float, Field(gt=0, le=1)]
+
+
+class Plateau(Strict):
+    name: Literal["plateau"]
+    factor: Annotated[float, Field(gt=0, lt=1)]
+    patience: NonNegativeInt
+
+
+class Constant(Strict):
+    name: Literal["constant"]
+
+
+ScheduleConfig = Annotated[Union[OneCycle, Sgdr, Cosine, StepSchedule, MultiStep, Exponential, Plateau, Constant],
+                           Field(discriminator="name")]
+
+
+class AugmentConfig(Strict):
+    flip_h: Fraction
+    flip_v: Fraction
+    rot90: bool
+    rotate: Annotated[float, Field(ge=0, le=180)]
+    zoom: Annotated[float, Field(ge=1)]
+    translate: Annotated[float, Field(ge=0, le=0.5)]
+    crop_scale: Annotated[float, Field(gt=0, le=1)]
+    brightness: Fraction
+    contrast: Fraction
+    blur: Fraction
+    noise: Annotated[float, Field(ge=0)]
+
+
+class TrainConfig(Strict):
+    size: Annotated[int, Field(ge=16)]
+    batch_size: PositiveInt
+    device: Literal["auto", "cpu", "cuda", "mps"]
+    amp: bool
+    channels_last: bool
+    workers: NonNegativeInt
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)]
+    clip_grad: PositiveFloat | None
+    patience: PositiveInt | None
+    keep: Literal["best", "last"]
+
+
+class OverfitConfig(Strict):
+    images: Annotated[int, Field(ge=1)]
+    steps: PositiveInt
+    lr: Rate
+    max_loss: PositiveFloat
+
+
+class SimpleModelConfig(Strict):
+    size: Annotated[int, Field(ge=16)]
+    width: PositiveInt
+    epochs: PositiveInt
+    lr: Rate
+
+
+class BaselineConfig(Strict):
+    on_fail: Literal["error", "warn"]
+    init_batches: PositiveInt
+    init_tolerance: PositiveFloat
+    zero_input_steps: PositiveInt
+    zero_input_margin: Annotated[float, Field(ge=0)]
+    overfit: OverfitConfig
+    simple: SimpleModelConfig
+    picture_images: PositiveInt
+
+
+class LrFindConfig(Strict):
+    start_lr: Rate
+    end_lr: Rate
+    iterations: Annotated[int, Field(ge=10)]
+    smoothing: Annotated[float, Field(ge=0, lt=1)]
+    diverge: Annotated[float, Field(gt=1)]
+    suggestion: Literal["valley", "steep", "minimum", "slide"]
+    model: Literal["head", "unfrozen"]
+
+    @field_validator("end_lr")
+    @classmethod
+    def _range(cls, v: float, info) -> float:
+        if "start_lr" in info.data and v <= info.data["start_lr"]:
+            raise ValueError(f"must be greater than start_lr ({info.data['start_lr']:g})")
+        return v
+
+
+Lr = Union[Rate, Literal["auto"]]
+BnPolicy = Literal["train", "frozen", "frozen_all"]
+
+
+class TrainHeadConfig(Strict):
+    lr: Lr
+    precompute_epochs: NonNegativeInt
+    epochs: NonNegativeInt
+    bn: BnPolicy
+    schedule: ScheduleConfig
+
+    @field_validator("epochs")
+    @classmethod
+    def _some(cls, v: int, info) -> int:
+        if v + info.data.get("precompute_epochs", 1) == 0:
+            raise ValueError("precompute_epochs + epochs must be at least 1")
+        return v
+
+
+class FinetuneConfig(Strict):
+    lr: Lr
+    lr_mult: Annotated[float, Field(ge=1)]
+    unfreeze_to: Annotated[int, Field(ge=0, le=2)]
+    epochs: PositiveInt
+    bn: BnPolicy
+    schedule: ScheduleConfig
+
+
+class ResizeConfig(Strict):
+    size: Annotated[int, Field(ge=16)] | None
+    factor: Annotated[float, Field(gt=0)] | None
+    refresh_bn: bool
+    head_epochs: NonNegativeInt
+    head_lr: Rate
+    epochs: NonNegativeInt
+    lr: Rate
+    lr_mult: Annotated[float, Field(ge=1)]
+    bn: BnPolicy
+    schedule: ScheduleConfig
+
+    @field_validator("factor")
+    @classmethod
+    def _one_of(cls, v: float | None, info) -> float | None:
+        if (v is None) == (info.data.get("size") is None):
+            raise ValueError("set exactly one of resize.size and resize.factor")
+        return v

@@ -32,3 +32,31 @@ def write_json(path: Path, data: object) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
     return path
+
+
+def common_config(params: dict):
+    """The sections every model stage reads, validated (see recipe.steps.Common)."""
+    from recipe.config import load_section
+    from recipe.schema import AugmentConfig, ModelConfig, OptimConfig, Seed, TrainConfig
+    from recipe.steps import Common
+
+    return Common(seed=load_section("seed", Seed, params), train=load_section("train", TrainConfig, params),
+                  model=load_section("model", ModelConfig, params), optim=load_section("optim", OptimConfig, params),
+                  augment=load_section("augment", AugmentConfig, params))
+
+
+def log_epoch(row: dict, step: int) -> None:
+    """Per-epoch numbers to MLflow, step = epoch (MLflow's x axis)."""
+    import mlflow
+
+    mlflow.log_metrics({k: float(v) for k, v in row.items() if isinstance(v, (int, float))}, step=step)
+
+
+def log_numbers(metrics: dict, prefix: str = "") -> None:
+    """Every number in a (nested) metrics dict to MLflow, keys joined with dots."""
+    import mlflow
+
+    from recipe.config import flatten
+
+    flat = flatten(metrics, prefix)
+    mlflow.log_metrics({k: float(v) for k, v in flat.items() if isinstance(v, (int, float))})  # bools as 0/1

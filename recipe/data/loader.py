@@ -1,0 +1,145 @@
+"""Images decoded once, at the working size, and served as batches.
+
+Contract: :func:`load_split` decodes the images of one split (paths relative to the dataset
+root, never followed outside it) into a uint8 tensor ``(N, C, size, size)``: the shorter side
+resized to ``size``, then centre-cropped. ``C`` is 1 when every image decodes to
+grayscale (ELPV), else 3. Decoding happens once per stage, in parallel processes; an epoch is
+then index slicing of that tensor, so there is nothing left for DataLoader workers to do but
+copy (the cache for 2,624 ELPV images at 224 px is 132 MB).
+
+:class:`Batches` yields ``(x, y)`` with ``x`` float in [0, 1] on the device, shuffled and
+augmented by a generator seeded from ``(seed, epoch)``: an epoch's batches do not depend on what
+ran before it, which is what makes a resumed run equal an uninterrupted one.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from recipe.data.images import load_image
+from recipe.errors import DataError
+from recipe.paths import is_within
+
+
+@dataclass
+class ImageSet:
+    images: torch.Tensor  # uint8 (N, C, H, W)
+    labels: torch.Tensor  # int64 (N,)
+    paths: list[str]
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def read_split(path: Path) -> pd.DataFrame:
+    table = pd.read_csv(path, keep_default_na=False, dtype={"path": str, "label": str, "split": str})
+    missing = {"path", "label", "split"} - set(table.columns)
+    if missing:
+        raise DataError(f"{path}: missing column(s) {sorted(missing)}")
+    return table
+
+
+def class_names(table: pd.DataFrame) -> list[str]:
+    return sorted(table["label"].unique())
+
+
+def load_split(table: pd.DataFrame, root: Path, *, split: str, size: int, classes: list[str],
+               workers: int = 0) -> ImageSet:
+    rows = table[table["split"] == split]
+    if rows.empty:
+        raise DataError(f"split {split!r} is empty")
+    root = Path(root).resolve()
+    paths = list(rows["path"])
+    files = []
+    for p in paths:
+        f = (root / p).resolve()
+        if not is_within(f, root):
+            raise DataError(f"{p}: path leaves the dataset root {root}; refusing to read it")
+        files.append(f)
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted(set(rows["label"]) - set(index))
+    if unknown:
+        raise DataError(f"split {split!r}: labels {unknown} are not among the classes {classes}")
+    images = decode_all(files, size=size, workers=workers)
+    labels = torch.tensor([index[label] for label in rows["label"]], dtype=torch.int64)
+    return ImageSet(images, labels, paths, classes)
+
+
+def decode_all(files: list[Path], *, size: int, workers: int = 0) -> torch.Tensor:
+    """uint8 ``(N, C, size, size)``; C = 1 if every image decodes to grayscale, else 3."""
+    workers = workers or os.cpu_count() or 1
+    args = [(f, size) for f in files]
+    if workers == 1 or len(files) < 64:
+        arrays = [_decode(a) for a in args]
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            arrays = list(pool.map(_decode, args, chunksize=32))
+    if any(a.shape[0] == 3 for a in arrays):
+        arrays = [np.repeat(a, 3, axis=0) if a.shape[0] == 1 else a for a in arrays]
+    return torch.from_numpy(np.stack(arrays))
+
+
+def _decode(arg: tuple[Path, int]) -> np.ndarray:
+    path, size = arg
+    try:
+        im = load_image(path)  # 8-bit L or RGB
+    except Exception as exc:  # the audit should have dropped it; say which file
+        raise DataError(f"{path}: cannot decode ({exc})") from None
+    a = np.asarray(fit_square(im, size), dtype=np.uint8)
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1).copy()
+
+
+def fit_square(im: Image.Image, size: int) -> Image.Image:
+    """Shorter side to ``size`` (antialiased), then the centre ``size x size`` crop."""
+    w, h = im.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        im = im.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=None)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return im.crop((left, top, left + size, top + size))
+
+
+class Batches:
+    """Batches of one :class:`ImageSet` (or of cached feature vectors) for one device."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, shuffle: bool, seed: int,
+                 device: torch.device, augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+                 drop_last: bool = False, channels_last: bool = False):
+        self.x, self.y = x, y
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.device, self.augment, self.drop_last = device, augment, drop_last
+        self.channels_last = channels_last and x.dim() == 4
+        if device.type == "cuda":  # page-locked host memory lets copies overlap compute
+            self.x, self.y = self.x.pin_memory(), self.y.pin_memory()
+
+    def __len__(self) -> int:
+        n = len(self.y)
+        return n // self.batch_size if self.drop_last and n >= self.batch_size else -(-n // self.batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        n = len(self.y)
+        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            x = self.x[idx].to(self.device, non_blocking=True)
+            y = self.y[idx].to(self.device, non_blocking=True)
+            if x.dtype == torch.uint8:
+                x = x.float().div_(255)
+            if self.augment is not None:
+                x = self.augment(x, gen)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y
+
+    __iter__ = lambda self: self.epoch(0)  # noqa: E731  (unshuffled passes: evaluation, features)

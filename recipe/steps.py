@@ -1,0 +1,375 @@
+"""The model stages of the recipe as functions: baseline, lr_find, train_head, finetune, resize.
+
+Contract: each function takes its validated config sections and file paths as keyword
+arguments, writes its outputs, and returns its metrics (a JSON-ready dict). ``log(row, step)``
+receives every epoch's numbers (step = the epoch within the stage) so the caller can send them
+to MLflow; nothing here imports MLflow. Stage scripts in ``stages/`` are the wiring around these.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recipe import plots
+from recipe.augment import Augment
+from recipe.baseline import SimpleNet, check_init_loss, check_overfit, check_zero_input, prior_entropy
+from recipe.errors import ConfigError, DataError, RecipeError
+from recipe.fit import evaluate, fit
+from recipe.lr_find import range_test, suggest
+from recipe.models import Classifier, freeze_to, param_groups, set_bn_mode, spread_lrs
+from recipe.optim import make_optimizer, make_schedule
+from recipe.session import (Data, batches, features, fingerprint, load_checkpoint, load_data, new_model,
+                            pick_device, refresh_bn, save_checkpoint, seed_everything)
+
+Log = Callable[[dict, int], None]
+HEAD = 2  # index of the head among the layer groups (early, late, head)
+
+
+class CheckFailed(RecipeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Common:
+    """The sections every model stage reads."""
+    seed: int
+    train: Any  # TrainConfig
+    model: Any  # ModelConfig
+    optim: Any  # OptimConfig
+    augment: Any  # AugmentConfig
+
+    def start(self) -> torch.device:
+        seed_everything(self.seed)
+        return pick_device(self.train.device)
+
+    def loss(self) -> nn.Module:
+        return nn.CrossEntropyLoss(label_smoothing=self.train.label_smoothing)
+
+    def augmenter(self) -> Augment:
+        return Augment(**self.augment.model_dump())
+
+    def batches(self, images, device, *, train: bool, augment: bool = True):
+        return batches(images, batch_size=self.train.batch_size, train=train, seed=self.seed, device=device,
+                       augment=self.augmenter() if augment else None, channels_last=self.train.channels_last)
+
+    def optimizer(self, model: Classifier, lrs: list[float]) -> torch.optim.Optimizer:
+        cfg = self.optim.model_dump()
+        groups = param_groups(model, lrs, weight_decay=cfg.pop("weight_decay"),
+                              bn_weight_decay=cfg.pop("bn_weight_decay"))
+        return make_optimizer(groups, **cfg)
+
+    def prepare(self, model: Classifier, device: torch.device) -> Classifier:
+        model = model.to(device)
+        if self.train.channels_last and device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+
+class History:
+    """Epoch rows of one stage across its phases, numbered on from phase to phase."""
+
+    def __init__(self, log: Log | None):
+        self.rows: list[dict] = []
+        self.log = log
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["phase", "epoch", "train_loss", "valid_loss", "accuracy", "lr", "time"])
+            w.writeheader()
+            w.writerows(self.rows)
+
+
+def _train_phase(module, *, name: str, history: History, resume_dir: Path, key: str, **kwargs) -> list[dict]:
+    """One resumable fit() whose epochs continue the stage's numbering. New epochs are logged as
+    they end; epochs restored from a resume state were logged by the run that trained them."""
+    offset = len(history.rows)
+
+    def on_epoch(row: dict) -> None:
+        if history.log is not None:
+            history.log({k: v for k, v in row.items() if k != "epoch"}, offset + row["epoch"])
+
+    rows = fit(module, phase=name, resume=resume_dir / f"{name}.pt", fingerprint=key, on_epoch=on_epoch, **kwargs)
+    history.rows += [{"phase": name, **r, "epoch": offset + r["epoch"]} for r in rows]
+    return rows
+
+
+def _finish(model: Classifier, data: Data, common: Common, device, *, out: Path, history: History,
+            history_csv: Path, size: int, stage: str, resume_dir: Path, t0: float) -> dict:
+    result = evaluate(model, common.batches(data.valid, device, train=False), loss_fn=common.loss(),
+                      amp=common.train.amp)
+    save_checkpoint(out, model, classes=data.classes, size=size, model_config=common.model.model_dump(),
+                    stage=stage, epoch=len(history.rows))
+    history.write(history_csv)
+    plots.history(history.rows, history_csv.with_suffix(".png"), f"{stage} at {size} px")
+    shutil.rmtree(resume_dir, ignore_errors=True)  # finished: a rerun starts over
+    return {"valid_loss": result["loss"], "valid_accuracy": result["accuracy"], "epochs": len(history.rows),
+            "size": size, "time_s": round(time.perf_counter() - t0, 1)}
+
+
+# --- baseline -------------------------------------------------------------------------------
+
+def baseline(common: Common, cfg: Any, *, split: Path, raw: Path, picture: Path) -> dict:
+    t0 = time.perf_counter()
+    device = common.start()
+    data = load_data(split, raw, size=common.train.size, workers=common.train.workers)
+    priors = data.priors
+    model = common.prepare(new_model(common.model, data.classes, priors), device)
+
+    # What the network sees: one augmented training batch, after every transform.
+    x, y = next(iter(common.batches(data.train, device, train=True).epoch(0)))
+    k = min(cfg.picture_images, len(y))
+    plots.tensor_grid(x[:k].float().cpu().numpy(), [data.classes[i] for i in y[:k].tolist()], picture,
+                      f"A training batch as the network gets it ({common.train.size} px, after augmentation)")
+
+    checks, numbers = [], {}
+    plain_train = common.batches(data.train, device, train=False)
+    check, n = check_init_loss(model, plain_train, batches=cfg.init_batches, priors=priors,
+                               prior_bias=common.model.head.prior_bias, tolerance=cfg.init_tolerance)
+    checks.append(check)
+    numbers.update(n)
+
+    # Input-independent baseline on cached features: real images vs all-zero images.
+    f_train = features(model, plain_train)
+    f_valid = features(model, common.batches(data.valid, device, train=False))
+    zero = features(model, common.batches((torch.zeros_like(data.train.images[:1]), data.train.labels[:1]),
+                                          device, train=False))
+    feat = lambda f, labels, train: batches((f, labels), batch_size=common.train.batch_size, train=train,  # noqa: E731
+                                            seed=common.seed, device=device)
+    check, n = check_zero_input(
+        model.head, feat(f_train, data.train.labels, True), feat(zero.expand(len(f_train), -1), data.train.labels, True),
+        feat(f_valid, data.valid.labels, False), feat(zero.expand(len(f_valid), -1), data.valid.labels, False),
+        steps=cfg.zero_input_steps, lr=cfg.simple.lr, margin=cfg.zero_input_margin)
+    checks.append(check)
+    numbers.update(n)
+
+    # Majority class: the accuracy of always answering the most frequent training class.
+    majority = int(torch.argmax(torch.tensor(priors)))
+    numbers["majority_class"] = data.classes[majority]
+    numbers["majority_accuracy"] = (data.valid.labels == majority).float().mean().item()
+
+    # The simple model, from scratch, at a small size.
+    numbers.update(_simple_model(common, cfg.simple, data, device))
+
+    # Overfit one batch (last: it changes the model).
+    gen = torch.Generator().manual_seed(common.seed)
+    idx = torch.randperm(len(data.train), generator=gen)[: cfg.overfit.images]
+    xb = data.train.images[idx].to(device).float().div(255)
+    yb = data.train.labels[idx].to(device)
+    checks.append(check_overfit(model, xb, yb, steps=cfg.overfit.steps, lr=cfg.overfit.lr,
+                                max_loss=cfg.overfit.max_loss))
+    numbers["overfit_loss"] = checks[-1].value
+    metrics = {"checks": {c.name: c.as_dict() for c in checks}, **numbers,
+               "classes": len(data.classes), "prior_entropy": prior_entropy(priors),
+               "passed": all(c.passed for c in checks), "time_s": round(time.perf_counter() - t0, 1)}
+    for c in checks:
+        print(f"baseline: {'ok  ' if c.passed else 'FAIL'} {c.name}: {c.detail}")
+    print(f"baseline: majority class {numbers['majority_class']!r} valid accuracy {numbers['majority_accuracy']:.4f}; "
+          f"simple model valid accuracy {numbers['simple_accuracy']:.4f}")
+    return metrics
+
+
+def failed_checks(metrics: dict) -> list[str]:
+    return [f"check {name} failed: {c['detail']}" for name, c in metrics["checks"].items() if not c["passed"]]
+
+
+def _simple_model(common: Common, cfg: Any, data: Data, device) -> dict:
+    def shrink(images: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(images.float(), size=(cfg.size, cfg.size), mode="bilinear", antialias=True,
+                             align_corners=False).round().clamp(0, 255).to(torch.uint8)
+
+    train = (shrink(data.train.images), data.train.labels)
+    valid = (shrink(data.valid.images), data.valid.labels)
+    net = SimpleNet(train[0].shape[1], len(data.classes), cfg.width).to(device)
+    tb = common.batches(train, device, train=True)
+    vb = common.batches(valid, device, train=False)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr)
+    sched = make_schedule(opt, name="onecycle", epochs=cfg.epochs, steps_per_epoch=len(tb), pct_start=0.25,
+                          div_factor=25.0, final_div_factor=1e4, cycle_momentum=True)
+    rows = fit(net, train=tb, valid=vb, epochs=cfg.epochs, optimizer=opt, schedule=sched, loss_fn=common.loss(),
+               keep="last", phase="simple model")
+    return {"simple_accuracy": rows[-1]["accuracy"], "simple_valid_loss": rows[-1]["valid_loss"]}
+
+
+# --- lr_find --------------------------------------------------------------------------------
+
+def lr_find(common: Common, cfg: Any, *, lr_mult: float, unfreeze_to: int, bn: str, split: Path, raw: Path,
+            curve_csv: Path, plot: Path, suggestion: Path) -> dict:
+    t0 = time.perf_counter()
+    device = common.start()
+    data = load_data(split, raw, size=common.train.size, workers=common.train.workers)
+    model = common.prepare(new_model(common.model, data.classes, data.priors), device)
+    if cfg.model == "head":
+        freeze_to(model, HEAD)
+        f = features(model, common.batches(data.train, device, train=False), amp=common.train.amp)
+        train = batches((f, data.train.labels), batch_size=common.train.batch_size, train=True, seed=common.seed,
+                        device=device)
+        result = _range_test(model.head, model, common, cfg, train, [1.0, 1.0, 1.0], None)
+    else:
+        freeze_to(model, unfreeze_to)
+        result = _range_test(model, model, common, cfg, common.batches(data.train, device, train=True),
+                             spread_lrs(1.0, lr_mult, 3),
+                             lambda: set_bn_mode(model, policy=bn, first_trainable=unfreeze_to))
+    write_lr_find(result, cfg.suggestion, curve_csv=curve_csv, plot=plot, suggestion=suggestion)
+    return {**result["summary"], "time_s": round(time.perf_counter() - t0, 1)}
+
+
+def _range_test(module, model: Classifier, common: Common, cfg: Any, train, ratios: list[float], train_mode):
+    opt = common.optimizer(model, ratios)
+    curve = range_test(module, batches=train.epoch, optimizer=opt, loss_fn=common.loss(), start_lr=cfg.start_lr,
+                       end_lr=cfg.end_lr, iterations=cfg.iterations, smoothing=cfg.smoothing, diverge=cfg.diverge,
+                       train_mode=train_mode)
+    try:
+        rules = suggest(curve["lr"], curve["smoothed"])
+    except ValueError as exc:
+        raise DataError(f"lr_find: {exc} (the loss diverged at once? lower lr_find.start_lr)") from None
+    chosen = rules[cfg.suggestion]
+    summary = {"lr": chosen, "rule": cfg.suggestion, "suggestions": rules, "points": len(curve["lr"]),
+               "stopped_early": len(curve["lr"]) < cfg.iterations, "min_loss": min(curve["smoothed"])}
+    return {"curve": curve, "summary": summary}
+
+
+def write_lr_find(result: dict, rule: str, *, curve_csv: Path, plot: Path, suggestion: Path) -> None:
+    curve, summary = result["curve"], result["summary"]
+    curve_csv.parent.mkdir(parents=True, exist_ok=True)
+    with curve_csv.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["lr", "loss", "smoothed"])
+        w.writerows(zip(curve["lr"], curve["loss"], curve["smoothed"]))
+    plots.lr_curve(curve["lr"], curve["loss"], curve["smoothed"], summary["suggestions"], rule, plot)
+    suggestion.parent.mkdir(parents=True, exist_ok=True)
+    suggestion.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"lr_find: {summary['points']} points; suggestions "
+          + ", ".join(f"{k} {v:.2e}" for k, v in summary["suggestions"].items()) + f"; using {rule}: {summary['lr']:.2e}")
+
+
+def resolve_lr(lr: float | str, suggestion: Path | None, key: str) -> float:
+    if lr != "auto":
+        return float(lr)
+    if suggestion is None or not Path(suggestion).is_file():
+        raise ConfigError(f"{key} = 'auto' needs lr_find's suggestion.json, which is missing (run lr_find)")
+    return float(json.loads(Path(suggestion).read_text())["lr"])
+
+
+# --- train_head -----------------------------------------------------------------------------
+
+def train_head(common: Common, cfg: Any, *, split: Path, raw: Path, suggestion: Path, out: Path,
+               history_csv: Path, log: Log | None = None) -> dict:
+    t0 = time.perf_counter()
+    lr = resolve_lr(cfg.lr, suggestion, "train_head.lr")
+    device = common.start()
+    data = load_data(split, raw, size=common.train.size, workers=common.train.workers)
+    model = common.prepare(new_model(common.model, data.classes, data.priors), device)
+    train_bn = cfg.bn == "train"
+    freeze_to(model, HEAD, train_bn=train_bn)
+    resume = out.parent / "resume"
+    key = fingerprint("train_head", cfg, common, lr, files=(split,))
+    history = History(log)
+    loss_fn = common.loss()
+    kw = dict(loss_fn=loss_fn, amp=common.train.amp, clip_grad=common.train.clip_grad,
+              patience=common.train.patience, keep=common.train.keep, history=history, resume_dir=resume, key=key)
+    if cfg.precompute_epochs:
+        # Body features once (eval mode, no augmentation); then each head epoch costs milliseconds.
+        ft = features(model, common.batches(data.train, device, train=False), amp=common.train.amp)
+        fv = features(model, common.batches(data.valid, device, train=False), amp=common.train.amp)
+        tb = batches((ft, data.train.labels), batch_size=common.train.batch_size, train=True, seed=common.seed, device=device)
+        vb = batches((fv, data.valid.labels), batch_size=common.train.batch_size, train=False, seed=common.seed, device=device)
+        opt = common.optimizer(model, [lr] * 3)
+        sched = make_schedule(opt, epochs=cfg.precompute_epochs, steps_per_epoch=len(tb), **cfg.schedule.model_dump())
+        _train_phase(model.head, name="precomputed", train=tb, valid=vb, epochs=cfg.precompute_epochs,
+                     optimizer=opt, schedule=sched, **kw)
+    if cfg.epochs:
+        tb = common.batches(data.train, device, train=True)
+        opt = common.optimizer(model, [lr] * 3)
+        sched = make_schedule(opt, epochs=cfg.epochs, steps_per_epoch=len(tb), **cfg.schedule.model_dump())
+        _train_phase(model, name="augmented", train=tb, valid=common.batches(data.valid, device, train=False),
+                     epochs=cfg.epochs, optimizer=opt, schedule=sched,
+                     train_mode=lambda: set_bn_mode(model, policy=cfg.bn, first_trainable=HEAD), **kw)
+    return {"lr": lr, **_finish(model, data, common, device, out=out, history=history, history_csv=history_csv,
+                                size=common.train.size, stage="train_head", resume_dir=resume, t0=t0)}
+
+
+# --- finetune -------------------------------------------------------------------------------
+
+def finetune(common: Common, cfg: Any, lr_find_cfg: Any, *, split: Path, raw: Path, checkpoint: Path, out: Path,
+             history_csv: Path, lr_find_dir: Path, log: Log | None = None) -> dict:
+    t0 = time.perf_counter()
+    device = common.start()
+    model, meta = load_checkpoint(checkpoint)
+    model = common.prepare(model, device)
+    data = load_data(split, raw, size=meta["size"], workers=common.train.workers)
+    _same_classes(meta, data, checkpoint)
+    freeze_to(model, cfg.unfreeze_to, train_bn=cfg.bn == "train")
+    train_mode = lambda: set_bn_mode(model, policy=cfg.bn, first_trainable=cfg.unfreeze_to)  # noqa: E731
+    tb = common.batches(data.train, device, train=True)
+    lr = cfg.lr
+    if lr == "auto":  # the range test on the unfrozen model, keeping the groups' ratios
+        result = _range_test(model, model, common, lr_find_cfg, tb, spread_lrs(1.0, cfg.lr_mult, 3), train_mode)
+        write_lr_find(result, lr_find_cfg.suggestion, curve_csv=lr_find_dir / "curve.csv",
+                      plot=lr_find_dir / "curve.png", suggestion=lr_find_dir / "suggestion.json")
+        lr = result["summary"]["lr"]
+    lrs = spread_lrs(lr, cfg.lr_mult, 3)
+    opt = common.optimizer(model, lrs)
+    sched = make_schedule(opt, epochs=cfg.epochs, steps_per_epoch=len(tb), **cfg.schedule.model_dump())
+    resume = out.parent / "resume"
+    history = History(log)
+    _train_phase(model, name="unfrozen", train=tb, valid=common.batches(data.valid, device, train=False),
+                 epochs=cfg.epochs, optimizer=opt, schedule=sched, train_mode=train_mode, loss_fn=common.loss(),
+                 amp=common.train.amp, clip_grad=common.train.clip_grad, patience=common.train.patience,
+                 keep=common.train.keep, history=history, resume_dir=resume,
+                 key=fingerprint("finetune", cfg, common, lr, files=(split, checkpoint)))
+    return {"lr": lr, "lrs": lrs, **_finish(model, data, common, device, out=out, history=history,
+                                            history_csv=history_csv, size=meta["size"], stage="finetune",
+                                            resume_dir=resume, t0=t0)}
+
+
+def _same_classes(meta: dict, data: Data, checkpoint: Path) -> None:
+    if list(meta["classes"]) != data.classes:
+        raise DataError(f"{checkpoint}: trained on classes {meta['classes']}, the split has {data.classes}")
+
+
+# --- resize ---------------------------------------------------------------------------------
+
+def resize(common: Common, cfg: Any, *, unfreeze_to: int, split: Path, raw: Path, checkpoint: Path, out: Path,
+           history_csv: Path, log: Log | None = None) -> dict:
+    t0 = time.perf_counter()
+    device = common.start()
+    model, meta = load_checkpoint(checkpoint)
+    model = common.prepare(model, device)
+    size = cfg.size if cfg.size is not None else int(round(meta["size"] * cfg.factor))
+    data = load_data(split, raw, size=size, workers=common.train.workers)
+    _same_classes(meta, data, checkpoint)
+    metrics: dict[str, Any] = {"from_size": meta["size"]}
+    plain = common.batches(data.valid, device, train=False)
+    before = evaluate(model, plain, loss_fn=common.loss(), amp=common.train.amp)
+    metrics["valid_accuracy_before"] = before["accuracy"]
+    if cfg.refresh_bn:
+        metrics["bn_layers_refreshed"] = refresh_bn(model, common.batches(data.train, device, train=False))
+        metrics["valid_accuracy_after_bn_refresh"] = evaluate(model, plain, loss_fn=common.loss(),
+                                                              amp=common.train.amp)["accuracy"]
+    resume = out.parent / "resume"
+    history = History(log)
+    tb = common.batches(data.train, device, train=True)
+    key = fingerprint("resize", cfg, common, unfreeze_to, files=(split, checkpoint))
+    kw = dict(train=tb, valid=plain, loss_fn=common.loss(), amp=common.train.amp, clip_grad=common.train.clip_grad,
+              patience=common.train.patience, keep=common.train.keep, history=history, resume_dir=resume, key=key)
+    for name, epochs, first, lrs in (("frozen", cfg.head_epochs, HEAD, [cfg.head_lr] * 3),
+                                     ("unfrozen", cfg.epochs, unfreeze_to, spread_lrs(cfg.lr, cfg.lr_mult, 3))):
+        if not epochs:
+            continue
+        freeze_to(model, first, train_bn=cfg.bn == "train")
+        opt = common.optimizer(model, lrs)
+        sched = make_schedule(opt, epochs=epochs, steps_per_epoch=len(tb), **cfg.schedule.model_dump())
+        _train_phase(model, name=name, epochs=epochs, optimizer=opt, schedule=sched,
+                     train_mode=lambda first=first: set_bn_mode(model, policy=cfg.bn, first_trainable=first), **kw)
+    return {**metrics, **_finish(model, data, common, device, out=out, history=history, history_csv=history_csv,
+                                 size=size, stage="resize", resume_dir=resume, t0=t0)}

@@ -1,0 +1,31 @@
+"""resize: progressive resizing, continuing from the fine-tuned model at a larger image size."""
+import mlflow
+
+from recipe.config import load_section, read_params
+from recipe.schema import FinetuneConfig, ResizeConfig, TrackingConfig
+from recipe.steps import resize
+from recipe.tracking import stage_run
+from stages._common import common_config, log_epoch, log_numbers, run, write_json
+
+SECTIONS = ("seed", "train", "optim", "augment", "resize")
+
+
+def main(args):
+    params = read_params()
+    common = common_config(params)
+    cfg = load_section("resize", ResizeConfig, params)
+    ft = load_section("finetune", FinetuneConfig, params)
+    tracking = load_section("tracking", TrackingConfig, params)
+    used = {**{k: params[k] for k in SECTIONS}, "finetune": {"unfreeze_to": ft.unfreeze_to}}
+    with stage_run("resize", used, experiment=tracking.experiment):
+        metrics = resize(common, cfg, unfreeze_to=ft.unfreeze_to, split=args.split, raw=args.raw,
+                         checkpoint=args.checkpoint, out=args.model, history_csv=args.history, log=log_epoch)
+        write_json(args.metrics, metrics)
+        log_numbers({f"final.{k}": v for k, v in metrics.items()})
+        for path in (args.history, args.metrics):
+            mlflow.log_artifact(str(path))
+        mlflow.log_artifact(str(args.history.with_suffix(".png")), "plots")
+
+
+if __name__ == "__main__":
+    run(main, "split", "raw", "checkpoint", "model", "history", "metrics")

@@ -1,0 +1,29 @@
+"""train_head: a new head on the frozen pretrained body (cached features, then augmented epochs)."""
+import mlflow
+
+from recipe.config import load_section, read_params
+from recipe.schema import TrackingConfig, TrainHeadConfig
+from recipe.steps import train_head
+from recipe.tracking import stage_run
+from stages._common import common_config, log_epoch, log_numbers, run, write_json
+
+SECTIONS = ("seed", "train", "model", "optim", "augment", "train_head")
+
+
+def main(args):
+    params = read_params()
+    common = common_config(params)
+    cfg = load_section("train_head", TrainHeadConfig, params)
+    tracking = load_section("tracking", TrackingConfig, params)
+    with stage_run("train_head", {k: params[k] for k in SECTIONS}, experiment=tracking.experiment):
+        metrics = train_head(common, cfg, split=args.split, raw=args.raw, suggestion=args.suggestion,
+                             out=args.model, history_csv=args.history, log=log_epoch)
+        write_json(args.metrics, metrics)
+        log_numbers({f"final.{k}": v for k, v in metrics.items()})
+        for path in (args.history, args.metrics):
+            mlflow.log_artifact(str(path))
+        mlflow.log_artifact(str(args.history.with_suffix(".png")), "plots")
+
+
+if __name__ == "__main__":
+    run(main, "split", "raw", "suggestion", "model", "history", "metrics")
