@@ -10,7 +10,14 @@ import yaml
 from recipe.compose import compose
 from recipe.config import load_section, validate
 from recipe.errors import ConfigError
-from recipe.schema import AuditConfig, DataConfig, Seed, SplitConfig, TrackingConfig
+from recipe.schema import (AugmentConfig, AuditConfig, BaselineConfig, DataConfig, FinetuneConfig, LrFindConfig,
+                           ModelConfig, OptimConfig, ResizeConfig, Seed, SplitConfig, TrackingConfig,
+                           TrainConfig, TrainHeadConfig)
+
+SCHEMAS = {"audit": AuditConfig, "split": SplitConfig, "data": DataConfig, "model": ModelConfig,
+           "optim": OptimConfig, "augment": AugmentConfig, "train": TrainConfig, "baseline": BaselineConfig,
+           "lr_find": LrFindConfig, "train_head": TrainHeadConfig, "finetune": FinetuneConfig,
+           "resize": ResizeConfig}
 
 from conftest import REPO, subprocess_env
 
@@ -41,6 +48,28 @@ def test_every_section_of_the_real_config_validates(params):
     load_section("split", SplitConfig, params)
     load_section("tracking", TrackingConfig, params)
     assert load_section("seed", Seed, params) == params["seed"]
+    for name, schema in SCHEMAS.items():
+        load_section(name, schema, params)
+
+
+@pytest.mark.parametrize("group, options", [
+    ("optim", ["sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta"]),
+    ("model", ["efficientnet_lite0", "resnet18", "resnet34", "resnet50", "mobilenet_v3_large", "efficientnet_b0",
+               "convnext_tiny"]),
+    ("augment", ["top_down", "side_on", "none"]),
+])
+def test_every_option_of_a_group_composes_and_validates(tmp_path, group, options):
+    for option in options:
+        out = yaml.safe_load(compose(REPO, [f"{group}={option}"], tmp_path / "p.yaml").read_text())
+        validate(group, out[group], SCHEMAS[group])
+
+
+def test_every_schedule_composes_into_each_training_stage(tmp_path):
+    for name in ("onecycle", "sgdr", "cosine", "step", "multistep", "exponential", "plateau", "constant"):
+        overrides = [f"schedule@{stage}.schedule={name}" for stage in ("train_head", "finetune", "resize")]
+        out = yaml.safe_load(compose(REPO, overrides, tmp_path / "p.yaml").read_text())
+        for stage in ("train_head", "finetune", "resize"):
+            assert validate(stage, out[stage], SCHEMAS[stage]).schedule.name == name
 
 
 @pytest.mark.parametrize(
@@ -55,10 +84,20 @@ def test_every_section_of_the_real_config_validates(params):
         ("data", {"source": "s3"}, "data.source = 's3': must be one of 'elpv', 'folder', 'csv'"),
         ("data", {"task": "regression"}, "data.task = 'regression': Input should be 'binary' or 'four_class'"),
         ("data", {"limit": 0}, "data.limit = 0: Input should be greater than 0"),
+        ("optim", {"name": "lbfgs"}, "optim.name = 'lbfgs': must be one of 'sgd', 'adam', 'adamw', 'rmsprop', 'adagrad', 'adadelta'"),
+        ("optim", {"weight_decay": -0.1}, "optim.weight_decay = -0.1: Input should be greater than or equal to 0"),
+        ("finetune", {"lr": -0.001}, "finetune.lr = -0.001"),
+        ("finetune", {"lr": "fast"}, "finetune.lr = 'fast'"),
+        ("finetune", {"schedule": {"name": "sgdr", "cycle_len": 0, "cycle_mult": 2, "eta_min": 0}}, "finetune.schedule.cycle_len = 0: Input should be greater than 0"),
+        ("resize", {"factor": 1.5}, "set exactly one of resize.size and resize.factor"),
+        ("lr_find", {"end_lr": 1e-8}, "lr_find.end_lr = 1e-08: must be greater than start_lr"),
+        ("lr_find", {"suggestion": "middle"}, "lr_find.suggestion = 'middle'"),
+        ("train", {"device": "tpu"}, "train.device = 'tpu'"),
+        ("model", {"head": {"pool": "avg", "dropout": 1.5, "init": "kaiming", "init_gain": 0.1, "prior_bias": True}}, "model.head.dropout = 1.5"),
     ],
 )
 def test_bad_values_name_key_value_and_what_is_allowed(params, section, change, expected):
-    schema = {"audit": AuditConfig, "split": SplitConfig, "data": DataConfig}[section]
+    schema = SCHEMAS[section]
     with pytest.raises(ConfigError) as err:
         validate(section, {**params[section], **change}, schema)
     assert expected in str(err.value)

@@ -13,6 +13,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from recipe.compose import compose
@@ -62,7 +63,8 @@ def point_conf_at(proj: Path, data: Path) -> None:
     -S` recomposes params.yaml from conf/ plus its own overrides, so a choice written only into
     params.yaml would not survive the first experiment."""
     (proj / "conf/experiment/e2e.yaml").write_text(
-        f"# @package _global_\ndefaults:\n  - override /data: folder\ndata:\n  path: {data}\n"
+        "# @package _global_\ndefaults:\n  - tiny\n  - override /data: folder\n"
+        f"data:\n  path: {data}\n  limit: null\nfinetune:\n  epochs: 3\n"
     )
     config = proj / "conf/config.yaml"
     config.write_text(config.read_text().replace("- experiment: null", "- experiment: e2e"))
@@ -109,10 +111,13 @@ def test_repro_writes_every_output(project):
     assert json.loads((proj / "outputs/split/metrics.json").read_text())["leaking_groups"] == 0
 
 
+STAGES = ["audit", "baseline", "finetune", "ingest", "lr_find", "resize", "split", "train_head"]
+
+
 def test_stages_of_one_repro_share_one_parent_run(project):
     runs = store_runs(project["proj"])
-    children = [r for r in runs if r.info.run_name in ("ingest", "audit", "split")]
-    assert sorted(r.info.run_name for r in children) == ["audit", "ingest", "split"]
+    children = [r for r in runs if r.info.run_name in STAGES]
+    assert sorted(r.info.run_name for r in children) == STAGES
     parents = {r.data.tags["mlflow.parentRunId"] for r in children}
     assert len(parents) == 1
     (parent,) = [r for r in runs if r.info.run_id in parents]
@@ -124,10 +129,64 @@ def test_stages_of_one_repro_share_one_parent_run(project):
     assert (project["proj"] / "mlartifacts").is_dir()
 
 
+def test_training_stages_write_checkpoints_histories_and_metrics(project):
+    proj = project["proj"]
+    base = json.loads((proj / "outputs/baseline/metrics.json").read_text())
+    assert set(base["checks"]) == {"init_loss", "input_independent", "overfit_one_batch"}
+    assert base["checks"]["overfit_one_batch"]["passed"] and base["overfit_loss"] < 0.05
+    assert (proj / "outputs/baseline/batch.png").stat().st_size > 1000
+    suggestion = json.loads((proj / "outputs/lr_find/suggestion.json").read_text())
+    assert suggestion["rule"] == "valley" and set(suggestion["suggestions"]) == {"valley", "steep", "minimum", "slide"}
+    curve = pd.read_csv(proj / "outputs/lr_find/curve.csv")
+    assert list(curve.columns) == ["lr", "loss", "smoothed"] and curve["lr"].is_monotonic_increasing
+    head = json.loads((proj / "outputs/train_head/metrics.json").read_text())
+    assert head["lr"] == pytest.approx(suggestion["lr"])  # train_head.lr: auto took lr_find's suggestion
+    for stage, size, epochs in (("train_head", 64, 3), ("finetune", 64, 3), ("resize", 96, 2)):
+        history = pd.read_csv(proj / f"outputs/{stage}/history.csv")
+        assert list(history["epoch"]) == list(range(len(history))) and 1 <= len(history) <= epochs
+        ckpt = torch.load(proj / f"outputs/{stage}/model.pt", weights_only=True)
+        assert ckpt["size"] == size and ckpt["classes"] == ["bad", "good"] and ckpt["stage"] == stage
+        metrics = json.loads((proj / f"outputs/{stage}/metrics.json").read_text())
+        assert 0 <= metrics["valid_accuracy"] <= 1 and metrics["size"] == size
+        assert not (proj / f"outputs/{stage}/resume").exists()  # a finished stage leaves no resume state
+    runs = {r.info.run_name: r for r in store_runs(proj)}
+    client = mlflow.MlflowClient(f"sqlite:///{proj}/mlflow.db")
+    steps = [m.step for m in client.get_metric_history(runs["finetune"].info.run_id, "valid_loss")]
+    assert steps == list(range(len(pd.read_csv(proj / "outputs/finetune/history.csv"))))
+    assert runs["finetune"].data.params["finetune.lr_mult"] == "9"
+
+
+def test_killed_training_stage_resumes_to_the_same_metrics(project):
+    """SIGKILL finetune once its first epoch is saved; the rerun resumes and ends where an
+    uninterrupted run ended."""
+    import signal
+    import time
+
+    proj = project["proj"]
+    uninterrupted = json.loads((proj / "outputs/finetune/metrics.json").read_text())
+    resume = proj / "outputs/finetune/resume/unfrozen.pt"
+    cmd = [sys.executable, "-m", "stages.finetune", "--split", "outputs/split/split.csv", "--raw", "data/raw",
+           "--checkpoint", "outputs/train_head/model.pt", "--model", "outputs/finetune/model.pt",
+           "--history", "outputs/finetune/history.csv", "--metrics", "outputs/finetune/metrics.json"]
+    proc = subprocess.Popen(cmd, cwd=proj, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while not resume.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert resume.exists(), "the stage finished before it could be killed"
+    out = sh(*cmd, cwd=proj)
+    assert "resuming after epoch" in out
+    resumed = json.loads((proj / "outputs/finetune/metrics.json").read_text())
+    for key in ("valid_loss", "valid_accuracy", "epochs"):
+        assert resumed[key] == uninterrupted[key], key
+
+
 def test_nothing_changed_skips_audit_and_split(project):
     out = dvc("repro", cwd=project["proj"])
     assert "Stage 'audit' didn't change, skipping" in out
     assert "Stage 'split' didn't change, skipping" in out
+    assert "Stage 'resize' didn't change, skipping" in out
 
 
 def test_new_data_reruns_downstream(project):
