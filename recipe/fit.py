@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from recipe.data.loader import Batches
-from recipe.errors import RecipeError
+from recipe.errors import DataError, RecipeError
 from recipe.optim import Schedule, current_lrs
 
 
@@ -81,6 +81,8 @@ def fit(module: nn.Module, *, train: Batches, valid: Batches, epochs: int, optim
             return history
         print(f"{phase}: resuming after epoch {start - 1} from {resume}", file=sys.stderr)
 
+    if len(train) == 0:
+        raise DataError(f"{phase}: the training set gives no batch (fewer images than one batch?)")
     use_fp16_scaler = amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda") if use_fp16_scaler else None
     stopped = False

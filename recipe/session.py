@@ -75,7 +75,7 @@ def batches(images: ImageSet | tuple[torch.Tensor, torch.Tensor], *, batch_size:
     x, y = (images.images, images.labels) if isinstance(images, ImageSet) else images
     aug = augment if (train and augment is not None and augment.active) else None
     # Dropping a last batch of 1 avoids BatchNorm's "expected more than 1 value" in training.
-    drop_last = train and len(y) % batch_size == 1
+    drop_last = train and len(y) > 1 and len(y) % batch_size == 1
     return Batches(x, y, batch_size=batch_size, shuffle=train, seed=seed, device=device, augment=aug,
                    drop_last=drop_last, channels_last=channels_last and device.type == "cuda")
 

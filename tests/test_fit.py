@@ -1,0 +1,264 @@
+"""The fit loop on tiny tensors: a resumed run equals an uninterrupted one, a changed fingerprint
+starts over, a non-finite loss is named, early stopping keeps the best weights, seeds repeat."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from recipe.augment import Augment
+from recipe.data.loader import Batches
+from recipe.fit import Diverged, evaluate, fit
+from recipe.optim import make_schedule
+
+torch.set_num_threads(1)
+
+CPU = torch.device("cpu")
+FLIP_ONLY = Augment(flip_h=0.5, flip_v=0.0, rot90=False, rotate=0.0, zoom=1.0, translate=0.0, crop_scale=1.0,
+                    brightness=0.0, contrast=0.0, blur=0.0, noise=0.0)
+KEYS = ("epoch", "train_loss", "valid_loss", "accuracy", "lr")
+loss_fn = nn.functional.cross_entropy
+
+
+class Stop(Exception):
+    """A kill in the middle of training."""
+
+
+def data(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """8x8 one-channel images; the label says whether the top half is brighter than the bottom
+    (a horizontal flip does not change it)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 8, 8, generator=g)
+    y = (x[:, :, :4].mean(dim=(1, 2, 3)) > x[:, :, 4:].mean(dim=(1, 2, 3))).long()
+    return x, y
+
+
+def conv_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Dropout(0.5),
+                         nn.Linear(4 * 64, 2))
+
+
+def loaders(augment=FLIP_ONLY, seed: int = 7, batch_size: int = 8):
+    xt, yt = data(40, 0)
+    xv, yv = data(16, 1)
+    train = Batches(xt, yt, batch_size=batch_size, shuffle=True, seed=seed, device=CPU, augment=augment)
+    valid = Batches(xv, yv, batch_size=batch_size, shuffle=False, seed=seed, device=CPU)
+    return train, valid
+
+
+def run(model_seed: int, *, epochs: int = 4, resume=None, fingerprint: str = "x", on_epoch=None, keep="best",
+        patience=None, schedule: str = "onecycle"):
+    """A fresh model, optimizer and schedule, then fit; returns (model, history)."""
+    torch.manual_seed(model_seed)
+    model = conv_net()
+    train, valid = loaders()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    if schedule == "onecycle":
+        sched = make_schedule(opt, name="onecycle", epochs=epochs, steps_per_epoch=len(train), pct_start=0.25,
+                              div_factor=25.0, final_div_factor=1e4, cycle_momentum=True)
+    else:
+        sched = make_schedule(opt, name=schedule, epochs=epochs, steps_per_epoch=len(train))
+    # the global RNG (dropout) continues from here in both runs
+    torch.manual_seed(1234)
+    history = fit(model, train=train, valid=valid, epochs=epochs, optimizer=opt, schedule=sched, loss_fn=loss_fn,
+                  resume=resume, fingerprint=fingerprint, on_epoch=on_epoch, keep=keep, patience=patience)
+    return model, history
+
+
+def rows(history):
+    return [{k: r[k] for k in KEYS} for r in history]
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_resumed_run_equals_uninterrupted(tmp_path):
+    full_model, full = run(0, resume=tmp_path / "a.pt")
+    assert [r["epoch"] for r in full] == [0, 1, 2, 3]
+
+    def kill(row):
+        if row["epoch"] == 2:  # on_epoch runs before the resume state is written: epochs 0, 1 saved
+            raise Stop
+
+    with pytest.raises(Stop):
+        run(0, resume=tmp_path / "b.pt", on_epoch=kill)
+    state = torch.load(tmp_path / "b.pt", weights_only=True)
+    assert state["epoch"] == 2 and not state["done"]
+
+    seen = []
+    # a different init: the weights must come from the resume file
+    resumed_model, resumed = run(99, resume=tmp_path / "b.pt", on_epoch=lambda r: seen.append(r["epoch"]))
+    assert seen == [2, 3]
+    assert rows(resumed) == rows(full)
+    assert same_weights(resumed_model, full_model)
+
+
+def test_model_seed_changes_the_run():
+    """The control for the test above: a second model seed does give other numbers when not resumed."""
+    _, a = run(0)
+    _, b = run(99)
+    assert rows(a) != rows(b)
+
+
+def test_finished_resume_state_returns_history_and_final_weights(tmp_path):
+    model, history = run(0, resume=tmp_path / "a.pt")
+    calls = []
+    again_model, again = run(5, resume=tmp_path / "a.pt", on_epoch=calls.append)
+    assert calls == []  # nothing trained
+    assert rows(again) == rows(history)
+    assert same_weights(again_model, model)
+
+
+def test_other_fingerprint_starts_over(tmp_path):
+    _, history = run(0, resume=tmp_path / "a.pt", fingerprint="x")
+    seen = []
+    model, fresh = run(0, resume=tmp_path / "a.pt", fingerprint="y", on_epoch=lambda r: seen.append(r["epoch"]))
+    assert seen == [0, 1, 2, 3]
+    assert [r["epoch"] for r in fresh] == [0, 1, 2, 3]
+    assert rows(fresh) == rows(history)  # same seeds from scratch: the same run again
+    assert torch.load(tmp_path / "a.pt", weights_only=True)["fingerprint"] == "y"
+
+
+def test_interrupted_state_with_other_fingerprint_is_not_resumed(tmp_path):
+    def kill(row):
+        if row["epoch"] == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run(0, resume=tmp_path / "b.pt", fingerprint="x", on_epoch=kill)
+    seen = []
+    run(0, resume=tmp_path / "b.pt", fingerprint="y", on_epoch=lambda r: seen.append(r["epoch"]))
+    assert seen == [0, 1, 2, 3]
+
+
+def test_same_seed_same_history():
+    a_model, a = run(3)
+    b_model, b = run(3)
+    assert rows(a) == rows(b)
+    assert same_weights(a_model, b_model)
+    assert len(a) == 4 and all(set(KEYS) | {"time"} == set(r) for r in a)
+
+
+def test_history_lr_is_the_rate_trained_at():
+    _, history = run(0, schedule="constant")
+    assert [r["lr"] for r in history] == [0.1] * 4
+
+
+# --- divergence -------------------------------------------------------------------------------
+
+def test_non_finite_loss_raises_diverged_naming_epoch_step_and_lr():
+    torch.manual_seed(0)
+    model = conv_net()
+    x, y = data(16, 0)
+    x[9] = float("inf")  # in the second batch of 4 (no shuffling)
+    train = Batches(x, y, batch_size=4, shuffle=False, seed=0, device=CPU)
+    valid = Batches(*data(8, 1), batch_size=4, shuffle=False, seed=0, device=CPU)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    sched = make_schedule(opt, name="constant", epochs=2, steps_per_epoch=len(train))
+    with pytest.raises(Diverged) as info:
+        fit(model, train=train, valid=valid, epochs=2, optimizer=opt, schedule=sched, loss_fn=loss_fn)
+    msg = str(info.value)
+    assert "epoch 0" in msg and "step 2" in msg and "lr 0.05" in msg
+    assert "nan" in msg or "inf" in msg
+
+
+def test_huge_lr_raises_diverged():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
+    train, valid = loaders(augment=None)
+    opt = torch.optim.SGD(model.parameters(), lr=1e38)
+    sched = make_schedule(opt, name="constant", epochs=3, steps_per_epoch=len(train))
+    with pytest.raises(Diverged, match=r"epoch \d+, step \d+ \(lr 1e\+38\)"):
+        fit(model, train=train, valid=valid, epochs=3, optimizer=opt, schedule=sched, loss_fn=loss_fn)
+
+
+# --- early stopping and keep ----------------------------------------------------------------
+
+def anti_learning(keep: str, patience, epochs: int = 8):
+    """Valid = the training images with every label flipped: the better the model learns the
+    training set, the worse its valid loss, so epoch 0 is the best."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
+    x, y = data(32, 0)
+    train = Batches(x, y, batch_size=8, shuffle=True, seed=0, device=CPU)
+    valid = Batches(x, 1 - y, batch_size=8, shuffle=False, seed=0, device=CPU)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    sched = make_schedule(opt, name="constant", epochs=epochs, steps_per_epoch=len(train))
+    history = fit(model, train=train, valid=valid, epochs=epochs, optimizer=opt, schedule=sched, loss_fn=loss_fn,
+                  patience=patience, keep=keep)
+    return model, valid, history
+
+
+def test_early_stopping_stops_when_valid_loss_never_improves():
+    _, _, history = anti_learning("best", patience=1)
+    losses = [r["valid_loss"] for r in history]
+    assert len(history) < 8
+    assert len(history) == 2  # epoch 0 best, epoch 1 worse: patience 1 spent
+    assert losses[1] > losses[0]
+
+
+def test_without_patience_all_epochs_run():
+    _, _, history = anti_learning("best", patience=None)
+    assert len(history) == 8
+
+
+def test_keep_best_restores_best_epoch_weights():
+    model, valid, history = anti_learning("best", patience=None)
+    best = min(r["valid_loss"] for r in history)
+    assert history[-1]["valid_loss"] > best  # the last epoch is not the best one
+    assert evaluate(model, valid, loss_fn=loss_fn)["loss"] == pytest.approx(best, abs=1e-6)
+
+
+def test_keep_best_after_early_stop():
+    model, valid, history = anti_learning("best", patience=2)
+    assert len(history) == 3
+    assert evaluate(model, valid, loss_fn=loss_fn)["loss"] == pytest.approx(history[0]["valid_loss"], abs=1e-6)
+
+
+def test_keep_last_keeps_last_weights():
+    model, valid, history = anti_learning("last", patience=None)
+    assert evaluate(model, valid, loss_fn=loss_fn)["loss"] == pytest.approx(history[-1]["valid_loss"], abs=1e-6)
+
+
+def test_keep_best_survives_resume(tmp_path):
+    """Interrupted after the best epoch, the resumed run still ends on the best weights."""
+    def make():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
+        x, y = data(32, 0)
+        train = Batches(x, y, batch_size=8, shuffle=True, seed=0, device=CPU)
+        valid = Batches(x, 1 - y, batch_size=8, shuffle=False, seed=0, device=CPU)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        sched = make_schedule(opt, name="constant", epochs=5, steps_per_epoch=len(train))
+        return model, dict(train=train, valid=valid, epochs=5, optimizer=opt, schedule=sched, loss_fn=loss_fn,
+                           resume=tmp_path / "r.pt", fingerprint="f")
+
+    def kill(row):
+        if row["epoch"] == 3:
+            raise Stop
+
+    model, kw = make()
+    with pytest.raises(Stop):
+        fit(model, on_epoch=kill, **kw)
+    model, kw = make()
+    history = fit(model, **kw)
+    assert len(history) == 5
+    best = min(r["valid_loss"] for r in history)
+    assert best == history[0]["valid_loss"]
+    assert evaluate(model, kw["valid"], loss_fn=loss_fn)["loss"] == pytest.approx(best, abs=1e-6)
+
+
+def test_evaluate_restores_training_mode_and_counts():
+    model = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(64, 2))
+    model.train()
+    x, y = data(10, 0)
+    result = evaluate(model, Batches(x, y, batch_size=4, shuffle=False, seed=0, device=CPU), loss_fn=loss_fn)
+    assert model.training
+    assert result["probs"].shape == (10, 2)
+    assert torch.allclose(result["probs"].sum(1), torch.ones(10))
+    with torch.no_grad():
+        logits = model.eval()(x)
+    assert result["loss"] == pytest.approx(loss_fn(logits, y).item(), rel=1e-5)
+    assert result["accuracy"] == pytest.approx((logits.argmax(1) == y).float().mean().item())
