@@ -7,7 +7,8 @@ with the same ``fingerprint`` it continues from there, and because each epoch's 
 augmentations are seeded by ``(seed, epoch)`` and the RNG state is restored, the resumed run
 ends with the same numbers as an uninterrupted one (on the CPU). With ``patience`` it stops when
 the monitored value has not improved for that many epochs; it ends with the weights of the best
-epoch (``keep="best"``) or the last one.
+epoch (``keep="best"``; with ``start_loss``, the starting weights count as epoch -1) or the
+last one.
 
 A non-finite loss stops training with :class:`Diverged`, naming the epoch, step and rate.
 """
@@ -62,10 +63,15 @@ def fit(module: nn.Module, *, train: Batches, valid: Batches, epochs: int, optim
         schedule: Schedule, loss_fn: Callable, train_mode: Callable[[], None] | None = None,
         amp: bool = False, clip_grad: float | None = None, patience: int | None = None,
         min_delta: float = 0.0, keep: str = "best", resume: Path | None = None, fingerprint: str = "",
-        phase: str = "train", on_epoch: Callable[[dict], None] | None = None) -> list[dict]:
+        phase: str = "train", on_epoch: Callable[[dict], None] | None = None,
+        start_loss: float | None = None) -> list[dict]:
     device = train.device
     history: list[dict] = []
     best, best_state, bad = math.inf, None, 0
+    if start_loss is not None and keep == "best":
+        # The weights we start from are a candidate too: a phase that only makes the model
+        # worse on the valid set hands on what it was given.
+        best, best_state = start_loss, {k: v.detach().clone() for k, v in module.state_dict().items()}
     start = 0
     state = _load_resume(resume, fingerprint)
     if state is not None:

@@ -98,7 +98,11 @@ def _train_phase(module, *, name: str, history: History, resume_dir: Path, key: 
         if history.log is not None:
             history.log({k: v for k, v in row.items() if k != "epoch"}, offset + row["epoch"])
 
-    rows = fit(module, phase=name, resume=resume_dir / f"{name}.pt", fingerprint=key, on_epoch=on_epoch, **kwargs)
+    start = None
+    if kwargs.get("keep") == "best":
+        start = evaluate(module, kwargs["valid"], loss_fn=kwargs["loss_fn"], amp=kwargs.get("amp", False))["loss"]
+    rows = fit(module, phase=name, resume=resume_dir / f"{name}.pt", fingerprint=key, on_epoch=on_epoch,
+               start_loss=start, **kwargs)
     history.rows += [{"phase": name, **r, "epoch": offset + r["epoch"]} for r in rows]
     return rows
 
