@@ -39,6 +39,10 @@ ui: setup ## open the MLflow UI on 127.0.0.1 (PORT=5000 by default)
 bench: setup ## run the benchmarks in bench/ (prints ratios)
 	python bench/audit_throughput.py
 	python bench/neardup_scaling.py
+	python bench/data_throughput.py
+	python bench/fit_overhead.py
+	python bench/head_cache.py
+	python bench/lr_find_cost.py
 
 clean: ## remove outputs and the local MLflow store (keeps .venv and the DVC cache)
 	rm -rf outputs mlflow.db mlartifacts

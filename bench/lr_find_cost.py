@@ -1,0 +1,229 @@
+"""What the learning-rate range test (``recipe.lr_find.range_test``) costs, in training epochs.
+
+Claim: with ``lr_find.model: head`` (the default) the range test costs about one eval-mode pass
+over the training images (the cached body features) plus 100 steps of a linear layer, i.e.
+well under one training epoch; with ``lr_find.model: unfrozen`` every one of its up to 100
+iterations is a full training step (batch 32), so it costs about ``100 x 32 / N`` epochs of N
+training images (12.5 epochs at N = 256; 2 at the recipe's 1,574), or fewer when the loss
+diverges and the test stops early.
+
+How it is measured:
+- Data: the first ``--images`` (default 256) ELPV PNGs by name are the training images, the next
+  ``--valid`` (default 64, the recipe's 15:60 valid:train proportion) the validation images;
+  decoded once with ``recipe.data.loader.decode_all`` at ``--size`` px (default 96, to keep the
+  100 full-model steps short; the recipe trains at 128), not timed. Binary labels.
+- Model: EfficientNet-Lite0 with the bundled ImageNet weights (``recipe.session.new_model`` with
+  conf/model/efficientnet_lite0.yaml's settings), reset to the same initial state before each
+  case. Optimizer: AdamW from ``param_groups`` + ``make_optimizer`` (conf/optim/adamw.yaml).
+- Reference: one full-model training epoch as finetune runs it: ``freeze_to(model, 0)``,
+  discriminative rates ``spread_lrs(--lr, 9, 3)``, BatchNorm policy ``frozen`` (a no-op with
+  every group trainable), top_down augmentation, ``fit(epochs=1)`` with a constant schedule,
+  validation included, ``resume=None``; batch ``--batch-size`` (default 32).
+- head mode, as the lr_find stage: ``freeze_to(model, 2)``; ``features`` of the training images
+  (timed), then ``range_test(model.head, ...)`` on shuffled batches of the cached features.
+- unfrozen mode, as the lr_find stage: ``freeze_to(model, 0)``, group ratios
+  ``spread_lrs(1, 9, 3)``, top_down augmented image batches, ``train_mode`` = BatchNorm policy
+  ``frozen``, ``range_test(model, ...)``.
+- Range test settings are conf/config.yaml's lr_find section: ``--iterations`` 100, start 1e-7,
+  end 10, smoothing 0.98, ``--diverge`` 4 (the test stops once the smoothed loss passes 4x its
+  minimum; the number of points it ran is printed, with the time per iteration and what all
+  ``--iterations`` would cost at that rate).
+- ``--trials`` rounds (default 3), each running the epoch, head mode and unfrozen mode in turn,
+  after an untimed warm-up (one training step and a features batch). Times with
+  ``time.perf_counter``; min / median / max; cost in epochs = median time / median epoch time.
+- Threads: PyTorch's default (printed) unless ``--threads``. On a shared machine absolute
+  times are inflated; costs in epochs compare runs made in the same round.
+
+Run: ``python bench/lr_find_cost.py`` (about 2 to 3 minutes on 2 idle cores, mostly the 100
+unfrozen steps; ``--size 128 --images 1574 --valid 394`` for the recipe's setting).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import io
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from recipe.augment import Augment
+from recipe.data.loader import decode_all
+from recipe.fit import fit
+from recipe.lr_find import range_test
+from recipe.models import freeze_to, param_groups, set_bn_mode, spread_lrs
+from recipe.optim import make_optimizer, make_schedule
+from recipe.session import batches, features, new_model
+
+CPU = torch.device("cpu")
+HEAD = 2
+LR_MULT, UNFREEZE_TO, BN = 9, 0, "frozen"  # conf/config.yaml finetune section (what lr_find unfrozen uses)
+START_LR, END_LR, SMOOTHING = 1e-7, 10.0, 0.98  # conf/config.yaml lr_find section
+MODEL_CFG = SimpleNamespace(  # conf/model/efficientnet_lite0.yaml
+    name="efficientnet_lite0", weights="bundled", mean=[0.498] * 3, std=[0.502] * 3,
+    head=SimpleNamespace(pool="avg", dropout=0.2, init="kaiming", init_gain=0.1, prior_bias=True))
+CLASSES = ["defective", "functional"]
+TOP_DOWN = Augment(flip_h=0.5, flip_v=0.5, rot90=True, rotate=0.0, zoom=1.0, translate=0.0, crop_scale=1.0,
+                   brightness=0.0, contrast=0.0, blur=0.0, noise=0.0)  # conf/augment/top_down.yaml
+
+
+def elpv(n: int) -> tuple[list[Path], torch.Tensor]:
+    """The first ``n`` ELPV files by name and their binary labels (index into CLASSES)."""
+    import elpv_dataset
+
+    root = Path(elpv_dataset.__file__).parent / "data"
+    rows = sorted(line.split() for line in (root / "labels.csv").read_text().splitlines() if line.strip())[:n]
+    return [root / r[0] for r in rows], torch.tensor([0 if float(r[1]) >= 0.5 else 1 for r in rows])
+
+
+def optimizer(model, lrs: list[float]) -> torch.optim.Optimizer:
+    return make_optimizer(param_groups(model, lrs, weight_decay=0.01, bn_weight_decay=False),
+                          name="adamw", betas=[0.9, 0.99], eps=1e-8)
+
+
+def spread(ts: list[float]) -> str:
+    return f"{min(ts):9.2f} {statistics.median(ts):9.2f} {max(ts):9.2f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=256, help="training images (the first N ELPV files)")
+    ap.add_argument("--valid", type=int, default=64, help="validation images for the reference epoch")
+    ap.add_argument("--size", type=int, default=96, help="px (the recipe trains at 128)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--iterations", type=int, default=100, help="lr_find.iterations")
+    ap.add_argument("--diverge", type=float, default=4.0, help="lr_find.diverge; inf runs every iteration")
+    ap.add_argument("--lr", type=float, default=5e-4, help="head rate of the reference epoch (finetune.lr)")
+    ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads; 0 = PyTorch's default")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if min(args.valid, args.size, args.batch_size, args.trials, args.iterations) < 1 or args.images < 2:
+        ap.error("need images >= 2 and valid, size, batch-size, trials, iterations >= 1")
+
+    if args.threads < 0:
+        ap.error("need threads >= 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    files, labels = elpv(args.images + args.valid)
+    if len(files) < args.images + args.valid:
+        ap.error(f"only {len(files)} ELPV files")
+    t = time.perf_counter()
+    x = decode_all(files, size=args.size, workers=0)
+    decode_s = time.perf_counter() - t
+    xt, yt, xv, yv = x[:args.images], labels[:args.images], x[args.images:], labels[args.images:]
+    priors = (torch.bincount(yt, minlength=2).double() / len(yt)).tolist()
+    model = new_model(MODEL_CFG, CLASSES, priors)
+    init = copy.deepcopy(model.state_dict())
+    loss_fn = nn.CrossEntropyLoss()
+    train_mode = lambda: set_bn_mode(model, policy=BN, first_trainable=UNFREEZE_TO)  # noqa: E731
+
+    def image_batches(train: bool):
+        xs, ys = (xt, yt) if train else (xv, yv)
+        return batches((xs, ys), batch_size=args.batch_size, train=train, seed=args.seed, device=CPU,
+                       augment=TOP_DOWN if train else None)
+
+    def run_epoch() -> float:
+        model.load_state_dict(init)
+        freeze_to(model, UNFREEZE_TO)
+        tb, vb = image_batches(True), image_batches(False)
+        opt = optimizer(model, spread_lrs(args.lr, LR_MULT, 3))
+        sched = make_schedule(opt, name="constant", epochs=1, steps_per_epoch=len(tb))
+        t = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            fit(model, train=tb, valid=vb, epochs=1, optimizer=opt, schedule=sched, loss_fn=loss_fn,
+                train_mode=train_mode, resume=None)
+        return time.perf_counter() - t
+
+    def run_head() -> tuple[float, float, int]:
+        model.load_state_dict(init)
+        freeze_to(model, HEAD)
+        t = time.perf_counter()
+        f = features(model, batches((xt, yt), batch_size=args.batch_size, train=False, seed=args.seed, device=CPU))
+        t_feat = time.perf_counter() - t
+        hb = batches((f, yt), batch_size=args.batch_size, train=True, seed=args.seed, device=CPU)
+        opt = optimizer(model, [1.0, 1.0, 1.0])
+        t = time.perf_counter()
+        curve = range_test(model.head, batches=hb.epoch, optimizer=opt, loss_fn=loss_fn, start_lr=START_LR,
+                           end_lr=END_LR, iterations=args.iterations, smoothing=SMOOTHING, diverge=args.diverge)
+        return t_feat, time.perf_counter() - t, len(curve["lr"])
+
+    def run_unfrozen() -> tuple[float, int]:
+        model.load_state_dict(init)
+        freeze_to(model, UNFREEZE_TO)
+        opt = optimizer(model, spread_lrs(1.0, LR_MULT, 3))
+        tb = image_batches(True)
+        t = time.perf_counter()
+        curve = range_test(model, batches=tb.epoch, optimizer=opt, loss_fn=loss_fn, start_lr=START_LR, end_lr=END_LR,
+                           iterations=args.iterations, smoothing=SMOOTHING, diverge=args.diverge,
+                           train_mode=train_mode)
+        return time.perf_counter() - t, len(curve["lr"])
+
+    steps = len(image_batches(True))
+    nominal = args.iterations * args.batch_size / args.images
+    print(f"lr_find cost in epochs | EfficientNet-Lite0 | {args.images} train + {args.valid} valid ELPV images at "
+          f"{args.size} px (decoded once in {decode_s:.1f} s) | batch {args.batch_size} ({steps} steps/epoch) | "
+          f"range test: {args.iterations} iterations, {START_LR:g} -> {END_LR:g}, diverge {args.diverge:g} | "
+          f"{args.trials} trial(s) (+ warm-up)")
+    print(f"{platform.platform()} | {platform.processor() or platform.machine()} | os.cpu_count()={os.cpu_count()} "
+          f"| torch threads {torch.get_num_threads()}")
+    print(f"python {sys.version.split()[0]} | torch {torch.__version__}")
+    print()
+
+    # Warm-up (untimed): one full training step and one features batch.
+    freeze_to(model, UNFREEZE_TO)
+    xb, yb = next(image_batches(True).epoch(0))
+    loss_fn(model(xb), yb).backward()
+    model.zero_grad(set_to_none=True)
+    features(model, batches((xt[:args.batch_size], yt[:args.batch_size]), batch_size=args.batch_size, train=False,
+                            seed=args.seed, device=CPU))
+
+    epoch, feat, head, head_total, unfrozen = [], [], [], [], []
+    head_points = unfrozen_points = 0
+    for k in range(args.trials):
+        epoch.append(run_epoch())
+        tf, th, head_points = run_head()
+        feat.append(tf)
+        head.append(th)
+        head_total.append(tf + th)
+        tu, unfrozen_points = run_unfrozen()
+        unfrozen.append(tu)
+        print(f"round {k + 1}: epoch {epoch[-1]:.2f} s | head: features {tf:.2f} s + range test {th:.2f} s "
+              f"({head_points} it) | unfrozen range test {tu:.2f} s ({unfrozen_points} it)", flush=True)
+    print()
+
+    e = statistics.median(epoch)
+    print(f"{'case':<44} {'min s':>9} {'median':>9} {'max s':>9} {'epochs':>8}")
+    rows = [("one full-model training epoch (reference)", epoch),
+            ("head: features of the train images", feat),
+            ("head: range test on cached features", head),
+            ("head mode total (features + range test)", head_total),
+            ("unfrozen mode: range test", unfrozen)]
+    for name, ts in rows:
+        print(f"{name:<44} {spread(ts)} {statistics.median(ts) / e:8.3f}")
+    print()
+    per_it_u = statistics.median(unfrozen) / unfrozen_points
+    per_it_h = statistics.median(head) / head_points
+    print(f"lr_find head mode costs {statistics.median(head_total) / e:.3f} epochs "
+          f"({head_points} iterations, {1e3 * per_it_h:.2f} ms each; the features pass is "
+          f"{100 * statistics.median(feat) / statistics.median(head_total):.0f}% of it)")
+    print(f"lr_find unfrozen mode costs {statistics.median(unfrozen) / e:.2f} epochs "
+          f"({unfrozen_points} of {args.iterations} iterations before it stopped, {per_it_u:.2f} s each)")
+    if unfrozen_points < args.iterations:
+        print(f"  all {args.iterations} iterations at that rate: {args.iterations * per_it_u / e:.2f} epochs")
+    print(f"  nominal: {args.iterations} x {args.batch_size} images / {args.images} = {nominal:.2f} epochs of data; "
+          f"an unfrozen iteration took {per_it_u / (e / steps):.2f}x the epoch's time per step "
+          f"(the epoch's {steps} steps include its validation pass)")
+    print(f"unfrozen / head mode: {statistics.median(unfrozen) / statistics.median(head_total):.1f}x")
+
+
+if __name__ == "__main__":
+    main()
