@@ -41,7 +41,7 @@ def check_init_loss(model: Classifier, train: Batches, *, batches: int, priors: 
     """Loss at init vs its expectation: the prior entropy with a prior bias, else ln(classes)."""
     model.eval()
     losses = []
-    for i, (x, y) in enumerate(train):
+    for i, (x, y) in enumerate(train.epoch(0)):
         if i >= batches:
             break
         losses.append(nn.functional.cross_entropy(model(x).float(), y).item())

@@ -137,7 +137,9 @@ def baseline(common: Common, cfg: Any, *, split: Path, raw: Path, picture: Path)
 
     checks, numbers = [], {}
     plain_train = common.batches(data.train, device, train=False)
-    check, n = check_init_loss(model, plain_train, batches=cfg.init_batches, priors=priors,
+    # Shuffled (the split file may be ordered by class), not augmented.
+    shuffled = common.batches(data.train, device, train=True, augment=False)
+    check, n = check_init_loss(model, shuffled, batches=cfg.init_batches, priors=priors,
                                prior_bias=common.model.head.prior_bias, tolerance=cfg.init_tolerance)
     checks.append(check)
     numbers.update(n)

@@ -1,0 +1,68 @@
+"""Karpathy's checks: each must pass on a model that is right and fail on one that is not."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from recipe.baseline import SimpleNet, check_init_loss, check_overfit, check_zero_input, prior_entropy
+from recipe.data.loader import Batches
+from recipe.models import build_model
+
+CPU = torch.device("cpu")
+
+
+def tiny_model(priors=None, gain=0.01):
+    return build_model(name="resnet18", weights=None, mean=[0.5] * 3, std=[0.25] * 3, classes=2, pool="avg",
+                       dropout=0.0, init="kaiming", init_gain=gain, priors=priors)
+
+
+def data(n=32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 1, 32, 32), generator=gen, dtype=torch.uint8)
+    y = torch.tensor([0] * (n * 3 // 4) + [1] * (n - n * 3 // 4))
+    return x, y
+
+
+def test_prior_entropy():
+    assert prior_entropy([0.5, 0.5]) == math.log(2)
+    assert prior_entropy([1.0, 0.0]) == 0
+
+
+def test_init_loss_passes_with_prior_bias_and_fails_with_a_loud_head():
+    x, y = data()
+    batches = Batches(x, y, batch_size=8, shuffle=True, seed=0, device=CPU)
+    good, _ = check_init_loss(tiny_model([0.75, 0.25]), batches, batches=4, priors=[0.75, 0.25], prior_bias=True,
+                              tolerance=0.1)
+    assert good.passed and abs(good.value - prior_entropy([0.75, 0.25])) < 0.1
+    loud, _ = check_init_loss(tiny_model(None, gain=50.0), batches, batches=4, priors=[0.75, 0.25],
+                              prior_bias=False, tolerance=0.1)
+    assert not loud.passed and "off by" in loud.detail
+
+
+def test_overfit_one_batch_reaches_near_zero_loss():
+    x, y = data(8)
+    check = check_overfit(tiny_model(), x.float() / 255, y, steps=40, lr=1e-3, max_loss=0.05)
+    assert check.passed, check.detail
+    stuck = check_overfit(tiny_model(), x.float() / 255, y, steps=1, lr=1e-9, max_loss=0.05)
+    assert not stuck.passed and "over by" in stuck.detail
+
+
+def test_input_independent_check_tells_real_features_from_zeros():
+    gen = torch.Generator().manual_seed(1)
+    y = torch.randint(0, 2, (256,), generator=gen)
+    real = torch.randn(256, 16, generator=gen) + 3 * y[:, None].float()  # informative features
+    zero = torch.zeros(256, 16)
+    head = torch.nn.Linear(16, 2)
+    mk = lambda f, train: Batches(f, y, batch_size=32, shuffle=train, seed=0, device=CPU)  # noqa: E731
+    check, numbers = check_zero_input(head, mk(real, True), mk(zero, True), mk(real, False), mk(zero, False),
+                                      steps=60, lr=0.01, margin=0.1)
+    assert check.passed and numbers["real_input_valid_loss"] < numbers["zero_input_valid_loss"]
+    same, _ = check_zero_input(head, mk(zero, True), mk(zero, True), mk(zero, False), mk(zero, False),
+                               steps=60, lr=0.01, margin=0.1)
+    assert not same.passed
+
+
+def test_simple_net_shapes():
+    net = SimpleNet(1, 3, 4)
+    assert net(torch.rand(2, 1, 32, 32)).shape == (2, 3)
