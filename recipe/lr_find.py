@@ -79,11 +79,18 @@ def range_test(module: nn.Module, *, batches: Callable[[int], Iterator], optimiz
     return {"lr": lrs, "loss": losses, "smoothed": smooth}
 
 
-def suggest(lrs: list[float], losses: list[float]) -> dict[str, float]:
-    """Every rule's suggestion for a curve (``losses`` should be the smoothed ones)."""
+def suggest(lrs: list[float], losses: list[float], iterations: int | None = None) -> dict[str, float]:
+    """Every rule's suggestion for a curve (``losses`` should be the smoothed ones).
+
+    As fast.ai does, the first tenth of the planned ``iterations`` (the moving average is still
+    settling there) and the last 5 points (the blow-up) are left out when enough points remain.
+    """
     if len(lrs) < 5:
         raise ValueError(f"the range test recorded only {len(lrs)} points; too few to suggest a rate")
     lrs_a, loss_a = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
+    head, tail = (iterations or len(lrs)) // 10, 5
+    if len(lrs) - head - tail >= 10:
+        lrs_a, loss_a = lrs_a[head:-tail], loss_a[head:-tail]
     return {"valley": valley(lrs_a, loss_a), "steep": steep(lrs_a, loss_a),
             "minimum": minimum(lrs_a, loss_a), "slide": slide(lrs_a, loss_a)}
 

@@ -235,7 +235,7 @@ def _range_test(module, model: Classifier, common: Common, cfg: Any, train, rati
                        end_lr=cfg.end_lr, iterations=cfg.iterations, smoothing=cfg.smoothing, diverge=cfg.diverge,
                        train_mode=train_mode)
     try:
-        rules = suggest(curve["lr"], curve["smoothed"])
+        rules = suggest(curve["lr"], curve["smoothed"], cfg.iterations)
     except ValueError as exc:
         raise DataError(f"lr_find: {exc} (the loss diverged at once? lower lr_find.start_lr)") from None
     chosen = rules[cfg.suggestion]

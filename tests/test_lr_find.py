@@ -199,3 +199,15 @@ def test_range_test_keeps_group_ratios():
         assert head == pytest.approx(lr)  # the largest group follows the sweep
         assert early == pytest.approx(lr * 0.1)  # the others keep their ratio to it
     assert [g["lr"] for g in opt.param_groups] == [0.01, 0.1]
+
+
+def test_suggest_ignores_the_settling_start_and_the_blow_up_end():
+    """A plunge in the first points (the moving average settling) must not be taken as the
+    steepest descent; the real descent in the middle must."""
+    lrs = np.logspace(-7, 1, 100)
+    x = np.log10(lrs)
+    loss = 1.0 - 0.4 * np.tanh(2 * (x + 3))  # the real descent, steepest at 1e-3
+    loss[:5] += np.linspace(3.0, 0.0, 5)  # settling artefact in the first 5 points
+    loss[-3:] += 50.0
+    rules = suggest(list(lrs), list(loss), iterations=100)
+    assert 1e-3 / 1.5 < rules["steep"] < 1e-3 * 1.5
