@@ -37,40 +37,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import sys
 import time
-from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import PIL
 import torch
 import torch.nn.functional as F
 
-from recipe.augment import Augment
+from _common import TOP_DOWN, adamw, add_common_options, cpu_batches, elpv, lite0, print_header, require, spread, \
+    start
 from recipe.data.loader import decode_all
-from recipe.models import freeze_to, param_groups
-from recipe.optim import make_optimizer
-from recipe.session import batches, new_model
-
-CPU = torch.device("cpu")
-MODEL_CFG = SimpleNamespace(  # conf/model/efficientnet_lite0.yaml
-    name="efficientnet_lite0", weights="bundled", mean=[0.498] * 3, std=[0.502] * 3,
-    head=SimpleNamespace(pool="avg", dropout=0.2, init="kaiming", init_gain=0.1, prior_bias=True))
-CLASSES = ["defective", "functional"]
-TOP_DOWN = Augment(flip_h=0.5, flip_v=0.5, rot90=True, rotate=0.0, zoom=1.0, translate=0.0, crop_scale=1.0,
-                   brightness=0.0, contrast=0.0, blur=0.0, noise=0.0)  # conf/augment/top_down.yaml
-
-
-def elpv(n: int) -> tuple[list[Path], torch.Tensor]:
-    """The first ``n`` ELPV files by name and their binary labels (index into CLASSES)."""
-    import elpv_dataset
-
-    root = Path(elpv_dataset.__file__).parent / "data"
-    rows = sorted(line.split() for line in (root / "labels.csv").read_text().splitlines() if line.strip())[:n]
-    return [root / r[0] for r in rows], torch.tensor([0 if float(r[1]) >= 0.5 else 1 for r in rows])
+from recipe.models import freeze_to
 
 
 def main() -> None:
@@ -81,29 +59,21 @@ def main() -> None:
     ap.add_argument("--loader-epochs", type=int, default=5, help="Batches passes per timing")
     ap.add_argument("--model-batches", type=int, default=4, help="training steps (and eval batches) per timing")
     ap.add_argument("--trials", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads; 0 = PyTorch's default")
-    ap.add_argument("--seed", type=int, default=0)
+    add_common_options(ap)
     args = ap.parse_args()
-    if min(args.images, args.size, args.batch_size, args.loader_epochs, args.model_batches, args.trials) < 1 \
-            or args.threads < 0:
-        ap.error("need images, size, batch-size, loader-epochs, model-batches, trials >= 1 and threads >= 0")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    require(ap, args, ones=("images", "size", "batch-size", "loader-epochs", "model-batches", "trials"),
+            zeros=("threads",))
 
-    torch.manual_seed(args.seed)
-    files, labels = elpv(args.images)
+    start(args)
+    files, labels = elpv(args.images, ap)
     n = len(files)
-    if n < args.images:
-        ap.error(f"only {n} ELPV files")
     workers = os.cpu_count() or 1
     cache = decode_all(files[:8], size=args.size, workers=1)  # warm-up: page cache, lazy imports
     cache = decode_all(files, size=args.size, workers=1)
-    priors = (torch.bincount(labels, minlength=2).double() / n).tolist()
-    model = new_model(MODEL_CFG, CLASSES, priors)
+    model = lite0(labels)
     freeze_to(model, 0)
-    opt = make_optimizer(param_groups(model, [1e-4] * 3, weight_decay=0.01, bn_weight_decay=False),
-                         name="adamw", betas=[0.9, 0.99], eps=1e-8)
-    plain = batches((cache, labels), batch_size=args.batch_size, train=False, seed=args.seed, device=CPU)
+    opt = adamw(model, [1e-4] * 3)
+    plain = cpu_batches((cache, labels), args, train=False)
     model_batches = [b for _, b in zip(range(args.model_batches), plain)]
     if any(len(y) < 2 for _, y in model_batches):
         ap.error("a model batch has fewer than 2 images (BatchNorm needs 2)")
@@ -115,8 +85,7 @@ def main() -> None:
         return n
 
     def loader(augment: bool) -> int:
-        b = batches((cache, labels), batch_size=args.batch_size, train=True, seed=args.seed, device=CPU,
-                    augment=TOP_DOWN if augment else None)
+        b = cpu_batches((cache, labels), args, train=True, augment=TOP_DOWN if augment else None)
         seen = 0
         for e in range(args.loader_epochs):
             for x, _ in b.epoch(e):
@@ -149,13 +118,9 @@ def main() -> None:
         "(c) model eval (no_grad forward)": eval_batches,
     }
 
-    print(f"data loading vs model throughput | {n} ELPV files (300x300 grayscale PNG) -> {args.size} px, "
-          f"cache {tuple(cache.shape)} uint8 | batch {args.batch_size} | EfficientNet-Lite0 | {args.trials} trials "
-          f"(+ warm-up)")
-    print(f"{platform.platform()} | {platform.processor() or platform.machine()} | os.cpu_count()={os.cpu_count()} "
-          f"| torch threads {torch.get_num_threads()}")
-    print(f"python {sys.version.split()[0]} | torch {torch.__version__} | Pillow {PIL.__version__} "
-          f"| numpy {np.__version__}")
+    print_header(f"data loading vs model throughput | {n} ELPV files (300x300 grayscale PNG) -> {args.size} px, "
+                 f"cache {tuple(cache.shape)} uint8 | batch {args.batch_size} | EfficientNet-Lite0 | {args.trials} "
+                 f"trials (+ warm-up)", versions=f" | Pillow {PIL.__version__} | numpy {np.__version__}")
     if n < 64:
         print("note: fewer than 64 files, so decode_all runs in-process whatever the workers")
     print()
@@ -176,7 +141,7 @@ def main() -> None:
     med = {name: statistics.median(r) for name, r in rates.items()}
     print(f"{'case':<40} {'min img/s':>11} {'median':>11} {'max img/s':>11} {'ms/img':>9}")
     for name, r in rates.items():
-        print(f"{name:<40} {min(r):11.1f} {med[name]:11.1f} {max(r):11.1f} {1e3 / med[name]:9.3f}")
+        print(f"{name:<40} {spread(r, '11.1f')} {1e3 / med[name]:9.3f}")
     print()
     names = list(cases)
     dec1, decall, aug, noaug, train, ev = (med[k] for k in names)

@@ -11,14 +11,15 @@ How it is measured:
   ``recipe.data.loader.decode_all`` to uint8 at ``--size`` px (default 96), not timed. Labels:
   the recipe's binary task (defect probability >= 0.5).
 - Model: EfficientNet-Lite0 with the bundled ImageNet weights, built by
-  ``recipe.session.new_model`` with conf/model/efficientnet_lite0.yaml's settings (mean/std
-  0.498/0.502, avg pool, dropout 0.2, kaiming init, gain 0.1, prior bias); every layer trainable
-  (``freeze_to(model, 0)``), BatchNorm in training mode. Its weights are reset to the same
-  initial state before every epoch of either loop.
-- Bare loop (the same-run reference): ``torch.optim.AdamW`` over ``model.parameters()`` (betas
-  0.9/0.99, eps 1e-8, weight decay 0.01); ``for`` contiguous slices of the uint8 tensor:
-  ``.float().div_(255)``, zero_grad, forward, ``F.cross_entropy``, backward, step; then a
-  validation pass (eval mode, no_grad, summed loss and accuracy) as ``fit`` does.
+  ``recipe.session.new_model`` with conf/model/efficientnet_lite0.yaml's settings, read from the
+  file (at present mean/std 0.498/0.502, avg pool, dropout 0.2, kaiming init, gain 0.01, prior
+  bias); every layer trainable (``freeze_to(model, 0)``), BatchNorm in training mode. Its
+  weights are reset to the same initial state before every epoch of either loop.
+- Bare loop (the same-run reference): ``torch.optim.AdamW`` over ``model.parameters()`` with
+  conf/optim/adamw.yaml's settings (betas 0.9/0.99, eps 1e-8, weight decay 0.01); ``for``
+  contiguous slices of the uint8 tensor: ``.float().div_(255)``, zero_grad, forward,
+  ``F.cross_entropy``, backward, step; then a validation pass (eval mode, no_grad, summed loss
+  and accuracy) as ``fit`` does.
 - Ours: ``fit(model, train=Batches, valid=Batches, epochs=1, schedule=constant, resume=None)``
   with the batches from ``recipe.session.batches`` (shuffled, no augmentation) and the optimizer
   the stages build (``param_groups`` + ``make_optimizer``: AdamW, the same hyper-parameters;
@@ -42,42 +43,17 @@ Run: ``python bench/fit_overhead.py`` (under a minute on 2 cores, several on a b
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import io
-import os
-import platform
 import statistics
-import sys
 import time
-from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recipe.data.loader import decode_all
-from recipe.fit import fit
-from recipe.models import freeze_to, param_groups
-from recipe.optim import make_optimizer, make_schedule
-from recipe.session import batches, new_model
-
-CPU = torch.device("cpu")
-BETAS, EPS, WEIGHT_DECAY = (0.9, 0.99), 1e-8, 0.01  # conf/optim/adamw.yaml
-MODEL_CFG = SimpleNamespace(  # conf/model/efficientnet_lite0.yaml
-    name="efficientnet_lite0", weights="bundled", mean=[0.498] * 3, std=[0.502] * 3,
-    head=SimpleNamespace(pool="avg", dropout=0.2, init="kaiming", init_gain=0.1, prior_bias=True))
-CLASSES = ["defective", "functional"]  # the recipe's binary ELPV task, sorted
-
-
-def elpv(n: int) -> tuple[list[Path], torch.Tensor]:
-    """The first ``n`` ELPV files by name and their binary labels (index into CLASSES)."""
-    import elpv_dataset
-
-    root = Path(elpv_dataset.__file__).parent / "data"
-    rows = sorted(line.split() for line in (root / "labels.csv").read_text().splitlines() if line.strip())[:n]
-    return [root / r[0] for r in rows], torch.tensor([0 if float(r[1]) >= 0.5 else 1 for r in rows])
+from _common import ADAMW, adamw, add_common_options, cpu_batches, fit_epoch, lite0, print_header, require, \
+    spread, start, train_valid
+from recipe.models import freeze_to
 
 
 def bare_epoch(model: nn.Module, opt: torch.optim.Optimizer, xt, yt, xv, yv, bs: int) -> float:
@@ -109,61 +85,41 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--trials", type=int, default=5, help="rounds of (bare epoch, fit epoch), order alternating")
-    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads; 0 = PyTorch's default")
-    ap.add_argument("--seed", type=int, default=0)
+    add_common_options(ap)
     args = ap.parse_args()
-    if min(args.images, args.valid, args.size, args.batch_size, args.trials) < 1 or args.images < 2:
-        ap.error("need images >= 2 and valid, size, batch-size, trials >= 1")
+    require(ap, args, twos=("images",), ones=("valid", "size", "batch-size", "trials"))
+    require(ap, args, zeros=("threads",))
 
-    if args.threads < 0:
-        ap.error("need threads >= 0")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    files, labels = elpv(args.images + args.valid)
-    if len(files) < args.images + args.valid:
-        ap.error(f"only {len(files)} ELPV files")
-    t = time.perf_counter()
-    x = decode_all(files, size=args.size, workers=0)
-    decode_s = time.perf_counter() - t
-    xt, yt, xv, yv = x[:args.images], labels[:args.images], x[args.images:], labels[args.images:]
-    priors = (torch.bincount(yt, minlength=2).double() / len(yt)).tolist()
-    model = new_model(MODEL_CFG, CLASSES, priors)
+    start(args)
+    xt, yt, xv, yv, decode_s = train_valid(ap, args)
+    model = lite0(yt)
     freeze_to(model, 0)
     init = copy.deepcopy(model.state_dict())
-    steps = len(batches((xt, yt), batch_size=args.batch_size, train=True, seed=args.seed, device=CPU))
+    steps = len(cpu_batches((xt, yt), args, train=True))
 
-    print(f"fit loop vs bare loop | EfficientNet-Lite0, all layers trainable | {args.images} train + {args.valid} valid "
-          f"ELPV images at {args.size} px (decoded once in {decode_s:.1f} s) | batch {args.batch_size} ({steps} steps) "
-          f"| AdamW lr {args.lr:g} | {args.trials} trials (+ warm-up)")
-    print(f"{platform.platform()} | {platform.processor() or platform.machine()} | os.cpu_count()={os.cpu_count()} "
-          f"| torch threads {torch.get_num_threads()}")
-    print(f"python {sys.version.split()[0]} | torch {torch.__version__}")
+    print_header(f"fit loop vs bare loop | EfficientNet-Lite0, all layers trainable | {args.images} train + "
+                 f"{args.valid} valid ELPV images at {args.size} px (decoded once in {decode_s:.1f} s) | batch "
+                 f"{args.batch_size} ({steps} steps) | AdamW lr {args.lr:g} | {args.trials} trials (+ warm-up)")
     print()
+
+    def bare_optimizer() -> torch.optim.Optimizer:
+        return torch.optim.AdamW(model.parameters(), lr=args.lr, betas=tuple(ADAMW.betas), eps=ADAMW.eps,
+                                 weight_decay=ADAMW.weight_decay)
 
     def run_bare() -> float:
         model.load_state_dict(init)
-        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY)
+        opt = bare_optimizer()
         t = time.perf_counter()
         bare_epoch(model, opt, xt, yt, xv, yv, args.batch_size)
         return time.perf_counter() - t
 
     def run_fit() -> float:
         model.load_state_dict(init)
-        tb = batches((xt, yt), batch_size=args.batch_size, train=True, seed=args.seed, device=CPU)
-        vb = batches((xv, yv), batch_size=args.batch_size, train=False, seed=args.seed, device=CPU)
-        opt = make_optimizer(param_groups(model, [args.lr] * 3, weight_decay=WEIGHT_DECAY, bn_weight_decay=False),
-                             name="adamw", betas=list(BETAS), eps=EPS)
-        sched = make_schedule(opt, name="constant", epochs=1, steps_per_epoch=len(tb))
-        buf = io.StringIO()
-        t = time.perf_counter()
-        with contextlib.redirect_stdout(buf):
-            fit(model, train=tb, valid=vb, epochs=1, optimizer=opt, schedule=sched, loss_fn=nn.CrossEntropyLoss(),
-                resume=None)
-        return time.perf_counter() - t
+        tb, vb = cpu_batches((xt, yt), args, train=True), cpu_batches((xv, yv), args, train=False)
+        return fit_epoch(model, tb, vb, adamw(model, [args.lr] * 3))
 
     # Warm-up (untimed): one training step and one validation batch, through the bare code.
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=BETAS, eps=EPS, weight_decay=WEIGHT_DECAY)
+    opt = bare_optimizer()
     bare_epoch(model, opt, xt[:args.batch_size], yt[:args.batch_size], xv[:args.batch_size], yv[:args.batch_size],
                args.batch_size)
 
@@ -179,8 +135,7 @@ def main() -> None:
     n_img = args.images - (args.images % args.batch_size == 1)  # both drop a last batch of 1
     print(f"{'case':<24} {'min s':>8} {'median':>8} {'max s':>8} {'train img/s':>12}")
     for name, ts in times.items():
-        print(f"{name:<24} {min(ts):8.2f} {statistics.median(ts):8.2f} {max(ts):8.2f} "
-              f"{n_img / statistics.median(ts):12.1f}")
+        print(f"{name:<24} {spread(ts, '8.2f')} {n_img / statistics.median(ts):12.1f}")
     print("(img/s: training images per second of the whole epoch, validation included)")
     print()
     bare, ours = times["bare loop (reference)"], times["recipe fit"]

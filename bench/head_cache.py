@@ -42,53 +42,20 @@ approaches the recipe's ELPV split; ``--train-bn`` for train_head's default ``bn
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import io
 import math
-import os
-import platform
 import statistics
-import sys
 import time
-from pathlib import Path
-from types import SimpleNamespace
 
-import torch
 from torch import nn
 
-from recipe.augment import Augment
-from recipe.data.loader import decode_all
-from recipe.fit import fit
-from recipe.models import freeze_to, param_groups
-from recipe.optim import make_optimizer, make_schedule
-from recipe.session import batches, features, new_model
+from _common import TOP_DOWN, adamw, add_common_options, cpu_batches, fit_epoch, lite0, print_header, require, \
+    spread, start, train_valid
+from recipe.models import freeze_to
+from recipe.session import features
 
-CPU = torch.device("cpu")
 HEAD = 2  # the head's layer group (recipe.steps.HEAD)
-MODEL_CFG = SimpleNamespace(  # conf/model/efficientnet_lite0.yaml
-    name="efficientnet_lite0", weights="bundled", mean=[0.498] * 3, std=[0.502] * 3,
-    head=SimpleNamespace(pool="avg", dropout=0.2, init="kaiming", init_gain=0.1, prior_bias=True))
-CLASSES = ["defective", "functional"]
-AUGMENTS = {  # conf/augment/{none,top_down}.yaml
-    "none": None,
-    "top_down": Augment(flip_h=0.5, flip_v=0.5, rot90=True, rotate=0.0, zoom=1.0, translate=0.0, crop_scale=1.0,
-                        brightness=0.0, contrast=0.0, blur=0.0, noise=0.0),
-}
-
-
-def elpv(n: int) -> tuple[list[Path], torch.Tensor]:
-    """The first ``n`` ELPV files by name and their binary labels (index into CLASSES)."""
-    import elpv_dataset
-
-    root = Path(elpv_dataset.__file__).parent / "data"
-    rows = sorted(line.split() for line in (root / "labels.csv").read_text().splitlines() if line.strip())[:n]
-    return [root / r[0] for r in rows], torch.tensor([0 if float(r[1]) >= 0.5 else 1 for r in rows])
-
-
-def spread(ts: list[float], scale: float = 1.0) -> str:
-    v = [t * scale for t in ts]
-    return f"{min(v):10.3f} {statistics.median(v):10.3f} {max(v):10.3f}"
+AUGMENTS = {"none": None, "top_down": TOP_DOWN}  # conf/augment/{none,top_down}.yaml
 
 
 def main() -> None:
@@ -102,57 +69,33 @@ def main() -> None:
     ap.add_argument("--train-bn", action="store_true", help="body BatchNorm affine parameters train too (bn: train)")
     ap.add_argument("--trials", type=int, default=5)
     ap.add_argument("--head-epochs", type=int, default=10, help="cached epochs timed per round")
-    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads; 0 = PyTorch's default")
-    ap.add_argument("--seed", type=int, default=0)
+    add_common_options(ap)
     args = ap.parse_args()
-    if min(args.valid, args.size, args.batch_size, args.trials, args.head_epochs) < 1 or args.images < 2:
-        ap.error("need images >= 2 and valid, size, batch-size, trials, head-epochs >= 1")
+    require(ap, args, twos=("images",), ones=("valid", "size", "batch-size", "trials", "head-epochs"))
+    require(ap, args, zeros=("threads",))
 
-    if args.threads < 0:
-        ap.error("need threads >= 0")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    files, labels = elpv(args.images + args.valid)
-    if len(files) < args.images + args.valid:
-        ap.error(f"only {len(files)} ELPV files")
-    t = time.perf_counter()
-    x = decode_all(files, size=args.size, workers=0)
-    decode_s = time.perf_counter() - t
-    xt, yt, xv, yv = x[:args.images], labels[:args.images], x[args.images:], labels[args.images:]
-    priors = (torch.bincount(yt, minlength=2).double() / len(yt)).tolist()
-    model = new_model(MODEL_CFG, CLASSES, priors)
+    start(args)
+    xt, yt, xv, yv, decode_s = train_valid(ap, args)
+    model = lite0(yt)
     freeze_to(model, HEAD, train_bn=args.train_bn)
     init = copy.deepcopy(model.state_dict())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     def image_batches(train: bool, augment: bool = False):
         xs, ys = (xt, yt) if train else (xv, yv)
-        return batches((xs, ys), batch_size=args.batch_size, train=train, seed=args.seed, device=CPU,
-                       augment=AUGMENTS[args.augment] if augment else None)
+        return cpu_batches((xs, ys), args, train=train, augment=AUGMENTS[args.augment] if augment else None)
 
     def one_epoch(module: nn.Module, tb, vb) -> float:
-        opt = make_optimizer(param_groups(model, [args.lr] * 3, weight_decay=0.01, bn_weight_decay=False),
-                             name="adamw", betas=[0.9, 0.99], eps=1e-8)
-        sched = make_schedule(opt, name="constant", epochs=1, steps_per_epoch=len(tb))
-        t = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()):
-            fit(module, train=tb, valid=vb, epochs=1, optimizer=opt, schedule=sched, loss_fn=nn.CrossEntropyLoss(),
-                resume=None)
-        return time.perf_counter() - t
+        return fit_epoch(module, tb, vb, adamw(model, [args.lr] * 3))
 
-    print(f"head training: cached features vs through the frozen body | EfficientNet-Lite0, {trainable:,} trainable "
-          f"parameters{' (head + body BatchNorm)' if args.train_bn else ' (head)'} | {args.images} train + "
-          f"{args.valid} valid ELPV images at {args.size} px (decoded once in {decode_s:.1f} s) | batch "
-          f"{args.batch_size} | augment {args.augment} | {args.trials} trials x (1 through-body epoch, cache, "
-          f"{args.head_epochs} cached epochs)")
-    print(f"{platform.platform()} | {platform.processor() or platform.machine()} | os.cpu_count()={os.cpu_count()} "
-          f"| torch threads {torch.get_num_threads()}")
-    print(f"python {sys.version.split()[0]} | torch {torch.__version__}")
+    print_header(f"head training: cached features vs through the frozen body | EfficientNet-Lite0, {trainable:,} "
+                 f"trainable parameters{' (head + body BatchNorm)' if args.train_bn else ' (head)'} | {args.images} "
+                 f"train + {args.valid} valid ELPV images at {args.size} px (decoded once in {decode_s:.1f} s) | "
+                 f"batch {args.batch_size} | augment {args.augment} | {args.trials} trials x (1 through-body epoch, "
+                 f"cache, {args.head_epochs} cached epochs)")
     print()
 
-    features(model, batches((xt[:args.batch_size], yt[:args.batch_size]), batch_size=args.batch_size, train=False,
-                            seed=args.seed, device=CPU))  # warm-up, untimed
+    features(model, cpu_batches((xt[:args.batch_size], yt[:args.batch_size]), args, train=False))  # warm-up, untimed
 
     body, cache, cached = [], [], []
     dim = 0
@@ -165,8 +108,7 @@ def main() -> None:
         fv = features(model, image_batches(False))
         cache.append(time.perf_counter() - t)
         dim = ft.shape[1]
-        tb = batches((ft, yt), batch_size=args.batch_size, train=True, seed=args.seed, device=CPU)
-        vb = batches((fv, yv), batch_size=args.batch_size, train=False, seed=args.seed, device=CPU)
+        tb, vb = cpu_batches((ft, yt), args, train=True), cpu_batches((fv, yv), args, train=False)
         round_cached = [one_epoch(model.head, tb, vb) for _ in range(args.head_epochs)]
         cached += round_cached
         print(f"round {k + 1}: through body {body[-1]:.2f} s, cache {cache[-1]:.2f} s, cached epoch median "
@@ -175,9 +117,9 @@ def main() -> None:
 
     b, c, h = statistics.median(body), statistics.median(cache), statistics.median(cached)
     print(f"{'case':<36} {'min s':>10} {'median':>10} {'max s':>10}")
-    print(f"{'epoch through frozen body (ref)':<36} {spread(body)}")
-    print(f"{f'cache: features of {args.images}+{args.valid} images':<36} {spread(cache)}")
-    print(f"{f'epoch on cached features ({dim}-d)':<36} {spread(cached)}")
+    print(f"{'epoch through frozen body (ref)':<36} {spread(body, '10.3f')}")
+    print(f"{f'cache: features of {args.images}+{args.valid} images':<36} {spread(cache, '10.3f')}")
+    print(f"{f'epoch on cached features ({dim}-d)':<36} {spread(cached, '10.3f')}")
     print()
     print(f"through-body epoch / cached epoch: {b / h:,.0f}x (medians)")
     print(f"cache / through-body epoch: {c / b:.2f}x")

@@ -40,56 +40,21 @@ unfrozen steps; ``--size 128 --images 1574 --valid 394`` for the recipe's settin
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import io
-import os
-import platform
 import statistics
-import sys
 import time
-from pathlib import Path
-from types import SimpleNamespace
 
-import torch
 from torch import nn
 
-from recipe.augment import Augment
-from recipe.data.loader import decode_all
-from recipe.fit import fit
+from _common import TOP_DOWN, adamw, add_common_options, cpu_batches, fit_epoch, lite0, print_header, require, \
+    spread, start, train_valid
 from recipe.lr_find import range_test
-from recipe.models import freeze_to, param_groups, set_bn_mode, spread_lrs
-from recipe.optim import make_optimizer, make_schedule
-from recipe.session import batches, features, new_model
+from recipe.models import freeze_to, set_bn_mode, spread_lrs
+from recipe.session import features
 
-CPU = torch.device("cpu")
 HEAD = 2
 LR_MULT, UNFREEZE_TO, BN = 9, 0, "frozen"  # conf/config.yaml finetune section (what lr_find unfrozen uses)
 START_LR, END_LR, SMOOTHING = 1e-7, 10.0, 0.98  # conf/config.yaml lr_find section
-MODEL_CFG = SimpleNamespace(  # conf/model/efficientnet_lite0.yaml
-    name="efficientnet_lite0", weights="bundled", mean=[0.498] * 3, std=[0.502] * 3,
-    head=SimpleNamespace(pool="avg", dropout=0.2, init="kaiming", init_gain=0.1, prior_bias=True))
-CLASSES = ["defective", "functional"]
-TOP_DOWN = Augment(flip_h=0.5, flip_v=0.5, rot90=True, rotate=0.0, zoom=1.0, translate=0.0, crop_scale=1.0,
-                   brightness=0.0, contrast=0.0, blur=0.0, noise=0.0)  # conf/augment/top_down.yaml
-
-
-def elpv(n: int) -> tuple[list[Path], torch.Tensor]:
-    """The first ``n`` ELPV files by name and their binary labels (index into CLASSES)."""
-    import elpv_dataset
-
-    root = Path(elpv_dataset.__file__).parent / "data"
-    rows = sorted(line.split() for line in (root / "labels.csv").read_text().splitlines() if line.strip())[:n]
-    return [root / r[0] for r in rows], torch.tensor([0 if float(r[1]) >= 0.5 else 1 for r in rows])
-
-
-def optimizer(model, lrs: list[float]) -> torch.optim.Optimizer:
-    return make_optimizer(param_groups(model, lrs, weight_decay=0.01, bn_weight_decay=False),
-                          name="adamw", betas=[0.9, 0.99], eps=1e-8)
-
-
-def spread(ts: list[float]) -> str:
-    return f"{min(ts):9.2f} {statistics.median(ts):9.2f} {max(ts):9.2f}"
 
 
 def main() -> None:
@@ -102,55 +67,36 @@ def main() -> None:
     ap.add_argument("--diverge", type=float, default=4.0, help="lr_find.diverge; inf runs every iteration")
     ap.add_argument("--lr", type=float, default=5e-4, help="head rate of the reference epoch (finetune.lr)")
     ap.add_argument("--trials", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=0, help="torch.set_num_threads; 0 = PyTorch's default")
-    ap.add_argument("--seed", type=int, default=0)
+    add_common_options(ap)
     args = ap.parse_args()
-    if min(args.valid, args.size, args.batch_size, args.trials, args.iterations) < 1 or args.images < 2:
-        ap.error("need images >= 2 and valid, size, batch-size, trials, iterations >= 1")
+    require(ap, args, twos=("images",), ones=("valid", "size", "batch-size", "trials", "iterations"))
+    require(ap, args, zeros=("threads",))
 
-    if args.threads < 0:
-        ap.error("need threads >= 0")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    files, labels = elpv(args.images + args.valid)
-    if len(files) < args.images + args.valid:
-        ap.error(f"only {len(files)} ELPV files")
-    t = time.perf_counter()
-    x = decode_all(files, size=args.size, workers=0)
-    decode_s = time.perf_counter() - t
-    xt, yt, xv, yv = x[:args.images], labels[:args.images], x[args.images:], labels[args.images:]
-    priors = (torch.bincount(yt, minlength=2).double() / len(yt)).tolist()
-    model = new_model(MODEL_CFG, CLASSES, priors)
+    start(args)
+    xt, yt, xv, yv, decode_s = train_valid(ap, args)
+    model = lite0(yt)
     init = copy.deepcopy(model.state_dict())
     loss_fn = nn.CrossEntropyLoss()
     train_mode = lambda: set_bn_mode(model, policy=BN, first_trainable=UNFREEZE_TO)  # noqa: E731
 
     def image_batches(train: bool):
         xs, ys = (xt, yt) if train else (xv, yv)
-        return batches((xs, ys), batch_size=args.batch_size, train=train, seed=args.seed, device=CPU,
-                       augment=TOP_DOWN if train else None)
+        return cpu_batches((xs, ys), args, train=train, augment=TOP_DOWN if train else None)
 
     def run_epoch() -> float:
         model.load_state_dict(init)
         freeze_to(model, UNFREEZE_TO)
         tb, vb = image_batches(True), image_batches(False)
-        opt = optimizer(model, spread_lrs(args.lr, LR_MULT, 3))
-        sched = make_schedule(opt, name="constant", epochs=1, steps_per_epoch=len(tb))
-        t = time.perf_counter()
-        with contextlib.redirect_stdout(io.StringIO()):
-            fit(model, train=tb, valid=vb, epochs=1, optimizer=opt, schedule=sched, loss_fn=loss_fn,
-                train_mode=train_mode, resume=None)
-        return time.perf_counter() - t
+        return fit_epoch(model, tb, vb, adamw(model, spread_lrs(args.lr, LR_MULT, 3)), train_mode=train_mode)
 
     def run_head() -> tuple[float, float, int]:
         model.load_state_dict(init)
         freeze_to(model, HEAD)
         t = time.perf_counter()
-        f = features(model, batches((xt, yt), batch_size=args.batch_size, train=False, seed=args.seed, device=CPU))
+        f = features(model, cpu_batches((xt, yt), args, train=False))
         t_feat = time.perf_counter() - t
-        hb = batches((f, yt), batch_size=args.batch_size, train=True, seed=args.seed, device=CPU)
-        opt = optimizer(model, [1.0, 1.0, 1.0])
+        hb = cpu_batches((f, yt), args, train=True)
+        opt = adamw(model, [1.0, 1.0, 1.0])
         t = time.perf_counter()
         curve = range_test(model.head, batches=hb.epoch, optimizer=opt, loss_fn=loss_fn, start_lr=START_LR,
                            end_lr=END_LR, iterations=args.iterations, smoothing=SMOOTHING, diverge=args.diverge)
@@ -159,7 +105,7 @@ def main() -> None:
     def run_unfrozen() -> tuple[float, int]:
         model.load_state_dict(init)
         freeze_to(model, UNFREEZE_TO)
-        opt = optimizer(model, spread_lrs(1.0, LR_MULT, 3))
+        opt = adamw(model, spread_lrs(1.0, LR_MULT, 3))
         tb = image_batches(True)
         t = time.perf_counter()
         curve = range_test(model, batches=tb.epoch, optimizer=opt, loss_fn=loss_fn, start_lr=START_LR, end_lr=END_LR,
@@ -169,13 +115,10 @@ def main() -> None:
 
     steps = len(image_batches(True))
     nominal = args.iterations * args.batch_size / args.images
-    print(f"lr_find cost in epochs | EfficientNet-Lite0 | {args.images} train + {args.valid} valid ELPV images at "
-          f"{args.size} px (decoded once in {decode_s:.1f} s) | batch {args.batch_size} ({steps} steps/epoch) | "
-          f"range test: {args.iterations} iterations, {START_LR:g} -> {END_LR:g}, diverge {args.diverge:g} | "
-          f"{args.trials} trial(s) (+ warm-up)")
-    print(f"{platform.platform()} | {platform.processor() or platform.machine()} | os.cpu_count()={os.cpu_count()} "
-          f"| torch threads {torch.get_num_threads()}")
-    print(f"python {sys.version.split()[0]} | torch {torch.__version__}")
+    print_header(f"lr_find cost in epochs | EfficientNet-Lite0 | {args.images} train + {args.valid} valid ELPV images "
+                 f"at {args.size} px (decoded once in {decode_s:.1f} s) | batch {args.batch_size} ({steps} "
+                 f"steps/epoch) | range test: {args.iterations} iterations, {START_LR:g} -> {END_LR:g}, diverge "
+                 f"{args.diverge:g} | {args.trials} trial(s) (+ warm-up)")
     print()
 
     # Warm-up (untimed): one full training step and one features batch.
@@ -183,8 +126,7 @@ def main() -> None:
     xb, yb = next(image_batches(True).epoch(0))
     loss_fn(model(xb), yb).backward()
     model.zero_grad(set_to_none=True)
-    features(model, batches((xt[:args.batch_size], yt[:args.batch_size]), batch_size=args.batch_size, train=False,
-                            seed=args.seed, device=CPU))
+    features(model, cpu_batches((xt[:args.batch_size], yt[:args.batch_size]), args, train=False))
 
     epoch, feat, head, head_total, unfrozen = [], [], [], [], []
     head_points = unfrozen_points = 0
@@ -208,7 +150,7 @@ def main() -> None:
             ("head mode total (features + range test)", head_total),
             ("unfrozen mode: range test", unfrozen)]
     for name, ts in rows:
-        print(f"{name:<44} {spread(ts)} {statistics.median(ts) / e:8.3f}")
+        print(f"{name:<44} {spread(ts, '9.2f')} {statistics.median(ts) / e:8.3f}")
     print()
     per_it_u = statistics.median(unfrozen) / unfrozen_points
     per_it_h = statistics.median(head) / head_points
