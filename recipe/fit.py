@@ -147,7 +147,8 @@ def fit(module: nn.Module, *, train: Batches, valid: Batches, epochs: int, optim
                      history=history, best=best, bad=bad, epoch=epoch + 1, done=last,
                      best_state=None if last else best_state)
         if stopped:
-            print(f"{phase}: early stop after epoch {epoch}: valid loss has not improved for {patience} epochs")
+            if epoch + 1 < epochs:
+                print(f"{phase}: early stop after epoch {epoch}: valid loss has not improved for {patience} epochs")
             break
     return history
 
