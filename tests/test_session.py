@@ -1,0 +1,69 @@
+"""Checkpoints, cached features and the BatchNorm refresh."""
+from __future__ import annotations
+
+import torch
+
+from recipe.data.loader import Batches
+from recipe.errors import DataError
+from recipe.models import build_model
+from recipe.session import features, fingerprint, load_checkpoint, refresh_bn, save_checkpoint
+
+CPU = torch.device("cpu")
+CFG = {"name": "resnet18", "weights": None, "mean": [0.5] * 3, "std": [0.25] * 3,
+       "head": {"pool": "avg", "dropout": 0.0, "init": "kaiming", "init_gain": 0.01, "prior_bias": True}}
+
+
+def model():
+    h = CFG["head"]
+    return build_model(name=CFG["name"], weights=None, mean=CFG["mean"], std=CFG["std"], classes=2, pool=h["pool"],
+                       dropout=h["dropout"], init=h["init"], init_gain=h["init_gain"], priors=[0.7, 0.3])
+
+
+def test_checkpoint_round_trip_gives_the_same_outputs(tmp_path):
+    m = model().eval()
+    x = torch.rand(2, 1, 32, 32)
+    save_checkpoint(tmp_path / "m.pt", m, classes=["a", "b"], size=32, model_config=CFG, stage="finetune", epoch=3)
+    loaded, meta = load_checkpoint(tmp_path / "m.pt")
+    assert meta["classes"] == ["a", "b"] and meta["size"] == 32 and meta["stage"] == "finetune"
+    assert torch.equal(loaded(x), m(x))
+    raw = torch.load(tmp_path / "m.pt", weights_only=True)  # plain tensors and values only
+    assert raw["format"] == 1
+
+
+def test_load_checkpoint_refuses_a_foreign_file(tmp_path):
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "x.pt")
+    try:
+        load_checkpoint(tmp_path / "x.pt")
+    except DataError as exc:
+        assert "not a finetune-recipe checkpoint" in str(exc)
+    else:
+        raise AssertionError("accepted a foreign checkpoint")
+
+
+def test_features_are_the_heads_pooled_input():
+    m = model().eval()
+    x = torch.randint(0, 256, (5, 1, 32, 32), dtype=torch.uint8)
+    f = features(m, Batches(x, torch.zeros(5, dtype=torch.long), batch_size=2, shuffle=False, seed=0, device=CPU))
+    with torch.no_grad():
+        assert torch.allclose(m.head(f), m(x.float() / 255), atol=1e-5)
+
+
+def test_refresh_bn_sets_running_stats_to_the_data():
+    m = model()
+    x = (torch.rand(64, 1, 32, 32) * 100 + 50).to(torch.uint8)  # far from the initial stats (mean 0, var 1)
+    refresh_bn(m, Batches(x, torch.zeros(64, dtype=torch.long), batch_size=16, shuffle=False, seed=0, device=CPU))
+    bn = m.body[1]  # the stem's BatchNorm: its input is the stem conv of the normalised images
+    with torch.no_grad():
+        conv = m.body[0](((x.float() / 255).expand(-1, 3, -1, -1) - m.mean) / m.std)
+    assert torch.allclose(bn.running_mean, conv.mean(dim=(0, 2, 3)), atol=1e-3)
+    assert bn.momentum == 0.1 and not m.training  # momentum restored, eval mode
+
+
+def test_fingerprint_changes_with_settings_and_file_contents(tmp_path):
+    f = tmp_path / "split.csv"
+    f.write_text("a")
+    one = fingerprint("stage", {"lr": 1}, files=(f,))
+    assert one == fingerprint("stage", {"lr": 1}, files=(f,))
+    assert one != fingerprint("stage", {"lr": 2}, files=(f,))
+    f.write_text("b")
+    assert one != fingerprint("stage", {"lr": 1}, files=(f,))
