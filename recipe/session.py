@@ -67,6 +67,10 @@ def load_data(split_csv: Path, raw: Path, *, size: int, workers: int, splits: tu
         raise DataError(f"{split_csv}: {len(classes)} class(es); a classifier needs at least 2")
     sets = {s: load_split(table, Path(raw) / "files", split=s, size=size, classes=classes, workers=workers)
             for s in splits}
+    # Each split is 1-channel only if all its images are grayscale; one channel count for all of them.
+    if len({s.images.shape[1] for s in sets.values()}) > 1:
+        for s in sets.values():
+            s.images = s.images.expand(-1, 3, -1, -1).contiguous()
     return Data(sets["train"], sets["valid"], classes)
 
 

@@ -67,3 +67,22 @@ def test_fingerprint_changes_with_settings_and_file_contents(tmp_path):
     assert one != fingerprint("stage", {"lr": 2}, files=(f,))
     f.write_text("b")
     assert one != fingerprint("stage", {"lr": 1}, files=(f,))
+
+
+def test_splits_share_one_channel_count(tmp_path):
+    """A dataset whose valid split happens to be all grayscale while train has colour images."""
+    import pandas as pd
+    from PIL import Image
+
+    from recipe.session import load_data
+
+    files = tmp_path / "raw" / "files"
+    files.mkdir(parents=True)
+    rows = []
+    for i in range(6):
+        mode = "RGB" if i < 2 else "L"
+        Image.new(mode, (20, 20), (i * 30,) * (3 if mode == "RGB" else 1)).save(files / f"{i}.png")
+        rows.append({"path": f"{i}.png", "label": "ab"[i % 2], "split": "train" if i < 4 else "valid"})
+    pd.DataFrame(rows).to_csv(tmp_path / "split.csv", index=False)
+    data = load_data(tmp_path / "split.csv", tmp_path / "raw", size=16, workers=1)
+    assert data.train.images.shape[1] == data.valid.images.shape[1] == 3
