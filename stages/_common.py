@@ -60,3 +60,15 @@ def log_numbers(metrics: dict, prefix: str = "") -> None:
 
     flat = flatten(metrics, prefix)
     mlflow.log_metrics({k: float(v) for k, v in flat.items() if isinstance(v, (int, float))})  # bools as 0/1
+
+
+def record_training(args, metrics: dict) -> None:
+    """What train_head, finetune and resize write and log once they have trained: the metrics
+    file, the final numbers (``final.*``), the history and its picture."""
+    import mlflow
+
+    write_json(args.metrics, metrics)
+    log_numbers({f"final.{k}": v for k, v in metrics.items() if not isinstance(v, list)})
+    for path in (args.history, args.metrics):
+        mlflow.log_artifact(str(path))
+    mlflow.log_artifact(str(args.history.with_suffix(".png")), "plots")

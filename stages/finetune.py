@@ -5,7 +5,7 @@ from recipe.config import load_section, read_params
 from recipe.schema import FinetuneConfig, LrFindConfig, TrackingConfig
 from recipe.steps import finetune
 from recipe.tracking import stage_run
-from stages._common import common_config, log_epoch, log_numbers, run, write_json
+from stages._common import common_config, log_epoch, record_training, run
 
 SECTIONS = ("seed", "train", "optim", "augment", "finetune", "lr_find")
 
@@ -20,11 +20,7 @@ def main(args):
         lr_dir = args.model.parent / "lr_find"
         metrics = finetune(common, cfg, lr_find_cfg, split=args.split, raw=args.raw, checkpoint=args.checkpoint,
                            out=args.model, history_csv=args.history, lr_find_dir=lr_dir, log=log_epoch)
-        write_json(args.metrics, metrics)
-        log_numbers({f"final.{k}": v for k, v in metrics.items() if k != "lrs"})
-        for path in (args.history, args.metrics):
-            mlflow.log_artifact(str(path))
-        mlflow.log_artifact(str(args.history.with_suffix(".png")), "plots")
+        record_training(args, metrics)
         if lr_dir.is_dir():  # finetune.lr: auto ran a range test on the unfrozen model
             mlflow.log_artifacts(str(lr_dir), "lr_find")
 

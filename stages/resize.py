@@ -1,11 +1,9 @@
 """resize: progressive resizing, continuing from the fine-tuned model at a larger image size."""
-import mlflow
-
 from recipe.config import load_section, read_params
 from recipe.schema import FinetuneConfig, ResizeConfig, TrackingConfig
 from recipe.steps import resize
 from recipe.tracking import stage_run
-from stages._common import common_config, log_epoch, log_numbers, run, write_json
+from stages._common import common_config, log_epoch, record_training, run
 
 SECTIONS = ("seed", "train", "optim", "augment", "resize")
 
@@ -20,11 +18,7 @@ def main(args):
     with stage_run("resize", used, experiment=tracking.experiment):
         metrics = resize(common, cfg, unfreeze_to=ft.unfreeze_to, split=args.split, raw=args.raw,
                          checkpoint=args.checkpoint, out=args.model, history_csv=args.history, log=log_epoch)
-        write_json(args.metrics, metrics)
-        log_numbers({f"final.{k}": v for k, v in metrics.items()})
-        for path in (args.history, args.metrics):
-            mlflow.log_artifact(str(path))
-        mlflow.log_artifact(str(args.history.with_suffix(".png")), "plots")
+        record_training(args, metrics)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,9 @@
 """train_head: a new head on the frozen pretrained body (cached features, then augmented epochs)."""
-import mlflow
-
 from recipe.config import load_section, read_params
 from recipe.schema import TrackingConfig, TrainHeadConfig
 from recipe.steps import train_head
 from recipe.tracking import stage_run
-from stages._common import common_config, log_epoch, log_numbers, run, write_json
+from stages._common import common_config, log_epoch, record_training, run
 
 SECTIONS = ("seed", "train", "model", "optim", "augment", "train_head")
 
@@ -18,11 +16,7 @@ def main(args):
     with stage_run("train_head", {k: params[k] for k in SECTIONS}, experiment=tracking.experiment):
         metrics = train_head(common, cfg, split=args.split, raw=args.raw, suggestion=args.suggestion,
                              out=args.model, history_csv=args.history, log=log_epoch)
-        write_json(args.metrics, metrics)
-        log_numbers({f"final.{k}": v for k, v in metrics.items()})
-        for path in (args.history, args.metrics):
-            mlflow.log_artifact(str(path))
-        mlflow.log_artifact(str(args.history.with_suffix(".png")), "plots")
+        record_training(args, metrics)
 
 
 if __name__ == "__main__":
