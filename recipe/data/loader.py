@@ -142,4 +142,6 @@ class Batches:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y
 
-    __iter__ = lambda self: self.epoch(0)  # noqa: E731  (unshuffled passes: evaluation, features)
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Epoch 0's batches: what evaluation and feature passes (unshuffled) use."""
+        return self.epoch(0)
