@@ -41,8 +41,9 @@ def test_init_loss_passes_with_prior_bias_and_fails_with_a_loud_head():
 
 
 def test_overfit_one_batch_reaches_near_zero_loss():
+    torch.manual_seed(0)  # the random init; 80 steps reach ~0 for every seed from 0 to 5
     x, y = data(8)
-    check = check_overfit(tiny_model(), x.float() / 255, y, steps=40, lr=1e-3, max_loss=0.05)
+    check = check_overfit(tiny_model(), x.float() / 255, y, steps=80, lr=1e-3, max_loss=0.05)
     assert check.passed, check.detail
     stuck = check_overfit(tiny_model(), x.float() / 255, y, steps=1, lr=1e-9, max_loss=0.05)
     assert not stuck.passed and "over by" in stuck.detail
