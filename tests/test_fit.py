@@ -176,9 +176,10 @@ def test_huge_lr_raises_diverged():
 
 # --- early stopping and keep ----------------------------------------------------------------
 
-def anti_learning(keep: str, patience, epochs: int = 8):
+def anti_learning_setup(epochs: int, **extra):
     """Valid = the training images with every label flipped: the better the model learns the
-    training set, the worse its valid loss, so epoch 0 is the best."""
+    training set, the worse its valid loss, so epoch 0 is the best. Returns the model and fit's
+    keyword arguments."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
     x, y = data(32, 0)
@@ -186,9 +187,13 @@ def anti_learning(keep: str, patience, epochs: int = 8):
     valid = Batches(x, 1 - y, batch_size=8, shuffle=False, seed=0, device=CPU)
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     sched = make_schedule(opt, name="constant", epochs=epochs, steps_per_epoch=len(train))
-    history = fit(model, train=train, valid=valid, epochs=epochs, optimizer=opt, schedule=sched, loss_fn=loss_fn,
-                  patience=patience, keep=keep)
-    return model, valid, history
+    return model, dict(train=train, valid=valid, epochs=epochs, optimizer=opt, schedule=sched, loss_fn=loss_fn,
+                       **extra)
+
+
+def anti_learning(keep: str, patience, epochs: int = 8):
+    model, kw = anti_learning_setup(epochs, patience=patience, keep=keep)
+    return model, kw["valid"], fit(model, **kw)
 
 
 def test_early_stopping_stops_when_valid_loss_never_improves():
@@ -225,15 +230,7 @@ def test_keep_last_keeps_last_weights():
 def test_keep_best_survives_resume(tmp_path):
     """Interrupted after the best epoch, the resumed run still ends on the best weights."""
     def make():
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
-        x, y = data(32, 0)
-        train = Batches(x, y, batch_size=8, shuffle=True, seed=0, device=CPU)
-        valid = Batches(x, 1 - y, batch_size=8, shuffle=False, seed=0, device=CPU)
-        opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        sched = make_schedule(opt, name="constant", epochs=5, steps_per_epoch=len(train))
-        return model, dict(train=train, valid=valid, epochs=5, optimizer=opt, schedule=sched, loss_fn=loss_fn,
-                           resume=tmp_path / "r.pt", fingerprint="f")
+        return anti_learning_setup(5, resume=tmp_path / "r.pt", fingerprint="f")
 
     def kill(row):
         if row["epoch"] == 3:
@@ -248,6 +245,19 @@ def test_keep_best_survives_resume(tmp_path):
     best = min(r["valid_loss"] for r in history)
     assert best == history[0]["valid_loss"]
     assert evaluate(model, kw["valid"], loss_fn=loss_fn)["loss"] == pytest.approx(best, abs=1e-6)
+
+
+def test_starting_weights_are_kept_when_no_epoch_beats_them():
+    """start_loss: the weights a phase starts from count as a candidate for keep="best"."""
+    model, kw = anti_learning_setup(3, keep="best")
+    start = evaluate(model, kw["valid"], loss_fn=loss_fn)["loss"]
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    history = fit(model, start_loss=start, **kw)
+    assert min(r["valid_loss"] for r in history) > start  # every epoch made it worse
+    assert all(torch.equal(v, initial[k]) for k, v in model.state_dict().items())
+    model, kw = anti_learning_setup(3, keep="best")
+    fit(model, **kw)  # without start_loss the best epoch (0) wins, not the start
+    assert not all(torch.equal(v, initial[k]) for k, v in model.state_dict().items())
 
 
 def test_evaluate_restores_training_mode_and_counts():
