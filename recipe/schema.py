@@ -239,6 +239,7 @@ class SimpleModelConfig(Strict):
     width: PositiveInt
     epochs: PositiveInt
     lr: Rate
+    schedule: ScheduleConfig
 
 
 class BaselineConfig(Strict):

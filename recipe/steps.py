@@ -199,8 +199,7 @@ def _simple_model(common: Common, cfg: Any, data: Data, device) -> dict:
     tb = common.batches(train, device, train=True)
     vb = common.batches(valid, device, train=False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr)
-    sched = make_schedule(opt, name="onecycle", epochs=cfg.epochs, steps_per_epoch=len(tb), pct_start=0.25,
-                          div_factor=25.0, final_div_factor=1e4, cycle_momentum=True)
+    sched = make_schedule(opt, epochs=cfg.epochs, steps_per_epoch=len(tb), **cfg.schedule.model_dump())
     rows = fit(net, train=tb, valid=vb, epochs=cfg.epochs, optimizer=opt, schedule=sched, loss_fn=common.loss(),
                keep="last", phase="simple model")
     return {"simple_accuracy": rows[-1]["accuracy"], "simple_valid_loss": rows[-1]["valid_loss"]}
