@@ -162,3 +162,40 @@ def history(rows: Sequence[dict], path: Path, title: str) -> Path:
                 ax.axvline(epochs[i] - 0.5, color="0.6", ls="--", lw=0.8)
     fig.suptitle(title, fontsize=9)
     return _save(fig, path)
+
+
+def confusion(matrices: dict[str, np.ndarray], classes: Sequence[str], path: Path) -> Path:
+    """Confusion matrices side by side (rows: actual, columns: predicted), counts written in
+    each cell, shaded by the row's fraction (recall on the diagonal)."""
+    n = len(classes)
+    side = max(3.0, 0.45 * n + 1.8)
+    fig, axes = plt.subplots(1, len(matrices), figsize=(side * len(matrices), side), squeeze=False)
+    for ax, (title, m) in zip(axes.flat, matrices.items()):
+        m = np.asarray(m)
+        frac = m / np.maximum(m.sum(1, keepdims=True), 1)
+        ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+        if n <= 30:
+            for i in range(n):
+                for j in range(n):
+                    ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=8,
+                            color="white" if frac[i, j] > 0.5 else "black")
+        ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(n), classes, fontsize=7)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("actual")
+        ax.set_title(f"{title}: {np.trace(m)}/{m.sum()} right", fontsize=8)
+    return _save(fig, path)
+
+
+def tta_gain(gain: dict[str, float], path: Path, title: str) -> Path:
+    """Per-class change in recall (percentage points) from plain to TTA prediction."""
+    names = list(gain)
+    values = [100 * gain[k] for k in names]
+    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(names) + 2), 3))
+    bars = ax.bar(range(len(names)), values, color=["tab:green" if v >= 0 else "tab:red" for v in values])
+    ax.bar_label(bars, fmt="%+.1f", fontsize=7)
+    ax.axhline(0, color="0.4", lw=0.8)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("recall gain (points)")
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)

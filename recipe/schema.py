@@ -316,3 +316,32 @@ class ResizeConfig(Strict):
         if (v is None) == (info.data.get("size") is None):
             raise ValueError("set exactly one of resize.size and resize.factor")
         return v
+
+
+class TtaConfig(Strict):
+    views: Literal["none", "flip_h", "flip_v", "dihedral", "multiscale", "five_crop", "augment"]
+    scales: list[Annotated[float, Field(gt=0)]]
+    crop: Annotated[float, Field(gt=0, lt=1)]
+    n: PositiveInt
+    beta: Fraction | None
+
+
+class EvalMetricsConfig(Strict):
+    ece_bins: PositiveInt
+    top_k: list[PositiveInt]
+    bootstrap: NonNegativeInt
+
+
+class LogModelConfig(Strict):
+    log: bool
+    register_as: str | None
+
+
+class EvaluateConfig(Strict):
+    checkpoint: Literal["train_head", "finetune", "resize"]
+    size: Annotated[int, Field(ge=16)] | None
+    tta: TtaConfig
+    metrics: EvalMetricsConfig
+    stage_table: bool
+    top_losses: NonNegativeInt
+    model: LogModelConfig

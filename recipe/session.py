@@ -3,8 +3,11 @@
 Checkpoint format (one for every stage, read by the next stage and by ``predict``): a dict of
 plain values and tensors, loadable with ``torch.load(..., weights_only=True)``::
 
-    {"format": 1, "model": state_dict, "classes": [...], "size": px, "model_config": {...},
-     "stage": "finetune", "epoch": n}
+    {"format": 1, "model": state_dict, "classes": [...], "size": px, "channels": 1 or 3,
+     "model_config": {...}, "stage": "finetune", "epoch": n}
+
+``channels`` is what the training images had (1: grayscale, repeated to 3 inside the model),
+so ``predict`` prepares a user's images the same way.
 
 The state dict includes the normalisation (mean/std buffers), so nothing else is needed.
 """
@@ -92,12 +95,12 @@ def new_model(model_cfg: Any, classes: list[str], priors: list[float] | None) ->
 
 
 def save_checkpoint(path: Path, model: Classifier, *, classes: list[str], size: int, model_config: dict,
-                    stage: str, epoch: int) -> Path:
+                    stage: str, epoch: int, channels: int = 3) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": CHECKPOINT_FORMAT, "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-             "classes": list(classes), "size": int(size), "model_config": model_config, "stage": stage,
-             "epoch": int(epoch)}
+             "classes": list(classes), "size": int(size), "channels": int(channels), "model_config": model_config,
+             "stage": stage, "epoch": int(epoch)}
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)

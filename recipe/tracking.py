@@ -35,6 +35,16 @@ def tracking_uri(root: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
 
 
+def configure() -> str:
+    """Point MLflow at the project's store (or ``MLFLOW_TRACKING_URI``) outside a stage, e.g. to
+    load a logged model; returns the URI."""
+    import mlflow
+
+    uri = tracking_uri(project_root())
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
 def pipeline_key() -> str:
     if os.environ.get(ENV_PIPELINE):
         return os.environ[ENV_PIPELINE]

@@ -111,7 +111,7 @@ def test_repro_writes_every_output(project):
     assert json.loads((proj / "outputs/split/metrics.json").read_text())["leaking_groups"] == 0
 
 
-STAGES = ["audit", "baseline", "finetune", "ingest", "lr_find", "resize", "split", "train_head"]
+STAGES = ["audit", "baseline", "evaluate", "finetune", "ingest", "lr_find", "resize", "split", "train_head"]
 
 
 def test_stages_of_one_repro_share_one_parent_run(project):
@@ -156,6 +156,52 @@ def test_training_stages_write_checkpoints_histories_and_metrics(project):
     assert runs["finetune"].data.params["finetune.lr_mult"] == "9"
 
 
+def test_evaluate_scores_the_test_split_reports_and_logs_the_model(project):
+    from recipe.predict import prepare
+    from recipe.report import SECTIONS
+
+    proj = project["proj"]
+    split = pd.read_csv(proj / "outputs/split/split.csv")
+    n_test = int((split["split"] == "test").sum())
+    m = json.loads((proj / "outputs/evaluate/metrics.json").read_text())
+    assert m["checkpoint"] == "resize" and m["size"] == 96 and m["tta_views"] == "dihedral" and m["views"] == 8
+    for key in ("test", "test_tta"):
+        assert m[key]["images"] == n_test
+        assert {"accuracy", "balanced_accuracy", "macro_f1", "log_loss", "ece", "accuracy_ci95", "per_class"} <= set(m[key])
+    assert list(m["table"]) == ["majority_class", "baseline_model", "train_head", "finetune", "resize", "evaluate",
+                                "evaluate_tta_dihedral"]
+    assert m["table"]["resize"]["test_accuracy"] == m["test"]["accuracy"]
+    assert m["table"]["train_head"]["test_accuracy"] is not None  # each checkpoint scored on the test split
+    predictions = pd.read_csv(proj / "outputs/evaluate/predictions.csv")
+    assert len(predictions) == n_test and {"actual", "predicted", "predicted_tta"} <= set(predictions.columns)
+    assert (predictions["predicted_tta"] == predictions["actual"]).mean() == pytest.approx(m["test_tta"]["accuracy"])
+    page = (proj / "outputs/evaluate/report.html").read_text()
+    for section in SECTIONS:
+        assert f'<section id="{section}">' in page
+    assert page.count("data:image/png;base64,") == 13 and "not available" not in page and "not found" not in page
+    first = project["first"]  # the stage table ends dvc repro's output
+    assert first.index("evaluate_tta_dihedral") > first.index("Running stage 'evaluate'")
+    plots = json.loads(dvc("plots", "show", "--json", "--split", cwd=proj))["data"]  # DVC's confusion template
+    assert '"groupby": ["actual", "predicted"]' in json.dumps(plots["outputs/evaluate/predictions.csv"])
+    assert '"groupby": ["actual", "predicted_tta"]' in json.dumps(plots["confusion_tta"])
+
+    run = next(r for r in store_runs(proj) if r.info.run_name == "evaluate")
+    assert run.data.metrics["test_tta.accuracy"] == pytest.approx(m["test_tta"]["accuracy"])
+    assert run.data.metrics["table.majority_class.test_accuracy"] == pytest.approx(m["table"]["majority_class"]["test_accuracy"])
+    client = mlflow.MlflowClient(f"sqlite:///{proj}/mlflow.db")
+    assert {"report.html", "metrics.json", "predictions.csv"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    mlflow.set_tracking_uri(f"sqlite:///{proj}/mlflow.db")
+    try:
+        model = mlflow.pyfunc.load_model(run.data.tags["model_uri"])
+    finally:
+        mlflow.set_tracking_uri(None)
+    channels = torch.load(proj / "outputs/resize/model.pt", weights_only=True)["channels"]
+    x = prepare([proj / "data/raw/files" / p for p in predictions["path"][:3]], 96, channels)
+    probs = np.asarray(model.predict(x))  # images prepared as the README shows
+    assert probs.shape == (3, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
+    np.testing.assert_allclose(probs.max(1), predictions["probability"][:3], atol=1e-4)  # = evaluate's plain pass
+
+
 def test_killed_training_stage_resumes_to_the_same_metrics(project):
     """SIGKILL finetune once its first epoch is saved; the rerun resumes and ends where an
     uninterrupted run ended."""
@@ -187,6 +233,7 @@ def test_nothing_changed_skips_audit_and_split(project):
     assert "Stage 'audit' didn't change, skipping" in out
     assert "Stage 'split' didn't change, skipping" in out
     assert "Stage 'resize' didn't change, skipping" in out
+    assert "Stage 'evaluate' didn't change, skipping" in out
 
 
 def test_new_data_reruns_downstream(project):

@@ -1,0 +1,182 @@
+"""One self-contained HTML page for a whole run: the page a person opens to see what happened.
+
+Contract: :func:`write_report` reads the stages' outputs (JSON metrics and PNG pictures, found
+by the directories it is given) and writes a single HTML file with every picture embedded as a
+data URI, so it opens anywhere, offline, and can be attached to an MLflow run or mailed. A
+missing input makes its section say so; it never stops the page from being written.
+
+Sections, in order (each an ``<section id=...>``): summary, stages (the accuracy table), audit,
+split, baseline, lr_find, training, evaluation, confusion, top_losses.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+SECTIONS = ("summary", "stages", "audit", "split", "baseline", "lr_find", "training", "evaluation", "confusion",
+            "top_losses")
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.5em 0;font-size:.9em}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}
+th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee;margin:.3em 0}
+.pass{color:#17702b;font-weight:600}.fail{color:#b00020;font-weight:600}.missing{color:#888;font-style:italic}
+nav a{margin-right:.8em}code{background:#f4f4f4;padding:0 .2em}
+"""
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _img(path: Path, alt: str) -> str:
+    path = Path(path)
+    if not path.is_file():
+        return f'<p class="missing">{html.escape(alt)}: {html.escape(str(path))} not found</p>'
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></figure>'
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_fmt(x) for x in v)
+    return str(v)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _pct(v: float | None) -> str:
+    return "" if v is None else f"{100 * v:.2f}%"
+
+
+def _missing(what: str) -> str:
+    return f'<p class="missing">{html.escape(what)} not available</p>'
+
+
+def write_report(path: Path, *, audit: Path, split: Path, baseline: Path, lr_find: Path, stages: dict[str, Path],
+                 evaluate: Path, metrics: dict, title: str = "finetune-recipe run") -> Path:
+    """``stages`` maps the training stages' names to their output directories; ``metrics`` is
+    the evaluate stage's metrics dict (what it writes to ``metrics.json``)."""
+    parts: dict[str, str] = {}
+    plain, tta = metrics.get("test", {}), metrics.get("test_tta", {})
+
+    parts["summary"] = (
+        f"<p>Checkpoint <code>{html.escape(str(metrics.get('checkpoint')))}</code> at {metrics.get('size')} px, "
+        f"scored on {plain.get('images', '?')} held-out test images: accuracy <b>{_pct(plain.get('accuracy'))}</b>, "
+        f"with TTA ({html.escape(str(metrics.get('tta_views')))}, {metrics.get('views')} views) "
+        f"<b>{_pct(tta.get('accuracy'))}</b>"
+        + (f" (95% bootstrap interval {_pct(tta['accuracy_ci95'][0])} – {_pct(tta['accuracy_ci95'][1])})"
+           if tta.get("accuracy_ci95") else "") + ".</p>")
+
+    table = metrics.get("table") or {}
+    parts["stages"] = (_table(["stage", "size", "valid accuracy", "test accuracy"],
+                              [[k, r.get("size"), _pct(r.get("valid_accuracy")), _pct(r.get("test_accuracy"))]
+                               for k, r in table.items()])
+                       + "<p>Valid: as each stage reported it. Test: each checkpoint scored by evaluate, "
+                         "plainly, except the TTA row.</p>") if table else _missing("stage table")
+
+    report = _read_json(Path(audit) / "report.json")
+    if report:
+        rows = [[k, v] for k, v in report.items() if not isinstance(v, (dict, list))]
+        rows += [[f"class {k}", v] for k, v in (report.get("classes") or {}).items()]
+        parts["audit"] = (_table(["audit", "value"], rows)
+                          + "".join(_img(Path(audit) / "plots" / f"{n}.png", n)
+                                    for n in ("class_histogram", "sizes", "samples", "duplicates")))
+    else:
+        parts["audit"] = _missing("audit report")
+
+    split_m = _read_json(Path(split) / "metrics.json")
+    if split_m:
+        counts = split_m.get("counts", {})
+        classes = sorted({c for s in counts.values() for c in s})
+        parts["split"] = (_table(["split", *classes, "total"],
+                                 [[s, *[c.get(k, 0) for k in classes], sum(c.values())] for s, c in counts.items()])
+                          + f"<p>Duplicate groups leaking across splits: {split_m.get('leaking_groups')}.</p>"
+                          + _img(Path(split) / "counts.png", "split counts"))
+    else:
+        parts["split"] = _missing("split metrics")
+
+    base = _read_json(Path(baseline) / "metrics.json")
+    if base:
+        checks = base.get("checks", {})
+        rows = "".join(
+            f"<tr><td>{html.escape(name)}</td><td class=\"{'pass' if c.get('passed') else 'fail'}\">"
+            f"{'passed' if c.get('passed') else 'FAILED'}</td><td style=\"text-align:left\">"
+            f"{html.escape(str(c.get('detail', '')))}</td></tr>" for name, c in checks.items())
+        parts["baseline"] = (f"<table><thead><tr><th>check</th><th>result</th><th>detail</th></tr></thead>"
+                             f"<tbody>{rows}</tbody></table>"
+                             + _table(["model", "valid accuracy"],
+                                      [[f"majority class ({base.get('majority_class')})", _pct(base.get("majority_accuracy"))],
+                                       ["simple net from scratch", _pct(base.get("simple_accuracy"))]])
+                             + _img(Path(baseline) / "batch.png", "a training batch"))
+    else:
+        parts["baseline"] = _missing("baseline metrics")
+
+    sug = _read_json(Path(lr_find) / "suggestion.json")
+    parts["lr_find"] = ((_table(["rule", "learning rate"], [[k, v] for k, v in (sug.get("suggestions") or {}).items()])
+                         + f"<p>Used: {html.escape(str(sug.get('rule')))} = {_fmt(sug.get('lr'))}</p>") if sug else
+                        _missing("lr_find suggestion")) + _img(Path(lr_find) / "curve.png", "lr_find curve")
+
+    training = []
+    for name, d in stages.items():
+        m = _read_json(Path(d) / "metrics.json")
+        if m is None:
+            training.append(f"<h3>{html.escape(name)}</h3>" + _missing(f"{name} metrics"))
+            continue
+        training.append(f"<h3>{html.escape(name)}</h3>"
+                        + _table(["metric", "value"], [[k, v] for k, v in m.items() if not isinstance(v, dict)])
+                        + _img(Path(d) / "history.png", f"{name} history"))
+    parts["training"] = "".join(training)
+
+    if plain:
+        keys = [k for k in ("accuracy", "balanced_accuracy", "macro_f1", "log_loss", "ece", "top3_accuracy",
+                            "top5_accuracy", "accuracy_ci95") if k in plain]
+        per_class = [[c, _fmt(p["precision"]), _fmt(p["recall"]), _fmt(tta["per_class"][c]["recall"]),
+                      f"{100 * metrics['tta_gain']['per_class_recall'][c]:+.1f}", _fmt(p["f1"]),
+                      _fmt(tta["per_class"][c]["f1"]), p["support"]] for c, p in plain["per_class"].items()]
+        parts["evaluation"] = (_table(["metric", "plain", "with TTA"], [[k, plain[k], tta.get(k)] for k in keys])
+                               + _table(["class", "precision", "recall", "recall (TTA)", "TTA gain (points)",
+                                         "F1", "F1 (TTA)", "images"], per_class)
+                               + _img(Path(evaluate) / "tta_gain.png", "per-class TTA gain"))
+    else:
+        parts["evaluation"] = _missing("test metrics")
+
+    confused = metrics.get("most_confused") or []
+    parts["confusion"] = (_img(Path(evaluate) / "confusion.png", "confusion matrix")
+                          + (_table(["actual", "predicted", "images"],
+                                    [[p["actual"], p["predicted"], p["count"]] for p in confused])
+                             if confused else "<p>No confusions.</p>"))
+    parts["top_losses"] = ("<p>The most confident mistakes (with TTA): actual → predicted, the probability "
+                           "given to the prediction, and the loss.</p>" + _img(Path(evaluate) / "top_losses.png", "top losses"))
+
+    titles = {"summary": "Summary", "stages": "Accuracy after every stage", "audit": "Data audit",
+              "split": "Split", "baseline": "Baseline checks", "lr_find": "Learning-rate finder",
+              "training": "Training histories", "evaluation": "Test metrics", "confusion": "Confusion matrix",
+              "top_losses": "Top losses"}
+    nav = "".join(f'<a href="#{s}">{titles[s]}</a>' for s in SECTIONS)
+    body = "".join(f'<section id="{s}"><h2>{titles[s]}</h2>{parts[s]}</section>' for s in SECTIONS)
+    page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+            f"<p>Written {time.strftime('%Y-%m-%d %H:%M:%S')}.</p><nav>{nav}</nav>{body}</body></html>\n")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path

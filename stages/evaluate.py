@@ -1,0 +1,92 @@
+"""evaluate: the test split with and without TTA, the stage table, the report, the model in MLflow."""
+from __future__ import annotations
+
+from importlib import metadata
+from pathlib import Path
+
+from recipe.config import load_section, read_params
+from recipe.schema import EvaluateConfig, TrackingConfig
+from recipe.steps import TABLE_STAGES, evaluate_test, format_table
+from recipe.tracking import stage_run
+from stages._common import common_config, log_numbers, run, write_json
+
+SECTIONS = ("seed", "train", "augment", "evaluate")
+# What the logged model needs to load elsewhere (recipe's own code travels with it, code_paths).
+_REQUIREMENTS = ("torch", "torchvision", "numpy", "pillow", "efficientnet-lite-pytorch")
+
+
+def main(args):
+    import mlflow
+
+    from recipe.report import write_report
+
+    params = read_params()
+    common = common_config(params)
+    cfg = load_section("evaluate", EvaluateConfig, params)
+    tracking = load_section("tracking", TrackingConfig, params)
+    dirs = {"train_head": args.head, "finetune": args.finetune, "resize": args.resize}
+    with stage_run("evaluate", {k: params[k] for k in SECTIONS}, experiment=tracking.experiment) as run_:
+        metrics, model, meta = evaluate_test(
+            common, cfg, split=args.split, raw=args.raw,
+            checkpoints={s: dirs[s] / "model.pt" for s in TABLE_STAGES},
+            stage_metrics={s: dirs[s] / "metrics.json" for s in TABLE_STAGES},
+            baseline_metrics=args.baseline / "metrics.json", out=args.out)
+        write_json(args.out / "metrics.json", metrics)
+        report = write_report(args.out / "report.html", audit=args.audit, split=args.split.parent,
+                              baseline=args.baseline, lr_find=args.lr_find, stages=dirs, evaluate=args.out,
+                              metrics=metrics, title=_title(params["data"], common.seed))
+        log_numbers({k: metrics[k] for k in ("test", "test_tta", "tta_gain")})
+        log_numbers({s: {k: v for k, v in r.items() if v is not None} for s, r in metrics["table"].items()}, "table")
+        mlflow.log_table({"stage": list(metrics["table"]),
+                          **{col: [r[col] for r in metrics["table"].values()]
+                             for col in ("size", "valid_accuracy", "test_accuracy")}}, "stage_table.json")
+        for name in ("metrics.json", "predictions.csv", "report.html"):
+            mlflow.log_artifact(str(args.out / name))
+        for name in ("confusion.png", "top_losses.png", "tta_gain.png"):
+            mlflow.log_artifact(str(args.out / name), "plots")
+        uri = log_model(model, meta, cfg, args.out / "predictions.csv", args.raw) if cfg.model.log else None
+        if uri:
+            mlflow.set_tag("model_uri", uri)
+        print(f"\nTest split, checkpoint {cfg.checkpoint} at {metrics['size']} px "
+              f"(TTA: {metrics['tta_views']}, {metrics['views']} views):")
+        print(format_table(metrics["table"]))
+        print(f"report: {report}" + (f"\nMLflow model: {uri}" if uri else ""))
+        print(f"MLflow run: {run_.info.run_id}")
+
+
+def _title(data: dict, seed: int) -> str:
+    task = f" {data['task']}" if data.get("task") else ""
+    return f"finetune-recipe: {data.get('source')}{task}, seed {seed}"
+
+
+def log_model(model, meta: dict, cfg, predictions: Path, raw: Path) -> str:
+    """The final model as an MLflow pytorch model (pyfunc-loadable): float32 images
+    ``(N, C, size, size)`` in [0, 1] in, class probabilities out; ``recipe.predict.prepare``
+    makes such arrays from image files."""
+    import csv
+
+    import mlflow
+    import numpy as np
+    from mlflow.models import infer_signature
+
+    import recipe
+    from recipe.predict import Predictor, prepare
+
+    predictor = Predictor(model, meta["classes"], meta["size"], meta.get("channels", 3)).eval()
+    with open(predictions, newline="") as f:
+        first = [row["path"] for row, _ in zip(csv.DictReader(f), range(2))]
+    example = prepare([Path(raw) / "files" / p for p in first], predictor.size, predictor.channels)
+    import torch
+
+    with torch.no_grad():
+        out = predictor(torch.from_numpy(example)).numpy()
+    info = mlflow.pytorch.log_model(
+        predictor, name="model", signature=infer_signature(example, out.astype(np.float32)), input_example=example,
+        code_paths=[str(Path(recipe.__file__).parent)], registered_model_name=cfg.model.register_as,
+        pip_requirements=[f"{p}=={metadata.version(p)}" for p in _REQUIREMENTS],
+        metadata={"classes": predictor.classes, "size": predictor.size, "channels": predictor.channels})
+    return info.model_uri
+
+
+if __name__ == "__main__":
+    run(main, "split", "raw", "audit", "baseline", "lr_find", "head", "finetune", "resize", "out")

@@ -1,0 +1,128 @@
+"""The predict command on a user's own files, and the model logged to MLflow by evaluate."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from recipe import evaluate as ev
+from recipe.models import build_model
+from recipe.predict import Predictor, load, main, prepare
+from recipe.session import save_checkpoint
+from tests.conftest import REPO, noise_image, subprocess_env
+
+CFG = {"name": "resnet18", "weights": None, "mean": [0.5] * 3, "std": [0.25] * 3,
+       "head": {"pool": "avg", "dropout": 0.0, "init": "kaiming", "init_gain": 1.0, "prior_bias": False}}
+CLASSES = ["crack", "fine"]
+
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    torch.manual_seed(0)
+    h = CFG["head"]
+    m = build_model(name=CFG["name"], weights=None, mean=CFG["mean"], std=CFG["std"], classes=2, pool=h["pool"],
+                    dropout=h["dropout"], init=h["init"], init_gain=h["init_gain"]).eval()
+    return save_checkpoint(tmp_path / "model.pt", m, classes=CLASSES, size=32, model_config=CFG, stage="resize",
+                           epoch=1, channels=1)
+
+
+@pytest.fixture
+def images(tmp_path):
+    png = noise_image(tmp_path / "cell.png", 1, size=48, mode="L")
+    jpg = tmp_path / "photo.jpg"
+    Image.open(noise_image(tmp_path / "rgb.png", 2, size=64, mode="RGB")).resize((80, 64)).save(jpg, quality=90)
+    return png, jpg
+
+
+def _lines(out: str) -> list[list[str]]:
+    return [line.split("\t") for line in out.strip().splitlines()]
+
+
+def test_predict_command_on_a_png_and_a_jpeg(checkpoint, images, capsys):
+    assert main([*map(str, images), "--model", str(checkpoint)]) == 0
+    rows = _lines(capsys.readouterr().out)
+    assert [r[0] for r in rows] == [str(p) for p in images]
+    predictor = load(str(checkpoint))
+    x = torch.from_numpy(prepare(list(images), 32, 1))
+    assert x.shape == (2, 1, 32, 32) and 0 <= x.min() and x.max() <= 1  # the JPEG (RGB, 80x64) made gray, square
+    with torch.no_grad():
+        probs = predictor(x)
+    for row, p in zip(rows, probs):
+        assert row[1] == CLASSES[int(p.argmax())]
+        assert float(row[2]) == pytest.approx(float(p.max()), abs=1e-4)
+
+
+def test_predict_with_tta_and_top_classes(checkpoint, images, capsys):
+    assert main([str(images[0]), "--model", str(checkpoint), "--tta", "--views", "dihedral", "--top", "2"]) == 0
+    (row,) = _lines(capsys.readouterr().out)
+    assert sorted([row[1], row[3]]) == CLASSES
+    assert float(row[2]) + float(row[4]) == pytest.approx(1.0, abs=2e-4)
+    predictor = load(str(checkpoint))
+    x = torch.from_numpy(prepare([images[0]], 32, 1))
+    expected = ev.predict(predictor.model, [(x, torch.zeros(1, dtype=torch.long))], ev.tta_views("dihedral"))["tta"][0]
+    assert float(row[2]) == pytest.approx(float(expected.max()), abs=1e-4)
+
+
+def test_unreadable_file_is_reported_and_the_rest_predicted(checkpoint, images, tmp_path, capsys):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    assert main([str(bad), str(images[0]), "--model", str(checkpoint)]) == 1
+    out = capsys.readouterr()
+    assert len(_lines(out.out)) == 1 and out.out.startswith(str(images[0]))
+    assert f"error: {bad}: cannot read as an image" in out.err
+
+
+def test_missing_checkpoint_is_one_line(tmp_path, images, capsys):
+    assert main([str(images[0]), "--model", str(tmp_path / "nope.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "checkpoint not found" in err
+
+
+def test_predict_runs_as_a_module(checkpoint, images):
+    r = subprocess.run([sys.executable, "-m", "recipe.predict", str(images[1]), "--model", str(checkpoint)],
+                       cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    path, label, prob = r.stdout.strip().split("\t")
+    assert path == str(images[1]) and label in CLASSES and 0.5 <= float(prob) <= 1
+
+
+def test_logged_mlflow_model_loads_and_predicts(checkpoint, images, tmp_path, monkeypatch, capsys):
+    import mlflow
+
+    from stages.evaluate import log_model
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    raw = tmp_path / "raw"
+    for p in images:
+        (raw / "files").mkdir(parents=True, exist_ok=True)
+        (raw / "files" / p.name).write_bytes(p.read_bytes())
+    predictions = tmp_path / "predictions.csv"
+    predictions.write_text("path,actual\n" + "".join(f"{p.name},fine\n" for p in images))
+    predictor = load(str(checkpoint))
+    model, meta = predictor.model, {"classes": CLASSES, "size": 32, "channels": 1}
+    cfg = SimpleNamespace(model=SimpleNamespace(register_as="cells-test"))
+    experiment = mlflow.create_experiment("t", artifact_location=(tmp_path / "artifacts").as_uri())
+    with mlflow.start_run(experiment_id=experiment):
+        model_uri = log_model(model, meta, cfg, predictions, raw)
+
+    x = prepare(list(images), 32, 1)  # images prepared as the README shows
+    with torch.no_grad():
+        expected = predictor(torch.from_numpy(x)).numpy()
+    pyfunc = mlflow.pyfunc.load_model(model_uri)
+    got = np.asarray(pyfunc.predict(x))
+    assert got.shape == (2, 2)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert pyfunc.metadata.get_input_schema().inputs[0].shape == (-1, 1, 32, 32)
+    registered = mlflow.pyfunc.load_model("models:/cells-test/1")  # the registry switch
+    np.testing.assert_allclose(np.asarray(registered.predict(x)), expected, atol=1e-5)
+
+    assert main([str(images[0]), "--model", model_uri]) == 0  # the predict command takes the URI too
+    (row,) = _lines(capsys.readouterr().out)
+    assert float(row[2]) == pytest.approx(float(expected[0].max()), abs=1e-4)
