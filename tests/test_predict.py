@@ -12,7 +12,7 @@ from PIL import Image
 
 from recipe import evaluate as ev
 from recipe.models import build_model
-from recipe.predict import Predictor, load, main, prepare
+from recipe.predict import load, main, prepare
 from recipe.session import save_checkpoint
 from tests.conftest import REPO, noise_image, subprocess_env
 
