@@ -170,7 +170,7 @@ def confusion(matrices: dict[str, np.ndarray], classes: Sequence[str], path: Pat
     n = len(classes)
     side = max(3.0, 0.45 * n + 1.8)
     fig, axes = plt.subplots(1, len(matrices), figsize=(side * len(matrices), side), squeeze=False)
-    for ax, (title, m) in zip(axes.flat, matrices.items()):
+    for k, (ax, (title, m)) in enumerate(zip(axes.flat, matrices.items())):
         m = np.asarray(m)
         frac = m / np.maximum(m.sum(1, keepdims=True), 1)
         ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
@@ -180,9 +180,10 @@ def confusion(matrices: dict[str, np.ndarray], classes: Sequence[str], path: Pat
                     ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=8,
                             color="white" if frac[i, j] > 0.5 else "black")
         ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=7)
-        ax.set_yticks(range(n), classes, fontsize=7)
+        ax.set_yticks(range(n), classes if k == 0 else [], fontsize=7)
         ax.set_xlabel("predicted")
-        ax.set_ylabel("actual")
+        if k == 0:
+            ax.set_ylabel("actual")
         ax.set_title(f"{title}: {np.trace(m)}/{m.sum()} right", fontsize=8)
     return _save(fig, path)
 
