@@ -3,7 +3,7 @@
 Contract:
 
 - :func:`tta_views` names a set of views from a small table (``none``, ``flip_h``, ``flip_v``,
-  ``dihedral``, ``multiscale``, ``five_crop``, ``augment``). A view maps a batch of images in
+  ``flips`` (both flips and both together), ``dihedral``, ``multiscale``, ``five_crop``, ``augment``). A view maps a batch of images in
   [0, 1] to a batch the network accepts.
 - :func:`predict` runs a model over batches once, and for each batch every view in turn. It
   returns the plain probabilities (the unchanged image) and the TTA probabilities: the mean of
@@ -29,7 +29,7 @@ from recipe.augment import Augment
 from recipe.errors import ConfigError
 
 View = Callable[[torch.Tensor], torch.Tensor]
-VIEW_SETS = ("none", "flip_h", "flip_v", "dihedral", "multiscale", "five_crop", "augment")
+VIEW_SETS = ("none", "flip_h", "flip_v", "flips", "dihedral", "multiscale", "five_crop", "augment")
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,8 @@ def tta_views(name: str, *, scales: Iterable[float] = (), crop: float = 0.875, n
         extra = DIHEDRAL[:1]
     elif name == "flip_v":
         extra = DIHEDRAL[1:2]
+    elif name == "flips":  # the symmetries that keep the orientation (ELPV's busbars stay horizontal)
+        extra = DIHEDRAL[:3]
     elif name == "dihedral":
         extra = DIHEDRAL
     elif name == "multiscale":

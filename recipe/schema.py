@@ -319,7 +319,7 @@ class ResizeConfig(Strict):
 
 
 class TtaConfig(Strict):
-    views: Literal["none", "flip_h", "flip_v", "dihedral", "multiscale", "five_crop", "augment"]
+    views: Literal["none", "flip_h", "flip_v", "flips", "dihedral", "multiscale", "five_crop", "augment"]
     scales: list[Annotated[float, Field(gt=0)]]
     crop: Annotated[float, Field(gt=0, lt=1)]
     n: PositiveInt

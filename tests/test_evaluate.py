@@ -81,6 +81,15 @@ def test_dihedral_views_are_the_eight_symmetries():
         assert sorted(v(x).flatten().tolist()) == list(range(16))
 
 
+def test_flips_are_the_four_orientation_keeping_symmetries():
+    x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    views = ev.tta_views("flips")
+    assert len(views) == 4
+    got = {tuple(v(x).flatten().tolist()) for _, v in views.extra}
+    assert got == {tuple(x.flip(3).flatten().tolist()), tuple(x.flip(2).flatten().tolist()),
+                   tuple(x.flip(2).flip(3).flatten().tolist())}
+
+
 def test_other_view_sets_keep_the_shape_and_are_seeded():
     x, _ = _images(3, size=16)
     ms = ev.tta_views("multiscale", scales=[1.0, 1.25, 0.75])

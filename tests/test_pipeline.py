@@ -164,12 +164,12 @@ def test_evaluate_scores_the_test_split_reports_and_logs_the_model(project):
     split = pd.read_csv(proj / "outputs/split/split.csv")
     n_test = int((split["split"] == "test").sum())
     m = json.loads((proj / "outputs/evaluate/metrics.json").read_text())
-    assert m["checkpoint"] == "resize" and m["size"] == 96 and m["tta_views"] == "dihedral" and m["views"] == 8
+    assert m["checkpoint"] == "resize" and m["size"] == 96 and m["tta_views"] == "flips" and m["views"] == 4
     for key in ("test", "test_tta"):
         assert m[key]["images"] == n_test
         assert {"accuracy", "balanced_accuracy", "macro_f1", "log_loss", "ece", "accuracy_ci95", "per_class"} <= set(m[key])
     assert list(m["table"]) == ["majority_class", "baseline_model", "train_head", "finetune", "resize", "evaluate",
-                                "evaluate_tta_dihedral"]
+                                "evaluate_tta_flips"]
     assert m["table"]["resize"]["test_accuracy"] == m["test"]["accuracy"]
     assert m["table"]["train_head"]["test_accuracy"] is not None  # each checkpoint scored on the test split
     predictions = pd.read_csv(proj / "outputs/evaluate/predictions.csv")
@@ -180,7 +180,7 @@ def test_evaluate_scores_the_test_split_reports_and_logs_the_model(project):
         assert f'<section id="{section}">' in page
     assert page.count("data:image/png;base64,") == 13 and "not available" not in page and "not found" not in page
     first = project["first"]  # the stage table ends dvc repro's output
-    assert first.index("evaluate_tta_dihedral") > first.index("Running stage 'evaluate'")
+    assert first.index("evaluate_tta_flips") > first.index("Running stage 'evaluate'")
     plots = json.loads(dvc("plots", "show", "--json", "--split", cwd=proj))["data"]  # DVC's confusion template
     assert '"groupby": ["actual", "predicted"]' in json.dumps(plots["outputs/evaluate/predictions.csv"])
     assert '"groupby": ["actual", "predicted_tta"]' in json.dumps(plots["confusion_tta"])
