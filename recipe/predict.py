@@ -89,22 +89,23 @@ def load(source: str) -> Predictor:
 
 
 def _views_from_params(name: str | None):
-    """TTA views: ``name``, else the project's ``evaluate.tta`` (params.yaml), else dihedral."""
+    """TTA views: ``name``, else the project's ``evaluate.tta`` (params.yaml), else flips."""
+    import yaml
+
     from recipe import evaluate as ev
 
-    tta = {}
-    params = Path("params.yaml")
-    if params.is_file():
-        import yaml
-
-        tta = ((yaml.safe_load(params.read_text()) or {}).get("evaluate") or {}).get("tta") or {}
-    name = name or tta.get("views", "dihedral")
+    path = Path("params.yaml")
+    params = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    tta = (params.get("evaluate") or {}).get("tta") or {}
+    name = name or tta.get("views", "flips")
     augment = None
     if name == "augment":
         from recipe.augment import Augment
         from recipe.schema import AugmentConfig
 
-        augment = Augment(**AugmentConfig(**yaml.safe_load(params.read_text())["augment"]).model_dump())
+        if "augment" not in params:
+            raise ConfigError("--views augment needs the project's params.yaml (its augment section); run from the project root")
+        augment = Augment(**AugmentConfig(**params["augment"]).model_dump())
     return ev.tta_views(name, scales=tta.get("scales", [1.0, 1.25]), crop=tta.get("crop", 0.875),
                         n=tta.get("n", 4), beta=tta.get("beta"), augment=augment)
 
