@@ -72,7 +72,7 @@ DIHEDRAL = (("flip_h", lambda x: x.flip(3)), ("flip_v", lambda x: x.flip(2)), ("
             ("rot270", lambda x: x.transpose(2, 3).flip(2)), ("anti_transpose", lambda x: x.transpose(2, 3).flip(2, 3)))
 
 
-def tta_views(name: str, *, scales: Iterable[float] = (), crop: float = 0.875, n: int = 0,
+def tta_views(name: str, *, scales: Iterable[float] = (), crop: float | None = None, n: int = 0,
               beta: float | None = None, augment: Augment | None = None, seed: int = 0) -> Views:
     """The view set called ``name`` (see the module docstring); ``augment`` draws ``n`` passes of
     the training augmentation."""
@@ -92,7 +92,7 @@ def tta_views(name: str, *, scales: Iterable[float] = (), crop: float = 0.875, n
             raise ConfigError("evaluate.tta.scales: multiscale needs at least one scale other than 1.0")
         extra = tuple((f"scale_{s:g}", _rescale(s)) for s in scales)
     elif name == "five_crop":
-        if not 0 < crop < 1:
+        if crop is None or not 0 < crop < 1:
             raise ConfigError(f"evaluate.tta.crop = {crop}: five_crop needs a fraction of the side in (0, 1)")
         extra = tuple((f"crop_{w}", _crop(crop, w)) for w in ("c", "tl", "tr", "bl", "br"))
     elif name == "augment":

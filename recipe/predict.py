@@ -106,8 +106,9 @@ def _views_from_params(name: str | None):
         if "augment" not in params:
             raise ConfigError("--views augment needs the project's params.yaml (its augment section); run from the project root")
         augment = Augment(**AugmentConfig(**params["augment"]).model_dump())
-    return ev.tta_views(name, scales=tta.get("scales", [1.0, 1.25]), crop=tta.get("crop", 0.875),
-                        n=tta.get("n", 4), beta=tta.get("beta"), augment=augment)
+    # Settings come from conf/ (via params.yaml) only; a view set that needs one it lacks says so.
+    return ev.tta_views(name, scales=tta.get("scales", ()), crop=tta.get("crop"), n=tta.get("n", 0),
+                        beta=tta.get("beta"), augment=augment)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -108,21 +108,13 @@ def test_other_view_sets_keep_the_shape_and_are_seeded():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(name="sideways"), "not one of"),
     (dict(name="multiscale", scales=[1.0]), "at least one scale"),
+    (dict(name="five_crop"), "five_crop needs"),
     (dict(name="augment", n=2), "augment needs"),
     (dict(name="flip_h", beta=1.5), "beta"),
 ])
 def test_bad_tta_config_is_a_one_line_error(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         ev.tta_views(**kwargs)
-
-
-def test_streaming_keeps_no_per_view_tensors():
-    """Memory: the number of views does not change what predict holds (two (N, C) outputs)."""
-    model = LeftRight()
-    x, y = _images(40)
-    few = ev.predict(model, _batches(x, y), ev.tta_views("flip_h"))
-    many = ev.predict(model, _batches(x, y), ev.tta_views("dihedral"))
-    assert few["tta"].shape == many["tta"].shape == (40, 2)
 
 
 # --- metrics on hand-made predictions ---------------------------------------------------------
