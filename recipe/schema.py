@@ -14,9 +14,15 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class SoftLabels(Strict):
+    column: str  # an index column: per image, the probability that it belongs to `positive`
+    positive: str  # one of the two classes
+
+
 class _DataCommon(Strict):
     limit: PositiveInt | None  # take a seeded, stratified subset of this many images
     stratify_column: str | None  # an extra index column the split also stratifies on
+    soft_labels: SoftLabels | None  # train on annotated probabilities instead of the hard labels
 
 
 class ElpvData(_DataCommon):
@@ -100,6 +106,7 @@ class ModelConfig(Strict):
     weights: str | None  # bundled | DEFAULT | a path | null
     mean: Annotated[list[float], Field(min_length=3, max_length=3)]
     std: Annotated[list[PositiveFloat], Field(min_length=3, max_length=3)]
+    adapt_bn: bool  # re-estimate the pretrained body's BatchNorm statistics on the training images (AdaBN)
     head: HeadConfig
 
 

@@ -79,12 +79,15 @@ def load_data(split_csv: Path, raw: Path, *, size: int, workers: int, splits: tu
 
 def batches(images: ImageSet | tuple[torch.Tensor, torch.Tensor], *, batch_size: int, train: bool, seed: int,
             device: torch.device, augment: Augment | None = None, channels_last: bool = False) -> Batches:
-    x, y = (images.images, images.labels) if isinstance(images, ImageSet) else images
+    if isinstance(images, ImageSet):  # training batches carry the soft targets when the split has them
+        x, y = images.images, (images.training_targets if train else images.labels)
+    else:
+        x, y = images
     aug = augment if (train and augment is not None and augment.active) else None
     # Dropping a last batch of 1 avoids BatchNorm's "expected more than 1 value" in training.
     drop_last = train and len(y) > 1 and len(y) % batch_size == 1
     return Batches(x, y, batch_size=batch_size, shuffle=train, seed=seed, device=device, augment=aug,
-                   drop_last=drop_last, channels_last=channels_last and device.type == "cuda")
+                   drop_last=drop_last, channels_last=channels_last)
 
 
 def new_model(model_cfg: Any, classes: list[str], priors: list[float] | None) -> Classifier:
@@ -150,12 +153,15 @@ def refresh_bn(model: Classifier, data: Batches) -> int:
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # None: an equal-weight average over all batches seen
-    model.train()
+    was = model.training
+    model.eval()  # only the BatchNorm layers in train mode: no dropout or stochastic depth
+    for m in bns:
+        m.train()
     for x, _ in data:
         model.features(x)
     for m, momentum in zip(bns, saved):
         m.momentum = momentum
-    model.eval()
+    model.train(was)
     return len(bns)
 
 

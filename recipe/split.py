@@ -7,6 +7,10 @@ extra column such as ELPV's module type) groups are placed largest first, in a s
 order among equals, into the split furthest below its target share of images. Every class gets
 at least one group in each split whose fraction is above zero; a class with fewer groups than
 that stops with a message naming it.
+
+With ``soft_labels`` (two classes only) the table also carries ``target_<positive>``: the
+annotated probability of the positive class, which the training stages use as the target
+distribution instead of the hard label (see :func:`recipe.data.loader.load_split`).
 """
 from __future__ import annotations
 
@@ -21,9 +25,11 @@ SPLITS = ("train", "valid", "test")
 
 
 def split(
-    *, manifest: pd.DataFrame, fractions: dict[str, float], stratify: bool, seed: int, stratify_column: str | None = None
+    *, manifest: pd.DataFrame, fractions: dict[str, float], stratify: bool, seed: int, stratify_column: str | None = None,
+    soft_labels: dict | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     rows = manifest[manifest["keep"].astype(bool)].copy()
+    target, soft_summary = _soft_targets(rows, soft_labels)
     if stratify_column and stratify_column not in rows.columns:
         raise DataError(f"split: stratify column {stratify_column!r} is not in the manifest (columns: {', '.join(rows.columns)})")
     active = [s for s in SPLITS if fractions[s] > 0]
@@ -46,8 +52,37 @@ def split(
         _every_class_everywhere(groups, assigned, active)
     rows["split"] = rows["group"].map(assigned)
     out_cols = ["path", "label", "split", "group"] + ([stratify_column] if stratify_column else [])
+    if target is not None:
+        name = f"{TARGET_PREFIX}{soft_labels['positive']}"
+        rows[name] = target
+        out_cols.append(name)
     table = rows[out_cols].sort_values(["split", "path"]).reset_index(drop=True)
-    return table, _summary(table, fractions)
+    return table, {**_summary(table, fractions), **soft_summary}
+
+
+TARGET_PREFIX = "target_"
+
+
+def _soft_targets(rows: pd.DataFrame, soft: dict | None) -> tuple[pd.Series | None, dict]:
+    """The positive class's probability per row, and what the split's summary records about it."""
+    if soft is None:
+        return None, {}
+    column, positive = soft["column"], soft["positive"]
+    classes = sorted(rows["label"].unique())
+    if len(classes) != 2:  # e.g. ELPV's four_class task with the default elpv config
+        return None, {"soft_labels": f"ignored: soft labels need two classes, this task has {len(classes)}"}
+    if column not in rows.columns:
+        raise DataError(f"data.soft_labels.column = {column!r}: not in the manifest (columns: {', '.join(rows.columns)})")
+    if positive not in classes:
+        raise DataError(f"data.soft_labels.positive = {positive!r}: not one of the classes {classes}")
+    p = pd.to_numeric(rows[column], errors="coerce")
+    bad = rows.loc[~p.between(0, 1), "path"]  # NaN (empty, text) is not between
+    if len(bad):
+        raise DataError(f"data.soft_labels.column = {column!r}: {len(bad)} value(s) are not probabilities in [0, 1] "
+                        f"(first: {bad.iloc[0]})")
+    disagree = int(((p >= 0.5) != (rows["label"] == positive)).sum())
+    return p.astype(float), {"soft_labels": {"column": column, "positive": positive, "uncertain": int(((p > 0) & (p < 1)).sum()),
+                                             "disagree_with_label": disagree}}
 
 
 def leaking_groups(table: pd.DataFrame) -> int:

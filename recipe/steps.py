@@ -72,9 +72,19 @@ class Common:
 
     def prepare(self, model: Classifier, device: torch.device) -> Classifier:
         model = model.to(device)
-        if self.train.channels_last and device.type == "cuda":
+        if self.train.channels_last:  # NHWC: faster on CUDA and, through oneDNN, on the CPU too
             model = model.to(memory_format=torch.channels_last)
         return model
+
+
+def pretrained(common: Common, data: Data, device: torch.device) -> Classifier:
+    """A new model for ``data``: the (pretrained) body and a fresh head. With ``model.adapt_bn``
+    the body's BatchNorm statistics are re-estimated on the training images (plain, not
+    augmented) before anything is trained on top of them (AdaBN, Li et al. 2016)."""
+    model = common.prepare(new_model(common.model, data.classes, data.priors), device)
+    if common.model.adapt_bn:
+        refresh_bn(model, common.batches(data.train, device, train=False))
+    return model
 
 
 class History:
@@ -111,10 +121,10 @@ def _train_phase(module, *, name: str, history: History, resume_dir: Path, key: 
 
 
 def _finish(model: Classifier, data: Data, common: Common, device, *, out: Path, history: History,
-            history_csv: Path, size: int, stage: str, resume_dir: Path, t0: float) -> dict:
+            history_csv: Path, size: int, stage: str, resume_dir: Path, t0: float, model_config: dict | None = None) -> dict:
     result = evaluate(model, common.batches(data.valid, device, train=False), loss_fn=common.loss(),
                       amp=common.train.amp)
-    save_checkpoint(out, model, classes=data.classes, size=size, model_config=common.model.model_dump(),
+    save_checkpoint(out, model, classes=data.classes, size=size, model_config=model_config or common.model.model_dump(),
                     stage=stage, epoch=len(history.rows), channels=data.train.images.shape[1])
     history.write(history_csv)
     plots.history(history.rows, history_csv.with_suffix(".png"), f"{stage} at {size} px")
@@ -129,8 +139,11 @@ def baseline(common: Common, cfg: Any, *, split: Path, raw: Path, picture: Path)
     t0 = time.perf_counter()
     device = common.start()
     data = load_data(split, raw, size=common.train.size, workers=common.train.workers)
+    # The checks are about the pipeline, on the hard labels: one batch can overfit to a loss of
+    # 0 only if its targets are one-hot.
+    data.train.targets = None
     priors = data.priors
-    model = common.prepare(new_model(common.model, data.classes, priors), device)
+    model = pretrained(common, data, device)
 
     # What the network sees: one augmented training batch, after every transform.
     x, y = next(iter(common.batches(data.train, device, train=True).epoch(0)))
@@ -215,11 +228,11 @@ def lr_find(common: Common, cfg: Any, *, lr_mult: float, unfreeze_to: int, bn: s
     t0 = time.perf_counter()
     device = common.start()
     data = load_data(split, raw, size=common.train.size, workers=common.train.workers)
-    model = common.prepare(new_model(common.model, data.classes, data.priors), device)
+    model = pretrained(common, data, device)
     if cfg.model == "head":
         freeze_to(model, HEAD)
         f = features(model, common.batches(data.train, device, train=False), amp=common.train.amp)
-        train = batches((f, data.train.labels), batch_size=common.train.batch_size, train=True, seed=common.seed,
+        train = batches((f, data.train.training_targets), batch_size=common.train.batch_size, train=True, seed=common.seed,
                         device=device)
         result = _range_test(model.head, model, common, cfg, train, [1.0, 1.0, 1.0], None)
     else:
@@ -276,7 +289,7 @@ def train_head(common: Common, cfg: Any, *, split: Path, raw: Path, suggestion: 
     lr = resolve_lr(cfg.lr, suggestion, "train_head.lr")
     device = common.start()
     data = load_data(split, raw, size=common.train.size, workers=common.train.workers)
-    model = common.prepare(new_model(common.model, data.classes, data.priors), device)
+    model = pretrained(common, data, device)
     train_bn = cfg.bn == "train"
     freeze_to(model, HEAD, train_bn=train_bn)
     resume = out.parent / "resume"
@@ -289,7 +302,7 @@ def train_head(common: Common, cfg: Any, *, split: Path, raw: Path, suggestion: 
         # Body features once (eval mode, no augmentation); then each head epoch costs milliseconds.
         ft = features(model, common.batches(data.train, device, train=False), amp=common.train.amp)
         fv = features(model, common.batches(data.valid, device, train=False), amp=common.train.amp)
-        tb = batches((ft, data.train.labels), batch_size=common.train.batch_size, train=True, seed=common.seed, device=device)
+        tb = batches((ft, data.train.training_targets), batch_size=common.train.batch_size, train=True, seed=common.seed, device=device)
         vb = batches((fv, data.valid.labels), batch_size=common.train.batch_size, train=False, seed=common.seed, device=device)
         opt = common.optimizer(model, [lr] * 3)
         sched = make_schedule(opt, epochs=cfg.precompute_epochs, steps_per_epoch=len(tb), **cfg.schedule.model_dump())
@@ -337,7 +350,7 @@ def finetune(common: Common, cfg: Any, lr_find_cfg: Any, *, split: Path, raw: Pa
                  key=fingerprint("finetune", cfg, common, lr, files=(split, checkpoint)))
     return {"lr": lr, "lrs": lrs, **_finish(model, data, common, device, out=out, history=history,
                                             history_csv=history_csv, size=meta["size"], stage="finetune",
-                                            resume_dir=resume, t0=t0)}
+                                            resume_dir=resume, t0=t0, model_config=meta["model_config"])}
 
 
 def _same_classes(meta: dict, data: Data, checkpoint: Path) -> None:
@@ -380,7 +393,7 @@ def resize(common: Common, cfg: Any, *, unfreeze_to: int, split: Path, raw: Path
         _train_phase(model, name=name, epochs=epochs, optimizer=opt, schedule=sched,
                      train_mode=lambda first=first: set_bn_mode(model, policy=cfg.bn, first_trainable=first), **kw)
     return {**metrics, **_finish(model, data, common, device, out=out, history=history, history_csv=history_csv,
-                                 size=size, stage="resize", resume_dir=resume, t0=t0)}
+                                 size=size, stage="resize", resume_dir=resume, t0=t0, model_config=meta["model_config"])}
 
 
 # --- evaluate -------------------------------------------------------------------------------

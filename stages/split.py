@@ -16,10 +16,12 @@ def main(args):
     cfg = load_section("split", SplitConfig, params)
     data = load_section("data", DataConfig, params)
     tracking = load_section("tracking", TrackingConfig, params)
-    used = {"split": params["split"], "data": {"stratify_column": data.stratify_column}}
+    soft = data.soft_labels.model_dump() if data.soft_labels else None
+    used = {"split": params["split"], "data": {"stratify_column": data.stratify_column, "soft_labels": soft}}
     with stage_run("split", used, experiment=tracking.experiment):
         manifest = pd.read_csv(args.manifest, keep_default_na=False, dtype={"path": str, "label": str})
-        table, summary = split(manifest=manifest, stratify_column=data.stratify_column, **cfg.model_dump())
+        table, summary = split(manifest=manifest, stratify_column=data.stratify_column, soft_labels=soft,
+                               **cfg.model_dump())
         args.split.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(args.split, index=False)
         write_json(args.metrics, summary)
@@ -31,6 +33,13 @@ def main(args):
         mlflow.log_artifact(str(args.metrics))
         mlflow.log_artifact(str(args.plot), "plots")
         print(f"split: {summary['fractions_actual']} of {summary['images']} images; leaking groups: {summary['leaking_groups']}")
+        soft_note = summary.get("soft_labels")
+        if isinstance(soft_note, str):
+            print(f"split: data.soft_labels {soft_note}")
+        elif soft_note:
+            print(f"split: training targets from {soft_note['column']!r} (probability of {soft_note['positive']!r}); "
+                  f"{soft_note['uncertain']} images strictly between 0 and 1, "
+                  f"{soft_note['disagree_with_label']} whose probability disagrees with their label")
         if summary["leaking_groups"]:
             raise DataError(f"split: {summary['leaking_groups']} duplicate groups straddle splits")
 

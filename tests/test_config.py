@@ -106,7 +106,8 @@ def test_bad_values_name_key_value_and_what_is_allowed(params, section, change, 
 
 def test_missing_required_value_says_how_to_set_it():
     with pytest.raises(ConfigError, match=r"data.path = '\?\?\?': a value is required \(set it with -S data.path=...\)"):
-        validate("data", {"source": "folder", "path": "???", "limit": None, "stratify_column": None}, DataConfig)
+        validate("data", {"source": "folder", "path": "???", "limit": None, "stratify_column": None, "soft_labels": None},
+                 DataConfig)
 
 
 def test_seed_must_be_an_int(params):

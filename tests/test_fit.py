@@ -272,3 +272,21 @@ def test_evaluate_restores_training_mode_and_counts():
         logits = model.eval()(x)
     assert result["loss"] == pytest.approx(loss_fn(logits, y).item(), rel=1e-5)
     assert result["accuracy"] == pytest.approx((logits.argmax(1) == y).float().mean().item())
+
+
+def test_soft_targets_train_toward_the_target_distribution():
+    """With targets [0.7, 0.3] on every image, the softmax should settle at 0.7 (cross-entropy's
+    minimum), where the hard label would push it toward 1; valid stays on the hard labels."""
+    x = torch.zeros(64, 1, 4, 4)
+    soft = torch.tensor([[0.7, 0.3]]).expand(64, -1).contiguous()
+    hard = torch.zeros(64, dtype=torch.long)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 2))
+    train = Batches(x, soft, batch_size=16, shuffle=True, seed=0, device=CPU)
+    valid = Batches(x, hard, batch_size=16, shuffle=False, seed=0, device=CPU)
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    rows = fit(net, train=train, valid=valid, epochs=30, optimizer=opt, keep="last", loss_fn=loss_fn,
+               schedule=make_schedule(opt, name="constant", epochs=30, steps_per_epoch=len(train)))
+    p = net(x[:1]).softmax(1)[0, 0].item()
+    assert p == pytest.approx(0.7, abs=0.01)
+    assert rows[-1]["accuracy"] == 1.0  # argmax 0 on every valid image
+    assert rows[-1]["valid_loss"] == pytest.approx(-torch.log(torch.tensor(0.7)).item(), abs=0.02)

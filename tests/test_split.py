@@ -96,3 +96,56 @@ def test_zero_valid_fraction_needs_only_two_per_class():
 def test_unknown_stratify_column_is_named():
     with pytest.raises(DataError, match="stratify column 'colour'"):
         split(manifest=manifest({"a": 10, "b": 10}), fractions=FRACTIONS, stratify=True, seed=0, stratify_column="colour")
+
+
+# --- soft labels ------------------------------------------------------------------------------
+
+SOFT = {"column": "p", "positive": "bad"}
+
+
+def soft_manifest(n: int = 40) -> pd.DataFrame:
+    m = manifest({"bad": n // 2, "good": n // 2})
+    levels = np.array([2 / 3, 1.0])  # "bad" rows are rated 2/3 or 1, "good" rows 0 or 1/3
+    m["p"] = np.where(m["label"] == "bad", levels[np.arange(len(m)) % 2], levels[np.arange(len(m)) % 2] - 2 / 3)
+    return m
+
+
+def test_soft_labels_travel_with_their_rows():
+    m = soft_manifest()
+    table, summary = split(manifest=m, fractions=FRACTIONS, stratify=True, seed=0, soft_labels=SOFT)
+    assert "target_bad" in table.columns
+    expected = m.set_index("path")["p"]
+    assert np.allclose(table["target_bad"], expected[table["path"]].to_numpy())
+    assert summary["soft_labels"] == {"column": "p", "positive": "bad", "uncertain": 20, "disagree_with_label": 0}
+
+
+def test_soft_labels_count_rows_whose_probability_contradicts_the_label():
+    m = soft_manifest()
+    m.loc[0, "p"] = 0.1  # labelled "bad", rated 10% bad
+    _, summary = split(manifest=m, fractions=FRACTIONS, stratify=True, seed=0, soft_labels=SOFT)
+    assert summary["soft_labels"]["disagree_with_label"] == 1
+
+
+def test_soft_labels_are_skipped_with_a_record_when_there_are_not_two_classes():
+    m = manifest({"a": 20, "b": 20, "c": 20})
+    m["p"] = 0.5
+    table, summary = split(manifest=m, fractions=FRACTIONS, stratify=True, seed=0, soft_labels={"column": "p", "positive": "a"})
+    assert not [c for c in table.columns if c.startswith("target_")]
+    assert summary["soft_labels"] == "ignored: soft labels need two classes, this task has 3"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"column": "q"}, "data.soft_labels.column = 'q': not in the manifest"),
+    ({"positive": "ugly"}, "data.soft_labels.positive = 'ugly': not one of the classes ['bad', 'good']"),
+])
+def test_soft_label_settings_that_name_nothing_are_one_line_errors(change, message):
+    with pytest.raises(DataError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        split(manifest=soft_manifest(), fractions=FRACTIONS, stratify=True, seed=0, soft_labels={**SOFT, **change})
+
+
+@pytest.mark.parametrize("value", [1.5, -0.1, ""])
+def test_soft_labels_must_be_probabilities(value):
+    m = soft_manifest().astype({"p": object})
+    m.loc[3, "p"] = value
+    with pytest.raises(DataError, match=r"1 value\(s\) are not probabilities in \[0, 1\] \(first: bad/3.png\)"):
+        split(manifest=m, fractions=FRACTIONS, stratify=True, seed=0, soft_labels=SOFT)

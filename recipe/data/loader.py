@@ -27,6 +27,7 @@ from PIL import Image
 from recipe.data.images import load_image
 from recipe.errors import DataError
 from recipe.paths import is_within
+from recipe.split import TARGET_PREFIX
 
 
 @dataclass
@@ -35,6 +36,12 @@ class ImageSet:
     labels: torch.Tensor  # int64 (N,)
     paths: list[str]
     classes: list[str]
+    targets: torch.Tensor | None = None  # float32 (N, classes): soft training targets, when the split has them
+
+    @property
+    def training_targets(self) -> torch.Tensor:
+        """What the loss is trained against: the soft targets if there are any, else the labels."""
+        return self.labels if self.targets is None else self.targets
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -71,7 +78,32 @@ def load_split(table: pd.DataFrame, root: Path, *, split: str, size: int, classe
         raise DataError(f"split {split!r}: labels {unknown} are not among the classes {classes}")
     images = decode_all(files, size=size, workers=workers)
     labels = torch.tensor([index[label] for label in rows["label"]], dtype=torch.int64)
-    return ImageSet(images, labels, paths, classes)
+    return ImageSet(images, labels, paths, classes, soft_targets(rows, classes))
+
+
+def soft_targets(rows: pd.DataFrame, classes: list[str]) -> torch.Tensor | None:
+    """``(N, classes)`` target distributions from the split's ``target_<class>`` columns, or None.
+
+    Two classes need one column (the other class gets the complement); more classes need one
+    per class, summing to 1 on every row.
+    """
+    given = {c[len(TARGET_PREFIX):]: c for c in rows.columns if c.startswith(TARGET_PREFIX)}
+    if not given:
+        return None
+    unknown = sorted(set(given) - set(classes))
+    if unknown:
+        raise DataError(f"split columns {[given[u] for u in unknown]} name no class (classes: {classes})")
+    if len(classes) == 2 and len(given) == 1:
+        (name,) = given
+        p = torch.tensor(rows[given[name]].to_numpy(dtype=float), dtype=torch.float32)
+        t = torch.stack([p, 1 - p], 1)
+        return t if classes[0] == name else t.flip(1)
+    if set(given) != set(classes):
+        raise DataError(f"split has target columns for {sorted(given)}; soft targets need one per class {classes}")
+    t = torch.tensor(rows[[given[c] for c in classes]].to_numpy(dtype=float), dtype=torch.float32)
+    if not torch.allclose(t.sum(1), torch.ones(len(t)), atol=1e-4) or (t < 0).any():
+        raise DataError("split's target_<class> columns are not a probability distribution on every row")
+    return t
 
 
 def decode_all(files: list[Path], *, size: int, workers: int = 0) -> torch.Tensor:
