@@ -14,7 +14,7 @@ def main(args):
     seed = load_section("seed", Seed, params)
     tracking = load_section("tracking", TrackingConfig, params)
     with stage_run("ingest", {"data": params["data"], "seed": seed}, experiment=tracking.experiment):
-        summary = ingest(out=args.out, seed=seed, **data.model_dump(exclude={"stratify_column"}))
+        summary = ingest(out=args.out, seed=seed, **data.model_dump(exclude={"stratify_column", "soft_labels"}))
         mlflow.log_metrics({"entries": summary["entries"], "entries_kept": summary["entries_kept"]})
         mlflow.log_artifact(str(args.out / "ingest.json"))
         mlflow.log_artifact(str(args.out / "index.csv"))
