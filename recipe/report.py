@@ -88,10 +88,11 @@ def write_report(path: Path, *, audit: Path, split: Path, baseline: Path, lr_fin
 
     table = metrics.get("table") or {}
     parts["stages"] = (_table(["stage", "size", "valid accuracy", "test accuracy"],
-                              [[k, r.get("size"), _pct(r.get("valid_accuracy")), _pct(r.get("test_accuracy"))]
-                               for k, r in table.items()])
-                       + "<p>Valid: as each stage reported it. Test: each checkpoint scored by evaluate, "
-                         "plainly, except the TTA row.</p>") if table else _missing("stage table")
+                              [[k, r.get("size"), f"fit on {r['fit_on']}" if r.get("fit_on") else _pct(r.get("valid_accuracy")),
+                                _pct(r.get("test_accuracy"))] for k, r in table.items()])
+                       + "<p>Valid: as each stage reported it; a stage fit on train + valid has no held-out "
+                         "valid figure. Test: each checkpoint scored by evaluate, plainly, except the TTA row.</p>"
+                       ) if table else _missing("stage table")
 
     report = _read_json(Path(audit) / "report.json")
     if report:

@@ -296,7 +296,13 @@ class TrainHeadConfig(Strict):
         return v
 
 
+# What an unfrozen stage trains on. train+valid is the final fit: the valid images join the
+# training set, so nothing is held out from it (no early stopping; the last epoch is kept).
+FitOn = Literal["train", "train+valid"]
+
+
 class FinetuneConfig(Strict):
+    fit_on: FitOn
     lr: Lr
     lr_mult: Annotated[float, Field(ge=1)]
     unfreeze_to: Annotated[int, Field(ge=0, le=2)]
@@ -306,6 +312,7 @@ class FinetuneConfig(Strict):
 
 
 class ResizeConfig(Strict):
+    fit_on: FitOn
     size: Annotated[int, Field(ge=16)] | None
     factor: Annotated[float, Field(gt=0)] | None
     refresh_bn: bool

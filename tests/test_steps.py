@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 
 import pandas as pd
+import pytest
 import torch
 
 from conftest import noise_image
@@ -39,3 +40,79 @@ def test_finetune_keeps_the_model_config_of_the_checkpoint_it_loaded(tmp_path, p
     assert meta["model_config"]["head"]["pool"] == "avgmax"
     assert model.head.fc.in_features == 2 * 512
     assert model(torch.rand(2, 1, 32, 32)).shape == (2, 2)
+
+
+def _tiny_split(tmp_path, n_train=8, n_valid=4):
+    rows = []
+    for i in range(n_train + n_valid):
+        noise_image(tmp_path / "raw" / "files" / f"{i}.png", i, size=32)
+        rows.append({"path": f"{i}.png", "label": "ab"[i % 2], "split": "train" if i < n_train else "valid"})
+    pd.DataFrame(rows).to_csv(tmp_path / "split.csv", index=False)
+
+
+def _tiny_params(params, **finetune):
+    p = copy.deepcopy(params)
+    p["model"] = {**p["model"], "name": "resnet18", "weights": None}
+    p["train"] = {**p["train"], "size": 32, "batch_size": 4, "workers": 1, "patience": 1, "keep": "best"}
+    p["finetune"] = {**p["finetune"], "epochs": 3, "lr": 0.3, **finetune}
+    return p
+
+
+def _run_finetune(tmp_path, p, name):
+    common = common_config(p)
+    start = new_model(common.model, ["a", "b"], [0.5, 0.5])
+    save_checkpoint(tmp_path / "head.pt", start, classes=["a", "b"], size=32, model_config=p["model"],
+                    stage="train_head", epoch=1, channels=1)
+    out = tmp_path / name
+    metrics = finetune(common, load_section("finetune", FinetuneConfig, p), load_section("lr_find", LrFindConfig, p),
+                       split=tmp_path / "split.csv", raw=tmp_path / "raw", checkpoint=tmp_path / "head.pt",
+                       out=out / "model.pt", history_csv=out / "history.csv", lr_find_dir=tmp_path / "lr")
+    return metrics, pd.read_csv(out / "history.csv")
+
+
+def test_fit_on_train_valid_trains_on_both_and_runs_the_schedule_to_its_end(tmp_path, params, capsys):
+    """train+valid: 12 images a step instead of 8, no early stopping (patience 1 would stop a
+    run whose valid loss rises), and the checkpoint is the last epoch's weights."""
+    _tiny_split(tmp_path)
+    p = _tiny_params(params, fit_on="train+valid", schedule={"name": "constant"})
+    metrics, history = _run_finetune(tmp_path, p, "tv")
+    assert metrics["fit_on"] == "train+valid" and metrics["train_images"] == 12
+    assert len(history) == 3  # the whole schedule, whatever the valid loss did
+    assert "fit on train + valid (8 + 4 images)" in capsys.readouterr().out
+    # the checkpoint scores on valid exactly as the last epoch did (keep: last)
+    assert metrics["valid_loss"] == pytest.approx(history["valid_loss"].iloc[-1], rel=1e-6)
+
+    q = _tiny_params(params, fit_on="train", schedule={"name": "constant"})
+    metrics, history = _run_finetune(tmp_path, q, "t")
+    assert metrics["fit_on"] == "train" and metrics["train_images"] == 8
+
+
+def test_image_sets_join_only_when_they_match():
+    from recipe.data.loader import ImageSet
+    from recipe.errors import DataError
+    a = ImageSet(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), torch.tensor([0, 1]), ["x", "y"], ["a", "b"],
+                 torch.tensor([[1.0, 0.0], [0.3, 0.7]]))
+    b = ImageSet(torch.ones(1, 1, 8, 8, dtype=torch.uint8), torch.tensor([1]), ["z"], ["a", "b"], torch.tensor([[0.0, 1.0]]))
+    ab = a + b
+    assert ab.paths == ["x", "y", "z"] and ab.labels.tolist() == [0, 1, 1] and ab.images[2].max() == 1
+    assert torch.equal(ab.targets, torch.cat([a.targets, b.targets]))
+    with pytest.raises(DataError, match="soft targets"):
+        a + ImageSet(b.images, b.labels, b.paths, b.classes)
+    with pytest.raises(DataError, match="classes"):
+        a + ImageSet(b.images, b.labels, b.paths, ["a", "c"], b.targets)
+
+
+def test_fit_set_turns_off_early_stopping_only_for_train_valid(params):
+    from recipe.data.loader import ImageSet
+    from recipe.session import Data
+    from recipe.steps import fit_set
+    p = copy.deepcopy(params)
+    p["train"] = {**p["train"], "patience": 2, "keep": "best"}
+    common = common_config(p)
+    one = lambda n: ImageSet(torch.zeros(n, 1, 4, 4, dtype=torch.uint8), torch.zeros(n, dtype=torch.int64),  # noqa: E731
+                             [str(i) for i in range(n)], ["a", "b"])
+    data = Data(one(5), one(3), ["a", "b"])
+    images, stopping = fit_set(data, "train", common, "finetune")
+    assert images is data.train and stopping == {"patience": 2, "keep": "best"}
+    images, stopping = fit_set(data, "train+valid", common, "finetune")
+    assert len(images) == 8 and stopping == {"patience": None, "keep": "last"}
