@@ -116,3 +116,12 @@ def test_fit_set_turns_off_early_stopping_only_for_train_valid(params):
     assert images is data.train and stopping == {"patience": 2, "keep": "best"}
     images, stopping = fit_set(data, "train+valid", common, "finetune")
     assert len(images) == 8 and stopping == {"patience": None, "keep": "last"}
+
+
+def test_stage_table_marks_a_stage_fit_on_train_valid():
+    from recipe.steps import format_table
+    text = format_table({"train_head": {"size": 128, "valid_accuracy": 0.8, "test_accuracy": 0.79},
+                         "finetune": {"size": 128, "valid_accuracy": None, "test_accuracy": 0.86, "fit_on": "train+valid"}})
+    head, lines = text.splitlines()[0], text.splitlines()[1:]
+    assert "80.00%" in lines[0] and "(train+valid)" in lines[1] and "86.00%" in lines[1]
+    assert all(len(line) == len(head) for line in lines)
