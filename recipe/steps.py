@@ -25,7 +25,7 @@ from recipe import evaluate as ev
 from recipe.augment import Augment
 from recipe.baseline import SimpleNet, check_init_loss, check_overfit, check_zero_input, prior_entropy
 from recipe.errors import ConfigError, DataError, RecipeError
-from recipe.data.loader import class_names, load_split, read_split
+from recipe.data.loader import ImageSet, class_names, load_split, read_split
 from recipe.fit import autocast, evaluate, fit
 from recipe.lr_find import range_test, suggest
 from recipe.models import Classifier, freeze_to, param_groups, set_bn_mode, spread_lrs
@@ -319,11 +319,11 @@ def train_head(common: Common, cfg: Any, *, split: Path, raw: Path, suggestion: 
                                 size=common.train.size, stage="train_head", resume_dir=resume, t0=t0)}
 
 
-def fit_set(data: Data, fit_on: str, common: Common, stage: str) -> tuple[Any, dict]:
+def fit_set(data: Data, fit_on: str, common: Common, stage: str) -> tuple[ImageSet, dict]:
     """The images an unfrozen stage trains on, with the early-stopping settings that suit them.
 
-    ``train+valid`` is the final fit (the valid images are 20% more data on ELPV's 60/15/25
-    split): the valid loss is then measured on images the model trains on, so it cannot pick an
+    ``train+valid`` is the final fit (on ELPV's 60/15/25 split, 25% more training
+    images): the valid loss is then measured on images the model trains on, so it cannot pick an
     epoch or stop the run; the schedule runs to its end and the last epoch is kept."""
     if fit_on == "train":
         return data.train, {"patience": common.train.patience, "keep": common.train.keep}
@@ -361,9 +361,10 @@ def finetune(common: Common, cfg: Any, lr_find_cfg: Any, *, split: Path, raw: Pa
                  epochs=cfg.epochs, optimizer=opt, schedule=sched, train_mode=train_mode, loss_fn=common.loss(),
                  amp=common.train.amp, clip_grad=common.train.clip_grad, **stopping, history=history, resume_dir=resume,
                  key=fingerprint("finetune", cfg, common, lr, files=(split, checkpoint)))
-    return {"lr": lr, "lrs": lrs, "fit_on": cfg.fit_on, "train_images": len(train_set), **_finish(model, data, common, device, out=out, history=history,
-                                            history_csv=history_csv, size=meta["size"], stage="finetune",
-                                            resume_dir=resume, t0=t0, model_config=meta["model_config"])}
+    return {"lr": lr, "lrs": lrs, "fit_on": cfg.fit_on, "train_images": len(train_set),
+            **_finish(model, data, common, device, out=out, history=history, history_csv=history_csv,
+                      size=meta["size"], stage="finetune", resume_dir=resume, t0=t0,
+                      model_config=meta["model_config"])}
 
 
 def _same_classes(meta: dict, data: Data, checkpoint: Path) -> None:
