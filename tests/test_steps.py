@@ -1,4 +1,4 @@
-"""recipe.steps on a few tiny images: what a training stage writes into its checkpoint."""
+"""recipe.steps on a few tiny images: what a training stage trains on and writes into its checkpoint."""
 from __future__ import annotations
 
 import copy
@@ -9,20 +9,27 @@ import torch
 
 from conftest import noise_image
 from recipe.config import load_section
+from recipe.data.loader import ImageSet
+from recipe.errors import DataError
 from recipe.schema import FinetuneConfig, LrFindConfig
-from recipe.session import load_checkpoint, new_model, save_checkpoint
-from recipe.steps import finetune
+from recipe.session import Data, load_checkpoint, new_model, save_checkpoint
+from recipe.steps import finetune, fit_set, format_table
 from stages._common import common_config
 
 
-def test_finetune_keeps_the_model_config_of_the_checkpoint_it_loaded(tmp_path, params):
-    """The checkpoint has an avgmax head while params.yaml says avg: finetune's checkpoint must
-    describe the model it trained (it once wrote params.yaml's model section, which did not load)."""
+def _tiny_split(tmp_path):
+    """12 noise images, classes a / b alternating: 8 train, 4 valid."""
     rows = []
     for i in range(12):
         noise_image(tmp_path / "raw" / "files" / f"{i}.png", i, size=32)
         rows.append({"path": f"{i}.png", "label": "ab"[i % 2], "split": "train" if i < 8 else "valid"})
     pd.DataFrame(rows).to_csv(tmp_path / "split.csv", index=False)
+
+
+def test_finetune_keeps_the_model_config_of_the_checkpoint_it_loaded(tmp_path, params):
+    """The checkpoint has an avgmax head while params.yaml says avg: finetune's checkpoint must
+    describe the model it trained (it once wrote params.yaml's model section, which did not load)."""
+    _tiny_split(tmp_path)
     p = copy.deepcopy(params)
     p["model"] = {**p["model"], "name": "resnet18", "weights": None}
     p["train"] = {**p["train"], "size": 32, "batch_size": 4, "workers": 1}
@@ -40,14 +47,6 @@ def test_finetune_keeps_the_model_config_of_the_checkpoint_it_loaded(tmp_path, p
     assert meta["model_config"]["head"]["pool"] == "avgmax"
     assert model.head.fc.in_features == 2 * 512
     assert model(torch.rand(2, 1, 32, 32)).shape == (2, 2)
-
-
-def _tiny_split(tmp_path, n_train=8, n_valid=4):
-    rows = []
-    for i in range(n_train + n_valid):
-        noise_image(tmp_path / "raw" / "files" / f"{i}.png", i, size=32)
-        rows.append({"path": f"{i}.png", "label": "ab"[i % 2], "split": "train" if i < n_train else "valid"})
-    pd.DataFrame(rows).to_csv(tmp_path / "split.csv", index=False)
 
 
 def _tiny_params(params, **finetune):
@@ -88,8 +87,6 @@ def test_fit_on_train_valid_trains_on_both_and_runs_the_schedule_to_its_end(tmp_
 
 
 def test_image_sets_join_only_when_they_match():
-    from recipe.data.loader import ImageSet
-    from recipe.errors import DataError
     a = ImageSet(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), torch.tensor([0, 1]), ["x", "y"], ["a", "b"],
                  torch.tensor([[1.0, 0.0], [0.3, 0.7]]))
     b = ImageSet(torch.ones(1, 1, 8, 8, dtype=torch.uint8), torch.tensor([1]), ["z"], ["a", "b"], torch.tensor([[0.0, 1.0]]))
@@ -103,9 +100,6 @@ def test_image_sets_join_only_when_they_match():
 
 
 def test_fit_set_turns_off_early_stopping_only_for_train_valid(params):
-    from recipe.data.loader import ImageSet
-    from recipe.session import Data
-    from recipe.steps import fit_set
     p = copy.deepcopy(params)
     p["train"] = {**p["train"], "patience": 2, "keep": "best"}
     common = common_config(p)
@@ -119,7 +113,6 @@ def test_fit_set_turns_off_early_stopping_only_for_train_valid(params):
 
 
 def test_stage_table_marks_a_stage_fit_on_train_valid():
-    from recipe.steps import format_table
     text = format_table({"train_head": {"size": 128, "valid_accuracy": 0.8, "test_accuracy": 0.79},
                          "finetune": {"size": 128, "valid_accuracy": None, "test_accuracy": 0.86, "fit_on": "train+valid"}})
     head, lines = text.splitlines()[0], text.splitlines()[1:]
