@@ -14,9 +14,11 @@ The default store is SQLite plus an artifacts folder at the project root (see
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import socket
+import sys
 import time
 from contextlib import contextmanager
 from importlib import metadata
@@ -118,8 +120,39 @@ def stage_run(stage: str, params: dict[str, Any], *, experiment: str) -> Iterato
 
     ``params`` maps the names of the params sections the stage uses to their values, as in
     params.yaml; they are logged flattened (``audit.near_dup_bits``) and their hash becomes
-    the child's ``params_hash`` tag.
+    the child's ``params_hash`` tag. Yields the MLflow run, or None when nothing is logged
+    (a DistributedDataParallel rank other than 0, or a store that could not be reached).
+
+    Logging never stops training: the stage logs through :func:`log_metrics` and its siblings,
+    and once a call to the store fails (a tracking server gone, a locked database) the stage
+    goes on without MLflow, says so in one line, and writes what it could not log to
+    ``outputs/unlogged/`` (:class:`Tracker`). An exception raised by the stage itself still
+    propagates, and marks the run FAILED.
     """
+    global _TRACKER
+    tracker = _TRACKER = Tracker(stage, enabled=_is_rank_zero())
+    if not tracker.enabled:
+        try:
+            yield None
+        finally:
+            _TRACKER = Tracker(stage, enabled=False)
+        return
+    _http_defaults()
+    run = tracker.call("open the stage's run", _open_runs, stage, params, experiment)
+    try:
+        yield run
+    except BaseException:
+        if tracker.live:
+            tracker.call("mark the run failed", _close_runs, "FAILED", bool(run))
+        raise
+    else:
+        if tracker.live:  # after a failure the store is not asked again
+            tracker.call("close the run", _close_runs, "FINISHED", bool(run))
+    finally:
+        tracker.report()
+
+
+def _open_runs(stage: str, params: dict[str, Any], experiment: str) -> Any:
     import mlflow  # imported here so that importing recipe.tracking stays cheap (mlflow takes ~1 s)
 
     root = project_root()
@@ -128,15 +161,235 @@ def stage_run(stage: str, params: dict[str, Any], *, experiment: str) -> Iterato
     location = None if os.environ.get("MLFLOW_TRACKING_URI") else (root / "mlartifacts").as_uri()
     mlflow.set_tracking_uri(tracking_uri(root))
     experiment_id = _experiment_id(mlflow, experiment, location)
-    common = {"git_commit": git_commit() or "unknown", "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
-              **_environment_tags()}
-    parent_tags = {**common, "params_hash": section_hash(_all_params())}
-    parent = _parent_run_id(mlflow.MlflowClient(), experiment_id, pipeline_key(), parent_tags)
-    child_tags = {**common, "stage": stage, "params_hash": section_hash(params)}
-    with mlflow.start_run(run_id=parent, experiment_id=experiment_id):
-        with mlflow.start_run(run_name=stage, nested=True, experiment_id=experiment_id, tags=child_tags) as run:
-            mlflow.log_params(flatten(params))
-            yield run
+    parent = _parent_run_id(mlflow.MlflowClient(), experiment_id, pipeline_key(), _parent_tags())
+    mlflow.start_run(run_id=parent, experiment_id=experiment_id)
+    run = mlflow.start_run(run_name=stage, nested=True, experiment_id=experiment_id, tags=_child_tags(stage, params))
+    mlflow.log_params(flatten(params))
+    return run
+
+
+def _close_runs(status: str, opened: bool) -> None:
+    import mlflow
+
+    if opened:
+        mlflow.end_run(status)  # the stage's run
+        mlflow.end_run("FINISHED")  # the parent: every stage leaves it finished
+
+
+def _common_tags() -> dict[str, str]:
+    return {"git_commit": git_commit() or "unknown", "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
+            **_environment_tags()}
+
+
+def _parent_tags() -> dict[str, str]:
+    return {**_common_tags(), "params_hash": section_hash(_all_params())}
+
+
+def _child_tags(stage: str, params: dict[str, Any]) -> dict[str, str]:
+    return {**_common_tags(), "stage": stage, "params_hash": section_hash(params)}
+
+
+def _is_rank_zero() -> bool:
+    """Under torchrun only rank 0 logs (and writes files)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _http_defaults() -> None:
+    """A tracking server that is gone should cost seconds, not MLflow's default minutes of
+    retries (7 retries, backoff factor 2, 120 s timeout); the user's own settings win."""
+    if str(os.environ.get("MLFLOW_TRACKING_URI", "")).startswith(("http://", "https://")):
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+
+
+class Tracker:
+    """Calls to the MLflow store that cannot stop the stage.
+
+    The first call that fails switches logging off for the rest of the stage: one line on
+    stderr names the store, the call and the error; every call after it is written, with its
+    values, to ``<root>/outputs/unlogged/<time>-<stage>.jsonl`` instead. The stage's own
+    outputs (metrics files, histories, pictures, checkpoints) are written as always.
+    """
+
+    def __init__(self, stage: str, *, enabled: bool = True):
+        self.stage, self.enabled = stage, enabled
+        self.error: str | None = None
+        self.unlogged = 0
+        self.spool: Path | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.enabled and self.error is None
+
+    def call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if not self.enabled:
+            return None
+        if self.error is not None:
+            self._record(what, args, kwargs)
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - any failure of the store; the stage must go on
+            self.error = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            self._record(what, args, kwargs)
+            print(f"warning: MLflow ({tracking_uri(project_root())}): could not {what} ({self.error}); "
+                  f"{self.stage} goes on without logging, its outputs are written as usual and what was "
+                  f"not logged goes to {self.spool}", file=sys.stderr, flush=True)
+            return None
+
+    def _record(self, what: str, args: tuple, kwargs: dict) -> None:
+        if self.spool is None:
+            folder = project_root() / "outputs" / "unlogged"
+            folder.mkdir(parents=True, exist_ok=True)
+            self.spool = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{self.stage}.jsonl"
+        entry = {"stage": self.stage, "call": what, "time": time.time(),
+                 "args": [_plain(a) for a in args], "kwargs": {k: _plain(v) for k, v in kwargs.items()}}
+        with self.spool.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(entry, default=str) + "\n")
+        self.unlogged += 1
+
+    def report(self) -> None:
+        if self.error is not None:
+            print(f"warning: {self.stage}: {self.unlogged} MLflow call(s) not logged ({self.error}); "
+                  f"the record is {self.spool}", file=sys.stderr, flush=True)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(Path(value).resolve())
+    return repr(value)[:200]
+
+
+_TRACKER = Tracker("-", enabled=False)  # outside a stage_run nothing is logged
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    import mlflow
+
+    _TRACKER.call("log metrics", mlflow.log_metrics, metrics, step=step)
+
+
+def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
+    import mlflow
+
+    _TRACKER.call("log an artifact", mlflow.log_artifact, str(path), artifact_path)
+
+
+def log_artifacts(folder: str | Path, artifact_path: str | None = None) -> None:
+    import mlflow
+
+    _TRACKER.call("log artifacts", mlflow.log_artifacts, str(folder), artifact_path)
+
+
+def log_table(data: dict, artifact_file: str) -> None:
+    import mlflow
+
+    _TRACKER.call("log a table", mlflow.log_table, data, artifact_file)
+
+
+def set_tag(key: str, value: str) -> None:
+    import mlflow
+
+    _TRACKER.call("set a tag", mlflow.set_tag, key, value)
+
+
+def guarded(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Any other MLflow call (e.g. logging a model) under the same rule; None when not logged."""
+    return _TRACKER.call(what, fn, *args, **kwargs)
+
+
+TAG_REUSED = "recipe.reused"
+REUSED_NOTE = ("DVC did not rerun this stage in this execution: its outputs are unchanged or were restored "
+               "from DVC's run cache. The params and metrics here are those of the outputs it reused.")
+
+
+def record_execution(stages: list[dict[str, Any]], params: dict[str, Any], *, experiment: str,
+                     metrics: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """Complete the execution's parent run once its last stage is done (the ``record`` stage).
+
+    ``stages`` lists the DAG's stages in order, each ``{"name", "params"}`` (the params keys it
+    reads, as in dvc.yaml); ``metrics`` maps a stage name to its metrics, read from its metrics
+    files. A stage with no child run under the parent was not run in this execution (DVC found
+    it unchanged, or restored it from its run cache): it gets a child run tagged
+    ``recipe.reused`` with its params and metrics, so every execution shows every stage. The
+    parent gets every param (flattened) and every stage's numbers as ``<stage>.<key>``, so two
+    executions compare side by side in the UI. Returns ``{"parent", "ran", "reused"}``, or None
+    when nothing could be logged (reported as for a stage).
+    """
+    tracker = Tracker("record", enabled=_is_rank_zero())
+    if not tracker.enabled:
+        return None
+    _http_defaults()
+    result = tracker.call("record the execution", _record, stages, params, experiment, metrics)
+    tracker.report()
+    return result
+
+
+def _record(stages: list[dict[str, Any]], params: dict[str, Any], experiment: str,
+            metrics: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    import mlflow
+    from mlflow.entities import Metric, Param, RunTag
+
+    root = project_root()
+    location = None if os.environ.get("MLFLOW_TRACKING_URI") else (root / "mlartifacts").as_uri()
+    mlflow.set_tracking_uri(tracking_uri(root))
+    client = mlflow.MlflowClient()
+    experiment_id = _experiment_id(mlflow, experiment, location)
+    parent = _parent_run_id(client, experiment_id, pipeline_key(), _parent_tags())
+    children = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
+    ran = {r.info.run_name for r in children}
+    now = int(time.time() * 1000)
+    reused = []
+    for stage in stages:
+        name = stage["name"]
+        if name in ran:
+            continue
+        used = _select(params, stage["params"])
+        tags = {**_child_tags(name, used), "mlflow.parentRunId": parent, TAG_REUSED: "true",
+                "mlflow.note.content": REUSED_NOTE}
+        run = client.create_run(experiment_id, run_name=name, tags=tags)
+        client.log_batch(run.info.run_id,
+                         metrics=[Metric(k, v, now, 0) for k, v in _numbers(metrics.get(name, {})).items()],
+                         params=[Param(k, str(v)) for k, v in flatten(used).items()])
+        client.set_terminated(run.info.run_id, "FINISHED")
+        reused.append(name)
+    summary = {f"{name}.{k}": v for name in (s["name"] for s in stages)
+               for k, v in _numbers(metrics.get(name, {})).items()}
+    client.log_batch(parent, metrics=[Metric(k, v, now, 0) for k, v in summary.items()],
+                     params=[Param(k, str(v)) for k, v in flatten(params).items()],
+                     tags=[RunTag("recipe.stages_reused", ",".join(reused) or "none")])
+    client.set_terminated(parent, "FINISHED")
+    return {"parent": parent, "ran": [s["name"] for s in stages if s["name"] in ran], "reused": reused}
+
+
+def _select(params: dict[str, Any], keys: list[str]) -> dict[str, Any]:
+    """The part of ``params`` named by dvc.yaml-style keys (``seed``, ``finetune.lr_mult``), nested."""
+    out: dict[str, Any] = {}
+    for key in keys:
+        node: Any = params
+        parts = key.split(".")
+        for part in parts:
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+        else:
+            target = out
+            for part in parts[:-1]:
+                target = target.setdefault(part, {})
+            target[parts[-1]] = node
+    return out
+
+
+def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in flatten(metrics).items()
+            if isinstance(v, (int, float)) and (v == v) and abs(v) != float("inf")}
 
 
 def _all_params() -> dict[str, Any]:

@@ -47,28 +47,27 @@ def common_config(params: dict):
 
 def log_epoch(row: dict, step: int) -> None:
     """Per-epoch numbers to MLflow, step = epoch (MLflow's x axis)."""
-    import mlflow
+    from recipe import tracking
 
-    mlflow.log_metrics({k: float(v) for k, v in row.items() if isinstance(v, (int, float))}, step=step)
+    tracking.log_metrics({k: float(v) for k, v in row.items() if isinstance(v, (int, float))}, step=step)
 
 
 def log_numbers(metrics: dict, prefix: str = "") -> None:
     """Every number in a (nested) metrics dict to MLflow, keys joined with dots."""
-    import mlflow
-
+    from recipe import tracking
     from recipe.config import flatten
 
     flat = flatten(metrics, prefix)
-    mlflow.log_metrics({k: float(v) for k, v in flat.items() if isinstance(v, (int, float))})  # bools as 0/1
+    tracking.log_metrics({k: float(v) for k, v in flat.items() if isinstance(v, (int, float))})  # bools as 0/1
 
 
 def record_training(args, metrics: dict) -> None:
     """What train_head, finetune and resize write and log once they have trained: the metrics
     file, the final numbers (``final.*``), the history and its picture."""
-    import mlflow
+    from recipe import tracking
 
     write_json(args.metrics, metrics)
     log_numbers({f"final.{k}": v for k, v in metrics.items() if not isinstance(v, list)})
     for path in (args.history, args.metrics):
-        mlflow.log_artifact(str(path))
-    mlflow.log_artifact(str(args.history.with_suffix(".png")), "plots")
+        tracking.log_artifact(path)
+    tracking.log_artifact(args.history.with_suffix(".png"), "plots")

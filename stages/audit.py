@@ -1,11 +1,9 @@
 """audit: inspect every file in data/raw, write the manifest, the report and the pictures."""
-import mlflow
 
-from recipe import plots
+from recipe import plots, tracking
 from recipe.audit import audit, check_usable, metrics_of
 from recipe.config import load_section, read_params
 from recipe.schema import AuditConfig, Seed, TrackingConfig
-from recipe.tracking import stage_run
 from stages._common import run, write_json
 
 
@@ -13,8 +11,8 @@ def main(args):
     params = read_params()
     cfg = load_section("audit", AuditConfig, params)
     seed = load_section("seed", Seed, params)
-    tracking = load_section("tracking", TrackingConfig, params)
-    with stage_run("audit", {"audit": params["audit"], "seed": seed}, experiment=tracking.experiment):
+    tracking_cfg = load_section("tracking", TrackingConfig, params)
+    with tracking.stage_run("audit", {"audit": params["audit"], "seed": seed}, experiment=tracking_cfg.experiment):
         manifest, report = audit(
             raw=args.raw, **cfg.model_dump(exclude={"drop_unreadable", "min_images", "samples_per_class", "max_duplicate_groups"})
         )
@@ -23,10 +21,10 @@ def main(args):
         write_json(args.report, report)
         plots.audit_pictures(manifest, report, files=args.raw / "files", out=args.plots, seed=seed,
                              per_class=cfg.samples_per_class, max_groups=cfg.max_duplicate_groups)
-        mlflow.log_metrics(metrics_of(report))
+        tracking.log_metrics(metrics_of(report))
         for path in (args.manifest, args.report):
-            mlflow.log_artifact(str(path))
-        mlflow.log_artifacts(str(args.plots), "plots")
+            tracking.log_artifact(str(path))
+        tracking.log_artifacts(str(args.plots), "plots")
         print(f"audit: {report['kept']} of {report['entries']} entries usable; issues: {report['issues'] or 'none'}")
         check_usable(report, min_images=cfg.min_images, drop_unreadable=cfg.drop_unreadable)
 

@@ -1,11 +1,10 @@
 """baseline: Karpathy's checks and the numbers to beat (loss at init, input-independent baseline,
 overfitting one batch, majority class, a small model from scratch)."""
-import mlflow
 
+from recipe import tracking
 from recipe.config import load_section, read_params
 from recipe.schema import BaselineConfig, TrackingConfig
 from recipe.steps import CheckFailed, baseline, failed_checks
-from recipe.tracking import stage_run
 from stages._common import common_config, log_numbers, run, write_json
 
 SECTIONS = ("seed", "train", "model", "optim", "augment", "baseline")
@@ -15,13 +14,13 @@ def main(args):
     params = read_params()
     common = common_config(params)
     cfg = load_section("baseline", BaselineConfig, params)
-    tracking = load_section("tracking", TrackingConfig, params)
-    with stage_run("baseline", {k: params[k] for k in SECTIONS}, experiment=tracking.experiment):
+    tracking_cfg = load_section("tracking", TrackingConfig, params)
+    with tracking.stage_run("baseline", {k: params[k] for k in SECTIONS}, experiment=tracking_cfg.experiment):
         metrics = baseline(common, cfg, split=args.split, raw=args.raw, picture=args.picture)
         write_json(args.metrics, metrics)
         log_numbers(metrics)
-        mlflow.log_artifact(str(args.metrics))
-        mlflow.log_artifact(str(args.picture), "plots")
+        tracking.log_artifact(str(args.metrics))
+        tracking.log_artifact(str(args.picture), "plots")
         failed = failed_checks(metrics)
         if failed and cfg.on_fail == "error":
             raise CheckFailed("baseline: " + "; ".join(failed) + " (baseline.on_fail=warn to go on anyway)")

@@ -13,9 +13,9 @@ def main(args):
     common = common_config(params)
     cfg = load_section("resize", ResizeConfig, params)
     ft = load_section("finetune", FinetuneConfig, params)
-    tracking = load_section("tracking", TrackingConfig, params)
+    tracking_cfg = load_section("tracking", TrackingConfig, params)
     used = {**{k: params[k] for k in SECTIONS}, "finetune": {"unfreeze_to": ft.unfreeze_to}}
-    with stage_run("resize", used, experiment=tracking.experiment):
+    with stage_run("resize", used, experiment=tracking_cfg.experiment):
         metrics = resize(common, cfg, unfreeze_to=ft.unfreeze_to, split=args.split, raw=args.raw,
                          checkpoint=args.checkpoint, out=args.model, history_csv=args.history, log=log_epoch)
         record_training(args, metrics)

@@ -1,13 +1,11 @@
 """split: seeded, stratified, duplicate-aware train / valid / test assignment."""
-import mlflow
 import pandas as pd
 
-from recipe import plots
+from recipe import plots, tracking
 from recipe.config import load_section, read_params
 from recipe.errors import DataError
 from recipe.schema import DataConfig, SplitConfig, TrackingConfig
 from recipe.split import split
-from recipe.tracking import stage_run
 from stages._common import run, write_json
 
 
@@ -15,10 +13,10 @@ def main(args):
     params = read_params()
     cfg = load_section("split", SplitConfig, params)
     data = load_section("data", DataConfig, params)
-    tracking = load_section("tracking", TrackingConfig, params)
+    tracking_cfg = load_section("tracking", TrackingConfig, params)
     soft = data.soft_labels.model_dump() if data.soft_labels else None
     used = {"split": params["split"], "data": {"stratify_column": data.stratify_column, "soft_labels": soft}}
-    with stage_run("split", used, experiment=tracking.experiment):
+    with tracking.stage_run("split", used, experiment=tracking_cfg.experiment):
         manifest = pd.read_csv(args.manifest, keep_default_na=False, dtype={"path": str, "label": str})
         table, summary = split(manifest=manifest, stratify_column=data.stratify_column, soft_labels=soft,
                                **cfg.model_dump())
@@ -26,12 +24,12 @@ def main(args):
         table.to_csv(args.split, index=False)
         write_json(args.metrics, summary)
         plots.split_counts(summary["counts"], args.plot)
-        mlflow.log_metrics({"images": summary["images"], "leaking_groups": summary["leaking_groups"],
+        tracking.log_metrics({"images": summary["images"], "leaking_groups": summary["leaking_groups"],
                             **{f"fraction.{k}": v for k, v in summary["fractions_actual"].items()},
                             **{f"count.{s}.{label}": n for s, c in summary["counts"].items() for label, n in c.items()}})
-        mlflow.log_artifact(str(args.split))
-        mlflow.log_artifact(str(args.metrics))
-        mlflow.log_artifact(str(args.plot), "plots")
+        tracking.log_artifact(str(args.split))
+        tracking.log_artifact(str(args.metrics))
+        tracking.log_artifact(str(args.plot), "plots")
         print(f"split: {summary['fractions_actual']} of {summary['images']} images; leaking groups: {summary['leaking_groups']}")
         soft_note = summary.get("soft_labels")
         if isinstance(soft_note, str):

@@ -12,8 +12,8 @@ def main(args):
     params = read_params()
     common = common_config(params)
     cfg = load_section("train_head", TrainHeadConfig, params)
-    tracking = load_section("tracking", TrackingConfig, params)
-    with stage_run("train_head", {k: params[k] for k in SECTIONS}, experiment=tracking.experiment):
+    tracking_cfg = load_section("tracking", TrackingConfig, params)
+    with stage_run("train_head", {k: params[k] for k in SECTIONS}, experiment=tracking_cfg.experiment):
         metrics = train_head(common, cfg, split=args.split, raw=args.raw, suggestion=args.suggestion,
                              out=args.model, history_csv=args.history, log=log_epoch)
         record_training(args, metrics)

@@ -80,3 +80,80 @@ def test_key_comes_from_the_nearest_dvc_ancestor(monkeypatch):
     # Under pytest there is no dvc ancestor: the key is per process and per call.
     assert tracking._dvc_ancestor() is None
     assert ":pid:" in tracking.pipeline_key()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_server_does_not_stop_the_stage(store, monkeypatch, capsys):
+    """Nothing listens on the port: the stage's body runs to the end, one warning names the
+    store and the error, and what was not logged is kept, with its values, in outputs/unlogged."""
+    import json
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    for key in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.delenv(key, raising=False)
+    done = []
+    with tracking.stage_run("finetune", {"seed": 1}, experiment="t") as run:
+        tracking.log_metrics({"valid_loss": 0.5}, step=3)
+        tracking.log_artifact(store / "params.yaml", "plots")
+        done.append(True)
+    assert run is None and done == [True]
+    err = capsys.readouterr().err
+    assert "warning: MLflow (http://127.0.0.1:" in err and "finetune goes on without logging" in err
+    assert "3 MLflow call(s) not logged" in err  # opening the run, the metrics, the artifact
+    (spool,) = (store / "outputs" / "unlogged").glob("*-finetune.jsonl")
+    entries = [json.loads(line) for line in spool.read_text().splitlines()]
+    assert [e["call"] for e in entries] == ["open the stage's run", "log metrics", "log an artifact"]
+    assert entries[1]["args"] == [{"valid_loss": 0.5}] and entries[1]["kwargs"] == {"step": 3}
+    assert entries[2]["args"][0] == str((store / "params.yaml").resolve())
+
+
+def test_the_stage_own_error_still_propagates_when_the_store_is_gone(store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(RuntimeError, match="boom"):
+        with tracking.stage_run("audit", {"seed": 1}, experiment="t"):
+            raise RuntimeError("boom")
+
+
+def test_ranks_other_than_zero_log_nothing(store, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv(tracking.ENV_PIPELINE, "exec-r")
+    with tracking.stage_run("finetune", {"seed": 1}, experiment="t") as run:
+        tracking.log_metrics({"x": 1.0})
+    assert run is None
+    assert not (store / "mlflow.db").exists() and not (store / "outputs").exists()
+
+
+def test_record_adds_reused_stages_and_fills_the_parent(store, monkeypatch):
+    monkeypatch.setenv(tracking.ENV_PIPELINE, "exec-rec")
+    (store / "params.yaml").write_text("seed: 1\naudit: {near_dup_bits: 4}\nfinetune: {lr: 0.01, lr_mult: 9}\n")
+    with tracking.stage_run("finetune", {"finetune": {"lr": 0.01}}, experiment="t"):
+        pass
+    stages = [{"name": "audit", "params": ["audit", "seed"]}, {"name": "finetune", "params": ["finetune.lr"]}]
+    params = {"seed": 1, "audit": {"near_dup_bits": 4}, "finetune": {"lr": 0.01, "lr_mult": 9}}
+    metrics = {"audit": {"kept": 29, "issues": {"zero_byte": 1}, "mode": "L"}, "finetune": {"valid_loss": 0.25}}
+    done = tracking.record_execution(stages, params, experiment="t", metrics=metrics)
+    assert done["ran"] == ["finetune"] and done["reused"] == ["audit"]
+    all_runs = runs(store)
+    (parent,) = [r for r in all_runs if "mlflow.parentRunId" not in r.data.tags]
+    audit = next(r for r in all_runs if r.info.run_name == "audit")
+    assert audit.data.tags["mlflow.parentRunId"] == parent.info.run_id == done["parent"]
+    assert audit.data.tags[tracking.TAG_REUSED] == "true" and audit.info.status == "FINISHED"
+    assert audit.data.params == {"audit.near_dup_bits": "4", "seed": "1"}
+    assert audit.data.metrics == {"kept": 29.0, "issues.zero_byte": 1.0}
+    finetune = next(r for r in all_runs if r.info.run_name == "finetune")
+    assert tracking.TAG_REUSED not in finetune.data.tags
+    assert parent.data.params["finetune.lr_mult"] == "9"
+    assert parent.data.metrics == {"audit.kept": 29.0, "audit.issues.zero_byte": 1.0, "finetune.valid_loss": 0.25}
+    assert parent.data.tags["recipe.stages_reused"] == "audit"
+
+
+def test_select_takes_dvc_style_keys():
+    params = {"seed": 1, "finetune": {"lr": 0.1, "lr_mult": 9}, "train": {"size": 64}}
+    assert tracking._select(params, ["seed", "finetune.lr_mult", "missing.key"]) == {"seed": 1, "finetune": {"lr_mult": 9}}
