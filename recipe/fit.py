@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from recipe import distributed
 from recipe.data.loader import Batches
 from recipe.errors import DataError, RecipeError
 from recipe.optim import Schedule, current_lrs
@@ -89,6 +90,7 @@ def fit(module: nn.Module, *, train: Batches, valid: Batches, epochs: int, optim
 
     if len(train) == 0:
         raise DataError(f"{phase}: the training set gives no batch (fewer images than one batch?)")
+    net = distributed.wrap(module, device)  # DDP under torchrun: gradients averaged over the ranks
     use_fp16_scaler = amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda") if use_fp16_scaler else None
     stopped = False
@@ -101,7 +103,9 @@ def fit(module: nn.Module, *, train: Batches, valid: Batches, epochs: int, optim
         bar = _Progress(len(train), f"{phase} epoch {epoch}")
         for step, (x, y) in enumerate(train.epoch(epoch)):
             with autocast(device, amp):
-                loss = loss_fn(module(x).float(), y)
+                loss = loss_fn(net(x).float(), y)
+            if net is not module:  # this rank's share of the global batch; DDP averages over ranks
+                loss = loss * (len(y) * distributed.world_size() / train.global_n)
             value = loss.item()
             if not math.isfinite(value):
                 raise Diverged(f"{phase}: loss is {value} at epoch {epoch}, step {step} "
@@ -121,10 +125,11 @@ def fit(module: nn.Module, *, train: Batches, valid: Batches, epochs: int, optim
                 optimizer.step()
             lr_used = max(current_lrs(optimizer))  # the rate this batch trained at (before the schedule moves)
             schedule.step_batch()
-            total += value * len(y)
+            total += loss_fn_value(value, len(y), net is not module, train)
             seen += len(y)
             bar.update(step + 1, value)
         bar.close()
+        total, seen = distributed.sum_all(total, seen)  # the epoch's train loss over every rank's images
         result = evaluate(module, valid, loss_fn=loss_fn, amp=amp)
         row = {"epoch": epoch, "train_loss": total / seen, "valid_loss": result["loss"],
                "accuracy": result["accuracy"], "lr": lr_used,
@@ -147,10 +152,15 @@ def fit(module: nn.Module, *, train: Batches, valid: Batches, epochs: int, optim
                      history=history, best=best, bad=bad, epoch=epoch + 1, done=last,
                      best_state=None if last else best_state)
         if stopped:
-            if epoch + 1 < epochs:
+            if epoch + 1 < epochs and distributed.is_main():
                 print(f"{phase}: early stop after epoch {epoch}: valid loss has not improved for {patience} epochs")
             break
     return history
+
+
+def loss_fn_value(value: float, n: int, sharded: bool, train: Batches) -> float:
+    """The batch's loss summed over its ``n`` images, whatever weight DDP's share put on it."""
+    return value * (train.global_n / distributed.world_size() if sharded else n)
 
 
 def _load_resume(path: Path | None, fingerprint: str) -> dict | None:
@@ -165,7 +175,7 @@ def _load_resume(path: Path | None, fingerprint: str) -> dict | None:
 
 def _save_resume(path: Path | None, *, fingerprint, module, optimizer, schedule, history, best, bad, epoch,
                  done, best_state) -> None:
-    if path is None:
+    if path is None or not distributed.is_main():  # rank 0 writes; every rank can read it back
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -183,7 +193,9 @@ COLUMNS = ("epoch", "train_loss", "valid_loss", "accuracy", "lr", "time")
 
 
 def print_row(row: dict, *, header: bool, phase: str) -> None:
-    """The table fast.ai prints: one line per epoch."""
+    """The table fast.ai prints: one line per epoch (rank 0's, under DDP)."""
+    if not distributed.is_main():
+        return
     if header:
         print(f"{phase}\n" + "  ".join(f"{c:>10}" for c in COLUMNS))
     minutes, seconds = divmod(int(round(row["time"])), 60)

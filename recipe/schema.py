@@ -232,6 +232,7 @@ class TrainConfig(Strict):
     clip_grad: PositiveFloat | None
     patience: PositiveInt | None
     keep: Literal["best", "last"]
+    nproc: PositiveInt = 1
 
 
 class OverfitConfig(Strict):

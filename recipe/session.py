@@ -86,8 +86,10 @@ def batches(images: ImageSet | tuple[torch.Tensor, torch.Tensor], *, batch_size:
     aug = augment if (train and augment is not None and augment.active) else None
     # Dropping a last batch of 1 avoids BatchNorm's "expected more than 1 value" in training.
     drop_last = train and len(y) > 1 and len(y) % batch_size == 1
+    from recipe import distributed
+
     return Batches(x, y, batch_size=batch_size, shuffle=train, seed=seed, device=device, augment=aug,
-                   drop_last=drop_last, channels_last=channels_last)
+                   drop_last=drop_last, channels_last=channels_last, shard=distributed.shard() if train else None)
 
 
 def new_model(model_cfg: Any, classes: list[str], priors: list[float] | None) -> Classifier:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recipe import plots
+from recipe import distributed, plots
 from recipe import evaluate as ev
 from recipe.augment import Augment
 from recipe.baseline import SimpleNet, check_init_loss, check_overfit, check_zero_input, prior_entropy
@@ -51,8 +51,9 @@ class Common:
     augment: Any  # AugmentConfig
 
     def start(self) -> torch.device:
+        """Seeds, the device, and under torchrun the process group (recipe.distributed)."""
         seed_everything(self.seed)
-        return pick_device(self.train.device)
+        return distributed.init(pick_device(self.train.device))
 
     def loss(self) -> nn.Module:
         return nn.CrossEntropyLoss(label_smoothing=self.train.label_smoothing)
@@ -124,13 +125,18 @@ def _finish(model: Classifier, data: Data, common: Common, device, *, out: Path,
             history_csv: Path, size: int, stage: str, resume_dir: Path, t0: float, model_config: dict | None = None) -> dict:
     result = evaluate(model, common.batches(data.valid, device, train=False), loss_fn=common.loss(),
                       amp=common.train.amp)
+    metrics = {"valid_loss": result["loss"], "valid_accuracy": result["accuracy"], "epochs": len(history.rows),
+               "size": size, "time_s": round(time.perf_counter() - t0, 1)}
+    if distributed.world_size() > 1:
+        metrics["processes"] = distributed.world_size()
+    if not distributed.is_main():  # rank 0 writes the stage's files
+        return metrics
     save_checkpoint(out, model, classes=data.classes, size=size, model_config=model_config or common.model.model_dump(),
                     stage=stage, epoch=len(history.rows), channels=data.train.images.shape[1])
     history.write(history_csv)
     plots.history(history.rows, history_csv.with_suffix(".png"), f"{stage} at {size} px")
     shutil.rmtree(resume_dir, ignore_errors=True)  # finished: a rerun starts over
-    return {"valid_loss": result["loss"], "valid_accuracy": result["accuracy"], "epochs": len(history.rows),
-            "size": size, "time_s": round(time.perf_counter() - t0, 1)}
+    return metrics
 
 
 # --- baseline -------------------------------------------------------------------------------

@@ -10,8 +10,11 @@ from typing import Callable
 from recipe.errors import RecipeError
 
 
-def run(main: Callable[[argparse.Namespace], object], *paths: str) -> None:
+def run(main: Callable[[argparse.Namespace], object], *paths: str, distributed: bool = False) -> None:
     """Parse ``--<path>`` options (their values come from dvc.yaml), run ``main``.
+
+    Under torchrun, a stage that is not ``distributed`` (all but the training stages) runs on
+    rank 0 alone; the other ranks return at once.
 
     A :class:`RecipeError` (bad config, unusable data) ends the stage with its one-line message
     on stderr and exit code 2, not a traceback.
@@ -20,6 +23,10 @@ def run(main: Callable[[argparse.Namespace], object], *paths: str) -> None:
     for name in paths:
         parser.add_argument(f"--{name}", type=Path, required=True)
     args = parser.parse_args()
+    from recipe import distributed as dist
+
+    if not distributed and dist.world_size() > 1 and not dist.is_main():
+        return
     try:
         main(args)
     except RecipeError as exc:
@@ -64,8 +71,10 @@ def log_numbers(metrics: dict, prefix: str = "") -> None:
 def record_training(args, metrics: dict) -> None:
     """What train_head, finetune and resize write and log once they have trained: the metrics
     file, the final numbers (``final.*``), the history and its picture."""
-    from recipe import tracking
+    from recipe import distributed, tracking
 
+    if not distributed.is_main():  # under DDP rank 0 writes and logs
+        return
     write_json(args.metrics, metrics)
     log_numbers({f"final.{k}": v for k, v in metrics.items() if not isinstance(v, list)})
     for path in (args.history, args.metrics):

@@ -1,6 +1,6 @@
 """finetune: unfreeze, discriminative learning rates, SGDR restarts, early stopping."""
 
-from recipe import tracking
+from recipe import distributed, tracking
 from recipe.config import load_section, read_params
 from recipe.schema import FinetuneConfig, LrFindConfig, TrackingConfig
 from recipe.steps import finetune
@@ -12,6 +12,7 @@ SECTIONS = ("seed", "train", "optim", "augment", "finetune", "lr_find")
 def main(args):
     params = read_params()
     common = common_config(params)
+    distributed.launch(common.train.nproc, "stages.finetune")  # train.nproc > 1: again, under torchrun
     cfg = load_section("finetune", FinetuneConfig, params)
     lr_find_cfg = load_section("lr_find", LrFindConfig, params)
     tracking_cfg = load_section("tracking", TrackingConfig, params)
@@ -25,4 +26,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    run(main, "split", "raw", "checkpoint", "model", "history", "metrics")
+    run(main, "split", "raw", "checkpoint", "model", "history", "metrics", distributed=True)

@@ -1,4 +1,5 @@
 """resize: progressive resizing, continuing from the fine-tuned model at a larger image size."""
+from recipe import distributed
 from recipe.config import load_section, read_params
 from recipe.schema import FinetuneConfig, ResizeConfig, TrackingConfig
 from recipe.steps import resize
@@ -11,6 +12,7 @@ SECTIONS = ("seed", "train", "optim", "augment", "resize")
 def main(args):
     params = read_params()
     common = common_config(params)
+    distributed.launch(common.train.nproc, "stages.resize")  # train.nproc > 1: again, under torchrun
     cfg = load_section("resize", ResizeConfig, params)
     ft = load_section("finetune", FinetuneConfig, params)
     tracking_cfg = load_section("tracking", TrackingConfig, params)
@@ -22,4 +24,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    run(main, "split", "raw", "checkpoint", "model", "history", "metrics")
+    run(main, "split", "raw", "checkpoint", "model", "history", "metrics", distributed=True)

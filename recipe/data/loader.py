@@ -157,8 +157,11 @@ class Batches:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, shuffle: bool, seed: int,
                  device: torch.device, augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
-                 drop_last: bool = False, channels_last: bool = False):
+                 drop_last: bool = False, channels_last: bool = False, shard: tuple[int, int] | None = None):
         self.x, self.y = x, y
+        # Under DDP (rank, world): every rank draws the same global batch (order and augmentation)
+        # and keeps its contiguous slice; global_n is the size of the global batch last yielded.
+        self.shard, self.global_n = shard, 0
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.device, self.augment, self.drop_last = device, augment, drop_last
         self.channels_last = channels_last and x.dim() == 4
@@ -181,6 +184,10 @@ class Batches:
                 x = x.float().div_(255)
             if self.augment is not None:
                 x = self.augment(x, gen)
+            self.global_n = len(y)
+            if self.shard is not None:
+                rank, world = self.shard
+                x, y = torch.tensor_split(x, world)[rank], torch.tensor_split(y, world)[rank]
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y
