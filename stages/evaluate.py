@@ -4,10 +4,10 @@ from __future__ import annotations
 from importlib import metadata
 from pathlib import Path
 
+from recipe import tracking
 from recipe.config import load_section, read_params
 from recipe.schema import EvaluateConfig, TrackingConfig
 from recipe.steps import TABLE_STAGES, evaluate_test, format_table
-from recipe.tracking import stage_run
 from stages._common import common_config, log_numbers, run, write_json
 
 SECTIONS = ("seed", "train", "augment", "evaluate")
@@ -16,16 +16,14 @@ _REQUIREMENTS = ("torch", "torchvision", "numpy", "pillow", "efficientnet-lite-p
 
 
 def main(args):
-    import mlflow
-
     from recipe.report import write_report
 
     params = read_params()
     common = common_config(params)
     cfg = load_section("evaluate", EvaluateConfig, params)
-    tracking = load_section("tracking", TrackingConfig, params)
+    tracking_cfg = load_section("tracking", TrackingConfig, params)
     dirs = {"train_head": args.head, "finetune": args.finetune, "resize": args.resize}
-    with stage_run("evaluate", {k: params[k] for k in SECTIONS}, experiment=tracking.experiment) as run_:
+    with tracking.stage_run("evaluate", {k: params[k] for k in SECTIONS}, experiment=tracking_cfg.experiment) as run_:
         metrics, model, meta = evaluate_test(
             common, cfg, split=args.split, raw=args.raw,
             checkpoints={s: dirs[s] / "model.pt" for s in TABLE_STAGES},
@@ -37,21 +35,23 @@ def main(args):
                               metrics=metrics, title=_title(params["data"], common.seed))
         log_numbers({k: metrics[k] for k in ("test", "test_tta", "tta_gain")})
         log_numbers({s: {k: v for k, v in r.items() if v is not None} for s, r in metrics["table"].items()}, "table")
-        mlflow.log_table({"stage": list(metrics["table"]),
+        tracking.log_table({"stage": list(metrics["table"]),
                           **{col: [r[col] for r in metrics["table"].values()]
                              for col in ("size", "valid_accuracy", "test_accuracy")}}, "stage_table.json")
         for name in ("metrics.json", "predictions.csv", "report.html"):
-            mlflow.log_artifact(str(args.out / name))
+            tracking.log_artifact(args.out / name)
         for name in ("confusion.png", "top_losses.png", "tta_gain.png"):
-            mlflow.log_artifact(str(args.out / name), "plots")
-        uri = log_model(model, meta, cfg, args.out / "predictions.csv", args.raw) if cfg.model.log else None
+            tracking.log_artifact(args.out / name, "plots")
+        uri = (tracking.guarded("log the model", log_model, model, meta, cfg, args.out / "predictions.csv", args.raw)
+               if cfg.model.log else None)
         if uri:
-            mlflow.set_tag("model_uri", uri)
+            tracking.set_tag("model_uri", uri)
         print(f"\nTest split, checkpoint {cfg.checkpoint} at {metrics['size']} px "
               f"(TTA: {metrics['tta_views']}, {metrics['views']} views):")
         print(format_table(metrics["table"]))
         print(f"report: {report}" + (f"\nMLflow model: {uri}" if uri else ""))
-        print(f"MLflow run: {run_.info.run_id}")
+        if run_ is not None:
+            print(f"MLflow run: {run_.info.run_id}")
 
 
 def _title(data: dict, seed: int) -> str:
