@@ -52,3 +52,44 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 def params() -> dict:
     """The committed params.yaml (the real config)."""
     return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def copy_project(dest: Path) -> Path:
+    """The repository's tracked and unignored files (not tests/ or bench/), in a fresh git repo."""
+    import shutil
+    import subprocess
+
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                            text=True, check=True)
+    for rel in listed.stdout.splitlines():
+        if (REPO / rel).is_file() and not rel.startswith(("tests/", "bench/", "outputs/")):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, dest / rel)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    return dest
+
+
+def run_cmd(*cmd: str, cwd: Path, env: dict | None = None, timeout: float = 1200) -> str:
+    import subprocess
+
+    proc = subprocess.run(cmd, cwd=cwd, env=env or subprocess_env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="session")
+def tiny_project(tmp_path_factory) -> Path:
+    """A git + DVC copy of the project on the tiny config (48 ELPV images from the installed
+    package), after one `dvc repro`, its dvc.lock committed."""
+    from recipe.compose import compose
+
+    proj = copy_project(tmp_path_factory.mktemp("tiny") / "proj")
+    config = proj / "conf/config.yaml"
+    config.write_text(config.read_text().replace("- experiment: null", "- experiment: tiny"))
+    compose(proj, [], proj / "params.yaml")
+    run_cmd("git", "add", "-A", cwd=proj)
+    run_cmd("git", "commit", "-qm", "tiny fixture", cwd=proj)
+    run_cmd(sys.executable, "-m", "dvc", "repro", cwd=proj)
+    run_cmd("git", "add", "-A", cwd=proj)
+    run_cmd("git", "commit", "-qm", "lock", cwd=proj)
+    return proj

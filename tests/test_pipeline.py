@@ -46,7 +46,7 @@ def project(tmp_path_factory):
     proj = base / "proj"
     listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True)
     for rel in listed.stdout.splitlines():
-        if (REPO / rel).is_file() and not rel.startswith(("tests/", "bench/")):
+        if (REPO / rel).is_file() and not rel.startswith(("tests/", "bench/", "outputs/")):
             (proj / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / rel, proj / rel)
     sh("git", "init", "-q", cwd=proj)
