@@ -93,3 +93,14 @@ def tiny_project(tmp_path_factory) -> Path:
     run_cmd("git", "add", "-A", cwd=proj)
     run_cmd("git", "commit", "-qm", "lock", cwd=proj)
     return proj
+
+
+def store_runs(proj: Path) -> list:
+    """Every run of the project's MLflow experiment, from its SQLite store."""
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{proj}/mlflow.db")
+    try:
+        return mlflow.search_runs(experiment_names=["finetune-recipe"], output_format="list")
+    finally:
+        mlflow.set_tracking_uri(None)

@@ -8,10 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-import mlflow
 import pytest
 
-from conftest import run_cmd
+from conftest import run_cmd, store_runs
 
 pytestmark = pytest.mark.slow
 
@@ -20,14 +19,6 @@ STAGES = {"ingest", "audit", "split", "baseline", "lr_find", "train_head", "fine
 
 def dvc(*args: str, cwd: Path) -> str:
     return run_cmd(sys.executable, "-m", "dvc", *args, cwd=cwd)
-
-
-def store_runs(proj: Path) -> list:
-    mlflow.set_tracking_uri(f"sqlite:///{proj}/mlflow.db")
-    try:
-        return mlflow.search_runs(experiment_names=["finetune-recipe"], output_format="list")
-    finally:
-        mlflow.set_tracking_uri(None)
 
 
 def wait_for_queue(proj: Path, timeout: float = 1500) -> str:

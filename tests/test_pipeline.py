@@ -18,7 +18,7 @@ from PIL import Image
 
 from recipe.compose import compose
 
-from conftest import REPO, image_folder, noise_image, subprocess_env
+from conftest import REPO, image_folder, noise_image, store_runs, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -79,14 +79,6 @@ def odd_but_valid(data: Path) -> None:
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.open(noise_image(data.parent / "tmp" / "e.png", 903, mode="RGB")).save(data / "good" / "rotated.jpg", exif=exif, quality=95)
-
-
-def store_runs(proj: Path) -> list:
-    mlflow.set_tracking_uri(f"sqlite:///{proj}/mlflow.db")
-    try:
-        return mlflow.search_runs(experiment_names=["finetune-recipe"], output_format="list")
-    finally:
-        mlflow.set_tracking_uri(None)
 
 
 def test_repro_writes_every_output(project):

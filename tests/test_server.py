@@ -15,8 +15,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import subprocess_env
-from test_experiments import store_runs
+from conftest import store_runs, subprocess_env
 from test_tracking import free_port
 
 pytestmark = pytest.mark.slow
