@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 PORT ?= 5000
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro test test-fast params ui bench clean
+.PHONY: help setup repro test test-fast params sweep search ui bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -32,6 +32,14 @@ test-fast: setup ## the unit tests only (skips tests marked slow)
 
 params: setup ## recompose params.yaml from conf/ (as dvc exp run -S does)
 	python -m recipe.compose
+
+sweep: setup ## queue a grid and run it: SWEEP="-S 'finetune.lr=choice(0.0001,0.001)'" JOBS=2
+	@test -n "$(SWEEP)" || { echo "make sweep: set SWEEP, e.g. SWEEP=\"-S 'finetune.lr=choice(0.0001,0.001)'\""; exit 2; }
+	dvc exp run --queue $(SWEEP)
+	dvc queue start -j $(or $(JOBS),2)
+
+search: setup ## Bayesian search, one dvc exp run per trial (SPACE=tiny TRIALS=8; conf/search/)
+	python -m recipe.search --space $(or $(SPACE),default) $(if $(TRIALS),--trials $(TRIALS))
 
 ui: setup ## open the MLflow UI on 127.0.0.1 (PORT=5000 by default)
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(PORT)

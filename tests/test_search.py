@@ -17,7 +17,7 @@ import yaml
 from recipe import search as S
 from recipe.errors import ConfigError
 
-from conftest import REPO, subprocess_env
+from conftest import REPO, copy_project, subprocess_env
 
 
 def write(path: Path, data: dict) -> Path:
@@ -265,13 +265,7 @@ def test_cli_prints_one_error_line_and_exits_2(tmp_path):
 def test_search_runs_dvc_experiments_that_reuse_early_stages(tmp_path):
     """Two trials on the tiny config (ELPV, 48 images) whose space is finetune.lr alone: the
     second reruns only the late stages. About 2 minutes on 2 idle cores."""
-    proj = tmp_path / "proj"
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                            text=True, check=True)
-    for rel in listed.stdout.splitlines():
-        if (REPO / rel).is_file() and not rel.startswith(("tests/", "bench/")):
-            (proj / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, proj / rel)
+    proj = copy_project(tmp_path / "proj")
     write(proj / "conf/search/e2e.yaml", {
         "extends": "tiny", "study": "e2e", "trials": 2,
         # the evaluate stage made cheap: it runs in every trial and the objective does not read it
@@ -279,7 +273,7 @@ def test_search_runs_dvc_experiments_that_reuse_early_stages(tmp_path):
                       "evaluate.tta.views=none", "evaluate.metrics.bootstrap=0"],
         "space": {"finetune.lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True}}})
     env = subprocess_env()
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "search fixture"]):
+    for cmd in (["git", "add", "-A"], ["git", "commit", "-qm", "search fixture"]):
         subprocess.run(cmd, cwd=proj, env=env, check=True)
 
     proc = subprocess.run([sys.executable, "-m", "recipe.search", "--space", "e2e", "-q"], cwd=proj, env=env,
