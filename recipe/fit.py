@@ -104,9 +104,9 @@ def fit(module: nn.Module, *, train: Batches, valid: Batches, epochs: int, optim
         for step, (x, y) in enumerate(train.epoch(epoch)):
             with autocast(device, amp):
                 loss = loss_fn(net(x).float(), y)
+            value = loss.item()  # the mean over this rank's images
             if net is not module:  # this rank's share of the global batch; DDP averages over ranks
                 loss = loss * (len(y) * distributed.world_size() / train.global_n)
-            value = loss.item()
             if not math.isfinite(value):
                 raise Diverged(f"{phase}: loss is {value} at epoch {epoch}, step {step} "
                                f"(lr {max(current_lrs(optimizer)):.3g}); lower the learning rate")
@@ -125,7 +125,7 @@ def fit(module: nn.Module, *, train: Batches, valid: Batches, epochs: int, optim
                 optimizer.step()
             lr_used = max(current_lrs(optimizer))  # the rate this batch trained at (before the schedule moves)
             schedule.step_batch()
-            total += loss_fn_value(value, len(y), net is not module, train)
+            total += value * len(y)
             seen += len(y)
             bar.update(step + 1, value)
         bar.close()
@@ -156,11 +156,6 @@ def fit(module: nn.Module, *, train: Batches, valid: Batches, epochs: int, optim
                 print(f"{phase}: early stop after epoch {epoch}: valid loss has not improved for {patience} epochs")
             break
     return history
-
-
-def loss_fn_value(value: float, n: int, sharded: bool, train: Batches) -> float:
-    """The batch's loss summed over its ``n`` images, whatever weight DDP's share put on it."""
-    return value * (train.global_n / distributed.world_size() if sharded else n)
 
 
 def _load_resume(path: Path | None, fingerprint: str) -> dict | None:

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from recipe import distributed
 from recipe.augment import Augment
 from recipe.data.loader import Batches, ImageSet, class_names, load_split, read_split
 from recipe.errors import ConfigError, DataError
@@ -86,8 +87,6 @@ def batches(images: ImageSet | tuple[torch.Tensor, torch.Tensor], *, batch_size:
     aug = augment if (train and augment is not None and augment.active) else None
     # Dropping a last batch of 1 avoids BatchNorm's "expected more than 1 value" in training.
     drop_last = train and len(y) > 1 and len(y) % batch_size == 1
-    from recipe import distributed
-
     return Batches(x, y, batch_size=batch_size, shuffle=train, seed=seed, device=device, augment=aug,
                    drop_last=drop_last, channels_last=channels_last, shard=distributed.shard() if train else None)
 

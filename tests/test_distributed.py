@@ -18,7 +18,8 @@ SCRIPT = REPO / "tests" / "scripts" / "ddp_fit.py"
 
 def run_fit(out, nproc: int) -> dict:
     launcher = [] if nproc == 1 else ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    proc = subprocess.run([sys.executable, *launcher, str(SCRIPT), str(out)], cwd=REPO, env=subprocess_env(),
+    # PYTHONPATH: the script imports recipe whether or not the project is pip-installed
+    proc = subprocess.run([sys.executable, *launcher, str(SCRIPT), str(out)], cwd=REPO, env=subprocess_env(PYTHONPATH=str(REPO)),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return torch.load(out, weights_only=True)
