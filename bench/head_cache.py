@@ -54,7 +54,7 @@ from _common import TOP_DOWN, adamw, add_common_options, cpu_batches, fit_epoch,
 from recipe.models import freeze_to
 from recipe.session import features
 
-HEAD = 2  # the head's layer group (recipe.steps.HEAD)
+
 AUGMENTS = {"none": None, "top_down": TOP_DOWN}  # conf/augment/{none,top_down}.yaml
 
 
@@ -77,7 +77,7 @@ def main() -> None:
     start(args)
     xt, yt, xv, yv, decode_s = train_valid(ap, args)
     model = lite0(yt)
-    freeze_to(model, HEAD, train_bn=args.train_bn)
+    freeze_to(model, model.head_group, train_bn=args.train_bn)
     init = copy.deepcopy(model.state_dict())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 

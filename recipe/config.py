@@ -3,6 +3,11 @@
 Contract: ``load_section("audit", AuditConfig)`` returns the validated (frozen) value, or raises
 :class:`ConfigError` whose message is a single line naming the key, the value given and what
 is allowed. Schemas carry no defaults: every default is written once, in ``conf/``.
+
+:func:`stage_params` is how a stage reads its params: exactly the keys its ``params:`` list in
+dvc.yaml names (read from DVC's own index), so that list is the only one. A stage that reads a
+section dvc.yaml does not give it fails at once, and the stage logs to MLflow just what DVC
+says it depends on.
 """
 from __future__ import annotations
 
@@ -29,6 +34,55 @@ def read_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     if not isinstance(params, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return params
+
+
+class StageParams:
+    """The params one stage depends on: ``used`` holds exactly the keys dvc.yaml lists for it,
+    nested as in params.yaml (``finetune.unfreeze_to`` gives ``{"finetune": {"unfreeze_to": 1}}``)."""
+
+    def __init__(self, stage: str, keys: list[str], params: dict[str, Any]):
+        self.stage, self.keys, self.used = stage, keys, {}
+        for key in keys:
+            node, target, parts = params, self.used, key.split(".")
+            for i, part in enumerate(parts):
+                if not isinstance(node, dict) or part not in node:
+                    raise ConfigError(f"{key}: listed for stage {stage} in dvc.yaml but missing from params.yaml "
+                                      "(recompose it from conf/)")
+                node = node[part]
+                if i < len(parts) - 1:
+                    target = target.setdefault(part, {})
+            target[parts[-1]] = node
+
+    def has(self, name: str) -> bool:
+        return name in self.used
+
+    def section(self, name: str, schema: Any) -> Any:
+        """The validated section ``name`` (or the part of it the stage lists), or a one-line error
+        when dvc.yaml does not list it for this stage."""
+        if name not in self.used:
+            raise ConfigError(f"stage {self.stage} reads {name!r}, which its params list in dvc.yaml does not "
+                              "name: add it there")
+        return validate(name, self.used[name], schema)
+
+
+def dvc_params_keys(stage: str, root: str | Path = ".") -> list[str]:
+    """The params keys (of params.yaml) that ``stage`` depends on, from DVC's index of dvc.yaml."""
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    if not (Path(root) / "dvc.yaml").is_file():
+        raise ConfigError(f"{Path(root) / 'dvc.yaml'}: not found; run the stage from the project root (dvc repro)")
+    with Repo(str(root), uninitialized=True) as repo:  # reads dvc.yaml; needs no .dvc/ (a copy for a test)
+        for s in repo.index.stages:
+            if getattr(s, "name", None) == stage:
+                return [k for d in s.deps if isinstance(d, ParamsDependency)
+                        and Path(d.def_path).name == PARAMS_FILE for k in (d.params or [])]
+    raise ConfigError(f"{stage}: no such stage in dvc.yaml")
+
+
+def stage_params(stage: str, params: dict[str, Any] | None = None, root: str | Path = ".") -> StageParams:
+    """What ``stage`` may read of params.yaml: the keys dvc.yaml lists for it."""
+    return StageParams(stage, dvc_params_keys(stage, root), read_params() if params is None else params)
 
 
 def load_section(name: str, schema: Any, params: dict[str, Any] | None = None) -> Any:

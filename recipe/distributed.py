@@ -100,7 +100,3 @@ def sum_all(*values: float) -> list[float]:
     dist.all_reduce(t)
     return t.tolist()
 
-
-def barrier() -> None:
-    if active():
-        dist.barrier()

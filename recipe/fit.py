@@ -43,7 +43,7 @@ def autocast(device: torch.device, amp: bool):
 
 
 @torch.no_grad()
-def evaluate(module: nn.Module, batches: Batches, *, loss_fn: Callable, amp: bool = False) -> dict:
+def validate(module: nn.Module, batches: Batches, *, loss_fn: Callable, amp: bool = False) -> dict:
     """Mean loss, accuracy and the probabilities (float32, CPU) over one pass of ``batches``."""
     was = module.training
     module.eval()
@@ -63,7 +63,7 @@ def evaluate(module: nn.Module, batches: Batches, *, loss_fn: Callable, amp: boo
 def fit(module: nn.Module, *, train: Batches, valid: Batches, epochs: int, optimizer: torch.optim.Optimizer,
         schedule: Schedule, loss_fn: Callable, train_mode: Callable[[], None] | None = None,
         amp: bool = False, clip_grad: float | None = None, patience: int | None = None,
-        min_delta: float = 0.0, keep: str = "best", resume: Path | None = None, fingerprint: str = "",
+        keep: str = "best", resume: Path | None = None, fingerprint: str = "",
         phase: str = "train", on_epoch: Callable[[dict], None] | None = None,
         start_loss: float | None = None) -> list[dict]:
     device = train.device
@@ -130,7 +130,7 @@ def fit(module: nn.Module, *, train: Batches, valid: Batches, epochs: int, optim
             bar.update(step + 1, value)
         bar.close()
         total, seen = distributed.sum_all(total, seen)  # the epoch's train loss over every rank's images
-        result = evaluate(module, valid, loss_fn=loss_fn, amp=amp)
+        result = validate(module, valid, loss_fn=loss_fn, amp=amp)
         row = {"epoch": epoch, "train_loss": total / seen, "valid_loss": result["loss"],
                "accuracy": result["accuracy"], "lr": lr_used,
                "time": time.perf_counter() - t0}
@@ -139,7 +139,7 @@ def fit(module: nn.Module, *, train: Batches, valid: Batches, epochs: int, optim
         print_row(row, header=epoch == 0, phase=phase)
         if on_epoch is not None:
             on_epoch(row)
-        if row["valid_loss"] < best - min_delta:
+        if row["valid_loss"] < best:
             best, bad = row["valid_loss"], 0
             best_state = {k: v.detach().clone() for k, v in module.state_dict().items()} if keep == "best" else None
         else:

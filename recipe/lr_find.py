@@ -12,16 +12,32 @@ the rules in :data:`RULES`:
 - ``minimum``: the rate at the lowest smoothed loss, divided by 10 (fast.ai 1's rule of thumb);
 - ``slide``: walking back from the end, the first rate where the loss gradient stops changing
   (Novak's "slide" rule in fast.ai).
+
+:func:`run` is the lr_find stage: the range test of a new head on the frozen body's cached
+features (what ``train_head.lr: auto`` uses). The sweep of the unfrozen model belongs to the
+stage that trains it: ``finetune.lr: auto`` calls :func:`sweep` on the trained head's model.
 """
 from __future__ import annotations
 
 import copy
+import csv
+import json
 import math
+import time
+from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from torch import nn
+
+from recipe import plots
+from recipe.data.loader import Batches
+from recipe.errors import DataError
+from recipe.models import Classifier, freeze_to
+from recipe.schema import LrFindConfig
+from recipe.session import batches, features, load_data
+from recipe.training import Common, pretrained
 
 RULES = ("valley", "steep", "minimum", "slide")
 
@@ -128,3 +144,54 @@ def slide(lrs: np.ndarray, losses: np.ndarray, lr_diff: int = 15, thresh: float 
         right -= 1
         left -= 1
     return float(chosen)
+
+
+# --- the stage ------------------------------------------------------------------------------
+
+def run(common: Common, cfg: LrFindConfig, *, split: Path, raw: Path, curve_csv: Path, plot: Path,
+        suggestion: Path) -> dict:
+    """The lr_find stage: the range test of a new head on the frozen body's cached features."""
+    t0 = time.perf_counter()
+    device = common.start()
+    data = load_data(split, raw, size=common.train.size, workers=common.train.workers)
+    model = pretrained(common, data, device)
+    freeze_to(model, model.head_group)
+    f = features(model, common.batches(data.train, device, train=False), amp=common.train.amp)
+    train = batches((f, data.train.training_targets), batch_size=common.train.batch_size, train=True, seed=common.seed,
+                    device=device)
+    result = sweep(model.head, model, common, cfg, train, [1.0] * len(model.groups), None)
+    write(result, cfg.suggestion, curve_csv=curve_csv, plot=plot, suggestion=suggestion)
+    return {**result["summary"], "time_s": round(time.perf_counter() - t0, 1)}
+
+
+def sweep(module: nn.Module, model: Classifier, common: Common, cfg: LrFindConfig, train: Batches,
+          ratios: list[float], train_mode: Callable[[], None] | None) -> dict:
+    """Range-test ``module`` (the head alone, or the model) with an optimizer over ``model``'s
+    layer groups at ``ratios`` of the swept rate; the curve and the rules' suggestions."""
+    opt = common.optimizer(model, ratios)
+    curve = range_test(module, batches=train.epoch, optimizer=opt, loss_fn=common.loss(), start_lr=cfg.start_lr,
+                       end_lr=cfg.end_lr, iterations=cfg.iterations, smoothing=cfg.smoothing, diverge=cfg.diverge,
+                       train_mode=train_mode)
+    try:
+        rules = suggest(curve["lr"], curve["smoothed"], cfg.iterations)
+    except ValueError as exc:
+        raise DataError(f"lr_find: {exc} (the loss diverged at once? lower lr_find.start_lr)") from None
+    chosen = rules[cfg.suggestion]
+    summary = {"lr": chosen, "rule": cfg.suggestion, "suggestions": rules, "points": len(curve["lr"]),
+               "stopped_early": len(curve["lr"]) < cfg.iterations, "min_loss": min(curve["smoothed"])}
+    return {"curve": curve, "summary": summary}
+
+
+def write(result: dict, rule: str, *, curve_csv: Path, plot: Path, suggestion: Path) -> None:
+    """The curve (CSV), its picture with every rule's suggestion marked, and suggestion.json."""
+    curve, summary = result["curve"], result["summary"]
+    curve_csv.parent.mkdir(parents=True, exist_ok=True)
+    with curve_csv.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["lr", "loss", "smoothed"])
+        w.writerows(zip(curve["lr"], curve["loss"], curve["smoothed"]))
+    plots.lr_curve(curve["lr"], curve["loss"], curve["smoothed"], summary["suggestions"], rule, plot)
+    suggestion.parent.mkdir(parents=True, exist_ok=True)
+    suggestion.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"lr_find: {summary['points']} points; suggestions "
+          + ", ".join(f"{k} {v:.2e}" for k, v in summary["suggestions"].items()) + f"; using {rule}: {summary['lr']:.2e}")

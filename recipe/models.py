@@ -72,6 +72,11 @@ class Classifier(nn.Module):
     def groups(self) -> list[list[nn.Module]]:
         return self._groups
 
+    @property
+    def head_group(self) -> int:
+        """The index of the head among the layer groups (the last one)."""
+        return len(self._groups) - 1
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
@@ -202,6 +207,9 @@ def freeze_to(model: Classifier, n: int, *, train_bn: bool = False) -> None:
     """Make groups ``n..`` trainable and groups before ``n`` frozen (fast.ai's ``freeze_to``):
     ``n = len(groups) - 1`` trains only the head, ``0`` trains everything. With ``train_bn``
     the BatchNorm scales and shifts of frozen groups stay trainable (fast.ai's ``train_bn=True``)."""
+    if not 0 <= n <= model.head_group:
+        raise ConfigError(f"unfreeze_to = {n}: this model has layer groups 0..{model.head_group} "
+                          f"({', '.join(model.group_names)})")
     for i, group in enumerate(model.groups):
         for module in group:
             for m in module.modules():

@@ -22,7 +22,10 @@ from torch import nn
 
 from recipe.data.images import ImageRefused, load_image
 from recipe.data.loader import fit_square
+from recipe.config import PARAMS_FILE
 from recipe.errors import ConfigError, DataError, RecipeError
+from recipe.schema import Seed
+from recipe.tta import VIEW_SETS, Views, plain_views, predict, tta_views
 
 DEFAULT_MODEL = "outputs/resize/model.pt"
 
@@ -88,43 +91,36 @@ def load(source: str) -> Predictor:
     return Predictor(model, meta["classes"], meta["size"], meta.get("channels", 3)).eval()
 
 
-def _views_from_params(name: str | None):
-    """TTA views: ``name``, else the project's ``evaluate.tta`` (params.yaml), else flips."""
-    import yaml
+def _views_from_params(name: str | None) -> Views:
+    """TTA views: the project's ``evaluate.tta`` (params.yaml, validated), its view set replaced
+    by ``name`` when given. Every setting comes from conf/ through params.yaml; none is assumed."""
+    from recipe.augment import Augment
+    from recipe.config import load_section, read_params
+    from recipe.schema import AugmentConfig, EvaluateConfig
 
-    from recipe import evaluate as ev
-
-    path = Path("params.yaml")
-    params = (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
-    tta = (params.get("evaluate") or {}).get("tta") or {}
-    name = name or tta.get("views", "flips")
-    augment = None
-    if name == "augment":
-        from recipe.augment import Augment
-        from recipe.schema import AugmentConfig
-
-        if "augment" not in params:
-            raise ConfigError("--views augment needs the project's params.yaml (its augment section); run from the project root")
-        augment = Augment(**AugmentConfig(**params["augment"]).model_dump())
-    # Settings come from conf/ (via params.yaml) only; a view set that needs one it lacks says so.
-    return ev.tta_views(name, scales=tta.get("scales", ()), crop=tta.get("crop"), n=tta.get("n", 0),
-                        beta=tta.get("beta"), augment=augment)
+    if not Path(PARAMS_FILE).is_file():
+        raise ConfigError(f"--tta reads evaluate.tta from the project's {PARAMS_FILE}, which is not here; "
+                          "run from the project root")
+    params = read_params()
+    tta = load_section("evaluate", EvaluateConfig, params).tta
+    name = name or tta.views
+    augment = Augment(**load_section("augment", AugmentConfig, params).model_dump()) if name == "augment" else None
+    return tta_views(name, scales=tta.scales, crop=tta.crop, n=tta.n, beta=tta.beta, augment=augment,
+                     seed=load_section("seed", Seed, params))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from recipe import evaluate as ev
-
     ap = argparse.ArgumentParser(prog="python -m recipe.predict", description=__doc__.split("\n\n")[0])
     ap.add_argument("images", nargs="+", type=Path, help="image files (any format Pillow reads)")
     ap.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint or MLflow model URI (default {DEFAULT_MODEL})")
     ap.add_argument("--tta", action="store_true", help="average the probabilities of test-time views")
-    ap.add_argument("--views", choices=ev.VIEW_SETS, help="TTA view set (default: evaluate.tta.views of params.yaml)")
+    ap.add_argument("--views", choices=list(VIEW_SETS), help="TTA view set (default: evaluate.tta.views of params.yaml)")
     ap.add_argument("--top", type=int, default=1, help="classes printed per image (default 1)")
     ap.add_argument("--batch-size", type=int, default=32)
     args = ap.parse_args(argv)
     try:
         predictor = load(args.model)
-        views = _views_from_params(args.views) if args.tta else ev.tta_views("none")
+        views = _views_from_params(args.views) if args.tta else plain_views()
     except RecipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -142,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         x = torch.from_numpy(np.stack(arrays))
         batches = [(x[i:i + args.batch_size], torch.zeros(len(x[i:i + args.batch_size]), dtype=torch.long))
                    for i in range(0, len(x), args.batch_size)]
-        probs = ev.predict(predictor.model, batches, views)["tta"]
+        probs = predict(predictor.model, batches, views)["tta"]
         k = max(1, min(args.top, len(predictor.classes)))
         for path, p in zip(ok, probs):
             order = torch.argsort(p, descending=True, stable=True)[:k]

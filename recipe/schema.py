@@ -2,6 +2,11 @@
 
 No field has a default here: defaults live once, in ``conf/``. Models forbid unknown keys and
 are frozen, so a typo in a config is an error and a stage cannot mutate its own settings.
+
+This module imports no other module of the project (not even lazily): every stage loads it, so
+whatever it imported would become a dependency of every stage in dvc.yaml (tests/test_deps.py).
+Names that a registry owns (TTA view sets, optimizers, schedules) are checked against that
+registry by the code that builds from it, and a test keeps the two in step.
 """
 from __future__ import annotations
 
@@ -46,6 +51,12 @@ class CsvData(_DataCommon):
 
 
 DataConfig = Annotated[Union[ElpvData, FolderData, CsvData], Field(discriminator="source")]
+
+
+class SplitDataConfig(Strict):
+    """The part of ``data`` the split stage reads (dvc.yaml lists just these keys for it)."""
+    stratify_column: str | None
+    soft_labels: SoftLabels | None
 
 
 class AuditConfig(Strict):
@@ -232,7 +243,7 @@ class TrainConfig(Strict):
     clip_grad: PositiveFloat | None
     patience: PositiveInt | None
     keep: Literal["best", "last"]
-    nproc: PositiveInt = 1
+    nproc: PositiveInt  # processes for the training stages (DistributedDataParallel when > 1)
 
 
 class OverfitConfig(Strict):
@@ -268,7 +279,6 @@ class LrFindConfig(Strict):
     smoothing: Annotated[float, Field(ge=0, lt=1)]
     diverge: Annotated[float, Field(gt=1)]
     suggestion: Literal["valley", "steep", "minimum", "slide"]
-    model: Literal["head", "unfrozen"]
 
     @field_validator("end_lr")
     @classmethod
@@ -306,7 +316,7 @@ class FinetuneConfig(Strict):
     fit_on: FitOn
     lr: Lr
     lr_mult: Annotated[float, Field(ge=1)]
-    unfreeze_to: Annotated[int, Field(ge=0, le=2)]
+    unfreeze_to: NonNegativeInt  # the first trainable layer group; the model says how many it has
     epochs: PositiveInt
     bn: BnPolicy
     schedule: ScheduleConfig
@@ -334,7 +344,7 @@ class ResizeConfig(Strict):
 
 
 class TtaConfig(Strict):
-    views: Literal["none", "flip_h", "flip_v", "flips", "dihedral", "multiscale", "five_crop", "augment"]
+    views: str  # a key of recipe.tta.VIEW_SETS (checked there, with the list of names, when the views are built)
     scales: list[Annotated[float, Field(gt=0)]]
     crop: Annotated[float, Field(gt=0, lt=1)]
     n: PositiveInt
@@ -344,7 +354,9 @@ class TtaConfig(Strict):
 class EvalMetricsConfig(Strict):
     ece_bins: PositiveInt
     top_k: list[PositiveInt]
-    bootstrap: NonNegativeInt
+    bootstrap: NonNegativeInt  # resamples for the accuracy interval (0: none)
+    confidence: Annotated[float, Field(gt=0, lt=1)]  # the interval's level
+    most_confused: NonNegativeInt  # class pairs listed
 
 
 class LogModelConfig(Strict):

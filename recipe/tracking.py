@@ -305,6 +305,23 @@ def guarded(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
     return _TRACKER.call(what, fn, *args, **kwargs)
 
 
+@contextmanager
+def tracked(name: str) -> Iterator[Tracker]:
+    """Outside a stage (e.g. the Bayesian search's own run): inside the block, :func:`log_metrics`,
+    :func:`log_artifact`, :func:`guarded` and their siblings go through a :class:`Tracker` named
+    ``name``, under a stage's rule (the first failure warns once, the rest is kept in
+    ``outputs/unlogged/``), reported when the block ends. The caller opens and ends its own run."""
+    global _TRACKER
+    previous, _TRACKER = _TRACKER, Tracker(name, enabled=_is_rank_zero())
+    if _TRACKER.enabled:
+        _http_defaults()
+    try:
+        yield _TRACKER
+    finally:
+        _TRACKER.report()
+        _TRACKER = previous
+
+
 TAG_REUSED = "recipe.reused"
 REUSED_NOTE = ("DVC did not rerun this stage in this execution: its outputs are unchanged or were restored "
                "from DVC's run cache. The params and metrics here are those of the outputs it reused.")

@@ -1,4 +1,7 @@
-"""What every stage script shares: argument parsing, one-line errors, JSON output."""
+"""What every stage script shares: argument parsing, one-line errors, its params, JSON output, logging.
+
+It imports no training code, so the data stages (ingest, audit, split) do not depend on it;
+stages/_training.py is what the model stages add."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +10,11 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+from recipe import distributed as dist
+from recipe import tracking
+from recipe.config import StageParams, flatten, load_section, read_params, stage_params
 from recipe.errors import RecipeError
+from recipe.schema import TrackingConfig
 
 
 def run(main: Callable[[argparse.Namespace], object], *paths: str, distributed: bool = False) -> None:
@@ -23,8 +30,6 @@ def run(main: Callable[[argparse.Namespace], object], *paths: str, distributed: 
     for name in paths:
         parser.add_argument(f"--{name}", type=Path, required=True)
     args = parser.parse_args()
-    from recipe import distributed as dist
-
     if not distributed and dist.world_size() > 1 and not dist.is_main():
         return
     try:
@@ -41,42 +46,14 @@ def write_json(path: Path, data: object) -> Path:
     return path
 
 
-def common_config(params: dict):
-    """The sections every model stage reads, validated (see recipe.steps.Common)."""
-    from recipe.config import load_section
-    from recipe.schema import AugmentConfig, ModelConfig, OptimConfig, Seed, TrainConfig
-    from recipe.steps import Common
-
-    return Common(seed=load_section("seed", Seed, params), train=load_section("train", TrainConfig, params),
-                  model=load_section("model", ModelConfig, params), optim=load_section("optim", OptimConfig, params),
-                  augment=load_section("augment", AugmentConfig, params))
-
-
-def log_epoch(row: dict, step: int) -> None:
-    """Per-epoch numbers to MLflow, step = epoch (MLflow's x axis)."""
-    from recipe import tracking
-
-    tracking.log_metrics({k: float(v) for k, v in row.items() if isinstance(v, (int, float))}, step=step)
+def stage_config(stage: str) -> tuple[StageParams, str]:
+    """The params ``stage`` depends on (exactly its list in dvc.yaml, from DVC's index) and the
+    MLflow experiment name (tracking.* changes no output, so no stage depends on it)."""
+    params = read_params()
+    return stage_params(stage, params), load_section("tracking", TrackingConfig, params).experiment
 
 
 def log_numbers(metrics: dict, prefix: str = "") -> None:
     """Every number in a (nested) metrics dict to MLflow, keys joined with dots."""
-    from recipe import tracking
-    from recipe.config import flatten
-
     flat = flatten(metrics, prefix)
     tracking.log_metrics({k: float(v) for k, v in flat.items() if isinstance(v, (int, float))})  # bools as 0/1
-
-
-def record_training(args, metrics: dict) -> None:
-    """What train_head, finetune and resize write and log once they have trained: the metrics
-    file, the final numbers (``final.*``), the history and its picture."""
-    from recipe import distributed, tracking
-
-    if not distributed.is_main():  # under DDP rank 0 writes and logs
-        return
-    write_json(args.metrics, metrics)
-    log_numbers({f"final.{k}": v for k, v in metrics.items() if not isinstance(v, list)})
-    for path in (args.history, args.metrics):
-        tracking.log_artifact(path)
-    tracking.log_artifact(args.history.with_suffix(".png"), "plots")

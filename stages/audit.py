@@ -2,17 +2,15 @@
 
 from recipe import plots, tracking
 from recipe.audit import audit, check_usable, metrics_of
-from recipe.config import load_section, read_params
-from recipe.schema import AuditConfig, Seed, TrackingConfig
-from stages._common import run, write_json
+from recipe.schema import AuditConfig, Seed
+from stages._common import run, stage_config, write_json
 
 
 def main(args):
-    params = read_params()
-    cfg = load_section("audit", AuditConfig, params)
-    seed = load_section("seed", Seed, params)
-    tracking_cfg = load_section("tracking", TrackingConfig, params)
-    with tracking.stage_run("audit", {"audit": params["audit"], "seed": seed}, experiment=tracking_cfg.experiment):
+    p, experiment = stage_config("audit")
+    cfg = p.section("audit", AuditConfig)
+    seed = p.section("seed", Seed)
+    with tracking.stage_run("audit", p.used, experiment=experiment):
         manifest, report = audit(
             raw=args.raw, **cfg.model_dump(exclude={"drop_unreadable", "min_images", "samples_per_class", "max_duplicate_groups"})
         )

@@ -1,25 +1,21 @@
 """resize: progressive resizing, continuing from the fine-tuned model at a larger image size."""
-from recipe import distributed
-from recipe.config import load_section, read_params
-from recipe.schema import FinetuneConfig, ResizeConfig, TrackingConfig
-from recipe.steps import resize
-from recipe.tracking import stage_run
-from stages._common import common_config, log_epoch, record_training, run
+from pydantic import NonNegativeInt
 
-SECTIONS = ("seed", "train", "optim", "augment", "resize")
+from recipe import distributed, resize, tracking
+from recipe.schema import ResizeConfig
+from stages._common import run, stage_config
+from stages._training import common_config, log_epoch, record_training
 
 
 def main(args):
-    params = read_params()
-    common = common_config(params)
+    p, experiment = stage_config("resize")
+    common = common_config(p)
     distributed.launch(common.train.nproc, "stages.resize")  # train.nproc > 1: again, under torchrun
-    cfg = load_section("resize", ResizeConfig, params)
-    ft = load_section("finetune", FinetuneConfig, params)
-    tracking_cfg = load_section("tracking", TrackingConfig, params)
-    used = {**{k: params[k] for k in SECTIONS}, "finetune": {"unfreeze_to": ft.unfreeze_to}}
-    with stage_run("resize", used, experiment=tracking_cfg.experiment):
-        metrics = resize(common, cfg, unfreeze_to=ft.unfreeze_to, split=args.split, raw=args.raw,
-                         checkpoint=args.checkpoint, out=args.model, history_csv=args.history, log=log_epoch)
+    cfg = p.section("resize", ResizeConfig)
+    unfreeze_to = p.section("finetune", dict[str, NonNegativeInt])["unfreeze_to"]  # dvc.yaml: finetune.unfreeze_to
+    with tracking.stage_run("resize", p.used, experiment=experiment):
+        metrics = resize.run(common, cfg, unfreeze_to=unfreeze_to, split=args.split, raw=args.raw,
+                             checkpoint=args.checkpoint, out=args.model, history_csv=args.history, log=log_epoch)
         record_training(args, metrics)
 
 

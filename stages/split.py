@@ -2,21 +2,18 @@
 import pandas as pd
 
 from recipe import plots, tracking
-from recipe.config import load_section, read_params
 from recipe.errors import DataError
-from recipe.schema import DataConfig, SplitConfig, TrackingConfig
+from recipe.schema import SplitConfig, SplitDataConfig
 from recipe.split import split
-from stages._common import run, write_json
+from stages._common import run, stage_config, write_json
 
 
 def main(args):
-    params = read_params()
-    cfg = load_section("split", SplitConfig, params)
-    data = load_section("data", DataConfig, params)
-    tracking_cfg = load_section("tracking", TrackingConfig, params)
+    p, experiment = stage_config("split")
+    cfg = p.section("split", SplitConfig)
+    data = p.section("data", SplitDataConfig)  # dvc.yaml: data.stratify_column, data.soft_labels
     soft = data.soft_labels.model_dump() if data.soft_labels else None
-    used = {"split": params["split"], "data": {"stratify_column": data.stratify_column, "soft_labels": soft}}
-    with tracking.stage_run("split", used, experiment=tracking_cfg.experiment):
+    with tracking.stage_run("split", p.used, experiment=experiment):
         manifest = pd.read_csv(args.manifest, keep_default_na=False, dtype={"path": str, "label": str})
         table, summary = split(manifest=manifest, stratify_column=data.stratify_column, soft_labels=soft,
                                **cfg.model_dump())

@@ -77,22 +77,27 @@ def run_cmd(*cmd: str, cwd: Path, env: dict | None = None, timeout: float = 1200
     return proc.stdout + proc.stderr
 
 
-@pytest.fixture(scope="session")
-def tiny_project(tmp_path_factory) -> Path:
+def build_tiny_project(dest: Path, python: str = sys.executable, env: dict | None = None) -> Path:
     """A git + DVC copy of the project on the tiny config (48 ELPV images from the installed
-    package), after one `dvc repro`, its dvc.lock committed."""
+    package) at ``dest``, after one `dvc repro` run by ``python``, its dvc.lock committed."""
     from recipe.compose import compose
 
-    proj = copy_project(tmp_path_factory.mktemp("tiny") / "proj")
+    proj = copy_project(dest)
     config = proj / "conf/config.yaml"
     config.write_text(config.read_text().replace("- experiment: null", "- experiment: tiny"))
     compose(proj, [], proj / "params.yaml")
-    run_cmd("git", "add", "-A", cwd=proj)
-    run_cmd("git", "commit", "-qm", "tiny fixture", cwd=proj)
-    run_cmd(sys.executable, "-m", "dvc", "repro", cwd=proj)
-    run_cmd("git", "add", "-A", cwd=proj)
-    run_cmd("git", "commit", "-qm", "lock", cwd=proj)
+    run_cmd("git", "add", "-A", cwd=proj, env=env)
+    run_cmd("git", "commit", "-qm", "tiny fixture", cwd=proj, env=env)
+    run_cmd(python, "-m", "dvc", "repro", cwd=proj, env=env)
+    run_cmd("git", "add", "-A", cwd=proj, env=env)
+    run_cmd("git", "commit", "-qm", "lock", cwd=proj, env=env)
     return proj
+
+
+@pytest.fixture(scope="session")
+def tiny_project(tmp_path_factory) -> Path:
+    """:func:`build_tiny_project` once per session (shared: use it read-only)."""
+    return build_tiny_project(tmp_path_factory.mktemp("tiny") / "proj")
 
 
 def store_runs(proj: Path) -> list:

@@ -52,7 +52,7 @@ def make_raw(raw: Path, entries: list[tuple], classes: list[str] | None = None) 
             Image.fromarray(content).save(dst, **({"quality": 95} if dst.suffix == ".jpg" else {}))
         elif isinstance(content, bytes):
             dst.write_bytes(content)
-        rows.append({"path": path, "label": label, "origin": f"/source/{path}", "ingest_issue": issue[0] if issue else ""})
+        rows.append({"path": path, "label": label, "origin": path, "ingest_issue": issue[0] if issue else ""})
     pd.DataFrame(rows, columns=["path", "label", "origin", "ingest_issue"]).to_csv(raw / "index.csv", index=False)
     declared = classes if classes is not None else sorted({r["label"] for r in rows if r["label"]})
     (raw / "ingest.json").write_text(json.dumps({"source": "test", "classes": declared}))

@@ -1,6 +1,7 @@
 """Config: params.yaml matches conf/, schemas are strict, and a bad value is one clear line."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -118,6 +119,7 @@ def test_seed_must_be_an_int(params):
 def test_stage_stops_with_one_line_and_no_traceback(tmp_path, params):
     params["split"]["fractions"]["test"] = 0.5
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.copy(REPO / "dvc.yaml", tmp_path)  # the stage reads its params list from DVC's index
     proc = subprocess.run(
         [sys.executable, "-m", "stages.split", "--manifest", "m.csv", "--split", "s.csv", "--metrics", "x.json", "--plot", "p.png"],
         cwd=tmp_path, env=subprocess_env(PYTHONPATH=str(REPO)), capture_output=True, text=True,

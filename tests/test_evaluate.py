@@ -6,11 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from recipe import evaluate as ev
+from recipe import metrics as M
+from recipe import tta as T
 from recipe.augment import Augment
 from recipe.data.loader import Batches
 from recipe.errors import ConfigError
-from recipe.fit import evaluate as fit_evaluate
+from recipe.fit import validate
 
 
 class LeftRight(nn.Module):
@@ -24,6 +25,18 @@ class LeftRight(nn.Module):
         w = x.shape[-1] // 2
         d = x[..., :w].mean((1, 2, 3)) - x[..., w:].mean((1, 2, 3))
         return torch.stack([self.k * d + 1.0, torch.zeros_like(d)], 1)
+
+
+def view_set(name, **settings):
+    """A view set with conf/'s evaluate.tta settings unless given (tta_views has no defaults)."""
+    kw = dict(scales=(1.0, 1.25), crop=0.875, n=4, beta=None, augment=None, seed=0)
+    return T.tta_views(name, **{**kw, **settings})
+
+
+def metrics(probs, labels, classes, **settings):
+    """classification_metrics with conf/'s evaluate.metrics settings unless given."""
+    kw = dict(ece_bins=15, top_k=(3, 5), bootstrap=1000, confidence=0.95, seed=0)
+    return M.classification_metrics(probs, labels, classes, **{**kw, **settings})
 
 
 def _batches(x, y, bs=4):
@@ -41,9 +54,9 @@ def test_identity_view_equals_plain_evaluation():
     x = torch.randint(0, 256, (10, 1, 8, 8), dtype=torch.uint8)
     y = torch.randint(0, 3, (10,))
     test = Batches(x, y, batch_size=4, shuffle=False, seed=0, device=torch.device("cpu"))
-    out = ev.predict(model, test, ev.tta_views("none"))
+    out = T.predict(model, test, view_set("none"))
     assert torch.equal(out["tta"], out["plain"])
-    plain = fit_evaluate(model, test, loss_fn=nn.CrossEntropyLoss())
+    plain = validate(model, test, loss_fn=nn.CrossEntropyLoss())
     assert torch.allclose(out["plain"].float(), plain["probs"], atol=1e-6)
     assert torch.equal(out["labels"], y)
 
@@ -52,7 +65,7 @@ def test_probabilities_are_averaged_not_logits():
     model = LeftRight()
     x, y = _images(12)
     x[:, :, :, :4] += 0.5  # left halves brighter: the flip moves the logit a long way
-    flip = ev.predict(model, _batches(x, y), ev.tta_views("flip_h"))["tta"]
+    flip = T.predict(model, _batches(x, y), view_set("flip_h"))["tta"]
     l0, l1 = model(x), model(x.flip(3))
     expected = (l0.softmax(1) + l1.softmax(1)).double() / 2
     assert torch.allclose(flip, expected, atol=1e-6)
@@ -65,7 +78,7 @@ def test_probabilities_are_averaged_not_logits():
 def test_beta_blends_plain_with_the_views_mean():
     model = LeftRight()
     x, y = _images(6)
-    out = ev.predict(model, _batches(x, y), ev.tta_views("flip_h", beta=0.25))
+    out = T.predict(model, _batches(x, y), view_set("flip_h", beta=0.25))
     p0, p1 = model(x).softmax(1).double(), model(x.flip(3)).softmax(1).double()
     assert torch.allclose(out["tta"], 0.25 * p0 + 0.75 * p1, atol=1e-6)
     assert torch.allclose(out["plain"], p0, atol=1e-6)
@@ -73,7 +86,7 @@ def test_beta_blends_plain_with_the_views_mean():
 
 def test_dihedral_views_are_the_eight_symmetries():
     x = torch.arange(16.0).reshape(1, 1, 4, 4)
-    views = ev.tta_views("dihedral")
+    views = view_set("dihedral")
     assert len(views) == 8
     outs = {tuple(v(x).flatten().tolist()) for _, v in views.extra} | {tuple(x.flatten().tolist())}
     assert len(outs) == 8  # all distinct
@@ -83,7 +96,7 @@ def test_dihedral_views_are_the_eight_symmetries():
 
 def test_flips_are_the_four_orientation_keeping_symmetries():
     x = torch.arange(16.0).reshape(1, 1, 4, 4)
-    views = ev.tta_views("flips")
+    views = view_set("flips")
     assert len(views) == 4
     got = {tuple(v(x).flatten().tolist()) for _, v in views.extra}
     assert got == {tuple(x.flip(3).flatten().tolist()), tuple(x.flip(2).flatten().tolist()),
@@ -92,15 +105,15 @@ def test_flips_are_the_four_orientation_keeping_symmetries():
 
 def test_other_view_sets_keep_the_shape_and_are_seeded():
     x, _ = _images(3, size=16)
-    ms = ev.tta_views("multiscale", scales=[1.0, 1.25, 0.75])
+    ms = view_set("multiscale", scales=[1.0, 1.25, 0.75])
     assert [v(x).shape[-1] for _, v in ms.extra] == [20, 12]  # 1.0 is the plain image itself
-    fc = ev.tta_views("five_crop", crop=0.75)
+    fc = view_set("five_crop", crop=0.75)
     assert len(fc) == 6 and all(v(x).shape == x.shape for _, v in fc.extra)
     assert not torch.allclose(fc.extra[1][1](x), fc.extra[4][1](x))  # top-left vs bottom-right crops differ
     aug = Augment(flip_h=0.5, flip_v=0.5, rot90=True, rotate=0, zoom=1, translate=0, crop_scale=1, brightness=0.1,
                   contrast=0, blur=0, noise=0)
-    a1 = ev.tta_views("augment", n=3, augment=aug, seed=5)
-    a2 = ev.tta_views("augment", n=3, augment=aug, seed=5)
+    a1 = view_set("augment", n=3, augment=aug, seed=5)
+    a2 = view_set("augment", n=3, augment=aug, seed=5)
     assert len(a1) == 4
     assert all(torch.equal(u(x), v(x)) for (_, u), (_, v) in zip(a1.extra, a2.extra))
 
@@ -108,13 +121,13 @@ def test_other_view_sets_keep_the_shape_and_are_seeded():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(name="sideways"), "not one of"),
     (dict(name="multiscale", scales=[1.0]), "at least one scale"),
-    (dict(name="five_crop"), "five_crop needs"),
+    (dict(name="five_crop", crop=1.0), "five_crop needs"),
     (dict(name="augment", n=2), "augment needs"),
     (dict(name="flip_h", beta=1.5), "beta"),
 ])
 def test_bad_tta_config_is_a_one_line_error(kwargs, match):
     with pytest.raises(ConfigError, match=match):
-        ev.tta_views(**kwargs)
+        view_set(**kwargs)
 
 
 # --- metrics on hand-made predictions ---------------------------------------------------------
@@ -127,7 +140,7 @@ CLASSES = ["a", "b", "c"]
 
 
 def test_confusion_and_metrics_with_known_answers():
-    m = ev.classification_metrics(PROBS, LABELS, CLASSES, bootstrap=0, ece_bins=10, top_k=(2,))
+    m = metrics(PROBS, LABELS, CLASSES, bootstrap=0, ece_bins=10, top_k=(2,))
     assert m["confusion"] == [[2, 1, 0], [0, 2, 0], [1, 0, 0]]
     assert m["accuracy"] == pytest.approx(4 / 6)
     # recall: a 2/3, b 2/2, c 0/1; precision: a 2/3, b 2/3, c 0 (never predicted)
@@ -152,7 +165,7 @@ def test_metrics_agree_with_scikit_learn():
     logits = rng.normal(size=(200, 4))
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     labels = rng.integers(0, 4, 200)
-    m = ev.classification_metrics(probs, labels, list("wxyz"), bootstrap=0, top_k=(3,))
+    m = metrics(probs, labels, list("wxyz"), bootstrap=0, top_k=(3,))
     pred = probs.argmax(1)
     assert m["accuracy"] == pytest.approx(sk.accuracy_score(labels, pred))
     assert m["balanced_accuracy"] == pytest.approx(sk.balanced_accuracy_score(labels, pred))
@@ -163,14 +176,14 @@ def test_metrics_agree_with_scikit_learn():
 
 
 def test_top_k_only_where_there_are_more_classes_than_k():
-    m = ev.classification_metrics(PROBS, LABELS, CLASSES, bootstrap=0, top_k=(3, 5))
+    m = metrics(PROBS, LABELS, CLASSES, bootstrap=0, top_k=(3, 5))
     assert "top3_accuracy" not in m and "top5_accuracy" not in m
 
 
 def test_bootstrap_interval_is_seeded_and_brackets_the_accuracy():
     correct = np.array([1.0] * 80 + [0.0] * 20)
-    a = ev.bootstrap_accuracy(correct, resamples=2000, seed=3)
-    assert a == ev.bootstrap_accuracy(correct, resamples=2000, seed=3)
+    a = M.bootstrap_accuracy(correct, resamples=2000, seed=3, level=0.95)
+    assert a == M.bootstrap_accuracy(correct, resamples=2000, seed=3, level=0.95)
     assert a[0] < 0.8 < a[1]
     # binomial standard error sqrt(.8 * .2 / 100) = .04: the 95% interval is about +-.078
     assert a[1] - a[0] == pytest.approx(2 * 1.96 * 0.04, abs=0.02)
@@ -178,10 +191,10 @@ def test_bootstrap_interval_is_seeded_and_brackets_the_accuracy():
 
 def test_most_confused_and_top_losses_order():
     m = np.array([[5, 3, 0], [1, 4, 2], [3, 0, 9]])
-    pairs = ev.most_confused(m, CLASSES)
+    pairs = M.most_confused(m, CLASSES, 10)
     assert [(p["actual"], p["predicted"], p["count"]) for p in pairs] == [
         ("a", "b", 3), ("c", "a", 3), ("b", "c", 2), ("b", "a", 1)]
-    worst = ev.top_losses(PROBS, LABELS, 3)
+    worst = M.top_losses(PROBS, LABELS, 3)
     # losses: -ln p(true) = .36 .51 1.20 .22 .69 1.20: images 2 and 5 tie (stable order), then 4
     assert worst.tolist() == [2, 5, 4]
     assert math.isclose(-math.log(PROBS[2, 0]), -math.log(PROBS[5, 2]))

@@ -8,7 +8,7 @@ from torch import nn
 
 from recipe.augment import Augment
 from recipe.data.loader import Batches
-from recipe.fit import Diverged, evaluate, fit
+from recipe.fit import Diverged, fit, validate
 from recipe.optim import make_schedule
 
 torch.set_num_threads(1)
@@ -213,18 +213,18 @@ def test_keep_best_restores_best_epoch_weights():
     model, valid, history = anti_learning("best", patience=None)
     best = min(r["valid_loss"] for r in history)
     assert history[-1]["valid_loss"] > best  # the last epoch is not the best one
-    assert evaluate(model, valid, loss_fn=loss_fn)["loss"] == pytest.approx(best, abs=1e-6)
+    assert validate(model, valid, loss_fn=loss_fn)["loss"] == pytest.approx(best, abs=1e-6)
 
 
 def test_keep_best_after_early_stop():
     model, valid, history = anti_learning("best", patience=2)
     assert len(history) == 3
-    assert evaluate(model, valid, loss_fn=loss_fn)["loss"] == pytest.approx(history[0]["valid_loss"], abs=1e-6)
+    assert validate(model, valid, loss_fn=loss_fn)["loss"] == pytest.approx(history[0]["valid_loss"], abs=1e-6)
 
 
 def test_keep_last_keeps_last_weights():
     model, valid, history = anti_learning("last", patience=None)
-    assert evaluate(model, valid, loss_fn=loss_fn)["loss"] == pytest.approx(history[-1]["valid_loss"], abs=1e-6)
+    assert validate(model, valid, loss_fn=loss_fn)["loss"] == pytest.approx(history[-1]["valid_loss"], abs=1e-6)
 
 
 def test_keep_best_survives_resume(tmp_path):
@@ -244,13 +244,13 @@ def test_keep_best_survives_resume(tmp_path):
     assert len(history) == 5
     best = min(r["valid_loss"] for r in history)
     assert best == history[0]["valid_loss"]
-    assert evaluate(model, kw["valid"], loss_fn=loss_fn)["loss"] == pytest.approx(best, abs=1e-6)
+    assert validate(model, kw["valid"], loss_fn=loss_fn)["loss"] == pytest.approx(best, abs=1e-6)
 
 
 def test_starting_weights_are_kept_when_no_epoch_beats_them():
     """start_loss: the weights a phase starts from count as a candidate for keep="best"."""
     model, kw = anti_learning_setup(3, keep="best")
-    start = evaluate(model, kw["valid"], loss_fn=loss_fn)["loss"]
+    start = validate(model, kw["valid"], loss_fn=loss_fn)["loss"]
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     history = fit(model, start_loss=start, **kw)
     assert min(r["valid_loss"] for r in history) > start  # every epoch made it worse
@@ -264,7 +264,7 @@ def test_evaluate_restores_training_mode_and_counts():
     model = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(64, 2))
     model.train()
     x, y = data(10, 0)
-    result = evaluate(model, Batches(x, y, batch_size=4, shuffle=False, seed=0, device=CPU), loss_fn=loss_fn)
+    result = validate(model, Batches(x, y, batch_size=4, shuffle=False, seed=0, device=CPU), loss_fn=loss_fn)
     assert model.training
     assert result["probs"].shape == (10, 2)
     assert torch.allclose(result["probs"].sum(1), torch.ones(10))

@@ -27,6 +27,8 @@ def test_folder_source_copies_images_and_records_every_entry(tmp_path):
     summary = ingest(source="folder", out=tmp_path / "raw", seed=0, limit=None, path=str(src))
     index = read_index(tmp_path / "raw").set_index("path")
     assert index.loc["cat/escape.png", "ingest_issue"] == "path_outside_root"
+    assert index.loc["cat/escape.png", "origin"] == "cat/escape.png"  # where the link was named
+    assert index["origin"].tolist() == index.index.tolist()  # relative to data.path: no machine path
     assert not (tmp_path / "raw" / "files" / "cat" / "escape.png").exists()  # never followed
     assert index.loc["stray.png", "ingest_issue"] == "no_label"
     assert index.loc["cat/inside_link.png", "ingest_issue"] == ""  # a link inside the root is fine
@@ -62,6 +64,9 @@ def test_csv_source_fastai_layout(tmp_path):
            image_dir="train", fname_col="name", label_col="label", suffix=".png")
     index = read_index(tmp_path / "raw").set_index("path")
     assert index.loc["img1.png", "label"] == "y" and index.loc["img1.png", "site"] == "B"
+    assert index.loc["img1.png", "origin"] == "train/img1.png"  # relative to data.path
+    assert index.loc["img3.png", "origin"] == "train/img3.png"
+    assert str(tmp_path) not in (tmp_path / "raw" / "index.csv").read_text()
     assert index.loc["ghost.png", "ingest_issue"] == "missing_file"
     assert index.loc["../../outside.png", "ingest_issue"] == "path_outside_root"
     assert index.loc["img3.png", "ingest_issue"] == "no_label"  # in the folder, not in the csv
@@ -91,6 +96,7 @@ def test_elpv_labels(tmp_path, task, expected):
     assert summary["entries"] == 2624 and summary["classes"] == sorted(expected)
     index = read_index(tmp_path / "raw")
     assert len(index) == 40 and set(index["module_type"]) <= {"mono", "poly"}
+    assert (index["origin"] == "elpv-dataset:" + index["path"]).all()  # not the site-packages path
     counts = index["label"].value_counts()
     for label, n in expected.items():  # the subset keeps each class's share (largest remainder)
         assert abs(counts[label] - 40 * n / 2624) < 1

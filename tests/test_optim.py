@@ -33,7 +33,7 @@ def optim_cfg(name: str) -> dict:
 
 
 def optimizer_from_conf(model: Classifier, cfg: dict, lrs: list[float]) -> torch.optim.Optimizer:
-    """As recipe.steps.Common.optimizer does."""
+    """As recipe.training.Common.optimizer does."""
     cfg = dict(cfg)
     groups = param_groups(model, lrs, weight_decay=cfg.pop("weight_decay"), bn_weight_decay=cfg.pop("bn_weight_decay"))
     return make_optimizer(groups, **cfg)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from recipe import evaluate as ev
+from recipe import tta as T
 from recipe.models import build_model
 from recipe.predict import load, main, prepare
 from recipe.session import save_checkpoint
@@ -64,7 +64,7 @@ def test_predict_with_tta_and_top_classes(checkpoint, images, capsys):
     assert float(row[2]) + float(row[4]) == pytest.approx(1.0, abs=2e-4)
     predictor = load(str(checkpoint))
     x = torch.from_numpy(prepare([images[0]], 32, 1))
-    expected = ev.predict(predictor.model, [(x, torch.zeros(1, dtype=torch.long))], ev.tta_views("dihedral"))["tta"][0]
+    expected = T.predict(predictor.model, [(x, torch.zeros(1, dtype=torch.long))], T.tta_views("dihedral", scales=(), crop=0.875, n=1, beta=None, augment=None, seed=0))["tta"][0]
     assert float(row[2]) == pytest.approx(float(expected.max()), abs=1e-4)
 
 

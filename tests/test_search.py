@@ -1,5 +1,6 @@
 """Bayesian search: the search files, the space against the real config, the `-S` overrides, the
-ask/tell loop (with a fake run), and one real search through `dvc exp run` (slow)."""
+ask/tell loop (with a fake run), its MLflow run with the store gone, and one real search through
+`dvc exp run` (slow)."""
 from __future__ import annotations
 
 import json
@@ -16,6 +17,7 @@ import yaml
 
 from recipe import search as S
 from recipe.errors import ConfigError
+from recipe.search.space import _UNSET, _in_space
 
 from conftest import REPO, copy_project, subprocess_env
 
@@ -49,7 +51,7 @@ def test_committed_search_files_fit_the_real_config():
     params = {p.key: p for p in checked(tiny)}
     assert params["augment"].group and params["augment"].default == "top_down"
     assert params["finetune.lr"].default == 3e-4 and params["model.head.dropout"].default == 0.2
-    assert params["train_head.lr"].default is S._UNSET  # `auto` cannot be a float: trial 0 leaves it to the config
+    assert params["train_head.lr"].default is _UNSET  # `auto` cannot be a float: trial 0 leaves it to the config
 
 
 def test_a_space_named_in_a_file_replaces_the_inherited_one(tmp_path):
@@ -109,19 +111,19 @@ def test_a_bad_fixed_override_names_the_overrides(tmp_path):
 
 @pytest.mark.parametrize("value, dist, expected", [
     (3e-4, {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}, 3e-4),
-    (3e-4, {"type": "float", "low": 1e-3, "high": 1e-2}, S._UNSET),
-    ("auto", {"type": "float", "low": 1e-5, "high": 1e-3}, S._UNSET),
+    (3e-4, {"type": "float", "low": 1e-3, "high": 1e-2}, _UNSET),
+    ("auto", {"type": "float", "low": 1e-5, "high": 1e-3}, _UNSET),
     (0.2, {"type": "float", "low": 0.0, "high": 0.5, "step": 0.1}, 0.2),
-    (0.25, {"type": "float", "low": 0.0, "high": 0.5, "step": 0.1}, S._UNSET),
+    (0.25, {"type": "float", "low": 0.0, "high": 0.5, "step": 0.1}, _UNSET),
     (9, {"type": "categorical", "choices": [3, 9.0]}, 9.0),
-    (True, {"type": "categorical", "choices": [1, 0]}, S._UNSET),  # a bool is not the number 1
+    (True, {"type": "categorical", "choices": [1, 0]}, _UNSET),  # a bool is not the number 1
     (4, {"type": "int", "low": 0, "high": 8, "step": 2}, 4),
-    (3, {"type": "int", "low": 0, "high": 8, "step": 2}, S._UNSET),
+    (3, {"type": "int", "low": 0, "high": 8, "step": 2}, _UNSET),
 ])
 def test_a_default_is_enqueued_only_where_the_space_holds_it(value, dist, expected):
     from pydantic import TypeAdapter
 
-    assert S._in_space(value, TypeAdapter(S.Distribution).validate_python(dist)) == expected
+    assert _in_space(value, TypeAdapter(S.Distribution).validate_python(dist)) == expected
 
 
 @pytest.mark.parametrize("key, value, text, composed", [
@@ -191,7 +193,7 @@ def fake_runs(monkeypatch, fail_at=(), interrupt_at=None):
         if n in fail_at:
             raise S.TrialFailed("dvc exp run failed: ERROR: planted")
 
-    monkeypatch.setattr(S, "run_experiment", run)
+    monkeypatch.setattr("recipe.search.study.run_experiment", run)  # where the loop looks it up
     return calls
 
 
@@ -257,6 +259,47 @@ def test_cli_prints_one_error_line_and_exits_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "recipe.search", "--space", "nope"], cwd=REPO,
                           env=subprocess_env(), capture_output=True, text=True)
     assert proc.returncode == 2 and "no such file or name in conf/search/ (there: default, tiny" in proc.stderr
+
+
+# --- the MLflow run, with the store gone ----------------------------------------------------------
+
+def test_an_unreachable_store_costs_one_warning_not_the_search(tmp_path, monkeypatch, capsys):
+    """Nothing listens on the port: logging the search's results ends without an exception, one
+    warning names the store, and what was not logged is kept in outputs/unlogged/ (as for a stage)."""
+    import socket
+
+    import mlflow
+    from optuna.distributions import FloatDistribution
+
+    from test_tracking import free_port
+
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # the unlogged record goes under the root
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # seconds, not minutes, on the old code too
+    cfg = loop_config(tmp_path, trials=2)
+    study = optuna.create_study(direction="minimize")  # in memory, two trials told by hand
+    for number, (lr, value) in enumerate([(3e-4, 0.52), (1e-3, 0.01)]):
+        study.enqueue_trial({"finetune.lr": lr}, user_attrs={"experiment": f"fake-{number}", "default": number == 0,
+                                                             "host": socket.gethostname()})
+        trial = study.ask({"finetune.lr": FloatDistribution(1e-4, 1e-2, log=True)})
+        study.tell(trial, value)
+    result = S.summarize(study, cfg, tmp_path / "outputs/search/fake", "finetune-recipe")
+    assert result.best.params == {"finetune.lr": 1e-3} and result.first_beat.number == 1
+    try:
+        run_id = S.log_search(result, cfg, tmp_path, result.experiment, [])
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert run_id is None
+    err = capsys.readouterr().err
+    assert err.count("warning: MLflow (http://127.0.0.1:") == 1 and "search-fake goes on without logging" in err
+    assert "Traceback" not in err
+    (spool,) = (tmp_path / "outputs/unlogged").glob("*-search-fake.jsonl")
+    calls = [json.loads(line) for line in spool.read_text().splitlines()]
+    assert [c["call"] for c in calls[:2]] == ["open the search's run", "log params"]
+    assert {"args": [{"best_value": 0.01}], "kwargs": {"step": None}} in [
+        {k: c[k] for k in ("args", "kwargs")} for c in calls]
+    assert calls[-1]["call"] == "log an artifact" and calls[-1]["args"][0].endswith("trials.csv")
 
 
 # --- the real thing -----------------------------------------------------------------------------------

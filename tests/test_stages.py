@@ -1,6 +1,7 @@
 """Stage scripts as DVC runs them: outputs first, then a one-line stop when the data cannot go on."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ from conftest import REPO, image_folder, subprocess_env
 
 
 def run_stage(cwd, *args):
+    shutil.copy(REPO / "dvc.yaml", cwd)  # a stage reads its params list from DVC's index of dvc.yaml
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True,
                           env=subprocess_env(PYTHONPATH=str(REPO), DVC_ROOT=str(cwd)))
 

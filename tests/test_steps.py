@@ -1,4 +1,4 @@
-"""recipe.steps on a few tiny images: what a training stage trains on and writes into its checkpoint."""
+"""The training stages (recipe.finetune, recipe.training) on a few tiny images: what a training stage trains on and writes into its checkpoint."""
 from __future__ import annotations
 
 import copy
@@ -13,8 +13,16 @@ from recipe.data.loader import ImageSet
 from recipe.errors import DataError
 from recipe.schema import FinetuneConfig, LrFindConfig
 from recipe.session import Data, load_checkpoint, new_model, save_checkpoint
-from recipe.steps import finetune, fit_set, format_table
-from stages._common import common_config
+from recipe import finetune
+from recipe.config import StageParams
+from recipe.evaluate import format_table
+from recipe.training import fit_set
+from stages._training import common_config as _common_config
+
+
+def common_config(p):
+    """The shared sections of a model stage, from a whole params dict."""
+    return _common_config(StageParams("test", ["seed", "train", "model", "optim", "augment"], p))
 
 
 def _tiny_split(tmp_path):
@@ -40,7 +48,7 @@ def test_finetune_keeps_the_model_config_of_the_checkpoint_it_loaded(tmp_path, p
     start = new_model(common_config({**p, "model": loaded}).model, ["a", "b"], [0.5, 0.5])
     save_checkpoint(tmp_path / "head.pt", start, classes=["a", "b"], size=32, model_config=loaded,
                     stage="train_head", epoch=1, channels=1)
-    finetune(common, load_section("finetune", FinetuneConfig, p), load_section("lr_find", LrFindConfig, p),
+    finetune.run(common, load_section("finetune", FinetuneConfig, p), load_section("lr_find", LrFindConfig, p),
              split=tmp_path / "split.csv", raw=tmp_path / "raw", checkpoint=tmp_path / "head.pt",
              out=tmp_path / "ft" / "model.pt", history_csv=tmp_path / "ft" / "history.csv", lr_find_dir=tmp_path / "lr")
     model, meta = load_checkpoint(tmp_path / "ft" / "model.pt")
@@ -63,7 +71,7 @@ def _run_finetune(tmp_path, p, name):
     save_checkpoint(tmp_path / "head.pt", start, classes=["a", "b"], size=32, model_config=p["model"],
                     stage="train_head", epoch=1, channels=1)
     out = tmp_path / name
-    metrics = finetune(common, load_section("finetune", FinetuneConfig, p), load_section("lr_find", LrFindConfig, p),
+    metrics = finetune.run(common, load_section("finetune", FinetuneConfig, p), load_section("lr_find", LrFindConfig, p),
                        split=tmp_path / "split.csv", raw=tmp_path / "raw", checkpoint=tmp_path / "head.pt",
                        out=out / "model.pt", history_csv=out / "history.csv", lr_find_dir=tmp_path / "lr")
     return metrics, pd.read_csv(out / "history.csv")

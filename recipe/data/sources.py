@@ -4,9 +4,15 @@ Every source writes the same layout, so the stages after ingest never care where
 
 - ``<out>/files/<path>``: a copy of each image the source names;
 - ``<out>/index.csv``: one row per entry the source holds, with columns ``path`` (relative to
-  ``files/``), ``label``, ``origin`` (where it came from), ``ingest_issue`` (empty, or why the
-  entry was not copied) and any extra columns (ELPV: ``module_type``, ``defect_probability``);
+  ``files/``), ``label``, ``origin`` (where it came from, relative to the source root:
+  ``data.path`` for folder and csv, ``elpv-dataset:`` for the package's data folder),
+  ``ingest_issue`` (empty, or why the entry was not copied) and any extra columns (ELPV:
+  ``module_type``, ``defect_probability``);
 - ``<out>/ingest.json``: the source, every declared class (empty class folders included), counts.
+
+No output names a machine path (the checkout, the virtualenv, a home folder): a clone elsewhere
+ingests to the same bytes, so ``data/raw`` hashes the same and a ``dvc pull``ed clone reruns
+nothing. The absolute source files are kept in memory only, for the sync.
 
 Entries that cannot be copied (a link out of the dataset root, a file the labels name but that
 does not exist, a file with no label) stay in the index with the reason, so the audit reports
@@ -32,10 +38,16 @@ ELPV_FOUR_CLASS = {0.0: "functional", 1 / 3: "possibly_defective", 2 / 3: "likel
 
 @dataclass
 class Listing:
-    """What a source holds: index rows (with the source file in ``origin``), declared classes."""
+    """What a source holds: index rows, declared classes, and each row's source file by
+    ``path`` (absolute, in memory only: never written, the index's ``origin`` is relative)."""
 
     rows: list[dict] = field(default_factory=list)
     classes: list[str] = field(default_factory=list)
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def add(self, row: dict, file: Path) -> None:
+        self.rows.append(row)
+        self.files[row["path"]] = file
 
 
 def ingest(*, source: str, out: Path, seed: int, limit: int | None, **options) -> dict:
@@ -49,7 +61,7 @@ def ingest(*, source: str, out: Path, seed: int, limit: int | None, **options) -
         rows = [r for r in rows if r["ingest_issue"] or id(r) in keep]
     index = pd.DataFrame(rows)
     index = index[INDEX_COLUMNS + [c for c in index.columns if c not in INDEX_COLUMNS]]
-    copied = _sync(index, Path(out) / "files")
+    copied = _sync(index, listing.files, Path(out) / "files")
     index.to_csv(Path(out) / "index.csv", index=False)
     summary = {
         "source": source,
@@ -76,18 +88,12 @@ def list_elpv(*, task: str) -> Listing:
         levels = np.array(list(ELPV_FOUR_CLASS))
         nearest = np.abs(table["prob"].to_numpy()[:, None] - levels[None, :]).argmin(axis=1)
         labels = np.array(list(ELPV_FOUR_CLASS.values()))[nearest]
-    rows = [
-        {
-            "path": rel,
-            "label": label,
-            "origin": str(labels_file.parent / rel),
-            "ingest_issue": "",
-            "module_type": mtype,
-            "defect_probability": round(float(prob), 4),
-        }
-        for rel, label, mtype, prob in zip(table["path"], labels, table["type"], table["prob"])
-    ]
-    return Listing(rows, sorted(set(labels)))
+    listing = Listing(classes=sorted(set(labels)))
+    for rel, label, mtype, prob in zip(table["path"], labels, table["type"], table["prob"]):
+        row = {"path": rel, "label": label, "origin": f"elpv-dataset:{rel}", "ingest_issue": "",
+               "module_type": mtype, "defect_probability": round(float(prob), 4)}
+        listing.add(row, labels_file.parent / rel)
+    return listing
 
 
 def list_folder(*, path: str) -> Listing:
@@ -99,7 +105,7 @@ def list_folder(*, path: str) -> Listing:
         for name in sorted(filenames) + sorted(linked_dirs):
             rel = (here / name).relative_to(root)
             label = rel.parts[0] if len(rel.parts) > 1 else ""
-            listing.rows.append(_entry(root, rel, label))
+            listing.add(_entry(root, rel, label, base=root), root / rel)
         dirnames[:] = sorted(d for d in dirnames if d not in linked_dirs)
     return listing
 
@@ -120,16 +126,17 @@ def list_csv(*, path: str, labels_file: str, image_dir: str, fname_col: str, lab
     for record in table.to_dict("records"):
         rel = Path(record[fname_col] + suffix)
         named.add(rel)
-        row = _entry(images, rel, record[label_col])
+        row = _entry(images, rel, record[label_col], base=root)
         if not row["ingest_issue"] and not (images / rel).exists():
             row["ingest_issue"] = "missing_file"
         row.update({_extra_name(c): record[c] for c in extras})
-        listing.rows.append(row)
+        listing.add(row, images / rel)
     for dirpath, _, filenames in os.walk(images, followlinks=False):
         for name in sorted(filenames):
             rel = (Path(dirpath) / name).relative_to(images)
             if rel not in named:
-                listing.rows.append({**_entry(images, rel, ""), **{_extra_name(c): "" for c in extras}})
+                row = {**_entry(images, rel, "", base=root), **{_extra_name(c): "" for c in extras}}
+                listing.add(row, images / rel)
     return listing
 
 
@@ -151,8 +158,9 @@ def stratified_subset(rows: list[dict], n: int, seed: int) -> list[dict]:
     return chosen
 
 
-def _entry(root: Path, rel: Path, label: str) -> dict:
-    """An index row for ``root/rel``, with the reason when it must not be copied."""
+def _entry(root: Path, rel: Path, label: str, *, base: Path) -> dict:
+    """An index row for ``root/rel``, with the reason when it must not be copied; its ``origin``
+    is relative to ``base`` (the source root)."""
     src = root / rel
     issue = ""
     if not label:
@@ -162,7 +170,8 @@ def _entry(root: Path, rel: Path, label: str) -> dict:
         issue = "path_outside_root"
     elif src.is_symlink() and src.is_dir():
         issue = "linked_directory"  # its files are listed where they really live, or are outside
-    return {"path": rel.as_posix(), "label": label, "origin": str(src), "ingest_issue": issue}
+    origin = Path(os.path.relpath(src, base)).as_posix()  # lexical: a link stays where it was named
+    return {"path": rel.as_posix(), "label": label, "origin": origin, "ingest_issue": issue}
 
 
 def _extra_name(column: str) -> str:
@@ -176,13 +185,13 @@ def _existing_dir(path: str | Path, key: str) -> Path:
     return p.resolve()
 
 
-def _sync(index: pd.DataFrame, files: Path) -> int:
-    """Make ``files`` hold exactly the copyable entries of ``index``; copy only what changed.
-    Returns how many files ``files`` holds."""
+def _sync(index: pd.DataFrame, sources: dict[str, Path], files: Path) -> int:
+    """Make ``files`` hold exactly the copyable entries of ``index`` (their source files in
+    ``sources``, by path); copy only what changed. Returns how many files ``files`` holds."""
     wanted = {}
-    for rel, origin, issue in zip(index["path"], index["origin"], index["ingest_issue"]):
-        if not issue and Path(origin).is_file():
-            wanted[rel] = Path(origin)
+    for rel, issue in zip(index["path"], index["ingest_issue"]):
+        if not issue and sources[rel].is_file():
+            wanted[rel] = sources[rel]
     files.mkdir(parents=True, exist_ok=True)
     for existing in [p for p in files.rglob("*") if p.is_file() or p.is_symlink()]:
         if existing.relative_to(files).as_posix() not in wanted:

@@ -1,0 +1,52 @@
+"""finetune: every layer group from ``unfreeze_to`` on trainable, discriminative rates, SGDR.
+
+Rates spread geometrically from ``lr / lr_mult`` (earliest trainable group) to ``lr`` (head);
+``lr: auto`` runs the range test on the unfrozen model first, keeping the groups' ratios
+(its curve goes to ``lr_find_dir``). ``fit_on: train+valid`` is the final fit (see
+:func:`recipe.training.fit_set`).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from recipe import lr_find
+from recipe.models import freeze_to, set_bn_mode, spread_lrs
+from recipe.optim import make_schedule
+from recipe.schema import FinetuneConfig, LrFindConfig
+from recipe.session import fingerprint, load_checkpoint, load_data
+from recipe.training import Common, History, Log, finish, fit_set, same_classes, train_phase
+
+
+def run(common: Common, cfg: FinetuneConfig, lr_find_cfg: LrFindConfig, *, split: Path, raw: Path, checkpoint: Path,
+        out: Path, history_csv: Path, lr_find_dir: Path, log: Log | None = None) -> dict:
+    """Fine-tune the checkpoint unfrozen down to ``cfg.unfreeze_to``; write and return as train_head."""
+    t0 = time.perf_counter()
+    device = common.start()
+    model, meta = load_checkpoint(checkpoint)
+    model = common.prepare(model, device)
+    data = load_data(split, raw, size=meta["size"], workers=common.train.workers)
+    same_classes(meta, data, checkpoint)
+    freeze_to(model, cfg.unfreeze_to, train_bn=cfg.bn == "train")
+    train_mode = lambda: set_bn_mode(model, policy=cfg.bn, first_trainable=cfg.unfreeze_to)  # noqa: E731
+    train_set, stopping = fit_set(data, cfg.fit_on, common, "finetune")
+    tb = common.batches(train_set, device, train=True)
+    lr = cfg.lr
+    if lr == "auto":  # the range test on the unfrozen model, keeping the groups' ratios
+        result = lr_find.sweep(model, model, common, lr_find_cfg, tb, spread_lrs(1.0, cfg.lr_mult, len(model.groups)), train_mode)
+        lr_find.write(result, lr_find_cfg.suggestion, curve_csv=lr_find_dir / "curve.csv",
+                      plot=lr_find_dir / "curve.png", suggestion=lr_find_dir / "suggestion.json")
+        lr = result["summary"]["lr"]
+    lrs = spread_lrs(lr, cfg.lr_mult, len(model.groups))
+    opt = common.optimizer(model, lrs)
+    sched = make_schedule(opt, epochs=cfg.epochs, steps_per_epoch=len(tb), **cfg.schedule.model_dump())
+    resume = out.parent / "resume"
+    history = History(log)
+    train_phase(model, name="unfrozen", train=tb, valid=common.batches(data.valid, device, train=False),
+                 epochs=cfg.epochs, optimizer=opt, schedule=sched, train_mode=train_mode, loss_fn=common.loss(),
+                 amp=common.train.amp, clip_grad=common.train.clip_grad, **stopping, history=history, resume_dir=resume,
+                 key=fingerprint("finetune", cfg, common, lr, files=(split, checkpoint)))
+    return {"lr": lr, "lrs": lrs, "fit_on": cfg.fit_on, "train_images": len(train_set),
+            **finish(model, data, common, device, out=out, history=history, history_csv=history_csv,
+                      size=meta["size"], stage="finetune", resume_dir=resume, t0=t0,
+                      model_config=meta["model_config"])}

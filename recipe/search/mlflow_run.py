@@ -1,0 +1,70 @@
+"""The search's MLflow run: one run ``search-<study>`` in the experiment ``tracking.experiment``.
+
+Contract: :func:`log_search` logs the best trial's params, ``best_value``, ``default_value``,
+``trials_to_beat_default``, ``value`` per trial (step = trial number), the search's settings as
+tags, and as artifacts the trials table and the plots. Every call goes through
+:mod:`recipe.tracking` (:func:`recipe.tracking.tracked`), as a stage's do: a store that cannot
+be reached costs one warning on stderr and a record in ``outputs/unlogged/``, never the search's
+exit status. Returns the run's id, or None when the run could not be opened.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from recipe import tracking
+from recipe.search.config import SearchConfig
+from recipe.search.report import Result, _safe_url
+from recipe.search.study import storage_url
+
+
+def log_search(result: Result, cfg: SearchConfig, root: Path, experiment: str, files: list[Path]) -> str | None:
+    """One MLflow run ``search-<study>``: the best params and value, the table and the plots."""
+    import mlflow
+
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    best, default, first = result.best, result.default, result.first_beat
+    tags = {"search.study": cfg.study, "search.storage": _safe_url(storage_url(cfg, root)),
+            "search.objective": f"{cfg.objective.direction} {cfg.objective.key} ({cfg.objective.metrics})",
+            "search.sampler": f"{cfg.sampler.name} seed {cfg.sampler.seed}", "git_commit": commit or "unknown",
+            "search.overrides": " ".join(cfg.overrides)}
+    if best is not None:
+        tags.update({"best_trial": str(best.number), "best_experiment": best.user_attrs.get("experiment", ""),
+                     "dvc_exp_apply": result.apply})
+    with tracking.tracked(f"search-{cfg.study}") as tracker:
+        # After a failed call the rest are not sent but kept, with their values, in outputs/unlogged/.
+        run = tracking.guarded("open the search's run", _start_run, root, experiment, f"search-{cfg.study}", tags)
+        status = "FAILED"
+        try:
+            if best is not None:  # no '@' in MLflow names
+                tracking.guarded("log params", mlflow.log_params,
+                                 {re.sub(r"[^\w./ -]", "_", k): v for k, v in best.params.items()})
+                tracking.log_metrics({"best_value": best.value})
+            if default is not None and default.value is not None:
+                tracking.log_metrics({"default_value": default.value})
+            if first is not None:
+                tracking.log_metrics({"trials_to_beat_default": first.number - default.number})
+            for t in result.study.get_trials(deepcopy=False):
+                if t.value is not None:
+                    tracking.log_metrics({"value": t.value}, step=t.number)
+            for path in [result.out / "trials.txt", result.out / "trials.csv", *files]:
+                tracking.log_artifact(path)
+            status = "FINISHED"
+        finally:
+            if tracker.live:  # after a failure the store is not asked again
+                tracking.guarded("end the search's run", mlflow.end_run, status)
+        return None if run is None else run.info.run_id
+
+
+def _start_run(root: Path, experiment: str, name: str, tags: dict[str, str]) -> Any:
+    import mlflow
+
+    # A team server decides where artifacts go; the embedded store keeps them beside mlflow.db.
+    # (Read the variable before set_tracking_uri, which sets it itself.)
+    location = None if os.environ.get("MLFLOW_TRACKING_URI") else (root / "mlartifacts").as_uri()
+    mlflow.set_tracking_uri(tracking.tracking_uri(root))
+    experiment_id = tracking._experiment_id(mlflow, experiment, location)
+    return mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags)

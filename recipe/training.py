@@ -1,0 +1,159 @@
+"""What the training stages (train_head, finetune, resize) and baseline share.
+
+Contract: :class:`Common` holds the config sections every model stage reads and turns them into
+the objects a stage needs (seeded start, loss, augmenter, batches, optimizer over the model's
+layer groups). :func:`train_phase` is one resumable ``fit()`` whose epochs continue the stage's
+numbering; :func:`finish` scores the final model on valid, writes the checkpoint, the history and
+its picture. Nothing here imports MLflow: ``log(row, step)`` callbacks carry every epoch out.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from recipe import distributed, plots
+from recipe.augment import Augment
+from recipe.data.loader import ImageSet
+from recipe.errors import ConfigError, DataError
+from recipe.fit import fit, validate
+from recipe.models import Classifier, param_groups
+from recipe.optim import make_optimizer
+from recipe.schema import AugmentConfig, ModelConfig, OptimConfig, TrainConfig
+from recipe.session import Data, batches, new_model, pick_device, refresh_bn, save_checkpoint, seed_everything
+
+Log = Callable[[dict, int], None]
+
+@dataclass(frozen=True)
+class Common:
+    """The sections every model stage reads."""
+    seed: int
+    train: TrainConfig
+    model: ModelConfig | None  # None for stages that start from a checkpoint (its config travels with it)
+    optim: OptimConfig | None  # None for stages that train nothing (evaluate)
+    augment: AugmentConfig
+
+    def start(self) -> torch.device:
+        """Seeds, the device, and under torchrun the process group (recipe.distributed)."""
+        seed_everything(self.seed)
+        return distributed.init(pick_device(self.train.device))
+
+    def loss(self) -> nn.Module:
+        return nn.CrossEntropyLoss(label_smoothing=self.train.label_smoothing)
+
+    def augmenter(self) -> Augment:
+        return Augment(**self.augment.model_dump())
+
+    def batches(self, images, device, *, train: bool, augment: bool = True):
+        return batches(images, batch_size=self.train.batch_size, train=train, seed=self.seed, device=device,
+                       augment=self.augmenter() if augment else None, channels_last=self.train.channels_last)
+
+    def optimizer(self, model: Classifier, lrs: list[float]) -> torch.optim.Optimizer:
+        cfg = self.optim.model_dump()
+        groups = param_groups(model, lrs, weight_decay=cfg.pop("weight_decay"),
+                              bn_weight_decay=cfg.pop("bn_weight_decay"))
+        return make_optimizer(groups, **cfg)
+
+    def prepare(self, model: Classifier, device: torch.device) -> Classifier:
+        model = model.to(device)
+        if self.train.channels_last:  # NHWC: faster on CUDA and, through oneDNN, on the CPU too
+            model = model.to(memory_format=torch.channels_last)
+        return model
+
+
+def pretrained(common: Common, data: Data, device: torch.device) -> Classifier:
+    """A new model for ``data``: the (pretrained) body and a fresh head. With ``model.adapt_bn``
+    the body's BatchNorm statistics are re-estimated on the training images (plain, not
+    augmented) before anything is trained on top of them (AdaBN, Li et al. 2016)."""
+    model = common.prepare(new_model(common.model, data.classes, data.priors), device)
+    if common.model.adapt_bn:
+        refresh_bn(model, common.batches(data.train, device, train=False))
+    return model
+
+
+class History:
+    """Epoch rows of one stage across its phases, numbered on from phase to phase."""
+
+    def __init__(self, log: Log | None):
+        self.rows: list[dict] = []
+        self.log = log
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["phase", "epoch", "train_loss", "valid_loss", "accuracy", "lr", "time"])
+            w.writeheader()
+            w.writerows(self.rows)
+
+
+def train_phase(module, *, name: str, history: History, resume_dir: Path, key: str, **kwargs) -> list[dict]:
+    """One resumable fit() whose epochs continue the stage's numbering. New epochs are logged as
+    they end; epochs restored from a resume state were logged by the run that trained them."""
+    offset = len(history.rows)
+
+    def on_epoch(row: dict) -> None:
+        if history.log is not None:
+            history.log({k: v for k, v in row.items() if k != "epoch"}, offset + row["epoch"])
+
+    start = None
+    if kwargs.get("keep") == "best":
+        start = validate(module, kwargs["valid"], loss_fn=kwargs["loss_fn"], amp=kwargs.get("amp", False))["loss"]
+    rows = fit(module, phase=name, resume=resume_dir / f"{name}.pt", fingerprint=key, on_epoch=on_epoch,
+               start_loss=start, **kwargs)
+    history.rows += [{"phase": name, **r, "epoch": offset + r["epoch"]} for r in rows]
+    return rows
+
+
+def finish(model: Classifier, data: Data, common: Common, device, *, out: Path, history: History,
+            history_csv: Path, size: int, stage: str, resume_dir: Path, t0: float, model_config: dict | None = None) -> dict:
+    result = validate(model, common.batches(data.valid, device, train=False), loss_fn=common.loss(),
+                      amp=common.train.amp)
+    metrics = {"valid_loss": result["loss"], "valid_accuracy": result["accuracy"], "epochs": len(history.rows),
+               "size": size, "time_s": round(time.perf_counter() - t0, 1)}
+    if distributed.world_size() > 1:
+        metrics["processes"] = distributed.world_size()
+    if not distributed.is_main():  # rank 0 writes the stage's files
+        return metrics
+    save_checkpoint(out, model, classes=data.classes, size=size, model_config=model_config or common.model.model_dump(),
+                    stage=stage, epoch=len(history.rows), channels=data.train.images.shape[1])
+    history.write(history_csv)
+    plots.history(history.rows, history_csv.with_suffix(".png"), f"{stage} at {size} px")
+    shutil.rmtree(resume_dir, ignore_errors=True)  # finished: a rerun starts over
+    return metrics
+
+
+
+def resolve_lr(lr: float | str, suggestion: Path | None, key: str) -> float:
+    if lr != "auto":
+        return float(lr)
+    if suggestion is None or not Path(suggestion).is_file():
+        raise ConfigError(f"{key} = 'auto' needs lr_find's suggestion.json, which is missing (run lr_find)")
+    return float(json.loads(Path(suggestion).read_text())["lr"])
+
+
+
+def fit_set(data: Data, fit_on: str, common: Common, stage: str) -> tuple[ImageSet, dict]:
+    """The images an unfrozen stage trains on, with the early-stopping settings that suit them.
+
+    ``train+valid`` is the final fit (on ELPV's 60/15/25 split, 25% more training
+    images): the valid loss is then measured on images the model trains on, so it cannot pick an
+    epoch or stop the run; the schedule runs to its end and the last epoch is kept."""
+    if fit_on == "train":
+        return data.train, {"patience": common.train.patience, "keep": common.train.keep}
+    print(f"{stage}: fit on train + valid ({len(data.train)} + {len(data.valid)} images); the valid columns are "
+          "not held out, so no early stopping and the last epoch is kept")
+    return data.train + data.valid, {"patience": None, "keep": "last"}
+
+
+
+def same_classes(meta: dict, data: Data, checkpoint: Path) -> None:
+    if list(meta["classes"]) != data.classes:
+        raise DataError(f"{checkpoint}: trained on classes {meta['classes']}, the split has {data.classes}")
+

@@ -1,0 +1,36 @@
+"""What the model stages (baseline, lr_find, train_head, finetune, resize, evaluate) add to
+stages/_common.py: their shared config sections, per-epoch logging, the end of a training stage."""
+from __future__ import annotations
+
+from recipe import distributed as dist
+from recipe import tracking
+from recipe.config import StageParams
+from recipe.schema import AugmentConfig, ModelConfig, OptimConfig, Seed, TrainConfig
+from recipe.training import Common
+from stages._common import log_numbers, write_json
+
+
+def common_config(p: StageParams) -> Common:
+    """The shared sections a model stage lists in dvc.yaml, validated (see recipe.training.Common);
+    ``model`` and ``optim`` are None for a stage that does not list them."""
+    return Common(seed=p.section("seed", Seed), train=p.section("train", TrainConfig),
+                  model=p.section("model", ModelConfig) if p.has("model") else None,
+                  optim=p.section("optim", OptimConfig) if p.has("optim") else None,
+                  augment=p.section("augment", AugmentConfig))
+
+
+def log_epoch(row: dict, step: int) -> None:
+    """Per-epoch numbers to MLflow, step = epoch (MLflow's x axis)."""
+    tracking.log_metrics({k: float(v) for k, v in row.items() if isinstance(v, (int, float))}, step=step)
+
+
+def record_training(args, metrics: dict) -> None:
+    """What train_head, finetune and resize write and log once they have trained: the metrics
+    file, the final numbers (``final.*``), the history and its picture."""
+    if not dist.is_main():  # under DDP rank 0 writes and logs
+        return
+    write_json(args.metrics, metrics)
+    log_numbers({f"final.{k}": v for k, v in metrics.items() if not isinstance(v, list)})
+    for path in (args.history, args.metrics):
+        tracking.log_artifact(path)
+    tracking.log_artifact(args.history.with_suffix(".png"), "plots")
