@@ -39,7 +39,9 @@ def _conf(path: str) -> dict:
 
 
 MODEL_CFG = ModelConfig.model_validate(_conf("model/efficientnet_lite0.yaml"))
-TOP_DOWN = Augment(**AugmentConfig.model_validate(_conf("augment/top_down.yaml")).model_dump())
+# The top_down preset with the draws' ranges conf/config.yaml sets for every preset.
+TOP_DOWN = Augment(**AugmentConfig.model_validate({**_conf("augment/top_down.yaml"),
+                                                   **_conf("config.yaml")["augment"]}).model_dump())
 ADAMW = AdamConfig.model_validate(_conf("optim/adamw.yaml"))
 
 

@@ -72,7 +72,7 @@ def main() -> None:
     cache = decode_all(files, size=args.size, workers=1)
     model = lite0(labels)
     freeze_to(model, 0)
-    opt = adamw(model, [1e-4] * 3)
+    opt = adamw(model, [1e-4] * len(model.groups))
     plain = cpu_batches((cache, labels), args, train=False)
     model_batches = [b for _, b in zip(range(args.model_batches), plain)]
     if any(len(y) < 2 for _, y in model_batches):

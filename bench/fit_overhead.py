@@ -116,7 +116,7 @@ def main() -> None:
     def run_fit() -> float:
         model.load_state_dict(init)
         tb, vb = cpu_batches((xt, yt), args, train=True), cpu_batches((xv, yv), args, train=False)
-        return fit_epoch(model, tb, vb, adamw(model, [args.lr] * 3))
+        return fit_epoch(model, tb, vb, adamw(model, [args.lr] * len(model.groups)))
 
     # Warm-up (untimed): one training step and one validation batch, through the bare code.
     opt = bare_optimizer()

@@ -86,7 +86,7 @@ def main() -> None:
         return cpu_batches((xs, ys), args, train=train, augment=AUGMENTS[args.augment] if augment else None)
 
     def one_epoch(module: nn.Module, tb, vb) -> float:
-        return fit_epoch(module, tb, vb, adamw(model, [args.lr] * 3))
+        return fit_epoch(module, tb, vb, adamw(model, [args.lr] * len(model.groups)))
 
     print_header(f"head training: cached features vs through the frozen body | EfficientNet-Lite0, {trainable:,} "
                  f"trainable parameters{' (head + body BatchNorm)' if args.train_bn else ' (head)'} | {args.images} "

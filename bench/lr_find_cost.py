@@ -1,11 +1,12 @@
 """What the learning-rate range test (``recipe.lr_find.range_test``) costs, in training epochs.
 
-Claim: with ``lr_find.model: head`` (the default) the range test costs about one eval-mode pass
-over the training images (the cached body features) plus 100 steps of a linear layer, i.e.
-well under one training epoch; with ``lr_find.model: unfrozen`` every one of its up to 100
-iterations is a full training step (batch 32), so it costs about ``100 x 32 / N`` epochs of N
-training images (12.5 epochs at N = 256; 2 at the recipe's 1,574), or fewer when the loss
-diverges and the test stops early.
+Claim: the lr_find stage (which always sweeps a new head on the frozen body's cached features)
+costs about one eval-mode pass over the training images (the cached body features) plus 100
+steps of a linear layer, i.e. well under one training epoch. The sweep of the unfrozen model,
+which ``finetune.lr: auto`` runs inside finetune on the trained head's model, is dearer: every
+one of its up to 100 iterations is a full training step (batch 32), so it costs about
+``100 x 32 / N`` epochs of N training images (12.5 epochs at N = 256; 2 at the recipe's 1,574),
+or fewer when the loss diverges and the test stops early.
 
 How it is measured:
 - Data: the first ``--images`` (default 256) ELPV PNGs by name are the training images, the next
@@ -15,15 +16,18 @@ How it is measured:
 - Model: EfficientNet-Lite0 with the bundled ImageNet weights (``recipe.session.new_model`` with
   conf/model/efficientnet_lite0.yaml's settings), reset to the same initial state before each
   case. Optimizer: AdamW from ``param_groups`` + ``make_optimizer`` (conf/optim/adamw.yaml).
-- Reference: one full-model training epoch as finetune runs it: ``freeze_to(model, 0)``,
-  discriminative rates ``spread_lrs(--lr, 9, 3)``, BatchNorm policy ``frozen`` (a no-op with
-  every group trainable), top_down augmentation, ``fit(epochs=1)`` with a constant schedule,
-  validation included, ``resume=None``; batch ``--batch-size`` (default 32).
-- head mode, as the lr_find stage: ``freeze_to(model, 2)``; ``features`` of the training images
-  (timed), then ``range_test(model.head, ...)`` on shuffled batches of the cached features.
-- unfrozen mode, as the lr_find stage: ``freeze_to(model, 0)``, group ratios
-  ``spread_lrs(1, 9, 3)``, top_down augmented image batches, ``train_mode`` = BatchNorm policy
-  ``frozen``, ``range_test(model, ...)``.
+- Reference: one full-model training epoch: every layer group trainable (``freeze_to(model, 0)``;
+  finetune's default, ``unfreeze_to: 1``, keeps the early group frozen), discriminative rates
+  spread from ``--lr / 9`` to ``--lr`` over the model's layer groups (``spread_lrs``), BatchNorm
+  policy ``frozen`` (a no-op with every group trainable), top_down augmentation,
+  ``fit(epochs=1)`` with a constant schedule, validation included, ``resume=None``; batch
+  ``--batch-size`` (default 32).
+- head mode, as the lr_find stage: everything frozen but the head group; ``features`` of the
+  training images (timed), then ``range_test(model.head, ...)`` on shuffled batches of the
+  cached features.
+- unfrozen mode, as ``finetune.lr: auto`` sweeps (here with every group trainable):
+  ``freeze_to(model, 0)``, group ratios ``spread_lrs`` from 1/9 to 1, top_down augmented image
+  batches, ``train_mode`` = BatchNorm policy ``frozen``, ``range_test(model, ...)``.
 - Range test settings are conf/config.yaml's lr_find section: ``--iterations`` 100, start 1e-7,
   end 10, smoothing 0.98, ``--diverge`` 4 (the test stops once the smoothed loss passes 4x its
   minimum; the number of points it ran is printed, with the time per iteration and what all
@@ -52,8 +56,7 @@ from recipe.lr_find import range_test
 from recipe.models import freeze_to, set_bn_mode, spread_lrs
 from recipe.session import features
 
-HEAD = 2
-LR_MULT, UNFREEZE_TO, BN = 9, 0, "frozen"  # conf/config.yaml finetune section (what lr_find unfrozen uses)
+LR_MULT, UNFREEZE_TO, BN = 9, 0, "frozen"  # the finetune settings of the unfrozen sweep (finetune.lr: auto), every group trainable
 START_LR, END_LR, SMOOTHING = 1e-7, 10.0, 0.98  # conf/config.yaml lr_find section
 
 
@@ -87,16 +90,16 @@ def main() -> None:
         model.load_state_dict(init)
         freeze_to(model, UNFREEZE_TO)
         tb, vb = image_batches(True), image_batches(False)
-        return fit_epoch(model, tb, vb, adamw(model, spread_lrs(args.lr, LR_MULT, 3)), train_mode=train_mode)
+        return fit_epoch(model, tb, vb, adamw(model, spread_lrs(args.lr, LR_MULT, len(model.groups))), train_mode=train_mode)
 
     def run_head() -> tuple[float, float, int]:
         model.load_state_dict(init)
-        freeze_to(model, HEAD)
+        freeze_to(model, model.head_group)
         t = time.perf_counter()
         f = features(model, cpu_batches((xt, yt), args, train=False))
         t_feat = time.perf_counter() - t
         hb = cpu_batches((f, yt), args, train=True)
-        opt = adamw(model, [1.0, 1.0, 1.0])
+        opt = adamw(model, [1.0] * len(model.groups))
         t = time.perf_counter()
         curve = range_test(model.head, batches=hb.epoch, optimizer=opt, loss_fn=loss_fn, start_lr=START_LR,
                            end_lr=END_LR, iterations=args.iterations, smoothing=SMOOTHING, diverge=args.diverge)
@@ -105,7 +108,7 @@ def main() -> None:
     def run_unfrozen() -> tuple[float, int]:
         model.load_state_dict(init)
         freeze_to(model, UNFREEZE_TO)
-        opt = adamw(model, spread_lrs(1.0, LR_MULT, 3))
+        opt = adamw(model, spread_lrs(1.0, LR_MULT, len(model.groups)))
         tb = image_batches(True)
         t = time.perf_counter()
         curve = range_test(model, batches=tb.epoch, optimizer=opt, loss_fn=loss_fn, start_lr=START_LR, end_lr=END_LR,

@@ -53,7 +53,7 @@ def steps(model, x, y, *, channels_last: bool, unfreeze_to: int, n: int) -> list
     model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     model.train()
     set_bn_mode(model, policy="frozen_all", first_trainable=unfreeze_to)
-    opt = adamw(model, [1e-5] * 3)
+    opt = adamw(model, [1e-5] * len(model.groups))
     times = []
     for i in range(n + 1):
         t = time.perf_counter()

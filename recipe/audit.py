@@ -5,8 +5,10 @@ Contract: :func:`audit` reads ``data/raw`` (the ingest layout, see :mod:`recipe.
 and returns ``(manifest, report)``. The manifest has one row per index entry with at least
 ``path, label, keep, issues, group``: ``keep`` says whether later stages use the file,
 ``issues`` names every problem found (``;``-separated), and ``group`` gives exact and near
-duplicates one shared id, so the split can keep each group in one split. The report holds
-counts per issue, class balance, sizes, modes and channel statistics.
+duplicates one shared id, so the split can keep each group in one split. Images whose shorter
+side is below ``min_side`` are named ``too_small`` and those whose area is far from the median
+``size_outlier``; each policy (``drop`` or ``keep``) decides ``keep``. The report holds counts
+per issue, class balance, sizes, modes and channel statistics.
 """
 from __future__ import annotations
 
@@ -55,6 +57,10 @@ def audit(
     conflicting_labels: str,
     near_dup_bits: int,
     max_pixels: int,
+    min_side: int,
+    too_small: str,
+    size_outlier_factor: float,
+    size_outliers: str,
     min_per_class: int,
     stats_max_side: int,
     workers: int,
@@ -80,13 +86,22 @@ def audit(
 
     readable_idx = np.flatnonzero(readable)
     _mark_exact_duplicates(m, readable_idx, issues, keep, drop=drop_exact_duplicates, conflicting=conflicting_labels)
-    _mark_near_duplicates(m, readable_idx, issues, radius=near_dup_bits)
+    small, median_area = _mark_sizes(m, readable_idx, issues, keep, min_side=min_side,
+                                     drop_small=too_small == "drop", factor=size_outlier_factor,
+                                     drop_outliers=size_outliers == "drop")
+    # A dropped too-small image has no usable pHash (a few pixels upscaled): it must not tie
+    # unrelated kept images into one group.
+    _mark_near_duplicates(m, readable_idx[~small[readable_idx]] if too_small == "drop" else readable_idx, issues,
+                          radius=near_dup_bits)
 
     m["keep"] = keep
     m["issues"] = [";".join(dict.fromkeys(row)) for row in issues]
     m = m.drop(columns=["issue", "pixels", "channel_sum", "channel_sumsq"])
     report = _report(m, info_rows, declared, min_per_class)
     report["unreadable"] = int(unreadable.sum())
+    # px (width*height): readable images outside these bounds are named size_outlier
+    report["size_outlier_area"] = {"below": round(median_area / size_outlier_factor, 1),
+                                   "above": round(median_area * size_outlier_factor, 1)}
     first = ["path", "label", "keep", "issues", "group"]
     return m[first + [c for c in m.columns if c not in first]], report
 
@@ -107,6 +122,27 @@ def _mark_exact_duplicates(m, readable_idx, issues, keep, *, drop: bool, conflic
             if n > 0:
                 issues[k].append("exact_duplicate")
                 keep[k] &= not drop
+
+
+def _mark_sizes(m, readable_idx, issues, keep, *, min_side: int, drop_small: bool, factor: float,
+                drop_outliers: bool) -> np.ndarray:
+    """``too_small``: the shorter side is below ``min_side`` px. ``size_outlier``: width*height is
+    more than ``factor`` times, or less than 1/``factor`` of, the median over the readable images.
+    Returns the too-small mask over all rows and the median area."""
+    w, h = m["width"].to_numpy(np.int64), m["height"].to_numpy(np.int64)
+    small = np.zeros(len(m), bool)
+    small[readable_idx] = np.minimum(w, h)[readable_idx] < min_side
+    area = (w * h)[readable_idx].astype(np.float64)
+    median = float(np.median(area)) if len(area) else 0.0
+    outlier = np.zeros(len(m), bool)
+    outlier[readable_idx] = (area > factor * median) | (area * factor < median)
+    for k in np.flatnonzero(small):
+        issues[k].append("too_small")
+        keep[k] &= not drop_small
+    for k in np.flatnonzero(outlier):
+        issues[k].append("size_outlier")
+        keep[k] &= not drop_outliers
+    return small, median
 
 
 def _mark_near_duplicates(m, readable_idx, issues, *, radius: int) -> None:

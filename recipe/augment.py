@@ -10,6 +10,8 @@ same batch on every device. The config groups in ``conf/augment/`` name the fast
 - ``none``.
 
 Colour (brightness, contrast), random resized crop, Gaussian blur and noise are options on top.
+The ranges the draws come from (``blur_sigma``, ``crop_aspect``) are config too, set once in
+conf/config.yaml's ``augment`` section for every preset; nothing here has a default.
 Geometric warps are one affine resampling per image (``grid_sample``, reflection padding as
 fast.ai does), applied only when a continuous warp is enabled; flips and 90-degree rotations
 are exact index permutations.
@@ -31,10 +33,12 @@ class Augment:
     rotate: float  # degrees; uniform in [-rotate, rotate]
     zoom: float  # zoom in by a factor uniform in [1, zoom]
     translate: float  # fraction of the side; uniform shift in [-translate, translate]
-    crop_scale: float  # random resized crop: min area fraction (1 = off); aspect 3/4..4/3
+    crop_scale: float  # random resized crop: min area fraction (1 = off)
+    crop_aspect: tuple[float, float]  # width/height of the warp's window, log-uniform in [low, high]
     brightness: float  # additive, uniform in [-brightness, brightness]
     contrast: float  # multiplicative around the image mean, uniform in [1-contrast, 1+contrast]
-    blur: float  # probability of a Gaussian blur with sigma uniform in [0.1, 1.5] px
+    blur: float  # probability of a Gaussian blur
+    blur_sigma: tuple[float, float]  # px; the blur's sigma, uniform in [low, high]
     noise: float  # std of additive Gaussian noise (0 = off)
 
     @property
@@ -70,7 +74,7 @@ class Augment:
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
             x = (x - mean) * uniform(1 - self.contrast, 1 + self.contrast)[:, None, None, None] + mean
         if self.blur:
-            x = torch.where(coin(self.blur)[:, None, None, None], _blur(x, uniform(0.1, 1.5)), x)
+            x = torch.where(coin(self.blur)[:, None, None, None], _blur(x, uniform(*self.blur_sigma)), x)
         if self.noise:
             x = x + self.noise * torch.randn(x.shape, generator=gen).to(x.device)
         return x.clamp_(0, 1) if (self.brightness or self.contrast or self.noise) else x
@@ -82,7 +86,8 @@ class Augment:
         zoom = r(1, self.zoom)
         # Random resized crop: a window of area s (of the image) and aspect a, in output units.
         area = r(self.crop_scale, 1)
-        aspect = torch.exp(r(math.log(3 / 4), math.log(4 / 3)))
+        low, high = self.crop_aspect
+        aspect = torch.exp(r(math.log(low), math.log(high)))
         sx = (area * aspect).sqrt().clamp(max=1) / zoom
         sy = (area / aspect).sqrt().clamp(max=1) / zoom
         tx = r(-1, 1) * (1 - sx) + r(-self.translate, self.translate) * 2

@@ -139,16 +139,19 @@ def check_overfit(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, max_st
             "lookalikes_other_label": [{"path": p, "label": lab} for p, lab in lookalikes.get(paths[k], [])]})
     named = []
     for r in numbers["overfit_not_memorised"]:
-        mates = ", ".join(f"{o['path']} ({o['label']})" for o in r["lookalikes_other_label"])
+        others = r["lookalikes_other_label"]  # all of them in metrics.json; three in the detail
+        mates = ", ".join(f"{o['path']} ({o['label']})" for o in others[:3]) + (
+            f" and {len(others) - 3} more" if len(others) > 3 else "")
         named.append(f"{r['path']} ({r['label']}, loss {r['loss']:.4f}, "
                      + (f"look-alike with another label: {mates})" if mates
                         else "no look-alike with another label in its duplicate group)"))
+    lookalike = any(r["lookalikes_other_label"] for r in numbers["overfit_not_memorised"])
     finding = (" An image with a look-alike labelled otherwise is a finding about the data (ambiguous or "
-               "mislabelled), not a pipeline bug." if any(r["lookalikes_other_label"] for r in numbers["overfit_not_memorised"])
-               else "")
+               "mislabelled), not a pipeline bug." if lookalike else "")
     return Check("overfit_one_batch", final, max_loss, False,
                  f"loss on one batch of {len(y)} after {steps} steps (the budget, baseline.overfit.max_steps): "
-                 f"{final:.4f}, needs < {max_loss} (over by {final - max_loss:.4f}); not memorised: {'; '.join(named)}.{finding}"), numbers
+                 f"{final:.4f}, needs < {max_loss} (over by {final - max_loss:.4f}); "
+                 f"not memorised: {'; '.join(named)}.{finding}"), numbers
 
 
 def other_label_lookalikes(table: pd.DataFrame, paths: list[str]) -> dict[str, list[tuple[str, str]]]:

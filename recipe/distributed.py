@@ -13,8 +13,10 @@ the whole global batch, then keeps its own contiguous slice of it; each rank's l
 by its share, so DDP's averaged gradient equals the one-process gradient of the global batch
 and a run matches one process up to float summation order. Validation runs whole on every
 rank, so early stopping decides the same everywhere. Only rank 0 writes files and logs to
-MLflow. Backends: NCCL on CUDA, gloo on the CPU. BatchNorm layers in train mode see their own
-slice (DDP broadcasts rank 0's running statistics), as without SyncBatchNorm.
+MLflow. A choice every rank must share (``finetune.lr: auto``'s range test) is made by rank 0
+alone and sent to the others (:func:`on_main`). Backends: NCCL on CUDA, gloo on the CPU.
+BatchNorm layers in train mode see their own slice (DDP broadcasts rank 0's running
+statistics), as without SyncBatchNorm.
 """
 from __future__ import annotations
 
@@ -22,11 +24,14 @@ import atexit
 import os
 import subprocess
 import sys
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from recipe.errors import ConfigError
+from recipe.errors import ConfigError, RecipeError
+
+T = TypeVar("T")
 
 
 def world_size() -> int:
@@ -100,3 +105,24 @@ def sum_all(*values: float) -> list[float]:
     dist.all_reduce(t)
     return t.tolist()
 
+
+def on_main(fn: Callable[[], T]) -> T:
+    """``fn()`` run by rank 0 alone, its (picklable) result sent to every rank; without DDP just
+    ``fn()``. The other ranks wait in the broadcast (the process group's timeout: 30 min gloo,
+    10 min NCCL). An error on rank 0 reaches every rank, so none is left waiting: a
+    :class:`RecipeError` as itself (each rank's one-line message), anything else as a RuntimeError."""
+    if not active():
+        return fn()
+    box: list = [None]
+    if dist.get_rank() == 0:
+        try:
+            box[0] = (True, fn())
+        except BaseException as exc:
+            dist.broadcast_object_list([(False, exc if isinstance(exc, RecipeError) else RuntimeError(
+                f"rank 0 failed: {type(exc).__name__}: {exc}"))], src=0)
+            raise
+    dist.broadcast_object_list(box, src=0)
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value

@@ -12,13 +12,12 @@ import csv
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from recipe import plots
-from recipe.data.loader import class_names, load_split, read_split
+from recipe.data.loader import ImageSet, class_names, load_split, read_split
 from recipe.errors import DataError
 from recipe.fit import autocast
 from recipe.metrics import classification_metrics, most_confused, top_losses
@@ -45,7 +44,7 @@ def run(common: Common, cfg: EvaluateConfig, *, split: Path, raw: Path, checkpoi
     classes = class_names(table)
     if list(meta["classes"]) != classes:
         raise DataError(f"{checkpoints[cfg.checkpoint]}: trained on classes {meta['classes']}, the split has {classes}")
-    decoded: dict[int, Any] = {}
+    decoded: dict[int, ImageSet] = {}
 
     def test_at(px: int):
         if px not in decoded:

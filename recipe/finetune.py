@@ -2,16 +2,20 @@
 
 Rates spread geometrically from ``lr / lr_mult`` (earliest trainable group) to ``lr`` (head);
 ``lr: auto`` runs the range test on the unfrozen model first, keeping the groups' ratios
-(its curve goes to ``lr_find_dir``). ``fit_on: train+valid`` is the final fit (see
-:func:`recipe.training.fit_set`).
+(its curve goes to ``lr_find_dir``; under DDP rank 0 alone runs it, see :func:`auto_lr`).
+``fit_on: train+valid`` is the final fit (see :func:`recipe.training.fit_set`).
 """
 from __future__ import annotations
 
+import copy
+import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
-from recipe import lr_find
-from recipe.models import freeze_to, set_bn_mode, spread_lrs
+from recipe import distributed, lr_find
+from recipe.data.loader import Batches
+from recipe.models import Classifier, freeze_to, set_bn_mode, spread_lrs
 from recipe.optim import make_schedule
 from recipe.schema import FinetuneConfig, LrFindConfig
 from recipe.session import fingerprint, load_checkpoint, load_data
@@ -32,11 +36,10 @@ def run(common: Common, cfg: FinetuneConfig, lr_find_cfg: LrFindConfig, *, split
     train_set, stopping = fit_set(data, cfg.fit_on, common, "finetune")
     tb = common.batches(train_set, device, train=True)
     lr = cfg.lr
+    if distributed.is_main():  # a curve left by an earlier lr: auto run would pass for this run's
+        shutil.rmtree(lr_find_dir, ignore_errors=True)
     if lr == "auto":  # the range test on the unfrozen model, keeping the groups' ratios
-        result = lr_find.sweep(model, model, common, lr_find_cfg, tb, spread_lrs(1.0, cfg.lr_mult, len(model.groups)), train_mode)
-        lr_find.write(result, lr_find_cfg.suggestion, curve_csv=lr_find_dir / "curve.csv",
-                      plot=lr_find_dir / "curve.png", suggestion=lr_find_dir / "suggestion.json")
-        lr = result["summary"]["lr"]
+        lr = distributed.on_main(lambda: auto_lr(model, common, lr_find_cfg, tb, cfg.lr_mult, train_mode, lr_find_dir))
     lrs = spread_lrs(lr, cfg.lr_mult, len(model.groups))
     opt = common.optimizer(model, lrs)
     sched = make_schedule(opt, epochs=cfg.epochs, steps_per_epoch=len(tb), **cfg.schedule.model_dump())
@@ -50,3 +53,16 @@ def run(common: Common, cfg: FinetuneConfig, lr_find_cfg: LrFindConfig, *, split
             **finish(model, data, common, device, out=out, history=history, history_csv=history_csv,
                       size=meta["size"], stage="finetune", resume_dir=resume, t0=t0,
                       model_config=meta["model_config"])}
+
+
+def auto_lr(model: Classifier, common: Common, cfg: LrFindConfig, train: Batches, lr_mult: float,
+            train_mode: Callable[[], None], out_dir: Path) -> float:
+    """The range test's rate for the unfrozen model; its curve, picture and suggestion go to
+    ``out_dir``. Under DDP rank 0 alone calls this (distributed.on_main): it sweeps the whole global
+    batches, not its slice, so the curve and the rate are the ones a single process gets."""
+    whole = copy.copy(train)
+    whole.shard = None
+    result = lr_find.sweep(model, model, common, cfg, whole, spread_lrs(1.0, lr_mult, len(model.groups)), train_mode)
+    lr_find.write(result, cfg.suggestion, curve_csv=out_dir / "curve.csv", plot=out_dir / "curve.png",
+                  suggestion=out_dir / "suggestion.json")
+    return result["summary"]["lr"]

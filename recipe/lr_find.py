@@ -4,14 +4,18 @@ Contract: :func:`range_test` trains for up to ``iterations`` batches while the r
 exponentially from ``start_lr`` to ``end_lr``, records the loss and its bias-corrected
 exponential moving average, stops once the smoothed loss exceeds ``diverge`` times its minimum,
 and restores the weights and optimizer it was given. :func:`suggest` turns a curve into rates by
-the rules in :data:`RULES`:
+the rules in :data:`RULES` (their constants are ``lr_find.rules`` in conf/config.yaml, fast.ai's
+values; none is written here):
 
-- ``valley``: the longest stretch over which the loss keeps falling; a point 1/2 of the way in
-  past its first third (fast.ai >= 2.5's default);
+- ``valley``: the longest stretch over which the loss keeps falling, cut in ``valley_sections``
+  parts; the point ``valley_offset`` of the way into the second part (fast.ai >= 2.5's default:
+  3 parts, halfway);
 - ``steep``: where the smoothed loss falls fastest per unit of log(lr);
-- ``minimum``: the rate at the lowest smoothed loss, divided by 10 (fast.ai 1's rule of thumb);
+- ``minimum``: the rate at the lowest smoothed loss, divided by ``minimum_divisor`` (fast.ai 1's
+  rule of thumb: 10);
 - ``slide``: walking back from the end, the first rate where the loss gradient stops changing
-  (Novak's "slide" rule in fast.ai).
+  (Novak's "slide" rule in fast.ai: gradients ``slide_lr_diff`` points apart within
+  ``slide_thresh``).
 
 :func:`run` is the lr_find stage: the range test of a new head on the frozen body's cached
 features (what ``train_head.lr: auto`` uses). The sweep of the unfrozen model belongs to the
@@ -39,6 +43,7 @@ from recipe.schema import LrFindConfig
 from recipe.session import batches, features, load_data
 from recipe.training import Common, pretrained
 
+# The rules' names: suggest() gives one rate for each; the schema checks lr_find.suggestion against them.
 RULES = ("valley", "steep", "minimum", "slide")
 
 
@@ -95,23 +100,29 @@ def range_test(module: nn.Module, *, batches: Callable[[int], Iterator], optimiz
     return {"lr": lrs, "loss": losses, "smoothed": smooth}
 
 
-def suggest(lrs: list[float], losses: list[float], iterations: int | None = None) -> dict[str, float]:
+def suggest(lrs: list[float], losses: list[float], *, iterations: int, min_points: int, skip_start: float,
+            skip_end: int, min_kept: int, valley_sections: int, valley_offset: float, minimum_divisor: float,
+            slide_lr_diff: int, slide_thresh: float) -> dict[str, float]:
     """Every rule's suggestion for a curve (``losses`` should be the smoothed ones).
 
-    As fast.ai does, the first tenth of the planned ``iterations`` (the moving average is still
-    settling there) and the last 5 points (the blow-up) are left out when enough points remain.
+    As fast.ai does, the first ``skip_start`` of the planned ``iterations`` (the moving average is
+    still settling there) and the last ``skip_end`` points (the blow-up) are left out when at
+    least ``min_kept`` points remain; a curve of fewer than ``min_points`` points is refused.
     """
-    if len(lrs) < 5:
-        raise ValueError(f"the range test recorded only {len(lrs)} points; too few to suggest a rate")
+    if len(lrs) < min_points:
+        raise ValueError(f"the range test recorded only {len(lrs)} points; too few to suggest a rate "
+                         f"(lr_find.rules.min_points = {min_points})")
     lrs_a, loss_a = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
-    head, tail = (iterations or len(lrs)) // 10, 5
-    if len(lrs) - head - tail >= 10:
-        lrs_a, loss_a = lrs_a[head:-tail], loss_a[head:-tail]
-    return {"valley": valley(lrs_a, loss_a), "steep": steep(lrs_a, loss_a),
-            "minimum": minimum(lrs_a, loss_a), "slide": slide(lrs_a, loss_a)}
+    head, tail = math.floor(iterations * skip_start), skip_end
+    if len(lrs) - head - tail >= min_kept:
+        lrs_a, loss_a = lrs_a[head:len(lrs_a) - tail], loss_a[head:len(loss_a) - tail]
+    return {"valley": valley(lrs_a, loss_a, sections=valley_sections, offset=valley_offset),
+            "steep": steep(lrs_a, loss_a),
+            "minimum": minimum(lrs_a, loss_a, divisor=minimum_divisor),
+            "slide": slide(lrs_a, loss_a, lr_diff=slide_lr_diff, thresh=slide_thresh)}
 
 
-def valley(lrs: np.ndarray, losses: np.ndarray) -> float:
+def valley(lrs: np.ndarray, losses: np.ndarray, *, sections: int, offset: float) -> float:
     # Longest strictly decreasing subsequence ending at each point (O(n^2), n <= a few hundred).
     n = len(losses)
     run = np.ones(n, dtype=int)
@@ -121,8 +132,8 @@ def valley(lrs: np.ndarray, losses: np.ndarray) -> float:
                 run[i] = run[j] + 1
     end = int(np.argmax(run))  # first index with the longest run
     start = end - run[end]
-    third = (end - start) / 3
-    return float(lrs[max(0, start + int(third) + int(third / 2))])
+    part = (end - start) / sections
+    return float(lrs[max(0, start + int(part) + int(part * offset))])
 
 
 def steep(lrs: np.ndarray, losses: np.ndarray) -> float:
@@ -130,11 +141,11 @@ def steep(lrs: np.ndarray, losses: np.ndarray) -> float:
     return float(lrs[int(np.argmin(grad))])
 
 
-def minimum(lrs: np.ndarray, losses: np.ndarray) -> float:
-    return float(lrs[int(np.argmin(losses))] / 10)
+def minimum(lrs: np.ndarray, losses: np.ndarray, *, divisor: float) -> float:
+    return float(lrs[int(np.argmin(losses))] / divisor)
 
 
-def slide(lrs: np.ndarray, losses: np.ndarray, lr_diff: int = 15, thresh: float = 0.005) -> float:
+def slide(lrs: np.ndarray, losses: np.ndarray, *, lr_diff: int, thresh: float) -> float:
     grad = np.gradient(losses)
     n = len(losses)
     right, left = n - 1, n - 1 - lr_diff
@@ -173,7 +184,7 @@ def sweep(module: nn.Module, model: Classifier, common: Common, cfg: LrFindConfi
                        end_lr=cfg.end_lr, iterations=cfg.iterations, smoothing=cfg.smoothing, diverge=cfg.diverge,
                        train_mode=train_mode)
     try:
-        rules = suggest(curve["lr"], curve["smoothed"], cfg.iterations)
+        rules = suggest(curve["lr"], curve["smoothed"], iterations=cfg.iterations, **cfg.rules.model_dump())
     except ValueError as exc:
         raise DataError(f"lr_find: {exc} (the loss diverged at once? lower lr_find.start_lr)") from None
     chosen = rules[cfg.suggestion]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator
 
 
 class Strict(BaseModel):
@@ -65,6 +65,10 @@ class AuditConfig(Strict):
     conflicting_labels: Literal["drop", "keep"]
     near_dup_bits: Annotated[int, Field(ge=0, le=32)]  # Hamming radius on the 64-bit pHash
     max_pixels: PositiveInt  # larger images are refused before decoding (decompression bombs)
+    min_side: PositiveInt  # px: a shorter side below this is named too_small (1: none is)
+    too_small: Literal["drop", "keep"]
+    size_outlier_factor: Annotated[float, Field(gt=1)]  # area this many times above or below the median
+    size_outliers: Literal["drop", "keep"]
     min_images: PositiveInt  # fewer usable images than this stops the stage
     min_per_class: PositiveInt  # classes with fewer usable images are reported as too small
     stats_max_side: PositiveInt  # channel statistics are taken on images reduced to this side
@@ -218,6 +222,15 @@ ScheduleConfig = Annotated[Union[OneCycle, Sgdr, Cosine, StepSchedule, MultiStep
                            Field(discriminator="name")]
 
 
+def _ordered(v: tuple[float, float]) -> tuple[float, float]:
+    if v[0] > v[1]:
+        raise ValueError("must be [low, high] with low <= high")
+    return v
+
+
+Span = Annotated[tuple[PositiveFloat, PositiveFloat], AfterValidator(_ordered)]  # [low, high] of a random draw
+
+
 class AugmentConfig(Strict):
     flip_h: Fraction
     flip_v: Fraction
@@ -226,9 +239,11 @@ class AugmentConfig(Strict):
     zoom: Annotated[float, Field(ge=1)]
     translate: Annotated[float, Field(ge=0, le=0.5)]
     crop_scale: Annotated[float, Field(gt=0, le=1)]
+    crop_aspect: Span  # width/height of every warp's window, log-uniform in [low, high]
     brightness: Fraction
     contrast: Fraction
     blur: Fraction
+    blur_sigma: Span  # px
     noise: Annotated[float, Field(ge=0)]
 
 
@@ -248,7 +263,7 @@ class TrainConfig(Strict):
 
 class OverfitConfig(Strict):
     images: Annotated[int, Field(ge=1)]
-    steps: PositiveInt
+    max_steps: PositiveInt  # the check stops as soon as the loss is below max_loss
     lr: Rate
     max_loss: PositiveFloat
 
@@ -272,13 +287,27 @@ class BaselineConfig(Strict):
     picture_images: PositiveInt
 
 
+class LrFindRules(Strict):
+    """The constants of the suggestion rules (recipe.lr_find.suggest's keyword arguments)."""
+    min_points: Annotated[int, Field(ge=2)]  # a curve needs two points for a gradient
+    skip_start: Annotated[float, Field(ge=0, lt=1)]  # fraction of the planned iterations
+    skip_end: NonNegativeInt  # points
+    min_kept: Annotated[int, Field(ge=2)]  # points
+    valley_sections: Annotated[int, Field(ge=2)]  # with valley_offset <= 1 the point stays inside the run
+    valley_offset: Fraction
+    minimum_divisor: PositiveFloat
+    slide_lr_diff: PositiveInt  # points
+    slide_thresh: PositiveFloat  # smoothed loss per point
+
+
 class LrFindConfig(Strict):
     start_lr: Rate
     end_lr: Rate
     iterations: Annotated[int, Field(ge=10)]
     smoothing: Annotated[float, Field(ge=0, lt=1)]
     diverge: Annotated[float, Field(gt=1)]
-    suggestion: Literal["valley", "steep", "minimum", "slide"]
+    suggestion: Literal["valley", "steep", "minimum", "slide"]  # recipe.lr_find.RULES (tests keep them in step)
+    rules: LrFindRules
 
     @field_validator("end_lr")
     @classmethod

@@ -28,6 +28,7 @@ from recipe.augment import Augment
 from recipe.data.loader import Batches, ImageSet, class_names, load_split, read_split
 from recipe.errors import ConfigError, DataError
 from recipe.models import Classifier, build_model
+from recipe.schema import ModelConfig
 
 CHECKPOINT_FORMAT = 1
 
@@ -91,7 +92,7 @@ def batches(images: ImageSet | tuple[torch.Tensor, torch.Tensor], *, batch_size:
                    drop_last=drop_last, channels_last=channels_last, shard=distributed.shard() if train else None)
 
 
-def new_model(model_cfg: Any, classes: list[str], priors: list[float] | None) -> Classifier:
+def new_model(model_cfg: ModelConfig, classes: list[str], priors: list[float] | None) -> Classifier:
     h = model_cfg.head
     return build_model(name=model_cfg.name, weights=model_cfg.weights, mean=model_cfg.mean, std=model_cfg.std,
                        classes=len(classes), pool=h.pool, dropout=h.dropout, init=h.init, init_gain=h.init_gain,

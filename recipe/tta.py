@@ -3,8 +3,8 @@
 Contract:
 
 - :data:`VIEW_SETS` is the registry of view sets: a name and the function that builds its views
-  from the ``evaluate.tta`` settings. Adding a view set is one entry here; the config schema
-  validates ``evaluate.tta.views`` against this registry's keys. A view maps a batch of images in
+  from the ``evaluate.tta`` settings. Adding a view set is one entry here; :func:`tta_views`
+  checks ``evaluate.tta.views`` against this registry's keys (a one-line error listing them). A view maps a batch of images in
   [0, 1] to a batch the network accepts.
 - :func:`tta_views` builds the set called ``name``.
 - :func:`predict` runs a model over batches once, and for each batch every view in turn. It
@@ -28,6 +28,7 @@ from recipe.augment import Augment
 from recipe.errors import ConfigError
 
 View = Callable[[torch.Tensor], torch.Tensor]
+
 
 @dataclass(frozen=True)
 class Views:

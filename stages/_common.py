@@ -1,7 +1,7 @@
 """What every stage script shares: argument parsing, one-line errors, its params, JSON output, logging.
 
-It imports no training code, so the data stages (ingest, audit, split) do not depend on it;
-stages/_training.py is what the model stages add."""
+It imports no training code, so the data stages (ingest, audit, split), which load it, do not
+depend on the training modules; stages/_training.py is what the model stages add."""
 from __future__ import annotations
 
 import argparse

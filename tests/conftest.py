@@ -11,6 +11,9 @@ import yaml
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+# The ranges of the augmentation's random draws, as conf/ sets them for every preset.
+AUGMENT_RANGES = {k: tuple(v) for k, v in yaml.safe_load((REPO / "params.yaml").read_text())["augment"].items()
+                  if k in ("blur_sigma", "crop_aspect")}
 
 
 def noise_image(path: Path, seed: int, size: int = 48, mode: str = "L") -> Path:

@@ -1,5 +1,6 @@
 """Audit: every index entry gets one manifest row with the right issues, keep flag and group;
-the report counts what is kept; check_usable stops a run the data cannot support; and the
+too-small images and size outliers are named and handled by their policy; the report counts
+what is kept; check_usable stops a run the data cannot support; and the
 near-duplicate search finds exactly the pairs a brute-force comparison finds."""
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from recipe.errors import DataError
 from recipe.neardup import group_ids, hamming, near_pairs
 
 AUDIT = dict(drop_exact_duplicates=True, conflicting_labels="drop", near_dup_bits=4, max_pixels=89478485,
-             min_per_class=3, stats_max_side=256, workers=1)
+             min_side=16, too_small="drop", size_outlier_factor=10.0, size_outliers="keep", min_per_class=3,
+             stats_max_side=256, workers=1)
 
 
 def run(raw: Path, **overrides) -> tuple[pd.DataFrame, dict]:
@@ -74,6 +76,8 @@ def messy(tmp_path) -> Path:
         ("dog/d0_bright.png", "dog", noise(10) + 3),  # near duplicate: brightened
         ("dog/d_conflict.png", "dog", noise(1)),  # exact duplicate of cat/c1.png, other label
         ("bird/b0.png", "bird", noise(20)),  # the only bird
+        ("cat/tiny.png", "cat", np.random.default_rng(40).integers(0, 256, (4, 4, 3), dtype=np.uint8)),  # 4x4
+        ("dog/huge.png", "dog", np.kron(noise(41), np.ones((4, 4, 1), np.uint8))),  # 256x256: 16x the median area
         ("cat/zero.png", "cat", b""),
         ("cat/cut.png", "cat", truncated),
         ("dog/text.jpg", "dog", b"not an image at all\n" * 20),
@@ -176,15 +180,48 @@ def test_near_duplicates_share_a_group(messy, original, near):
 
 def test_report_counts_kept_images_per_class(messy):
     _, report = run(messy)
-    # cat: c0, c2, c3, c3.jpg (c1 conflicts, c0_copy duplicates); dog: d0-d3, d0_bright; bird: b0.
-    assert report["classes"] == {"bird": 1, "cat": 4, "dog": 5, "fish": 0}
+    # cat: c0, c2, c3, c3.jpg (c1 conflicts, c0_copy duplicates, tiny is too small); dog: d0-d3,
+    # d0_bright, huge (a size outlier, kept); bird: b0.
+    assert report["classes"] == {"bird": 1, "cat": 4, "dog": 6, "fish": 0}
     assert report["empty_classes"] == ["fish"]
     assert report["single_image_classes"] == ["bird"]
     assert report["small_classes"] == ["bird"]
     assert report["num_classes"] == 3
-    assert report["imbalance_ratio"] == pytest.approx(5.0)
-    assert report["kept"] == 10
+    assert report["imbalance_ratio"] == pytest.approx(6.0)
+    assert report["kept"] == 11
     assert report["exact_duplicate_groups"] == 2
+
+
+def test_too_small_image_is_dropped_and_named(messy):
+    m, report = run(messy)
+    assert issues(m, "cat/tiny.png") == {"too_small", "size_outlier"}  # 16 px of area against a median of 4096
+    assert not row(m, "cat/tiny.png")["keep"] and row(m, "cat/tiny.png")["group"] == -1
+    assert report["issues"]["too_small"] == 1 and report["unreadable"] == 6  # dropped, but not unreadable
+    assert metrics_of(report)["issues.too_small"] == 1.0
+
+    m, report = run(messy, too_small="keep")
+    assert row(m, "cat/tiny.png")["keep"] and row(m, "cat/tiny.png")["group"] >= 0
+    assert report["issues"]["too_small"] == 1 and report["kept"] == 12
+
+
+@pytest.mark.parametrize("min_side, flagged", [(4, set()), (5, {"cat/tiny.png"}), (64, {"cat/tiny.png"})])
+def test_min_side_is_the_smallest_side_allowed(messy, min_side, flagged):
+    m, _ = run(messy, min_side=min_side)
+    assert {p for p in m["path"] if "too_small" in issues(m, p)} == flagged
+
+
+def test_size_outlier_is_named_and_kept(messy):
+    m, report = run(messy)
+    assert issues(m, "dog/huge.png") == {"size_outlier"} and row(m, "dog/huge.png")["keep"]
+    # Only the 4x4 and the 256x256 image are far from the 64x64 median; unreadable files are not sized.
+    assert {p for p in m["path"] if "size_outlier" in issues(m, p)} == {"cat/tiny.png", "dog/huge.png"}
+    assert report["issues"]["size_outlier"] == 2
+    assert report["size_outlier_area"] == {"below": 409.6, "above": 40960.0}
+
+    m, _ = run(messy, size_outlier_factor=20.0)  # 16x the median is within 20x
+    assert issues(m, "dog/huge.png") == set()
+    m, report = run(messy, size_outliers="drop")
+    assert not row(m, "dog/huge.png")["keep"] and report["kept"] == 10
 
 
 def test_channel_mean_and_std_match_hand_computation(tmp_path):
@@ -197,7 +234,7 @@ def test_channel_mean_and_std_match_hand_computation(tmp_path):
     entries = [(p, p.split("/")[0], np.full((h, w, 3), c, np.uint8)) for p, (c, (w, h)) in colours.items()]
     # A conflicting copy (dropped) must not count in the statistics.
     entries.append(("b/red_again.png", "b", np.full((10, 10, 3), (255, 0, 0), np.uint8)))
-    _, report = run(make_raw(tmp_path / "raw", entries))
+    _, report = run(make_raw(tmp_path / "raw", entries), min_side=1)
     assert report["kept"] == 3
     pixels = np.concatenate([
         np.tile(np.array(c, float) / 255, (w * h, 1))
@@ -224,7 +261,7 @@ def test_check_usable(tmp_path, messy):
     _, broken = run(messy)
     with pytest.raises(DataError, match="unreadable"):
         check_usable(broken, min_images=1, drop_unreadable=False)
-    check_usable(broken, min_images=10, drop_unreadable=True)
+    check_usable(broken, min_images=11, drop_unreadable=True)
 
 
 def test_parallel_inspection_gives_the_same_manifest(tmp_path):

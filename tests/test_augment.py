@@ -1,21 +1,30 @@
 """Augmentation (exact symmetries, seeded warps, clamped colour changes) and the Batches that
-serve it (seeded per epoch, drop_last, uint8 to [0, 1])."""
+serve it (seeded per epoch, drop_last, uint8 to [0, 1]). The draws' ranges are the real
+config's (params.yaml's ``augment`` section)."""
 from __future__ import annotations
 
 import dataclasses
 
 import pytest
 import torch
+import yaml
 
-from recipe.augment import Augment
+from recipe.augment import Augment, _blur
+from recipe.config import validate
 from recipe.data.loader import Batches
+from recipe.errors import ConfigError
+from recipe.schema import AugmentConfig
 from recipe.session import batches as session_batches
+
+from conftest import REPO
 
 torch.set_num_threads(1)
 
 CPU = torch.device("cpu")
+RANGES = ("blur_sigma", "crop_aspect")  # set once in conf/config.yaml's augment section, for every preset
+_AUGMENT = yaml.safe_load((REPO / "params.yaml").read_text())["augment"]
 OFF = Augment(flip_h=0.0, flip_v=0.0, rot90=False, rotate=0.0, zoom=1.0, translate=0.0, crop_scale=1.0,
-              brightness=0.0, contrast=0.0, blur=0.0, noise=0.0)
+              brightness=0.0, contrast=0.0, blur=0.0, noise=0.0, **{k: tuple(_AUGMENT[k]) for k in RANGES})
 TOP_DOWN = dataclasses.replace(OFF, flip_h=0.5, flip_v=0.5, rot90=True)
 
 
@@ -178,6 +187,49 @@ def test_blur_smooths_and_stays_in_range():
     half = dataclasses.replace(OFF, blur=0.5)(images(32), gen(0))
     untouched = sum(torch.equal(h, i) for h, i in zip(half, images(32)))
     assert 0 < untouched < 32
+
+
+def test_blur_sigma_is_drawn_from_its_range():
+    x = images(8)
+    for sigma in (0.3, 1.5):  # a range of one value: every image gets exactly that sigma
+        out = dataclasses.replace(OFF, blur=1.0, blur_sigma=(sigma, sigma))(x, gen(0))
+        assert torch.equal(out, _blur(x, torch.full((8,), sigma)))
+    soft = dataclasses.replace(OFF, blur=1.0, blur_sigma=(0.2, 0.3))(x, gen(0))
+    strong = dataclasses.replace(OFF, blur=1.0, blur_sigma=(1.4, 1.5))(x, gen(0))
+    assert (_roughness(strong) < _roughness(soft)).all()
+
+
+def test_crop_aspect_is_drawn_from_its_range():
+    # Columns of one value each: a window of the full width (aspect >= 1, sx = 1, no shift
+    # across) only stretches rows that are all alike, so the image comes back unchanged; a window
+    # of half the width (aspect 1/4) stretches across the columns and changes it.
+    side = 16
+    x = (torch.arange(side, dtype=torch.float32) / side).expand(4, 1, side, side).contiguous()
+    almost_full = dataclasses.replace(OFF, crop_scale=0.9999)  # the warp runs; the window's area is ~1
+    wide = dataclasses.replace(almost_full, crop_aspect=(4.0, 4.0))(x, gen(0))
+    assert torch.allclose(wide, x, atol=1e-5)
+    narrow = dataclasses.replace(almost_full, crop_aspect=(0.25, 0.25))(x, gen(0))
+    assert not torch.allclose(narrow, x, atol=1e-2)
+
+
+def test_every_preset_takes_the_ranges_from_the_config():
+    """The ranges are written once (conf/config.yaml) and merged into whichever preset is chosen;
+    a preset that set them would be overridden without a word."""
+    for preset in sorted((REPO / "conf" / "augment").glob("*.yaml")):
+        cfg = yaml.safe_load(preset.read_text())
+        assert not set(RANGES) & set(cfg), f"{preset.name} sets {set(RANGES) & set(cfg)}"
+        aug = Augment(**validate("augment", {**cfg, **{k: _AUGMENT[k] for k in RANGES}}, AugmentConfig).model_dump())
+        assert aug(images(4), gen(0)).shape == (4, 3, 16, 16)
+
+
+@pytest.mark.parametrize("key,value", [("blur_sigma", [1.5, 0.1]), ("crop_aspect", [0.0, 1.0]),
+                                       ("blur_sigma", [0.5])])
+def test_a_bad_range_is_a_one_line_error_naming_the_key(key, value):
+    section = {**yaml.safe_load((REPO / "conf" / "augment" / "none.yaml").read_text()),
+               **{k: _AUGMENT[k] for k in RANGES}, key: value}
+    with pytest.raises(ConfigError, match=rf"^augment\.{key}") as err:
+        validate("augment", section, AugmentConfig)
+    assert "\n" not in str(err.value)
 
 
 def test_blur_of_a_constant_image_is_constant():

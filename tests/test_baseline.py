@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import torch
 
-from recipe.baseline import SimpleNet, check_init_loss, check_overfit, check_zero_input, prior_entropy
+from recipe.baseline import (SimpleNet, check_init_loss, check_overfit, check_zero_input, other_label_lookalikes,
+                             prior_entropy)
 from recipe.data.loader import Batches
 from recipe.models import build_model
 
@@ -40,13 +42,45 @@ def test_init_loss_passes_with_prior_bias_and_fails_with_a_loud_head():
     assert not loud.passed and "off by" in loud.detail
 
 
-def test_overfit_one_batch_reaches_near_zero_loss():
-    torch.manual_seed(0)  # the random init; 80 steps reach ~0 for every seed from 0 to 5
+PATHS = [f"img/{i}.png" for i in range(8)]
+
+
+def overfit(max_steps, lr=1e-3, lookalikes=None):
+    torch.manual_seed(0)  # the random init: the same model every call
     x, y = data(8)
-    check = check_overfit(tiny_model(), x.float() / 255, y, steps=80, lr=1e-3, max_loss=0.05)
-    assert check.passed, check.detail
-    stuck = check_overfit(tiny_model(), x.float() / 255, y, steps=1, lr=1e-9, max_loss=0.05)
-    assert not stuck.passed and "over by" in stuck.detail
+    return check_overfit(tiny_model(), x.float() / 255, y, max_steps=max_steps, lr=lr, max_loss=0.05, paths=PATHS,
+                         classes=["a", "b"], lookalikes=lookalikes or {})
+
+
+def test_overfit_one_batch_stops_as_soon_as_the_loss_is_low():
+    check, numbers = overfit(max_steps=200)
+    steps = numbers["overfit_steps"]
+    assert check.passed and check.value < 0.05 and 0 < steps < 200, check.detail
+    assert f"after {steps} steps" in check.detail and numbers["overfit_not_memorised"] == []
+    # One step fewer is not enough: it stopped at the first step that got there.
+    short, _ = overfit(max_steps=steps - 1)
+    assert not short.passed and short.value >= 0.05
+
+
+def test_overfit_failure_names_the_images_and_their_lookalikes():
+    check, numbers = overfit(max_steps=2, lr=1e-9, lookalikes={"img/0.png": [("img/9.png", "b")]})
+    assert not check.passed and "over by" in check.detail and numbers["overfit_steps"] == 2
+    stuck = numbers["overfit_not_memorised"]
+    assert stuck and all(r["loss"] >= 0.05 for r in stuck)
+    assert [r["loss"] for r in stuck] == sorted((r["loss"] for r in stuck), reverse=True)
+    by_path = {r["path"]: r for r in stuck}
+    assert by_path["img/0.png"]["lookalikes_other_label"] == [{"path": "img/9.png", "label": "b"}]
+    assert by_path["img/0.png"]["label"] == "a"  # data(8): six of class 0, then two of class 1
+    assert "img/0.png (a, loss" in check.detail and "look-alike with another label: img/9.png (b)" in check.detail
+    assert "not a pipeline bug" in check.detail
+    assert all(by_path[p]["lookalikes_other_label"] == [] for p in by_path if p != "img/0.png")
+
+
+def test_other_label_lookalikes_come_from_the_duplicate_group():
+    table = pd.DataFrame({"path": ["a1", "a2", "b1", "a3"], "label": ["a", "a", "b", "a"], "split": ["train"] * 4,
+                          "group": [1, 1, 1, 2]})
+    found = other_label_lookalikes(table, ["a1", "b1", "a3"])
+    assert found == {"a1": [("b1", "b")], "b1": [("a1", "a"), ("a2", "a")], "a3": []}
 
 
 def test_input_independent_check_tells_real_features_from_zeros():

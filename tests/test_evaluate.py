@@ -8,6 +8,7 @@ from torch import nn
 
 from recipe import metrics as M
 from recipe import tta as T
+from conftest import AUGMENT_RANGES
 from recipe.augment import Augment
 from recipe.data.loader import Batches
 from recipe.errors import ConfigError
@@ -111,7 +112,7 @@ def test_other_view_sets_keep_the_shape_and_are_seeded():
     assert len(fc) == 6 and all(v(x).shape == x.shape for _, v in fc.extra)
     assert not torch.allclose(fc.extra[1][1](x), fc.extra[4][1](x))  # top-left vs bottom-right crops differ
     aug = Augment(flip_h=0.5, flip_v=0.5, rot90=True, rotate=0, zoom=1, translate=0, crop_scale=1, brightness=0.1,
-                  contrast=0, blur=0, noise=0)
+                  contrast=0, blur=0, noise=0, **AUGMENT_RANGES)
     a1 = view_set("augment", n=3, augment=aug, seed=5)
     a2 = view_set("augment", n=3, augment=aug, seed=5)
     assert len(a1) == 4
@@ -160,7 +161,7 @@ def test_confusion_and_metrics_with_known_answers():
 
 
 def test_metrics_agree_with_scikit_learn():
-    sk = pytest.importorskip("sklearn.metrics")
+    from sklearn import metrics as sk  # a test dependency (pyproject.toml: test extra), never skipped
     rng = np.random.default_rng(1)
     logits = rng.normal(size=(200, 4))
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import AUGMENT_RANGES
 from recipe.augment import Augment
 from recipe.data.loader import Batches
 from recipe.fit import Diverged, fit, validate
@@ -15,7 +16,7 @@ torch.set_num_threads(1)
 
 CPU = torch.device("cpu")
 FLIP_ONLY = Augment(flip_h=0.5, flip_v=0.0, rot90=False, rotate=0.0, zoom=1.0, translate=0.0, crop_scale=1.0,
-                    brightness=0.0, contrast=0.0, blur=0.0, noise=0.0)
+                    brightness=0.0, contrast=0.0, blur=0.0, noise=0.0, **AUGMENT_RANGES)
 KEYS = ("epoch", "train_loss", "valid_loss", "accuracy", "lr")
 loss_fn = nn.functional.cross_entropy
 

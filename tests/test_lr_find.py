@@ -1,8 +1,11 @@
 """The LR range test: each suggestion rule on a curve with a known answer, and range_test on a
-tiny real model (exponential rates, early stop on divergence, everything restored)."""
+tiny real model (exponential rates, early stop on divergence, everything restored). The rules'
+constants come from the real config (``lr_find.rules``), as the stage passes them."""
 from __future__ import annotations
 
+import inspect
 import math
+from typing import get_args
 
 import numpy as np
 import pytest
@@ -10,6 +13,7 @@ import torch
 from torch import nn
 
 from recipe.lr_find import RULES, minimum, range_test, slide, steep, suggest, valley
+from recipe.schema import LrFindConfig, LrFindRules
 
 torch.set_num_threads(1)
 
@@ -27,6 +31,20 @@ def _fall(x):
 LOSS = np.where(_X < -5, _fall(-5), _fall(_X)) + 20 * np.clip(_X + 1, 0, None) ** 2
 
 
+@pytest.fixture
+def rules(params) -> dict:
+    """lr_find.rules of the real config: suggest()'s keyword arguments."""
+    return LrFindRules.model_validate(params["lr_find"]["rules"]).model_dump()
+
+
+def valley_kw(rules: dict) -> dict:
+    return {"sections": rules["valley_sections"], "offset": rules["valley_offset"]}
+
+
+def slide_kw(rules: dict) -> dict:
+    return {"lr_diff": rules["slide_lr_diff"], "thresh": rules["slide_thresh"]}
+
+
 def test_curve_is_what_the_tests_assume():
     i = int(np.argmin(LOSS))
     assert 0.05 < LRS[i] <= DIVERGE
@@ -39,50 +57,89 @@ def test_steep_finds_the_steepest_fall():
     assert STEEPEST / 1.5 < s < STEEPEST * 1.5
 
 
-def test_minimum_is_the_argmin_over_ten():
-    assert minimum(LRS, LOSS) == pytest.approx(LRS[int(np.argmin(LOSS))] / 10, rel=1e-12)
+def test_minimum_is_the_argmin_over_the_divisor():
+    assert minimum(LRS, LOSS, divisor=10) == pytest.approx(LRS[int(np.argmin(LOSS))] / 10, rel=1e-12)
+    assert minimum(LRS, LOSS, divisor=4) == pytest.approx(LRS[int(np.argmin(LOSS))] / 4, rel=1e-12)
 
 
-def test_valley_is_inside_the_falling_region():
-    v = valley(LRS, LOSS)
+@pytest.mark.parametrize("sections,offset,index", [(3, 0.0, 9), (3, 0.5, 14), (3, 1.0, 19), (2, 0.0, 14), (4, 0.5, 9)])
+def test_valley_point_is_offset_into_the_second_section(sections, offset, index):
+    # A loss falling at every one of 31 points: the run is the whole curve, start = end - 31 = -1,
+    # a section is 31 / sections points; the point is start + int(section) + int(section * offset).
+    lrs = np.logspace(-6, 0, 31)
+    assert valley(lrs, np.linspace(1.0, 0.0, 31), sections=sections, offset=offset) == lrs[index]
+
+
+def test_valley_is_inside_the_falling_region(rules):
+    v = valley(LRS, LOSS, **valley_kw(rules))
     lowest = LRS[int(np.argmin(LOSS))]
     assert FALL_START <= v < lowest
     # past the first third of the fall, before its end: within a decade of the steepest point
     assert STEEPEST / 10 < v < STEEPEST * 10
 
 
-def test_valley_ignores_a_noisy_flat_start():
+def test_valley_ignores_a_noisy_flat_start(rules):
     rng = np.random.default_rng(0)
     loss = LOSS + np.where(_X < -5, rng.normal(0, 1e-3, len(LRS)), 0.0)
-    v = valley(LRS, loss)
+    v = valley(LRS, loss, **valley_kw(rules))
     assert FALL_START / 2 < v < LRS[int(np.argmin(loss))]
 
 
-def test_slide_is_below_the_divergence():
-    s = slide(LRS, LOSS)
+def test_slide_is_below_the_divergence(rules):
+    s = slide(LRS, LOSS, **slide_kw(rules))
     assert LRS[0] <= s < DIVERGE
 
 
-def test_slide_on_a_flat_curve_returns_the_earliest_candidate():
+@pytest.mark.parametrize("lr_diff", [15, 7])
+def test_slide_on_a_flat_curve_returns_the_earliest_candidate(lr_diff):
     flat = np.ones(50)
     lrs = np.logspace(-6, 0, 50)
     # gradients never differ: the rule keeps its first candidate, lr_diff points from the end
-    assert slide(lrs, flat) == pytest.approx(lrs[50 - 1 - 15])
+    assert slide(lrs, flat, lr_diff=lr_diff, thresh=0.005) == lrs[50 - 1 - lr_diff]
 
 
-def test_suggest_gives_every_rule():
-    s = suggest(list(LRS), list(LOSS))
+def test_slide_walks_back_while_the_gradients_differ_by_more_than_thresh():
+    # Flat up to index 30, then a rise whose gradient grows by 0.01 a point: gradients 5 points
+    # apart differ by 0.05 inside the rise and by less as the left one enters the flat part.
+    lrs = np.logspace(-6, 0, 50)
+    loss = np.concatenate([np.zeros(31), np.cumsum(np.arange(1, 20) * 0.01)])
+    assert slide(lrs, loss, lr_diff=5, thresh=0.1) == lrs[49 - 5]  # never above thresh: the first candidate
+    assert slide(lrs, loss, lr_diff=5, thresh=0.04) == lrs[29]  # stops at right 33 / left 28: 0.035 apart
+    assert slide(lrs, loss, lr_diff=5, thresh=0.01) == lrs[26]  # stops at right 30 / left 25: 0.005 apart
+
+
+def test_suggest_gives_every_rule_on_the_trimmed_curve(rules):
+    s = suggest(list(LRS), list(LOSS), iterations=len(LRS), **rules)
     assert set(s) == set(RULES)
-    assert s["steep"] == steep(LRS, LOSS) and s["minimum"] == minimum(LRS, LOSS)
-    assert s["valley"] == valley(LRS, LOSS) and s["slide"] == slide(LRS, LOSS)
+    head, tail = int(len(LRS) * rules["skip_start"]), rules["skip_end"]
+    lrs, loss = LRS[head:len(LRS) - tail], LOSS[head:len(LOSS) - tail]
+    assert s["steep"] == steep(lrs, loss) and s["minimum"] == minimum(lrs, loss, divisor=rules["minimum_divisor"])
+    assert s["valley"] == valley(lrs, loss, **valley_kw(rules)) and s["slide"] == slide(lrs, loss, **slide_kw(rules))
     assert all(isinstance(v, float) and v > 0 for v in s.values())
 
 
-@pytest.mark.parametrize("n", [0, 1, 4])
-def test_suggest_needs_five_points(n):
-    with pytest.raises(ValueError, match="too few"):
-        suggest(list(LRS[:n]), list(LOSS[:n]))
-    suggest(list(LRS[:5]), list(LOSS[:5]))
+@pytest.mark.parametrize("n", [None, 8])
+def test_suggest_needs_min_points(rules, n):
+    rules = rules if n is None else {**rules, "min_points": n}
+    n = rules["min_points"]
+    for short in (0, 1, n - 1):
+        with pytest.raises(ValueError, match="too few"):
+            suggest(list(LRS[:short]), list(LOSS[:short]), iterations=100, **rules)
+    suggest(list(LRS[:n]), list(LOSS[:n]), iterations=100, **rules)
+
+
+def test_suggest_takes_exactly_the_config_rules_and_no_defaults():
+    """lr_find.rules is suggest()'s keyword arguments: a field without a parameter (or the
+    reverse) would be a constant written in two places, or one the config cannot reach."""
+    params = inspect.signature(suggest).parameters
+    assert set(params) - {"lrs", "losses", "iterations"} == set(LrFindRules.model_fields)
+    assert all(p.default is inspect.Parameter.empty for p in params.values())
+    for rule in (valley, steep, minimum, slide):
+        assert all(p.default is inspect.Parameter.empty for p in inspect.signature(rule).parameters.values())
+
+
+def test_the_schema_allows_exactly_the_rules():
+    assert get_args(LrFindConfig.model_fields["suggestion"].annotation) == RULES
 
 
 # --- range_test on a tiny model ---------------------------------------------------------------
@@ -201,13 +258,17 @@ def test_range_test_keeps_group_ratios():
     assert [g["lr"] for g in opt.param_groups] == [0.01, 0.1]
 
 
-def test_suggest_ignores_the_settling_start_and_the_blow_up_end():
+def test_suggest_ignores_the_settling_start_and_the_blow_up_end(rules):
     """A plunge in the first points (the moving average settling) must not be taken as the
     steepest descent; the real descent in the middle must."""
+    cfg = rules
     lrs = np.logspace(-7, 1, 100)
     x = np.log10(lrs)
     loss = 1.0 - 0.4 * np.tanh(2 * (x + 3))  # the real descent, steepest at 1e-3
     loss[:5] += np.linspace(3.0, 0.0, 5)  # settling artefact in the first 5 points
     loss[-3:] += 50.0
-    rules = suggest(list(lrs), list(loss), iterations=100)
+    rules = suggest(list(lrs), list(loss), iterations=100, **cfg)
     assert 1e-3 / 1.5 < rules["steep"] < 1e-3 * 1.5
+    # without the trim the settling plunge is the steepest descent
+    untrimmed = suggest(list(lrs), list(loss), iterations=100, **{**cfg, "skip_start": 0.0, "skip_end": 0})
+    assert untrimmed["steep"] < lrs[5]

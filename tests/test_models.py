@@ -157,7 +157,7 @@ def test_groups_partition_the_parameters(name, weights):
 
 def test_freeze_to_head_only():
     m = model()
-    freeze_to(m, 2)
+    freeze_to(m, m.head_group)
     early, late, head = group_params(m)
     assert all(p.requires_grad for p in head)
     assert not any(p.requires_grad for p in early + late)
@@ -174,7 +174,7 @@ def test_freeze_to_late_and_head():
 
 def test_freeze_to_zero_trains_everything_and_undoes_freezing():
     m = model()
-    freeze_to(m, 2)
+    freeze_to(m, m.head_group)
     freeze_to(m, 0)
     assert all(p.requires_grad for p in m.parameters())
 
@@ -192,7 +192,7 @@ def test_freeze_to_train_bn_keeps_body_batchnorm_trainable():
 
 def test_frozen_groups_get_no_gradient():
     m = model(weights=None)
-    freeze_to(m, 2)
+    freeze_to(m, m.head_group)
     m(torch.rand(2, 3, 32, 32)).sum().backward()
     assert all(p.grad is None for p in m.body.parameters())
     assert all(p.grad is not None for p in m.head.parameters())

@@ -1,7 +1,10 @@
-"""Optimizers from the conf/optim presets, and the learning rate each schedule gives at known steps."""
+"""Optimizers from the conf/optim presets, the learning rate each schedule gives at known steps,
+and the registries: one name, one builder, one schema, one preset."""
 from __future__ import annotations
 
+import inspect
 import math
+from typing import get_args
 
 import pytest
 import torch
@@ -9,7 +12,8 @@ import yaml
 from torch import nn
 
 from recipe.models import Classifier, Head, param_groups
-from recipe.optim import current_lrs, make_optimizer, make_schedule, sgdr_factor
+from recipe.optim import OPTIMIZERS, SCHEDULES, current_lrs, make_optimizer, make_schedule, sgdr_factor
+from recipe.schema import OptimConfig, ScheduleConfig
 
 from conftest import REPO
 
@@ -88,7 +92,8 @@ def test_make_optimizer_unknown_name():
 def test_make_optimizer_does_not_mutate_conf_sections():
     cfg = optim_cfg("adamw")
     kept = dict(cfg)
-    optimizer_from_conf(tiny_classifier(), cfg, [1e-3] * 3)
+    m = tiny_classifier()
+    optimizer_from_conf(m, cfg, [1e-3] * len(m.groups))
     assert cfg == kept
 
 
@@ -284,8 +289,7 @@ def test_unknown_schedule():
         make_schedule(sgd(), name="warmup", epochs=1, steps_per_epoch=1)
 
 
-@pytest.mark.parametrize("name", ["constant", "cosine", "exponential", "multistep", "onecycle", "plateau", "sgdr",
-                                  "step"])
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
 def test_every_schedule_preset_builds_and_steps(name):
     cfg = schedule_cfg(name)
     opt = sgd([1.0, 0.1], momentum=0.9)
@@ -298,3 +302,53 @@ def test_every_schedule_preset_builds_and_steps(name):
     a, b = current_lrs(opt)
     assert b == pytest.approx(a * 0.1)
     assert isinstance(sched.state_dict(), dict)
+
+
+# --- the registries -------------------------------------------------------------------------
+
+COMMON_OPTIM_KEYS = {"name", "weight_decay", "bn_weight_decay"}  # per group, or the tag (recipe.training.Common)
+
+
+def schemas(union) -> dict[str, type]:
+    """Tag -> schema class of a discriminated union (``Annotated[Union[...], Field(discriminator="name")]``)."""
+    out = {}
+    for cls in get_args(get_args(union)[0]):
+        for tag in get_args(cls.model_fields["name"].annotation):
+            out[tag] = cls
+    return out
+
+
+def presets(group: str) -> set[str]:
+    return {f.stem for f in (REPO / "conf" / group).glob("*.yaml")}
+
+
+def own_keys(builder) -> set[str]:
+    """The config keys a builder takes: its keyword-only parameters."""
+    return {n for n, p in inspect.signature(builder).parameters.items() if p.kind is p.KEYWORD_ONLY}
+
+
+@pytest.mark.parametrize("registry,union,group", [(OPTIMIZERS, OptimConfig, "optim"),
+                                                  (SCHEDULES, ScheduleConfig, "schedule")], ids=["optim", "schedule"])
+def test_every_name_has_a_builder_a_schema_and_a_preset(registry, union, group):
+    assert set(registry) == set(schemas(union)), "recipe.optim registry vs recipe/schema.py union tags"
+    assert set(registry) == presets(group), f"recipe.optim registry vs conf/{group}/*.yaml"
+    for name in registry:
+        assert yaml.safe_load((REPO / "conf" / group / f"{name}.yaml").read_text())["name"] == name
+
+
+def test_each_optimizer_builder_takes_exactly_its_schemas_keys():
+    for name, cls in schemas(OptimConfig).items():
+        assert own_keys(OPTIMIZERS[name]) == set(cls.model_fields) - COMMON_OPTIM_KEYS, name
+
+
+def test_each_schedule_builder_takes_exactly_its_schemas_keys():
+    for name, cls in schemas(ScheduleConfig).items():
+        assert own_keys(SCHEDULES[name]) == set(cls.model_fields) - {"name"}, name
+
+
+def test_every_optimizer_preset_builds_through_its_schema():
+    """What the stages do: the preset, validated, into Common.optimizer's arguments."""
+    m = tiny_classifier()
+    for name in sorted(OPTIMIZERS):
+        cfg = schemas(OptimConfig)[name].model_validate(optim_cfg(name)).model_dump()
+        assert type(optimizer_from_conf(m, cfg, [1e-3] * len(m.groups))) is CLASSES[name]
