@@ -10,6 +10,7 @@ the stage's outputs are stale.
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import re
 import subprocess
@@ -76,7 +77,8 @@ def static_closure(start: str) -> set[str]:
     return seen
 
 
-def runtime_files(module: str) -> set[str]:
+@functools.cache
+def runtime_files(module: str) -> frozenset[str]:
     """Project files in ``sys.modules`` after importing ``module`` in a new interpreter."""
     code = (f"import importlib, json, sys; importlib.import_module({module!r}); "
             "print(json.dumps(sorted(getattr(m, '__file__', None) or '' for m in list(sys.modules.values()))))")
@@ -84,8 +86,8 @@ def runtime_files(module: str) -> set[str]:
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     files = {Path(f).resolve() for f in json.loads(proc.stdout.splitlines()[-1]) if f}
-    return {f.relative_to(REPO).as_posix() for f in files
-            if f.is_relative_to(REPO) and f.relative_to(REPO).parts[0] in PACKAGES}
+    return frozenset(f.relative_to(REPO).as_posix() for f in files
+                     if f.is_relative_to(REPO) and f.relative_to(REPO).parts[0] in PACKAGES)
 
 
 def stage_module(cmd: str) -> str:
