@@ -63,7 +63,8 @@ def store(monkeypatch, tmp_path):
     """A project root in tmp_path whose store (mlflow.db + mlartifacts/) holds two executions,
     logged as the stages log them: a finetune and an evaluate child run each, then the record
     stage's summary on the parent (every param, every stage's numbers as ``<stage>.<key>``)."""
-    from stages._common import log_epoch, log_numbers
+    from stages._common import log_numbers
+    from stages._training import log_epoch
 
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
