@@ -7,6 +7,7 @@ scratch) and the majority class are the numbers a pretrained model must beat.
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -19,7 +20,7 @@ from torch import nn
 
 from recipe import plots
 from recipe.data.loader import Batches, read_split
-from recipe.errors import RecipeError
+from recipe.errors import ConfigError, RecipeError
 from recipe.fit import fit, validate
 from recipe.models import Classifier, freeze_to
 from recipe.optim import make_schedule
@@ -99,6 +100,40 @@ def check_zero_input(head: nn.Module, real: Batches, zero: Batches, valid_real: 
     return check, {"zero_input_valid_loss": results["zero"], "real_input_valid_loss": results["real"]}
 
 
+def check_batch_dependencies(model: nn.Module, x: torch.Tensor) -> tuple[Check, dict]:
+    """Karpathy's "use backprop to chart dependencies": for each sample i of the batch, the loss
+    of sample i alone (here the sum of its logits), backpropagated to the inputs, must give a
+    non-zero gradient on input i and exactly zero on every other input. A view or transpose that
+    mixes the batch fails it. Run in eval mode: in train mode BatchNorm normalises by the batch's
+    statistics, so every sample's output depends on every input by design; that figure is
+    reported too (``batch_dependency_train_mode``), not judged."""
+    def largest(net: nn.Module, train: bool) -> tuple[float, float]:
+        net.train(train)
+        xs = x.detach().clone().requires_grad_(True)
+        out = net(xs).float()
+        own, cross = float("inf"), 0.0
+        for i in range(len(xs)):
+            (g,) = torch.autograd.grad(out[i].sum(), xs, retain_graph=i < len(xs) - 1)
+            g = g.abs().flatten(1).amax(1)
+            own = min(own, g[i].item())
+            cross = max(cross, torch.cat([g[:i], g[i + 1:]]).max().item())
+        return own, cross
+
+    was = model.training
+    own, cross = largest(model, False)
+    model.train(was)
+    # A copy for train mode (its forward pass updates BatchNorm's running statistics), with the
+    # random state restored after it (stochastic depth draws in train mode).
+    with torch.random.fork_rng(devices=[]):
+        _, cross_train = largest(copy.deepcopy(model), True)
+    passed = own > 0 and cross == 0
+    detail = (f"eval mode, {len(x)} images: the smallest gradient of a sample's loss on its own input "
+              f"{own:.3g}, the largest on another input {cross:.3g} (needs > 0 and exactly 0); in train mode "
+              f"{cross_train:.3g} (BatchNorm mixes the batch by design, not judged)")
+    return Check("batch_dependencies", cross, 0.0, passed, detail), {
+        "batch_dependency_own": own, "batch_dependency_cross": cross, "batch_dependency_train_mode": cross_train}
+
+
 def check_overfit(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, max_steps: int, lr: float, max_loss: float,
                   paths: list[str], classes: list[str], lookalikes: dict[str, list[tuple[str, str]]]
                   ) -> tuple[Check, dict]:
@@ -170,16 +205,29 @@ def other_label_lookalikes(table: pd.DataFrame, paths: list[str]) -> dict[str, l
     return out
 
 
-class SimpleNet(nn.Module):
-    """Four conv-bn-relu blocks (width, 2w, 4w, 8w channels; each halves the size), average
-    pooling and a linear layer: the small model trained from scratch."""
+# The small model's activations: name -> a new module. Adding one is one entry here.
+ACTIVATIONS = {
+    "relu": lambda: nn.ReLU(inplace=True),
+    "leaky_relu": lambda: nn.LeakyReLU(0.01, inplace=True),  # PyTorch's default negative slope
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+}
 
-    def __init__(self, channels: int, classes: int, width: int):
+
+class SimpleNet(nn.Module):
+    """Four conv-bn-activation blocks (width, 2w, 4w, 8w channels; each halves the size), average
+    pooling and a linear layer: the small model trained from scratch. ``activation`` is a key of
+    :data:`ACTIVATIONS` (the seed's advice, "ReLU for vision", can be checked on a dataset)."""
+
+    def __init__(self, channels: int, classes: int, width: int, activation: str):
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ConfigError(f"baseline.simple.activation = {activation!r}: not one of {', '.join(ACTIVATIONS)}")
         layers, c = [], channels
         for i in range(4):
             w = width * 2 ** i
-            layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+            layers += [nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), ACTIVATIONS[activation](),
                        nn.MaxPool2d(2)]
             c = w
         self.body = nn.Sequential(*layers)
@@ -214,6 +262,11 @@ def run(common: Common, cfg: BaselineConfig, *, split: Path, raw: Path, picture:
     shuffled = common.batches(data.train, device, train=True, augment=False)
     check, n = check_init_loss(model, shuffled, batches=cfg.init_batches, priors=priors,
                                prior_bias=common.model.head.prior_bias, tolerance=cfg.init_tolerance)
+    checks.append(check)
+    numbers.update(n)
+
+    # Does any sample's output depend on another sample's input? (On a few plain train images.)
+    check, n = check_batch_dependencies(model, data.train.images[: cfg.dependency_images].to(device).float().div(255))
     checks.append(check)
     numbers.update(n)
 
@@ -264,14 +317,15 @@ def failed_checks(metrics: dict) -> list[str]:
     return [f"check {name} failed: {c['detail']}" for name, c in metrics["checks"].items() if not c["passed"]]
 
 
-def _simple_model(common: Common, cfg: SimpleModelConfig, data: Data, device: torch.device) -> dict:
-    def shrink(images: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(images.float(), size=(cfg.size, cfg.size), mode="bilinear", antialias=True,
-                             align_corners=False).round().clamp(0, 255).to(torch.uint8)
+def _shrink(images: torch.Tensor, size: int) -> torch.Tensor:
+    return F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True,
+                         align_corners=False).round().clamp(0, 255).to(torch.uint8)
 
-    train = (shrink(data.train.images), data.train.labels)
-    valid = (shrink(data.valid.images), data.valid.labels)
-    net = SimpleNet(train[0].shape[1], len(data.classes), cfg.width).to(device)
+
+def _simple_model(common: Common, cfg: SimpleModelConfig, data: Data, device: torch.device) -> dict:
+    train = (_shrink(data.train.images, cfg.size), data.train.labels)
+    valid = (_shrink(data.valid.images, cfg.size), data.valid.labels)
+    net = SimpleNet(train[0].shape[1], len(data.classes), cfg.width, cfg.activation).to(device)
     tb = common.batches(train, device, train=True)
     vb = common.batches(valid, device, train=False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr)

@@ -271,6 +271,7 @@ class OverfitConfig(Strict):
 class SimpleModelConfig(Strict):
     size: Annotated[int, Field(ge=16)]
     width: PositiveInt
+    activation: str  # a key of recipe.baseline.ACTIVATIONS (checked there, with the list of names)
     epochs: PositiveInt
     lr: Rate
     schedule: ScheduleConfig
@@ -284,6 +285,7 @@ class BaselineConfig(Strict):
     zero_input_margin: Annotated[float, Field(ge=0)]
     overfit: OverfitConfig
     simple: SimpleModelConfig
+    dependency_images: Annotated[int, Field(ge=2)]  # images of the batch the backprop dependency check uses
     picture_images: PositiveInt
 
 

@@ -6,8 +6,12 @@ import math
 import pandas as pd
 import torch
 
-from recipe.baseline import (SimpleNet, check_init_loss, check_overfit, check_zero_input, other_label_lookalikes,
-                             prior_entropy)
+import pytest
+from torch import nn
+
+from recipe.baseline import (ACTIVATIONS, SimpleNet, check_batch_dependencies, check_init_loss,
+                             check_overfit, check_zero_input, other_label_lookalikes, prior_entropy)
+from recipe.errors import ConfigError
 from recipe.data.loader import Batches
 from recipe.models import build_model
 
@@ -98,6 +102,38 @@ def test_input_independent_check_tells_real_features_from_zeros():
     assert not same.passed
 
 
-def test_simple_net_shapes():
-    net = SimpleNet(1, 3, 4)
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+def test_simple_net_shapes(activation):
+    net = SimpleNet(1, 3, 4, activation)
     assert net(torch.rand(2, 1, 32, 32)).shape == (2, 3)
+    assert any(isinstance(m, type(ACTIVATIONS[activation]())) for m in net.modules())
+
+
+def test_an_unknown_activation_is_a_one_line_error():
+    with pytest.raises(ConfigError, match="baseline.simple.activation = 'swish': not one of relu, leaky_relu"):
+        SimpleNet(1, 3, 4, "swish")
+
+
+class MixesTheBatch(nn.Module):
+    """A deliberately wrong reshape: logits (N, 2) read back as (2, N) and transposed, so row i
+    takes values computed from other samples."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        out = self.inner(x)
+        return out.reshape(out.shape[1], -1).t()
+
+
+def test_backprop_dependencies_pass_on_real_models_and_fail_on_one_that_mixes_the_batch():
+    x = torch.rand(4, 1, 32, 32)
+    for model in (tiny_model(), SimpleNet(1, 2, 4, "relu")):
+        check, numbers = check_batch_dependencies(model, x)
+        assert check.passed, check.detail
+        assert numbers["batch_dependency_own"] > 0 and numbers["batch_dependency_cross"] == 0
+        # BatchNorm in train mode mixes the batch by design: reported, not judged.
+        assert numbers["batch_dependency_train_mode"] > 0
+    mixed, numbers = check_batch_dependencies(MixesTheBatch(SimpleNet(1, 2, 4, "relu")), x)
+    assert not mixed.passed and numbers["batch_dependency_cross"] > 0

@@ -13,7 +13,8 @@ first beat the default, the ``dvc exp apply`` command, and one MLflow run ``sear
 the history and parameter-importance plots, logged through :mod:`recipe.tracking` (a store that
 cannot be reached costs a warning, not the search).
 
-The sampler is TPE (Bergstra et al. 2011, "Algorithms for Hyper-Parameter Optimization"), seeded.
+The sampler is TPE (Bergstra et al. 2011, "Algorithms for Hyper-Parameter Optimization"), a
+Gaussian process with expected improvement, or random (the search file's ``sampler.name``), seeded.
 The study lives in SQLite at the root (``optuna.db``) unless a database URL is given; several
 machines running the same command against one URL share the study (each runs its own trials in
 its own checkout, so give each its own ``--seed``).
@@ -21,8 +22,8 @@ its own checkout, so give each its own ``--seed``).
 One concept per module: :mod:`~recipe.search.config` (the search file), :mod:`~recipe.search.space`
 (the space against the real config, ``-S`` overrides), :mod:`~recipe.search.trial` (one
 ``dvc exp run`` and its objective), :mod:`~recipe.search.study` (the ask/tell loop),
-:mod:`~recipe.search.report` (table and plots), :mod:`~recipe.search.mlflow_run` (the MLflow
-run), ``__main__`` (the command line).
+:mod:`~recipe.search.samplers` (the samplers by name), :mod:`~recipe.search.report` (table and
+plots), :mod:`~recipe.search.mlflow_run` (the MLflow run), ``__main__`` (the command line).
 
 ``python -m recipe.search [--space NAME|PATH] [--trials N] [--storage URL] [--study NAME]
 [--seed N] [-S key=value ...] [-q]``
@@ -31,6 +32,7 @@ from recipe.search.config import (SEARCH_DIR, CategoricalDist, Distribution, Flo
                                   SearchConfig, load_search, search_file)
 from recipe.search.mlflow_run import log_search
 from recipe.search.report import Result, plots, summarize, trials_table
+from recipe.search.samplers import SAMPLERS, build_sampler
 from recipe.search.space import Param, check_space, compose_config, override, suggest
 from recipe.search.study import OUT_DIR, open_study, search, storage_url
 from recipe.search.trial import TrialFailed, read_objective, run_experiment
@@ -38,4 +40,4 @@ from recipe.search.trial import TrialFailed, read_objective, run_experiment
 __all__ = ["SEARCH_DIR", "OUT_DIR", "CategoricalDist", "Distribution", "FloatDist", "IntDist", "Objective", "Sampler",
            "SearchConfig", "load_search", "search_file", "Param", "check_space", "compose_config", "override",
            "suggest", "TrialFailed", "read_objective", "run_experiment", "Result", "open_study", "search",
-           "storage_url", "summarize", "trials_table", "plots", "log_search"]
+           "storage_url", "summarize", "trials_table", "plots", "log_search", "SAMPLERS", "build_sampler"]

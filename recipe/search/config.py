@@ -19,6 +19,7 @@ from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, field_va
 from recipe.config import validate
 from recipe.errors import ConfigError
 from recipe.schema import Strict
+from recipe.search.samplers import SAMPLERS
 
 SEARCH_DIR = Path("conf/search")
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"  # a study name must make valid git refs: <study>-<N>
@@ -95,9 +96,16 @@ class Objective(Strict):
 
 
 class Sampler(Strict):
-    name: Literal["tpe", "random"]
+    name: str  # a key of recipe.search.samplers.SAMPLERS
     seed: int | None
     n_startup_trials: NonNegativeInt
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v):
+        if v not in SAMPLERS:
+            raise ValueError(f"must be one of {', '.join(map(repr, SAMPLERS))}")
+        return v
 
 
 class SearchConfig(Strict):

@@ -9,7 +9,8 @@ trial with a one-line reason and the search goes on; Ctrl-C fails the running tr
 cleanly; any other error fails the trial (never left RUNNING in a shared study) and propagates.
 Returns :func:`recipe.search.report.summarize`'s :class:`Result`.
 
-The sampler is TPE (Bergstra et al. 2011, "Algorithms for Hyper-Parameter Optimization"), seeded.
+The sampler is the one the search file names (:mod:`recipe.search.samplers`: TPE, a Gaussian
+process with expected improvement, or random), seeded.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from typing import Any
 from recipe.errors import ConfigError
 from recipe.search.config import SearchConfig
 from recipe.search.report import Result, _safe_url, _show, summarize
+from recipe.search.samplers import build_sampler
 from recipe.search.space import _UNSET, Param, check_space, compose_config, override, suggest
 from recipe.search.trial import TrialFailed, read_objective, run_experiment
 
@@ -37,8 +39,7 @@ def storage_url(cfg: SearchConfig, root: Path) -> str:
 def open_study(cfg: SearchConfig, root: Path) -> Any:
     import optuna
 
-    sampler = (optuna.samplers.TPESampler(seed=cfg.sampler.seed, n_startup_trials=cfg.sampler.n_startup_trials)
-               if cfg.sampler.name == "tpe" else optuna.samplers.RandomSampler(seed=cfg.sampler.seed))
+    sampler = build_sampler(cfg.sampler.name, seed=cfg.sampler.seed, n_startup_trials=cfg.sampler.n_startup_trials)
     study = optuna.create_study(study_name=cfg.study, storage=storage_url(cfg, root), sampler=sampler,
                                 direction=cfg.objective.direction, load_if_exists=True)
     if study.direction.name.lower() != cfg.objective.direction:
