@@ -124,8 +124,9 @@ def test_stages_of_one_repro_share_one_parent_run(project):
 def test_training_stages_write_checkpoints_histories_and_metrics(project):
     proj = project["proj"]
     base = json.loads((proj / "outputs/baseline/metrics.json").read_text())
-    assert set(base["checks"]) == {"init_loss", "input_independent", "overfit_one_batch"}
+    assert set(base["checks"]) == {"init_loss", "batch_dependencies", "input_independent", "overfit_one_batch"}
     assert base["checks"]["overfit_one_batch"]["passed"] and base["overfit_loss"] < 0.05
+    assert base["checks"]["batch_dependencies"]["passed"] and base["batch_dependency_cross"] == 0
     assert (proj / "outputs/baseline/batch.png").stat().st_size > 1000
     suggestion = json.loads((proj / "outputs/lr_find/suggestion.json").read_text())
     assert suggestion["rule"] == "valley" and set(suggestion["suggestions"]) == {"valley", "steep", "minimum", "slide"}
