@@ -16,10 +16,11 @@ from typing import Callable
 from recipe import distributed, lr_find
 from recipe.data.loader import Batches
 from recipe.models import Classifier, freeze_to, set_bn_mode, spread_lrs
-from recipe.optim import make_schedule
+from recipe.optim import cycle_ends, make_schedule
 from recipe.schema import FinetuneConfig, LrFindConfig
 from recipe.session import fingerprint, load_checkpoint, load_data
-from recipe.training import Common, History, Log, finish, fit_set, same_classes, train_phase
+from recipe.training import (Common, History, Log, clear_snapshots, finish, fit_set, same_classes, snapshotter,
+                             train_phase)
 
 
 def run(common: Common, cfg: FinetuneConfig, lr_find_cfg: LrFindConfig, *, split: Path, raw: Path, checkpoint: Path,
@@ -45,7 +46,13 @@ def run(common: Common, cfg: FinetuneConfig, lr_find_cfg: LrFindConfig, *, split
     sched = make_schedule(opt, epochs=cfg.epochs, steps_per_epoch=len(tb), **cfg.schedule.model_dump())
     resume = out.parent / "resume"
     history = History(log)
-    train_phase(model, name="unfrozen", train=tb, valid=common.batches(data.valid, device, train=False),
+    snaps = {}
+    clear_snapshots(out.parent / "snapshots", resume)
+    if cfg.snapshots:  # the weights at each SGDR cycle's end, in out's folder: snapshots/epoch_<n>.pt
+        snaps = dict(snapshot=snapshotter(model, data, folder=out.parent / "snapshots", size=meta["size"],
+                                          stage="finetune", model_config=meta["model_config"]),
+                     snapshot_at=tuple(cycle_ends(cfg.schedule.model_dump(), cfg.epochs)))
+    train_phase(model, name="unfrozen", **snaps, train=tb, valid=common.batches(data.valid, device, train=False),
                  epochs=cfg.epochs, optimizer=opt, schedule=sched, train_mode=train_mode, loss_fn=common.loss(),
                  amp=common.train.amp, clip_grad=common.train.clip_grad, **stopping, history=history, resume_dir=resume,
                  key=fingerprint("finetune", cfg, common, lr, files=(split, checkpoint)))

@@ -48,11 +48,13 @@ def bootstrap_accuracy(correct: np.ndarray, *, resamples: int, seed: int, level:
 
 def classification_metrics(probs: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
                            classes: list[str], *, ece_bins: int, top_k: Iterable[int], bootstrap: int,
-                           confidence: float, seed: int) -> dict:
+                           confidence: float, seed: int, predicted: np.ndarray | None = None) -> dict:
+    """``predicted``: the classes decided (a threshold's); the argmax when None. Log loss, ECE and
+    top-k read the probabilities alone."""
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
     c = len(classes)
-    pred = probs.argmax(1)
+    pred = probs.argmax(1) if predicted is None else np.asarray(predicted, dtype=np.int64)
     m = confusion(labels, pred, c)
     tp = np.diag(m).astype(float)
     support = m.sum(1)

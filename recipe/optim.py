@@ -173,3 +173,18 @@ def _has_momentum(opt: torch.optim.Optimizer) -> bool:
 
 def current_lrs(opt: torch.optim.Optimizer) -> list[float]:
     return [g["lr"] for g in opt.param_groups]
+
+
+def cycle_ends(schedule: dict, epochs: int) -> list[int]:
+    """The epochs (0-based, within a phase of ``epochs``) at whose end an SGDR cycle ends, the
+    last epoch included (Huang et al. 2017's snapshots); [] for every other schedule."""
+    if schedule.get("name") != "sgdr" or epochs < 1:
+        return []
+    ends, length, end = [], schedule["cycle_len"], 0
+    while end + length <= epochs:
+        end += length
+        ends.append(end - 1)
+        length *= schedule["cycle_mult"]
+    if not ends or ends[-1] != epochs - 1:
+        ends.append(epochs - 1)
+    return ends

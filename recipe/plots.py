@@ -200,3 +200,28 @@ def tta_gain(gain: dict[str, float], path: Path, title: str) -> Path:
     ax.set_ylabel("recall gain (points)")
     ax.set_title(title, fontsize=9)
     return _save(fig, path)
+
+
+def selection(rows: Sequence[dict], chosen: dict, path: Path, title: str) -> Path:
+    """Every (candidate, views) pair: valid log loss and accuracy against its cost per image
+    (relative to one model), one marker shape per view set, the chosen one ringed."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    markers = dict(zip(dict.fromkeys(r["views"] for r in rows), "os^DvP*Xph"))
+    kinds = {"single": "tab:blue", "snapshot": "tab:orange", "ensemble": "tab:green"}
+
+    def kind(r):
+        return "ensemble" if len(r["members"]) > 1 else ("snapshot" if "@" in r["candidate"] else "single")
+
+    for ax, key, label in ((ax1, "valid_log_loss", "valid log loss"), (ax2, "valid_accuracy", "valid accuracy")):
+        for r in rows:
+            ax.scatter(r["cost_ratio"], r[key], marker=markers[r["views"]], color=kinds[kind(r)], s=28, alpha=0.8)
+        ax.scatter(chosen["cost_ratio"], chosen[key], s=180, facecolors="none", edgecolors="red", linewidths=1.5)
+        ax.set_xscale("log")
+        ax.set_xlabel("cost per image (x one model, log scale)")
+        ax.set_ylabel(label)
+    handles = [plt.Line2D([], [], ls="", marker=m, color="0.3", label=v) for v, m in markers.items()]
+    handles += [plt.Line2D([], [], ls="", marker="o", color=c, label=k) for k, c in kinds.items()]
+    handles.append(plt.Line2D([], [], ls="", marker="o", mfc="none", mec="red", ms=10, label="chosen"))
+    ax2.legend(handles=handles, fontsize=7, loc="best")
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)

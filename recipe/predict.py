@@ -1,14 +1,16 @@
-"""Classify your own images with a trained model: ``python -m recipe.predict IMAGE... [--tta]``.
+"""Classify your own images with the chosen model: ``python -m recipe.predict IMAGE... [--views NAME]``.
 
-The model is a checkpoint written by a stage (``outputs/resize/model.pt`` by default; loaded with
-``weights_only=True``) or an MLflow model URI (``runs:/<id>/model``, ``models:/<name>/<version>``)
-logged by ``evaluate``. Each image is prepared the way the pipeline prepares its own: decoded to
-8-bit grayscale or RGB (EXIF rotation applied), shorter side resized to the model's size,
-centre-cropped, scaled to [0, 1]. :func:`prepare` does exactly that for callers of
-``mlflow.pyfunc.load_model(uri).predict(...)``.
+The model is select's bundle (``outputs/select/model.pt`` by default: the chosen checkpoint or
+ensemble, its TTA views and decision threshold), a stage's checkpoint (``outputs/resize/model.pt``:
+one model, no views), both loaded with ``weights_only=True``, or an MLflow model URI
+(``runs:/<id>/model``, ``models:/<name>/<version>``) logged by ``evaluate``. Each image is
+prepared the way the pipeline prepares its own: decoded to 8-bit grayscale or RGB (EXIF rotation
+applied), shorter side resized to the model's size, centre-cropped, scaled to [0, 1].
+:func:`prepare` does exactly that for callers of ``mlflow.pyfunc.load_model(uri).predict(...)``.
 
-One line per image: path, class, probability of that class (``--top`` more classes after it).
-An image that cannot be read is reported on stderr and skipped; the exit code is then 1.
+One line per image: path, the class the model decides on (its threshold applied), the
+probability of that class (``--top`` more classes after it, by probability). An image that
+cannot be read is reported on stderr and skipped; the exit code is then 1.
 """
 from __future__ import annotations
 
@@ -23,26 +25,12 @@ from torch import nn
 from recipe.data.images import ImageRefused, load_image
 from recipe.data.loader import fit_square
 from recipe.config import PARAMS_FILE
+from recipe.ensemble import Ensemble, decide, load_bundle
 from recipe.errors import ConfigError, DataError, RecipeError
 from recipe.schema import Seed
-from recipe.tta import VIEW_SETS, Views, plain_views, predict, tta_views
+from recipe.tta import VIEW_SETS, Views, tta_views
 
-DEFAULT_MODEL = "outputs/resize/model.pt"
-
-
-class Predictor(nn.Module):
-    """The classifier as a user calls it: float32 images ``(N, C, size, size)`` in [0, 1] →
-    class probabilities ``(N, classes)``. Carries its class names, size and channel count."""
-
-    def __init__(self, model: nn.Module, classes: list[str], size: int, channels: int):
-        super().__init__()
-        self.model = model
-        self.classes = list(classes)
-        self.size = int(size)
-        self.channels = int(channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).float().softmax(1)
+DEFAULT_MODEL = "outputs/select/model.pt"
 
 
 def prepare(paths: list[str | Path], size: int, channels: int) -> np.ndarray:
@@ -56,21 +44,25 @@ def prepare(paths: list[str | Path], size: int, channels: int) -> np.ndarray:
     return np.stack(out) if out else np.zeros((0, channels, size, size), np.float32)
 
 
-class _Pyfunc(nn.Module):
-    """An MLflow pyfunc model (probabilities out) as a module giving log-probabilities, so the
-    softmax that TTA applies to every view returns its probabilities unchanged."""
+class _Served(nn.Module):
+    """An MLflow pyfunc model logged by evaluate (a DataFrame of class probabilities and
+    ``predicted`` out) as a module giving log-probabilities, so the softmax the ensemble applies
+    returns its probabilities unchanged; its threshold travels in the metadata."""
 
-    def __init__(self, pyfunc):
+    def __init__(self, pyfunc, classes: list[str]):
         super().__init__()
         self.pyfunc = pyfunc
+        self.classes = classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = np.asarray(self.pyfunc.predict(x.detach().cpu().numpy().astype(np.float32)), dtype=np.float64)
-        return torch.from_numpy(probs).clamp_min(1e-30).log().to(x.device)
+        out = self.pyfunc.predict(x.detach().cpu().numpy().astype(np.float32))
+        probs = torch.from_numpy(np.array(out[self.classes], dtype=np.float64))
+        return probs.clamp_min(1e-30).log().to(x.device)
 
 
-def load(source: str) -> Predictor:
-    """A :class:`Predictor` from a checkpoint file or an MLflow model URI."""
+def load(source: str) -> Ensemble:
+    """The model as an :class:`~recipe.ensemble.Ensemble` (probabilities out, ``decide`` for
+    classes) from a bundle, a checkpoint file or an MLflow model URI."""
     if "://" in source or source.startswith(("runs:/", "models:/")):
         import mlflow.pyfunc
 
@@ -84,26 +76,24 @@ def load(source: str) -> Predictor:
         meta = pyfunc.metadata.metadata or {}
         if not {"classes", "size", "channels"} <= set(meta):
             raise ConfigError(f"{source}: not a model logged by finetune-recipe's evaluate stage (no classes/size)")
-        return Predictor(_Pyfunc(pyfunc), meta["classes"], meta["size"], meta["channels"]).eval()
-    from recipe.session import load_checkpoint
+        served = _Served(pyfunc, list(meta["classes"]))
+        return Ensemble([(served, meta["size"])], classes=meta["classes"], channels=meta["channels"],
+                        threshold=meta.get("threshold"), names=list(meta.get("members", ["served"]))).eval()
+    return load_bundle(Path(source))[0]
 
-    model, meta = load_checkpoint(Path(source))
-    return Predictor(model, meta["classes"], meta["size"], meta.get("channels", 3)).eval()
 
-
-def _views_from_params(name: str | None) -> Views:
-    """TTA views: the project's ``evaluate.tta`` (params.yaml, validated), its view set replaced
-    by ``name`` when given. Every setting comes from conf/ through params.yaml; none is assumed."""
+def _views_from_params(name: str) -> Views:
+    """The view set ``name`` with the project's ``select.tta`` settings (params.yaml, validated):
+    every setting comes from conf/ through params.yaml; none is assumed."""
     from recipe.augment import Augment
     from recipe.config import load_section, read_params
-    from recipe.schema import AugmentConfig, EvaluateConfig
+    from recipe.schema import AugmentConfig, SelectConfig
 
     if not Path(PARAMS_FILE).is_file():
-        raise ConfigError(f"--tta reads evaluate.tta from the project's {PARAMS_FILE}, which is not here; "
+        raise ConfigError(f"--views reads select.tta from the project's {PARAMS_FILE}, which is not here; "
                           "run from the project root")
     params = read_params()
-    tta = load_section("evaluate", EvaluateConfig, params).tta
-    name = name or tta.views
+    tta = load_section("select", SelectConfig, params).tta
     augment = Augment(**load_section("augment", AugmentConfig, params).model_dump()) if name == "augment" else None
     return tta_views(name, scales=tta.scales, crop=tta.crop, n=tta.n, beta=tta.beta, augment=augment,
                      seed=load_section("seed", Seed, params))
@@ -112,15 +102,17 @@ def _views_from_params(name: str | None) -> Views:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m recipe.predict", description=__doc__.split("\n\n")[0])
     ap.add_argument("images", nargs="+", type=Path, help="image files (any format Pillow reads)")
-    ap.add_argument("--model", default=DEFAULT_MODEL, help=f"checkpoint or MLflow model URI (default {DEFAULT_MODEL})")
-    ap.add_argument("--tta", action="store_true", help="average the probabilities of test-time views")
-    ap.add_argument("--views", choices=list(VIEW_SETS), help="TTA view set (default: evaluate.tta.views of params.yaml)")
+    ap.add_argument("--model", default=DEFAULT_MODEL,
+                    help=f"bundle, checkpoint or MLflow model URI (default {DEFAULT_MODEL}: the chosen model)")
+    ap.add_argument("--views", choices=list(VIEW_SETS),
+                    help="another TTA view set than the model's (settings: select.tta of params.yaml)")
     ap.add_argument("--top", type=int, default=1, help="classes printed per image (default 1)")
     ap.add_argument("--batch-size", type=int, default=32)
     args = ap.parse_args(argv)
     try:
-        predictor = load(args.model)
-        views = _views_from_params(args.views) if args.tta else plain_views()
+        model = load(args.model)
+        if args.views:
+            model.views = _views_from_params(args.views)
     except RecipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -129,20 +121,20 @@ def main(argv: list[str] | None = None) -> int:
     arrays: list[np.ndarray] = []
     for path in args.images:
         try:
-            arrays.append(prepare([path], predictor.size, predictor.channels)[0])
+            arrays.append(prepare([path], model.size, model.channels)[0])
             ok.append(path)
         except (OSError, DataError, ValueError, ImageRefused) as exc:
             print(f"error: {path}: cannot read as an image ({exc}); skipped", file=sys.stderr)
             failed += 1
     if ok:
         x = torch.from_numpy(np.stack(arrays))
-        batches = [(x[i:i + args.batch_size], torch.zeros(len(x[i:i + args.batch_size]), dtype=torch.long))
-                   for i in range(0, len(x), args.batch_size)]
-        probs = predict(predictor.model, batches, views)["tta"]
-        k = max(1, min(args.top, len(predictor.classes)))
-        for path, p in zip(ok, probs):
-            order = torch.argsort(p, descending=True, stable=True)[:k]
-            print("\t".join([str(path), *[f"{predictor.classes[i]}\t{p[i]:.4f}" for i in order.tolist()]]))
+        with torch.no_grad():
+            probs = torch.cat([model(x[i:i + args.batch_size]) for i in range(0, len(x), args.batch_size)])
+        decided = decide(probs.numpy(), model.threshold)
+        k = max(1, min(args.top, len(model.classes)))
+        for path, p, d in zip(ok, probs, decided):
+            rest = [i for i in torch.argsort(p, descending=True, stable=True).tolist() if i != d][:k - 1]
+            print("\t".join([str(path), *[f"{model.classes[i]}\t{p[i]:.4f}" for i in [int(d), *rest]]]))
     return 1 if failed else 0
 
 

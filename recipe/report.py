@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("summary", "stages", "audit", "split", "baseline", "lr_find", "training", "evaluation", "confusion",
+SECTIONS = ("summary", "stages", "select", "audit", "split", "baseline", "lr_find", "training", "evaluation", "confusion",
             "top_losses")
 
 _CSS = """
@@ -72,17 +72,20 @@ def _missing(what: str) -> str:
 
 
 def write_report(path: Path, *, audit: Path, split: Path, baseline: Path, lr_find: Path, stages: dict[str, Path],
-                 evaluate: Path, metrics: dict, title: str = "finetune-recipe run") -> Path:
+                 select: Path, evaluate: Path, metrics: dict, title: str = "finetune-recipe run") -> Path:
     """``stages`` maps the training stages' names to their output directories; ``metrics`` is
     the evaluate stage's metrics dict (what it writes to ``metrics.json``)."""
     parts: dict[str, str] = {}
-    plain, tta = metrics.get("test", {}), metrics.get("test_tta", {})
+    plain, tta = metrics.get("test", {}), metrics.get("test_chosen", {})
+    ch = metrics.get("chosen", {})
+    thr = f", threshold {ch['threshold']:.3f}" if ch.get("threshold") is not None else ""
 
     parts["summary"] = (
-        f"<p>Checkpoint <code>{html.escape(str(metrics.get('checkpoint')))}</code> at {metrics.get('size')} px, "
-        f"scored on {plain.get('images', '?')} held-out test images: accuracy <b>{_pct(plain.get('accuracy'))}</b>, "
-        f"with TTA ({html.escape(str(metrics.get('tta_views')))}, {metrics.get('views')} views) "
-        f"<b>{_pct(tta.get('accuracy'))}</b>"
+        f"<p>Chosen on the valid split: <code>{html.escape(str(ch.get('candidate')))}</code> "
+        f"({len(ch.get('members', []))} member(s), input {ch.get('size')} px), views "
+        f"{html.escape(str(ch.get('views')))} ({ch.get('n_views')}){thr}. "
+        f"Scored once on {plain.get('images', '?')} held-out test images: plainly <b>{_pct(plain.get('accuracy'))}</b>, "
+        f"as chosen <b>{_pct(tta.get('accuracy'))}</b>"
         + (f" (95% bootstrap interval {_pct(tta['accuracy_ci95'][0])} – {_pct(tta['accuracy_ci95'][1])})"
            if tta.get("accuracy_ci95") else "") + ".</p>")
 
@@ -91,8 +94,33 @@ def write_report(path: Path, *, audit: Path, split: Path, baseline: Path, lr_fin
                               [[k, r.get("size"), f"fit on {r['fit_on']}" if r.get("fit_on") else _pct(r.get("valid_accuracy")),
                                 _pct(r.get("test_accuracy"))] for k, r in table.items()])
                        + "<p>Valid: as each stage reported it; a stage fit on train + valid has no held-out "
-                         "valid figure. Test: each checkpoint scored by evaluate, plainly, except the TTA row.</p>"
+                         "valid figure. Test: each checkpoint scored by evaluate, plainly; chosen_plain is the "
+                         "chosen model without views or threshold, chosen the model as select chose it.</p>"
                        ) if table else _missing("stage table")
+
+    sel = _read_json(Path(select) / "metrics.json")
+    rows_csv = Path(select) / "candidates.csv"
+    if sel and rows_csv.is_file():
+        import csv
+
+        with rows_csv.open(newline="") as f:
+            cand = list(csv.DictReader(f))
+        key = "valid_log_loss" if sel.get("criterion") == "log_loss" else "valid_accuracy"
+        cand.sort(key=lambda r: float(r[key]), reverse=key == "valid_accuracy")
+        c = sel["chosen"]
+        parts["select"] = (
+            f"<p>{len(cand)} (candidate, view set) pairs scored on the valid split; "
+            f"{html.escape(sel['criterion'])} chose <code>{html.escape(c['candidate'])}</code> with views "
+            f"{html.escape(c['views'])}" + (f" and threshold {c['threshold']:.3f} ({html.escape(str(c['threshold_rule']))})"
+                                              if c.get("threshold") is not None else "")
+            + f": valid accuracy {_pct(c['valid_accuracy_as_chosen'])}, {c['cost_ratio']:.1f}x the cost per image of "
+            f"{html.escape(c['reference']['candidate'])} alone. The test split played no part.</p>"
+            + _table(["candidate", "views", "size", "valid log loss", "valid accuracy", "cost (x one model)"],
+                     [[r["candidate"], r["views"], r["size"], float(r["valid_log_loss"]), _pct(float(r["valid_accuracy"])),
+                       f"{float(r['cost_ratio']):.1f}"] for r in cand])
+            + _img(Path(select) / "candidates.png", "candidates on valid"))
+    else:
+        parts["select"] = _missing("selection")
 
     report = _read_json(Path(audit) / "report.json")
     if report:
@@ -151,12 +179,12 @@ def write_report(path: Path, *, audit: Path, split: Path, baseline: Path, lr_fin
         keys = [k for k in ("accuracy", "balanced_accuracy", "macro_f1", "log_loss", "ece", "top3_accuracy",
                             "top5_accuracy", "accuracy_ci95") if k in plain]
         per_class = [[c, _fmt(p["precision"]), _fmt(p["recall"]), _fmt(tta["per_class"][c]["recall"]),
-                      f"{100 * metrics['tta_gain']['per_class_recall'][c]:+.1f}", _fmt(p["f1"]),
+                      f"{100 * metrics['chosen_gain']['per_class_recall'][c]:+.1f}", _fmt(p["f1"]),
                       _fmt(tta["per_class"][c]["f1"]), p["support"]] for c, p in plain["per_class"].items()]
-        parts["evaluation"] = (_table(["metric", "plain", "with TTA"], [[k, plain[k], tta.get(k)] for k in keys])
-                               + _table(["class", "precision", "recall", "recall (TTA)", "TTA gain (points)",
-                                         "F1", "F1 (TTA)", "images"], per_class)
-                               + _img(Path(evaluate) / "tta_gain.png", "per-class TTA gain"))
+        parts["evaluation"] = (_table(["metric", "plain", "as chosen"], [[k, plain[k], tta.get(k)] for k in keys])
+                               + _table(["class", "precision", "recall", "recall (chosen)", "gain (points)",
+                                         "F1", "F1 (chosen)", "images"], per_class)
+                               + _img(Path(evaluate) / "tta_gain.png", "per-class gain of the choices"))
     else:
         parts["evaluation"] = _missing("test metrics")
 
@@ -165,10 +193,10 @@ def write_report(path: Path, *, audit: Path, split: Path, baseline: Path, lr_fin
                           + (_table(["actual", "predicted", "images"],
                                     [[p["actual"], p["predicted"], p["count"]] for p in confused])
                              if confused else "<p>No confusions.</p>"))
-    parts["top_losses"] = ("<p>The most confident mistakes (with TTA): actual → predicted, the probability "
+    parts["top_losses"] = ("<p>The most confident mistakes (as chosen): actual → predicted, the probability "
                            "given to the prediction, and the loss.</p>" + _img(Path(evaluate) / "top_losses.png", "top losses"))
 
-    titles = {"summary": "Summary", "stages": "Accuracy after every stage", "audit": "Data audit",
+    titles = {"summary": "Summary", "stages": "Accuracy after every stage", "select": "Model selection on valid", "audit": "Data audit",
               "split": "Split", "baseline": "Baseline checks", "lr_find": "Learning-rate finder",
               "training": "Training histories", "evaluation": "Test metrics", "confusion": "Confusion matrix",
               "top_losses": "Top losses"}

@@ -3,18 +3,33 @@
 An optional frozen phase (``head_epochs`` at ``head_lr``, the head alone) then an unfrozen one
 (down to finetune's ``unfreeze_to``, discriminative rates, SGDR). ``refresh_bn`` re-estimates
 the BatchNorm statistics at the new size first.
+
+The stage never hands on a model worse than the one it was given: the given model's valid loss
+at its own size (where select would score it) is the bar, and a resized model that does not beat
+it is dropped for the given one (``passed_on`` in the metrics). ``size: auto`` (recipe.sizes)
+with nothing larger to grow into skips training and passes the given model on as well.
 """
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
+from recipe import distributed, plots
 from recipe.fit import validate
 from recipe.models import freeze_to, set_bn_mode, spread_lrs
-from recipe.optim import make_schedule
-from recipe.schema import ResizeConfig
+from recipe.optim import cycle_ends, make_schedule
+from recipe.schema import ResizeConfig, TrainConfig
 from recipe.session import fingerprint, load_checkpoint, load_data, refresh_bn
-from recipe.training import Common, History, Log, finish, fit_set, same_classes, train_phase
+from recipe.sizes import median_side, resize_size
+from recipe.training import (Common, History, Log, clear_snapshots, finish, fit_set, same_classes, snapshotter,
+                             train_phase)
+
+
+def target_size(cfg: ResizeConfig, train: TrainConfig, *, from_size: int, split: Path) -> int | None:
+    """The size resize trains at; None when ``auto`` finds nothing larger than ``from_size``."""
+    side = median_side(split) if cfg.size == "auto" else 0.0
+    return resize_size(cfg.size, cfg.factor, from_size=from_size, side=side, high=train.auto_size.resize_max)
 
 
 def run(common: Common, cfg: ResizeConfig, *, unfreeze_to: int, split: Path, raw: Path, checkpoint: Path,
@@ -24,10 +39,20 @@ def run(common: Common, cfg: ResizeConfig, *, unfreeze_to: int, split: Path, raw
     device = common.start()
     model, meta = load_checkpoint(checkpoint)
     model = common.prepare(model, device)
-    size = cfg.size if cfg.size is not None else int(round(meta["size"] * cfg.factor))
+    resume = out.parent / "resume"
+    clear_snapshots(out.parent / "snapshots", resume)
+    size = target_size(cfg, common.train, from_size=meta["size"], split=split)
+    given = load_data(split, raw, size=meta["size"], workers=common.train.workers)
+    same_classes(meta, given, checkpoint)
+    bar = validate(model, common.batches(given.valid, device, train=False), loss_fn=common.loss(), amp=common.train.amp)
+    metrics: dict[str, object] = {"from_size": meta["size"], "given_valid_loss": bar["loss"],
+                                  "given_valid_accuracy": bar["accuracy"]}
+    if size is None:
+        print(f"resize: size auto: the images' median shorter side ({median_side(split):g} px) is no larger than "
+              f"{meta['size']} px; nothing to grow into, the given model is passed on")
+        return {**metrics, **_pass_on(checkpoint, out, history_csv, bar, meta["size"], t0,
+                                      "size auto: nothing larger than the given size")}
     data = load_data(split, raw, size=size, workers=common.train.workers)
-    same_classes(meta, data, checkpoint)
-    metrics: dict[str, object] = {"from_size": meta["size"]}
     plain = common.batches(data.valid, device, train=False)
     before = validate(model, plain, loss_fn=common.loss(), amp=common.train.amp)
     metrics["valid_accuracy_before"] = before["accuracy"]
@@ -35,7 +60,6 @@ def run(common: Common, cfg: ResizeConfig, *, unfreeze_to: int, split: Path, raw
         metrics["bn_layers_refreshed"] = refresh_bn(model, common.batches(data.train, device, train=False))
         metrics["valid_accuracy_after_bn_refresh"] = validate(model, plain, loss_fn=common.loss(),
                                                               amp=common.train.amp)["accuracy"]
-    resume = out.parent / "resume"
     history = History(log)
     train_set, stopping = fit_set(data, cfg.fit_on, common, "resize")
     metrics.update(fit_on=cfg.fit_on, train_images=len(train_set))
@@ -50,7 +74,37 @@ def run(common: Common, cfg: ResizeConfig, *, unfreeze_to: int, split: Path, raw
         freeze_to(model, first, train_bn=cfg.bn == "train")
         opt = common.optimizer(model, lrs)
         sched = make_schedule(opt, epochs=epochs, steps_per_epoch=len(tb), **cfg.schedule.model_dump())
-        train_phase(model, name=name, epochs=epochs, optimizer=opt, schedule=sched,
+        snaps = {}
+        if cfg.snapshots and name == "unfrozen":
+            snaps = dict(snapshot=snapshotter(model, data, folder=out.parent / "snapshots", size=size, stage="resize",
+                                              model_config=meta["model_config"]),
+                         snapshot_at=tuple(cycle_ends(cfg.schedule.model_dump(), epochs)))
+        train_phase(model, name=name, epochs=epochs, optimizer=opt, schedule=sched, **snaps,
                      train_mode=lambda first=first: set_bn_mode(model, policy=cfg.bn, first_trainable=first), **kw)
-    return {**metrics, **finish(model, data, common, device, out=out, history=history, history_csv=history_csv,
-                                 size=size, stage="resize", resume_dir=resume, t0=t0, model_config=meta["model_config"])}
+    result = finish(model, data, common, device, out=out, history=history, history_csv=history_csv,
+                    size=size, stage="resize", resume_dir=resume, t0=t0, model_config=meta["model_config"])
+    if cfg.fit_on == "train" and result["valid_loss"] >= bar["loss"]:
+        print(f"resize: valid loss {result['valid_loss']:.4f} at {size} px does not beat the given model's "
+              f"{bar['loss']:.4f} at {meta['size']} px; the given model is passed on")
+        result.update(_pass_on(checkpoint, out, None, bar, meta["size"], t0,
+                               f"did not beat the given model on valid at {size} px", resized=result))
+    return {**metrics, **result}
+
+
+def _pass_on(checkpoint: Path, out: Path, history_csv: Path | None, bar: dict, size: int, t0: float, why: str,
+             resized: dict | None = None) -> dict:
+    """The given checkpoint as this stage's output, and the metrics that say so."""
+    if distributed.is_main():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(checkpoint, out)
+        if history_csv is not None:  # no training: an empty history and its picture
+            History(None).write(history_csv)
+            plots.history([], history_csv.with_suffix(".png"), f"resize: skipped ({why})")
+    m = {"passed_on": why, "valid_loss": bar["loss"], "valid_accuracy": bar["accuracy"], "size": size,
+         "time_s": round(time.perf_counter() - t0, 1)}
+    if resized is not None:
+        m.update(resized_valid_loss=resized["valid_loss"], resized_valid_accuracy=resized["valid_accuracy"],
+                 resized_size=resized.get("size"), epochs=resized["epochs"])
+    else:
+        m["epochs"] = 0
+    return m

@@ -80,6 +80,7 @@ class AuditConfig(Strict):
 class SplitConfig(Strict):
     fractions: dict[Literal["train", "valid", "test"], Annotated[float, Field(ge=0, le=1)]]
     stratify: bool
+    keep_groups: bool  # false: split per image, near-duplicate groups may straddle splits (the published ELPV protocol)
     seed: int
 
     @field_validator("fractions")
@@ -247,8 +248,16 @@ class AugmentConfig(Strict):
     noise: Annotated[float, Field(ge=0)]
 
 
+class AutoSize(Strict):
+    """The bounds of the ``size: auto`` rule (recipe.sizes)."""
+    min: Annotated[int, Field(ge=16)]
+    max: Annotated[int, Field(ge=16)]
+    resize_max: Annotated[int, Field(ge=16)]
+
+
 class TrainConfig(Strict):
-    size: Annotated[int, Field(ge=16)]
+    size: Annotated[int, Field(ge=16)] | Literal["auto"]
+    auto_size: AutoSize
     batch_size: PositiveInt
     device: Literal["auto", "cpu", "cuda", "mps"]
     amp: bool
@@ -351,11 +360,12 @@ class FinetuneConfig(Strict):
     epochs: PositiveInt
     bn: BnPolicy
     schedule: ScheduleConfig
+    snapshots: bool  # keep the weights at the end of every SGDR cycle (candidates for select)
 
 
 class ResizeConfig(Strict):
     fit_on: FitOn
-    size: Annotated[int, Field(ge=16)] | None
+    size: Annotated[int, Field(ge=16)] | Literal["auto"] | None
     factor: Annotated[float, Field(gt=0)] | None
     refresh_bn: bool
     head_epochs: NonNegativeInt
@@ -365,6 +375,7 @@ class ResizeConfig(Strict):
     lr_mult: Annotated[float, Field(ge=1)]
     bn: BnPolicy
     schedule: ScheduleConfig
+    snapshots: bool
 
     @field_validator("factor")
     @classmethod
@@ -375,7 +386,6 @@ class ResizeConfig(Strict):
 
 
 class TtaConfig(Strict):
-    views: str  # a key of recipe.tta.VIEW_SETS (checked there, with the list of names, when the views are built)
     scales: list[Annotated[float, Field(gt=0)]]
     crop: Annotated[float, Field(gt=0, lt=1)]
     n: PositiveInt
@@ -395,10 +405,18 @@ class LogModelConfig(Strict):
     register_as: str | None
 
 
+class SelectConfig(Strict):
+    criterion: Literal["log_loss", "accuracy"]  # on the valid split
+    tolerance: Annotated[float, Field(ge=0)]  # within this of the best counts as a tie; ties go to the cheaper
+    candidate: str  # auto | a candidate's name (pins the choice)
+    views: str  # auto | a view set's name (pins the TTA choice)
+    view_sets: list[str]  # keys of recipe.tta.VIEW_SETS tried on valid (checked there)
+    tta: TtaConfig  # the settings of the view sets that use them
+    ensembles: list[list[str]]  # each a list of members: a stage's name, or <stage>@snapshots for all its snapshots
+    threshold: Literal["off", "accuracy", "balanced_accuracy"] | Annotated[float, Field(gt=0, lt=1)]
+
+
 class EvaluateConfig(Strict):
-    checkpoint: Literal["train_head", "finetune", "resize"]
-    size: Annotated[int, Field(ge=16)] | None
-    tta: TtaConfig
     metrics: EvalMetricsConfig
     stage_table: bool
     top_losses: NonNegativeInt

@@ -112,23 +112,32 @@ def save_checkpoint(path: Path, model: Classifier, *, classes: list[str], size: 
     return path
 
 
-def load_checkpoint(path: Path) -> tuple[Classifier, dict]:
-    """The model (on the CPU, eval mode) and the checkpoint's metadata."""
+def load_state(path: Path) -> dict:
+    """A checkpoint file's contents (``weights_only=True``), checked to be one of ours."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: checkpoint not found (run the stage that writes it)")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise DataError(f"{path}: not a finetune-recipe checkpoint (format {CHECKPOINT_FORMAT})")
+    return state
+
+
+def model_from_state(state: dict) -> Classifier:
+    """The model (CPU, eval mode) a checkpoint's contents describe."""
     cfg = state["model_config"]
     h = cfg["head"]
     model = build_model(name=cfg["name"], weights=None, mean=cfg["mean"], std=cfg["std"],
                         classes=len(state["classes"]), pool=h["pool"], dropout=h["dropout"], init=h["init"],
                         init_gain=h["init_gain"], priors=None)
     model.load_state_dict(state["model"])
-    model.eval()
-    meta = {k: v for k, v in state.items() if k != "model"}
-    return model, meta
+    return model.eval()
+
+
+def load_checkpoint(path: Path) -> tuple[Classifier, dict]:
+    """The model (on the CPU, eval mode) and the checkpoint's metadata."""
+    state = load_state(path)
+    return model_from_state(state), {k: v for k, v in state.items() if k != "model"}
 
 
 @torch.no_grad()

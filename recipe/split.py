@@ -6,7 +6,12 @@ duplicate leaks from train into valid or test. Within each stratum (label, plus 
 extra column such as ELPV's module type) groups are placed largest first, in a seeded random
 order among equals, into the split furthest below its target share of images. Every class gets
 at least one group in each split whose fraction is above zero; a class with fewer groups than
-that stops with a message naming it.
+that stops with a message naming it. ``keep_groups=False`` splits per image instead (each row
+its own group: near duplicates may straddle splits, as in the published ELPV protocol); the
+summary then counts the audit's groups that straddle (``straddling_groups``).
+
+The table carries the images' ``width`` and ``height`` when the manifest has them (the
+``size: auto`` rule of recipe/sizes.py reads them).
 
 With ``soft_labels`` (two classes only) the table also carries ``target_<positive>``: the
 annotated probability of the positive class, which the training stages use as the target
@@ -26,9 +31,12 @@ SPLITS = ("train", "valid", "test")
 
 def split(
     *, manifest: pd.DataFrame, fractions: dict[str, float], stratify: bool, seed: int, stratify_column: str | None = None,
-    soft_labels: dict | None = None,
+    soft_labels: dict | None = None, keep_groups: bool = True,
 ) -> tuple[pd.DataFrame, dict]:
     rows = manifest[manifest["keep"].astype(bool)].copy()
+    audit_groups = rows["group"].copy()
+    if not keep_groups:
+        rows["group"] = np.arange(len(rows))
     target, soft_summary = _soft_targets(rows, soft_labels)
     if stratify_column and stratify_column not in rows.columns:
         raise DataError(f"split: stratify column {stratify_column!r} is not in the manifest (columns: {', '.join(rows.columns)})")
@@ -52,12 +60,17 @@ def split(
         _every_class_everywhere(groups, assigned, active)
     rows["split"] = rows["group"].map(assigned)
     out_cols = ["path", "label", "split", "group"] + ([stratify_column] if stratify_column else [])
+    out_cols += [c for c in ("width", "height") if c in rows.columns]
     if target is not None:
         name = f"{TARGET_PREFIX}{soft_labels['positive']}"
         rows[name] = target
         out_cols.append(name)
     table = rows[out_cols].sort_values(["split", "path"]).reset_index(drop=True)
-    return table, {**_summary(table, fractions), **soft_summary}
+    summary = {**_summary(table, fractions), **soft_summary, "keep_groups": keep_groups}
+    if not keep_groups:
+        per = pd.DataFrame({"group": audit_groups.to_numpy(), "split": rows["split"].to_numpy()})
+        summary["straddling_groups"] = int((per.groupby("group")["split"].nunique() > 1).sum())
+    return table, summary
 
 
 TARGET_PREFIX = "target_"

@@ -93,14 +93,20 @@ class History:
             w.writerows(self.rows)
 
 
-def train_phase(module, *, name: str, history: History, resume_dir: Path, key: str, **kwargs) -> list[dict]:
+def train_phase(module, *, name: str, history: History, resume_dir: Path, key: str,
+                snapshot: Callable[[int], None] | None = None, snapshot_at: tuple[int, ...] = (),
+                **kwargs) -> list[dict]:
     """One resumable fit() whose epochs continue the stage's numbering. New epochs are logged as
-    they end; epochs restored from a resume state were logged by the run that trained them."""
+    they end; epochs restored from a resume state were logged by the run that trained them.
+    ``snapshot(epoch)`` is called with the stage's epoch number after each phase epoch in
+    ``snapshot_at`` (the weights at that epoch's end: SGDR's cycle ends)."""
     offset = len(history.rows)
 
     def on_epoch(row: dict) -> None:
         if history.log is not None:
             history.log({k: v for k, v in row.items() if k != "epoch"}, offset + row["epoch"])
+        if snapshot is not None and row["epoch"] in snapshot_at:
+            snapshot(offset + row["epoch"])
 
     start = None
     if kwargs.get("keep") == "best":
@@ -128,6 +134,26 @@ def finish(model: Classifier, data: Data, common: Common, device, *, out: Path, 
     shutil.rmtree(resume_dir, ignore_errors=True)  # finished: a rerun starts over
     return metrics
 
+
+
+def snapshotter(model: Classifier, data: Data, *, folder: Path, size: int, stage: str,
+                model_config: dict) -> Callable[[int], None]:
+    """``snapshot(epoch)`` for :func:`train_phase`: the weights as ``folder/epoch_<n>.pt``, a
+    stage checkpoint named ``<stage>@<n>`` (n: the stage's epoch, as history.csv numbers it)."""
+    def snapshot(epoch: int) -> None:
+        if distributed.is_main():
+            save_checkpoint(folder / f"epoch_{epoch}.pt", model, classes=data.classes, size=size,
+                            model_config=model_config, stage=f"{stage}@{epoch}", epoch=epoch,
+                            channels=data.train.images.shape[1])
+    return snapshot
+
+
+def clear_snapshots(folder: Path, resume_dir: Path) -> None:
+    """A fresh run (no resume state) starts with no snapshots: stale ones would pass as this run's."""
+    if distributed.is_main() and not Path(resume_dir).exists():
+        shutil.rmtree(folder, ignore_errors=True)
+    if distributed.is_main():
+        Path(folder).mkdir(parents=True, exist_ok=True)
 
 
 def resolve_lr(lr: float | str, suggestion: Path | None, key: str) -> float:

@@ -3,8 +3,8 @@
 Contract:
 
 - :data:`VIEW_SETS` is the registry of view sets: a name and the function that builds its views
-  from the ``evaluate.tta`` settings. Adding a view set is one entry here; :func:`tta_views`
-  checks ``evaluate.tta.views`` against this registry's keys (a one-line error listing them). A view maps a batch of images in
+  from the ``select.tta`` settings. Adding a view set is one entry here; :func:`tta_views`
+  checks ``select.view_sets`` and ``select.views`` against this registry's keys (a one-line error listing them). A view maps a batch of images in
   [0, 1] to a batch the network accepts.
 - :func:`tta_views` builds the set called ``name``.
 - :func:`predict` runs a model over batches once, and for each batch every view in turn. It
@@ -72,7 +72,7 @@ DIHEDRAL = (("flip_h", lambda x: x.flip(3)), ("flip_v", lambda x: x.flip(2)), ("
 
 @dataclass(frozen=True)
 class ViewSettings:
-    """The ``evaluate.tta`` settings a view set may use (each set reads only its own)."""
+    """The ``select.tta`` settings a view set may use (each set reads only its own)."""
     scales: tuple[float, ...]
     crop: float
     n: int
@@ -83,19 +83,19 @@ class ViewSettings:
 def _multiscale(s: ViewSettings) -> tuple:
     scales = [x for x in s.scales if x != 1.0]
     if not scales:
-        raise ConfigError("evaluate.tta.scales: multiscale needs at least one scale other than 1.0")
+        raise ConfigError("select.tta.scales: multiscale needs at least one scale other than 1.0")
     return tuple((f"scale_{x:g}", _rescale(x)) for x in scales)
 
 
 def _five_crop(s: ViewSettings) -> tuple:
     if not 0 < s.crop < 1:
-        raise ConfigError(f"evaluate.tta.crop = {s.crop}: five_crop needs a fraction of the side in (0, 1)")
+        raise ConfigError(f"select.tta.crop = {s.crop}: five_crop needs a fraction of the side in (0, 1)")
     return tuple((f"crop_{w}", _crop(s.crop, w)) for w in ("c", "tl", "tr", "bl", "br"))
 
 
 def _augment_views(s: ViewSettings) -> tuple:
     if s.augment is None or not s.augment.active or s.n < 1:
-        raise ConfigError("evaluate.tta: augment needs n >= 1 and an augment config that changes images")
+        raise ConfigError("select.tta: augment needs n >= 1 and an augment config that changes images")
     return tuple((f"augment_{i}", _augmented(s.augment, s.seed, i)) for i in range(s.n))
 
 
@@ -117,9 +117,9 @@ def tta_views(name: str, *, scales: Iterable[float], crop: float, n: int, beta: 
     """The view set called ``name`` (a key of :data:`VIEW_SETS`); ``augment`` draws ``n`` passes
     of the training augmentation."""
     if name not in VIEW_SETS:
-        raise ConfigError(f"evaluate.tta.views = {name!r}: not one of {', '.join(VIEW_SETS)}")
+        raise ConfigError(f"select view set {name!r}: not one of {', '.join(VIEW_SETS)}")
     if beta is not None and not 0 <= beta <= 1:
-        raise ConfigError(f"evaluate.tta.beta = {beta}: must be in [0, 1] (the plain prediction's weight)")
+        raise ConfigError(f"select.tta.beta = {beta}: must be in [0, 1] (the plain prediction's weight)")
     extra = VIEW_SETS[name](ViewSettings(tuple(scales), crop, n, augment, seed))
     return Views(name, tuple(extra), beta)
 

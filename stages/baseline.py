@@ -9,7 +9,7 @@ from stages._training import common_config
 
 def main(args):
     p, experiment = stage_config("baseline")
-    common = common_config(p)
+    common = common_config(p, args.split)
     cfg = p.section("baseline", BaselineConfig)
     with tracking.stage_run("baseline", p.used, experiment=experiment):
         metrics = baseline.run(common, cfg, split=args.split, raw=args.raw, picture=args.picture)

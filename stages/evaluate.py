@@ -1,25 +1,26 @@
-"""evaluate: the test split with and without TTA, the stage table, the report, the model in MLflow."""
+"""evaluate: the chosen model on the test split, plainly and as chosen; the stage table, the report, the model in MLflow."""
 from __future__ import annotations
 
 import csv
 from importlib import metadata
 from pathlib import Path
 
+import json
+
 import mlflow
 import numpy as np
-import torch
 from mlflow.models import infer_signature
 
 import recipe
-from recipe import evaluate, tracking
-from recipe.predict import Predictor, prepare
+from recipe import evaluate, pyfunc_model, tracking
+from recipe.predict import prepare
 from recipe.report import write_report
 from recipe.schema import EvaluateConfig
 from stages._common import log_numbers, run, stage_config, write_json
 from stages._training import common_config
 
 # What the logged model needs to load elsewhere (recipe's own code travels with it, code_paths).
-_REQUIREMENTS = ("torch", "torchvision", "numpy", "pillow", "efficientnet-lite-pytorch")
+_REQUIREMENTS = ("torch", "torchvision", "numpy", "pandas", "pillow", "efficientnet-lite-pytorch")
 
 
 def main(args):
@@ -29,16 +30,17 @@ def main(args):
     data = p.section("data", dict)  # dvc.yaml: data.source, data.task (the report's title)
     dirs = {"train_head": args.head, "finetune": args.finetune, "resize": args.resize}
     with tracking.stage_run("evaluate", p.used, experiment=experiment) as run_:
+        selection = json.loads((args.select / "metrics.json").read_text())
         metrics, model, meta = evaluate.run(
-            common, cfg, split=args.split, raw=args.raw,
+            common, cfg, split=args.split, raw=args.raw, bundle=args.model,
             checkpoints={s: dirs[s] / "model.pt" for s in evaluate.TABLE_STAGES},
             stage_metrics={s: dirs[s] / "metrics.json" for s in evaluate.TABLE_STAGES},
             baseline_metrics=args.baseline / "metrics.json", out=args.out)
         write_json(args.out / "metrics.json", metrics)
         report = write_report(args.out / "report.html", audit=args.audit, split=args.split.parent,
-                              baseline=args.baseline, lr_find=args.lr_find, stages=dirs, evaluate=args.out,
-                              metrics=metrics, title=_title(data, common.seed))
-        log_numbers({k: metrics[k] for k in ("test", "test_tta", "tta_gain")})
+                              baseline=args.baseline, lr_find=args.lr_find, stages=dirs, select=args.select,
+                              evaluate=args.out, metrics=metrics, title=_title(data, common.seed))
+        log_numbers({k: metrics[k] for k in ("test", "test_chosen", "chosen_gain")})
         log_numbers({s: {k: v for k, v in r.items() if v is not None} for s, r in metrics["table"].items()}, "table")
         tracking.log_table({"stage": list(metrics["table"]),
                           **{col: [r[col] for r in metrics["table"].values()]
@@ -47,12 +49,17 @@ def main(args):
             tracking.log_artifact(args.out / name)
         for name in ("confusion.png", "top_losses.png", "tta_gain.png"):
             tracking.log_artifact(args.out / name, "plots")
-        uri = (tracking.guarded("log the model", log_model, model, meta, cfg, args.out / "predictions.csv", args.raw)
-               if cfg.model.log else None)
+        uri = (tracking.guarded("log the model", log_model, args.model, model, cfg, args.out / "predictions.csv",
+                                args.raw) if cfg.model.log else None)
         if uri:
             tracking.set_tag("model_uri", uri)
-        print(f"\nTest split, checkpoint {cfg.checkpoint} at {metrics['size']} px "
-              f"(TTA: {metrics['tta_views']}, {metrics['views']} views):")
+        c, s = metrics["chosen"], selection["chosen"]
+        print(f"\nChosen on valid ({selection['criterion']}): {c['candidate']}, views {c['views']} "
+              f"({c['n_views']}), {len(c['members'])} member(s) at {c['size']} px"
+              + (f", threshold {c['threshold']:.3f}" if c["threshold"] is not None else "")
+              + f"; {s['cost_ratio']:.1f}x the cost of {s['reference']['candidate']} alone")
+        print(f"Test split: {100 * metrics['test']['accuracy']:.2f}% plain, "
+              f"{100 * metrics['test_chosen']['accuracy']:.2f}% as chosen")
         print(evaluate.format_table(metrics["table"]))
         print(f"report: {report}" + (f"\nMLflow model: {uri}" if uri else ""))
         if run_ is not None:
@@ -64,23 +71,26 @@ def _title(data: dict, seed: int) -> str:
     return f"finetune-recipe: {data.get('source')}{task}, seed {seed}"
 
 
-def log_model(model, meta: dict, cfg, predictions: Path, raw: Path) -> str:
-    """The final model as an MLflow pytorch model (pyfunc-loadable): float32 images
-    ``(N, C, size, size)`` in [0, 1] in, class probabilities out; ``recipe.predict.prepare``
-    makes such arrays from image files."""
-    predictor = Predictor(model, meta["classes"], meta["size"], meta.get("channels", 3)).eval()
+def log_model(bundle: Path, model, cfg, predictions: Path, raw: Path) -> str:
+    """The chosen model as an MLflow pyfunc model (recipe/pyfunc_model.py, models from code; the
+    bundle its artifact): float32 images ``(N, C, size, size)`` in [0, 1] in, one probability
+    column per class and ``predicted`` out; ``recipe.predict.prepare`` makes such arrays from
+    image files."""
     with open(predictions, newline="") as f:
         first = [row["path"] for row, _ in zip(csv.DictReader(f), range(2))]
-    example = prepare([Path(raw) / "files" / p for p in first], predictor.size, predictor.channels)
-    with torch.no_grad():
-        out = predictor(torch.from_numpy(example)).numpy()
-    info = mlflow.pytorch.log_model(
-        predictor, name="model", signature=infer_signature(example, out.astype(np.float32)), input_example=example,
+    example = prepare([Path(raw) / "files" / p for p in first], model.size, model.channels)
+    impl = pyfunc_model.RecipeModel()
+    impl.model = model
+    out = impl.predict(None, example)
+    info = mlflow.pyfunc.log_model(
+        name="model", python_model=pyfunc_model.__file__, artifacts={"bundle": str(bundle)},
+        signature=infer_signature(example, out), input_example=example,
         code_paths=[str(Path(recipe.__file__).parent)], registered_model_name=cfg.model.register_as,
         pip_requirements=[f"{p}=={metadata.version(p)}" for p in _REQUIREMENTS],
-        metadata={"classes": predictor.classes, "size": predictor.size, "channels": predictor.channels})
+        metadata={"classes": model.classes, "size": model.size, "channels": model.channels,
+                  "members": list(model.names), "views": model.views.name, "threshold": model.threshold})
     return info.model_uri
 
 
 if __name__ == "__main__":
-    run(main, "split", "raw", "audit", "baseline", "lr_find", "head", "finetune", "resize", "out")
+    run(main, "split", "raw", "audit", "baseline", "lr_find", "head", "finetune", "resize", "select", "model", "out")

@@ -8,7 +8,7 @@ from stages._training import common_config
 
 def main(args):
     p, experiment = stage_config("lr_find")
-    common = common_config(p)
+    common = common_config(p, args.split)
     cfg = p.section("lr_find", LrFindConfig)
     with tracking.stage_run("lr_find", p.used, experiment=experiment):
         metrics = lr_find.run(common, cfg, split=args.split, raw=args.raw, curve_csv=args.curve, plot=args.plot,

@@ -7,7 +7,7 @@ from stages._training import common_config, log_epoch, record_training
 
 def main(args):
     p, experiment = stage_config("train_head")
-    common = common_config(p)
+    common = common_config(p, args.split)
     distributed.launch(common.train.nproc, "stages.train_head")  # train.nproc > 1: again, under torchrun
     cfg = p.section("train_head", TrainHeadConfig)
     with tracking.stage_run("train_head", p.used, experiment=experiment):

@@ -48,6 +48,7 @@ def test_predict_command_on_a_png_and_a_jpeg(checkpoint, images, capsys):
     rows = _lines(capsys.readouterr().out)
     assert [r[0] for r in rows] == [str(p) for p in images]
     predictor = load(str(checkpoint))
+    assert predictor.size == 32 and predictor.channels == 1 and predictor.threshold is None
     x = torch.from_numpy(prepare(list(images), 32, 1))
     assert x.shape == (2, 1, 32, 32) and 0 <= x.min() and x.max() <= 1  # the JPEG (RGB, 80x64) made gray, square
     with torch.no_grad():
@@ -57,15 +58,41 @@ def test_predict_command_on_a_png_and_a_jpeg(checkpoint, images, capsys):
         assert float(row[2]) == pytest.approx(float(p.max()), abs=1e-4)
 
 
-def test_predict_with_tta_and_top_classes(checkpoint, images, capsys):
-    assert main([str(images[0]), "--model", str(checkpoint), "--tta", "--views", "dihedral", "--top", "2"]) == 0
+def test_predict_with_other_views_and_top_classes(checkpoint, images, capsys):
+    assert main([str(images[0]), "--model", str(checkpoint), "--views", "dihedral", "--top", "2"]) == 0
     (row,) = _lines(capsys.readouterr().out)
     assert sorted([row[1], row[3]]) == CLASSES
     assert float(row[2]) + float(row[4]) == pytest.approx(1.0, abs=2e-4)
     predictor = load(str(checkpoint))
     x = torch.from_numpy(prepare([images[0]], 32, 1))
-    expected = T.predict(predictor.model, [(x, torch.zeros(1, dtype=torch.long))], T.tta_views("dihedral", scales=(), crop=0.875, n=1, beta=None, augment=None, seed=0))["tta"][0]
+    expected = T.predict(predictor.members[0], [(x, torch.zeros(1, dtype=torch.long))], T.tta_views("dihedral", scales=(), crop=0.875, n=1, beta=None, augment=None, seed=0))["tta"][0]
     assert float(row[2]) == pytest.approx(float(expected.max()), abs=1e-4)
+
+
+def test_a_bundle_predicts_with_its_views_and_threshold(checkpoint, images, tmp_path, capsys):
+    """select's bundle: every member, its view set and its threshold are what predict applies."""
+    from recipe.ensemble import load_bundle, save_bundle
+
+    spec = {"name": "flips", "scales": [1.0], "crop": 0.875, "n": 1, "beta": None, "augment": None}
+    x = torch.from_numpy(prepare([images[0]], 32, 1))
+    one = load(str(checkpoint))
+    with torch.no_grad():
+        p_plain = one(x)[0]
+    threshold = float(p_plain[1]) + 1e-3  # just above: the threshold flips the decision to class 0
+    bundle = save_bundle(tmp_path / "bundle.pt", [("resize", checkpoint), ("resize@1", checkpoint)],
+                         views=spec, threshold=threshold, seed=0, info={"candidate": "resize+resize@1"})
+    model, meta = load_bundle(bundle)
+    assert model.names == ["resize", "resize@1"] and model.views.name == "flips" and model.threshold == threshold
+    assert meta["info"]["candidate"] == "resize+resize@1"
+    views = T.tta_views("flips", scales=(), crop=0.875, n=1, beta=None, augment=None, seed=0)
+    expected = T.predict(one.members[0], [(x, torch.zeros(1, dtype=torch.long))], views)["tta"][0]
+    with torch.no_grad():
+        got = model(x)[0]
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)  # two identical members = one member
+    assert main([str(images[0]), "--model", str(bundle)]) == 0
+    (row,) = _lines(capsys.readouterr().out)
+    assert row[1] == ("fine" if float(got[1]) >= threshold else "crack")
+    assert float(row[2]) == pytest.approx(float(got[CLASSES.index(row[1])]), abs=1e-4)
 
 
 def test_unreadable_file_is_reported_and_the_rest_predicted(checkpoint, images, tmp_path, capsys):
@@ -80,7 +107,7 @@ def test_unreadable_file_is_reported_and_the_rest_predicted(checkpoint, images, 
 def test_missing_checkpoint_is_one_line(tmp_path, images, capsys):
     assert main([str(images[0]), "--model", str(tmp_path / "nope.pt")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "checkpoint not found" in err
+    assert err.count("\n") == 0 and "model file not found" in err
 
 
 def test_predict_runs_as_a_module(checkpoint, images):
@@ -105,24 +132,31 @@ def test_logged_mlflow_model_loads_and_predicts(checkpoint, images, tmp_path, mo
         (raw / "files" / p.name).write_bytes(p.read_bytes())
     predictions = tmp_path / "predictions.csv"
     predictions.write_text("path,actual\n" + "".join(f"{p.name},fine\n" for p in images))
-    predictor = load(str(checkpoint))
-    model, meta = predictor.model, {"classes": CLASSES, "size": 32, "channels": 1}
+    from recipe.ensemble import load_bundle, save_bundle
+
+    spec = {"name": "flip_h", "scales": [1.0], "crop": 0.875, "n": 1, "beta": None, "augment": None}
+    bundle = save_bundle(tmp_path / "bundle.pt", [("resize", checkpoint), ("finetune", checkpoint)], views=spec,
+                         threshold=0.4, seed=0, info={"candidate": "finetune+resize"})
+    model, _ = load_bundle(bundle)
     cfg = SimpleNamespace(model=SimpleNamespace(register_as="cells-test"))
     experiment = mlflow.create_experiment("t", artifact_location=(tmp_path / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment):
-        model_uri = log_model(model, meta, cfg, predictions, raw)
+        model_uri = log_model(bundle, model, cfg, predictions, raw)
 
     x = prepare(list(images), 32, 1)  # images prepared as the README shows
     with torch.no_grad():
-        expected = predictor(torch.from_numpy(x)).numpy()
+        expected = model(torch.from_numpy(x)).numpy()
     pyfunc = mlflow.pyfunc.load_model(model_uri)
-    got = np.asarray(pyfunc.predict(x))
-    assert got.shape == (2, 2)
-    np.testing.assert_allclose(got, expected, atol=1e-5)
+    got = pyfunc.predict(x)
+    assert list(got.columns) == [*CLASSES, "predicted"]
+    np.testing.assert_allclose(got[CLASSES].to_numpy(), expected, atol=1e-5)  # the ensemble and its views
+    assert list(got["predicted"]) == [CLASSES[int(p[1] >= 0.4)] for p in expected]  # and its threshold
     assert pyfunc.metadata.get_input_schema().inputs[0].shape == (-1, 1, 32, 32)
+    assert pyfunc.metadata.metadata["threshold"] == 0.4
     registered = mlflow.pyfunc.load_model("models:/cells-test/1")  # the registry switch
-    np.testing.assert_allclose(np.asarray(registered.predict(x)), expected, atol=1e-5)
+    np.testing.assert_allclose(registered.predict(x)[CLASSES].to_numpy(), expected, atol=1e-5)
 
     assert main([str(images[0]), "--model", model_uri]) == 0  # the predict command takes the URI too
     (row,) = _lines(capsys.readouterr().out)
-    assert float(row[2]) == pytest.approx(float(expected[0].max()), abs=1e-4)
+    assert row[1] == got["predicted"][0]
+    assert float(row[2]) == pytest.approx(float(expected[0][CLASSES.index(row[1])]), abs=1e-4)

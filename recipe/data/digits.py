@@ -1,0 +1,60 @@
+"""scikit-learn's bundled handwritten digits, written as an ImageFolder (no download).
+
+``python -m recipe.data.digits OUT_DIR [--limit N]`` writes the 1,797 8x8 images of
+:func:`sklearn.datasets.load_digits` (values 0..16, ten classes) as 8-bit grayscale PNGs at their
+native size, ``OUT_DIR/<digit>/<digit>_<index>.png`` (index: the row of ``load_digits``, four
+digits, so names are stable; pixel = round(value * 255 / 16)). ``--limit N`` writes a stratified
+subset of N images (seed 0). Then point the pipeline at it, with ``audit.min_side`` below 8
+(the default 32 drops every image as too_small):
+
+    dvc exp run -S data=folder -S data.path=OUT_DIR -S audit.min_side=8
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def write_digits(out: Path, limit: int | None = None) -> int:
+    """Write the digits (all, or a stratified seeded subset of ``limit``) under ``out``; return
+    how many. Refuses (FileExistsError) an ``out`` that exists and is not empty."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not empty")
+    images, labels = load_digits(return_X_y=True)
+    rows = np.arange(len(labels))
+    if limit is not None and limit < len(rows):
+        if limit < 10:
+            raise ValueError(f"--limit {limit}: a stratified subset needs at least 10 (one per class)")
+        rows, _ = train_test_split(rows, train_size=limit, stratify=labels, random_state=0)
+    for i in sorted(rows):
+        pixels = np.floor(images[i].reshape(8, 8) * 255 / 16 + 0.5).astype(np.uint8)
+        folder = out / str(labels[i])
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(folder / f"{labels[i]}_{i:04d}.png")
+    return len(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m recipe.data.digits", description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, metavar="OUT_DIR", help="where the ImageFolder goes (absent or empty)")
+    parser.add_argument("--limit", type=int, default=None, help="a stratified subset of N images (seed 0)")
+    args = parser.parse_args(argv)
+    try:
+        n = write_digits(args.out, args.limit)
+    except (FileExistsError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {n} images to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""select: every candidate scored on the valid split; the chosen model, views and threshold bundled."""
+from __future__ import annotations
+
+import csv
+import time
+
+from recipe import plots, select, tracking
+from recipe.ensemble import save_bundle
+from recipe.schema import SelectConfig
+from stages._common import log_numbers, run, stage_config, write_json
+from stages._training import common_config
+
+
+def main(args):
+    t0 = time.perf_counter()
+    p, experiment = stage_config("select")
+    common = common_config(p)
+    cfg = p.section("select", SelectConfig)
+    dirs = {"train_head": args.head, "finetune": args.finetune, "resize": args.resize}
+    with tracking.stage_run("select", p.used, experiment=experiment):
+        singles, aliases = select.checkpoints(dirs)
+        cands = select.candidates(singles, cfg.ensembles, aliases)
+        rows, scores, sets, classes = select.score(common, cfg, singles=singles, cands=cands, split=args.split,
+                                                   raw=args.raw)
+        # The cost reference: the last stage's model alone, no TTA (what the recipe shipped before select).
+        ref_name = [k for k in singles if "@" not in k][-1]
+        ref = min((r for r in rows if r["candidate"] == ref_name), key=lambda r: r["n_views"])
+        for r in rows:
+            r["cost_ratio"] = r["seconds_per_image"] / ref["seconds_per_image"]
+        chosen = select.choose(rows, cfg)
+        cand = next(c for c in cands if c.name == chosen["candidate"])
+        views = next(v for v in sets if v.name == chosen["views"])
+        probs = select.combine(scores, cand, chosen["size"], views)
+        threshold = select.pick_threshold(probs, scores.labels, cfg.threshold)
+        at = select.thresholded(probs, scores.labels, threshold)
+        summary = {**chosen, "threshold": threshold,
+                   "threshold_rule": cfg.threshold if len(classes) == 2 else "off (more than two classes)",
+                   "valid_accuracy_as_chosen": at["accuracy"], "valid_balanced_accuracy_as_chosen": at["balanced_accuracy"],
+                   "reference": {"candidate": ref["candidate"], "views": ref["views"],
+                                 "seconds_per_image": ref["seconds_per_image"]}}
+        save_bundle(args.model, [(m, singles[m]) for m in cand.members],
+                    views=select.view_spec(cfg, common, views.name) if views.name != "none" else None,
+                    threshold=threshold, seed=common.seed,
+                    info={"candidate": cand.name, "views": views.name, "criterion": cfg.criterion})
+        metrics = {"criterion": cfg.criterion, "chosen": summary, "candidates": len(rows),
+                   "time_s": round(time.perf_counter() - t0, 1)}
+        write_json(args.metrics, metrics)
+        _write_table(args.table, rows)
+        plots.selection(rows, chosen, args.plot, f"select: every candidate on valid ({cfg.criterion} chooses)")
+        log_numbers({k: v for k, v in summary.items() if k not in ("members", "reference")}, "chosen")
+        tracking.set_tag("chosen", f"{cand.name} / {views.name}" + (f" / threshold {threshold:.3f}" if threshold else ""))
+        tracking.log_table({k: [r[k] if k != "members" else "+".join(r[k]) for r in rows] for k in rows[0]},
+                           "candidates.json")
+        for path in (args.metrics, args.table):
+            tracking.log_artifact(path)
+        tracking.log_artifact(args.plot, "plots")
+        print(format_rows(rows, chosen, cfg.criterion))
+        print(describe(summary))
+
+
+def _write_table(path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            w.writerow({**r, "members": "+".join(r["members"])})
+
+
+def format_rows(rows: list[dict], chosen: dict, criterion: str, limit: int = 12) -> str:
+    """The best ``limit`` rows by the criterion, as fixed-width text."""
+    key = (lambda r: r["valid_log_loss"]) if criterion == "log_loss" else (lambda r: -r["valid_accuracy"])
+    top = sorted(rows, key=key)[:limit]
+    lines = [f"{'candidate':<36}{'views':>10}{'size':>6}{'valid loss':>12}{'valid acc':>11}{'cost':>7}"]
+    for r in top:
+        mark = " <" if r is chosen else ""
+        lines.append(f"{r['candidate'][:35]:<36}{r['views']:>10}{r['size']:>6}{r['valid_log_loss']:>12.4f}"
+                     f"{100 * r['valid_accuracy']:>10.2f}%{r['cost_ratio']:>6.1f}x{mark}")
+    return f"select: the best {len(top)} of {len(rows)} (candidate, views) pairs on valid; cost against one model\n" + \
+        "\n".join(lines)
+
+
+def describe(s: dict) -> str:
+    thr = f", threshold {s['threshold']:.3f} ({s['threshold_rule']})" if s["threshold"] is not None else ""
+    return (f"select: chose {s['candidate']} with views {s['views']}{thr}: valid log loss {s['valid_log_loss']:.4f}, "
+            f"accuracy {100 * s['valid_accuracy_as_chosen']:.2f}%, {s['cost_ratio']:.1f}x the cost of "
+            f"{s['reference']['candidate']} alone")
+
+
+if __name__ == "__main__":
+    run(main, "split", "raw", "head", "finetune", "resize", "model", "metrics", "table", "plot")
