@@ -3,8 +3,9 @@
 The rule (README, "Sizes from the data"), from the median shorter side ``s`` of the training
 images (split.csv's ``width`` and ``height``, written by the audit):
 
-- ``train.size``: ``s`` rounded down to a multiple of 32, kept within [TRAIN_MIN, TRAIN_MAX]
-  (ELPV, 300 px cells: 128; 8 px digits: 64; 32 px images: 64).
+- ``train.size``: ``s`` rounded down to a multiple of 32, kept within ``train.auto_size``'s
+  [min, max] (conf/: 128 and 128; ELPV's 300 px cells and 8 px digits both get 128, the best
+  of 32, 64, 96 and 128 on digits' valid split).
 - ``resize.size``: ``s`` rounded down to a multiple of 32, at most RESIZE_MAX; when that is not
   larger than the size the model was trained at, there is nothing to grow into and resize passes
   its input on untrained (ELPV: 224; digits: none, where 224 px would be a 28x upscale).

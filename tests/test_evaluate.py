@@ -29,7 +29,7 @@ class LeftRight(nn.Module):
 
 
 def view_set(name, **settings):
-    """A view set with conf/'s evaluate.tta settings unless given (tta_views has no defaults)."""
+    """A view set with conf/'s select.tta settings unless given (tta_views has no defaults)."""
     kw = dict(scales=(1.0, 1.25), crop=0.875, n=4, beta=None, augment=None, seed=0)
     return T.tta_views(name, **{**kw, **settings})
 

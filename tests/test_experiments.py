@@ -65,14 +65,14 @@ def test_two_queued_experiments_in_parallel_share_one_store(tiny_project):
         audit = json.loads((proj / "outputs/audit/report.json").read_text())
         assert by_name["audit"].data.metrics["kept"] == audit["kept"]
         assert parent.data.params["finetune.lr"] == lr
-        assert "evaluate.test_tta.accuracy" in parent.data.metrics
+        assert "evaluate.test_chosen.accuracy" in parent.data.metrics
     # The same comparison on the command line: the metrics and histories are committed with each
     # experiment (cache: false, not git-ignored), so DVC reads them for any experiment.
     shown = {name: metrics for name, metrics in exp_metrics(json.loads(dvc("exp", "show", "--json", cwd=proj)))}
     for name in ("q-hi", "q-lo"):
         finetune = shown[name]["outputs/finetune/metrics.json"]["data"]
         assert finetune["lr"] == float({"q-hi": "0.001", "q-lo": "0.0001"}[name])
-        assert "test_tta" in shown[name]["outputs/evaluate/metrics.json"]["data"]
+        assert "test_chosen" in shown[name]["outputs/evaluate/metrics.json"]["data"]
     diff = json.loads(dvc("metrics", "diff", "q-hi", "q-lo", "--json", cwd=proj))
     assert diff["outputs/finetune/metrics.json"]["lr"] == {"old": 0.001, "new": 0.0001, "diff": pytest.approx(-0.0009)}
     plots = dvc("plots", "diff", "q-hi", "q-lo", "--json", cwd=proj)

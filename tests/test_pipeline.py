@@ -55,7 +55,9 @@ def project(tmp_path_factory):
     sh("git", "add", "-A", cwd=proj)
     sh("git", "commit", "-qm", "e2e fixture", cwd=proj)
     first = dvc("repro", cwd=proj)
-    return {"proj": proj, "data": data, "first": first}
+    import yaml
+
+    return {"proj": proj, "data": data, "first": first, "params": yaml.safe_load((proj / "params.yaml").read_text())}
 
 
 def point_conf_at(proj: Path, data: Path) -> None:
@@ -103,7 +105,7 @@ def test_repro_writes_every_output(project):
     assert json.loads((proj / "outputs/split/metrics.json").read_text())["leaking_groups"] == 0
 
 
-STAGES = ["audit", "baseline", "evaluate", "finetune", "ingest", "lr_find", "resize", "split", "train_head"]
+STAGES = ["audit", "baseline", "evaluate", "finetune", "ingest", "lr_find", "resize", "select", "split", "train_head"]
 
 
 def test_stages_of_one_repro_share_one_parent_run(project):
@@ -142,6 +144,12 @@ def test_training_stages_write_checkpoints_histories_and_metrics(project):
         metrics = json.loads((proj / f"outputs/{stage}/metrics.json").read_text())
         assert 0 <= metrics["valid_accuracy"] <= 1 and metrics["size"] == size
         assert not (proj / f"outputs/{stage}/resume").exists()  # a finished stage leaves no resume state
+    # SGDR snapshots: finetune's 3 epochs (cycles of 1 and 2) end cycles at epochs 0 and 2
+    snaps = sorted(p.name for p in (proj / "outputs/finetune/snapshots").iterdir())
+    n_epochs = len(pd.read_csv(proj / "outputs/finetune/history.csv"))
+    assert snaps == [f"epoch_{e}.pt" for e in (0, 2) if e < n_epochs]
+    first = torch.load(proj / "outputs/finetune/snapshots/epoch_0.pt", weights_only=True)
+    assert first["stage"] == "finetune@0" and first["size"] == 64
     runs = {r.info.run_name: r for r in store_runs(proj)}
     client = mlflow.MlflowClient(f"sqlite:///{proj}/mlflow.db")
     steps = [m.step for m in client.get_metric_history(runs["finetune"].info.run_id, "valid_loss")]
@@ -149,38 +157,48 @@ def test_training_stages_write_checkpoints_histories_and_metrics(project):
     assert runs["finetune"].data.params["finetune.lr_mult"] == "9"
 
 
-def test_evaluate_scores_the_test_split_reports_and_logs_the_model(project):
+def test_select_chooses_on_valid_and_evaluate_scores_the_choice_on_test(project):
     from recipe.predict import prepare
     from recipe.report import SECTIONS
 
     proj = project["proj"]
     split = pd.read_csv(proj / "outputs/split/split.csv")
     n_test = int((split["split"] == "test").sum())
+    sel = json.loads((proj / "outputs/select/metrics.json").read_text())
+    table = pd.read_csv(proj / "outputs/select/candidates.csv")
+    assert sel["candidates"] == len(table) and set(table["views"]) == set(project["params"]["select"]["view_sets"])
+    assert {"train_head", "finetune", "resize", "finetune+resize"} <= set(table["candidate"])
+    chosen = sel["chosen"]  # the lowest valid log loss; ties to the cheaper
+    assert chosen["valid_log_loss"] == pytest.approx(table["valid_log_loss"].min())
+    assert chosen["threshold_rule"] == "accuracy" and 0 < chosen["threshold"] < 1  # two classes
     m = json.loads((proj / "outputs/evaluate/metrics.json").read_text())
-    assert m["checkpoint"] == "resize" and m["size"] == 96 and m["tta_views"] == "flips" and m["views"] == 4
-    for key in ("test", "test_tta"):
+    assert m["chosen"]["candidate"] == chosen["candidate"] and m["chosen"]["views"] == chosen["views"]
+    assert m["chosen"]["threshold"] == pytest.approx(chosen["threshold"])
+    for key in ("test", "test_chosen"):
         assert m[key]["images"] == n_test
         assert {"accuracy", "balanced_accuracy", "macro_f1", "log_loss", "ece", "accuracy_ci95", "per_class"} <= set(m[key])
-    assert list(m["table"]) == ["majority_class", "baseline_model", "train_head", "finetune", "resize", "evaluate",
-                                "evaluate_tta_flips"]
-    assert m["table"]["resize"]["test_accuracy"] == m["test"]["accuracy"]
+    assert list(m["table"]) == ["majority_class", "baseline_model", "train_head", "finetune", "resize", "chosen_plain",
+                                "chosen"]
     assert m["table"]["train_head"]["test_accuracy"] is not None  # each checkpoint scored on the test split
     predictions = pd.read_csv(proj / "outputs/evaluate/predictions.csv")
-    assert len(predictions) == n_test and {"actual", "predicted", "predicted_tta"} <= set(predictions.columns)
-    assert (predictions["predicted_tta"] == predictions["actual"]).mean() == pytest.approx(m["test_tta"]["accuracy"])
+    assert len(predictions) == n_test and {"actual", "predicted", "predicted_chosen"} <= set(predictions.columns)
+    assert (predictions["predicted_chosen"] == predictions["actual"]).mean() == pytest.approx(m["test_chosen"]["accuracy"])
     page = (proj / "outputs/evaluate/report.html").read_text()
     for section in SECTIONS:
         assert f'<section id="{section}">' in page
-    assert page.count("data:image/png;base64,") == 13 and "not available" not in page and "not found" not in page
-    first = project["first"]  # the stage table ends dvc repro's output
-    assert first.index("evaluate_tta_flips") > first.index("Running stage 'evaluate'")
+    assert page.count("data:image/png;base64,") == 14 and "not available" not in page and "not found" not in page
+    first = project["first"]  # the choice and the stage table end dvc repro's output
+    assert first.index("Chosen on valid") > first.index("Running stage 'evaluate'")
+    assert first.index("chosen_plain") > first.index("Chosen on valid")
     plots = json.loads(dvc("plots", "show", "--json", "--split", cwd=proj))["data"]  # DVC's confusion template
     assert '"groupby": ["actual", "predicted"]' in json.dumps(plots["outputs/evaluate/predictions.csv"])
-    assert '"groupby": ["actual", "predicted_tta"]' in json.dumps(plots["confusion_tta"])
+    assert '"groupby": ["actual", "predicted_chosen"]' in json.dumps(plots["confusion_chosen"])
 
-    run = next(r for r in store_runs(proj) if r.info.run_name == "evaluate")
-    assert run.data.metrics["test_tta.accuracy"] == pytest.approx(m["test_tta"]["accuracy"])
-    assert run.data.metrics["table.majority_class.test_accuracy"] == pytest.approx(m["table"]["majority_class"]["test_accuracy"])
+    runs = {r.info.run_name: r for r in store_runs(proj)}
+    run = runs["evaluate"]
+    assert run.data.metrics["test_chosen.accuracy"] == pytest.approx(m["test_chosen"]["accuracy"])
+    assert runs["select"].data.metrics["chosen.valid_log_loss"] == pytest.approx(chosen["valid_log_loss"])
+    assert runs["select"].data.tags["chosen"].startswith(chosen["candidate"])
     client = mlflow.MlflowClient(f"sqlite:///{proj}/mlflow.db")
     assert {"report.html", "metrics.json", "predictions.csv"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
     mlflow.set_tracking_uri(f"sqlite:///{proj}/mlflow.db")
@@ -188,11 +206,12 @@ def test_evaluate_scores_the_test_split_reports_and_logs_the_model(project):
         model = mlflow.pyfunc.load_model(run.data.tags["model_uri"])
     finally:
         mlflow.set_tracking_uri(None)
-    channels = torch.load(proj / "outputs/resize/model.pt", weights_only=True)["channels"]
-    x = prepare([proj / "data/raw/files" / p for p in predictions["path"][:3]], 96, channels)
-    probs = np.asarray(model.predict(x))  # images prepared as the README shows
-    assert probs.shape == (3, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
-    np.testing.assert_allclose(probs.max(1), predictions["probability"][:3], atol=1e-4)  # = evaluate's plain pass
+    size, channels = model.metadata.metadata["size"], model.metadata.metadata["channels"]
+    x = prepare([proj / "data/raw/files" / p for p in predictions["path"][:3]], size, channels)
+    out = model.predict(x)  # images prepared as the README shows
+    probs = out[["bad", "good"]].to_numpy()
+    np.testing.assert_allclose(probs, predictions[["p_bad", "p_good"]][:3], atol=1e-4)  # = evaluate's chosen pass
+    assert list(out["predicted"]) == list(predictions["predicted_chosen"][:3])  # its threshold too
 
 
 def test_killed_training_stage_resumes_to_the_same_metrics(project):
@@ -226,6 +245,7 @@ def test_nothing_changed_skips_audit_and_split(project):
     assert "Stage 'audit' didn't change, skipping" in out
     assert "Stage 'split' didn't change, skipping" in out
     assert "Stage 'resize' didn't change, skipping" in out
+    assert "Stage 'select' didn't change, skipping" in out
     assert "Stage 'evaluate' didn't change, skipping" in out
 
 

@@ -74,8 +74,8 @@ def test_a_space_named_in_a_file_replaces_the_inherited_one(tmp_path):
     ({"space": {}}, "search.space = {}"),
     ({"objective": {"metrics": "outputs/resize/metrics.json", "key": "valid_loss", "direction": "down"}},
      "search.objective.direction = 'down': Input should be 'minimize' or 'maximize'"),
-    ({"objective": {"metrics": "outputs/evaluate/metrics.json", "key": "test_tta.accuracy", "direction": "maximize"}},
-     "search.objective.key = 'test_tta.accuracy': a test-split metric would leak"),
+    ({"objective": {"metrics": "outputs/evaluate/metrics.json", "key": "test_chosen.accuracy", "direction": "maximize"}},
+     "search.objective.key = 'test_chosen.accuracy': a test-split metric would leak"),
     ({"objective": {"metrics": "/abs/metrics.json", "key": "valid_loss", "direction": "minimize"}},
      "search.objective.metrics = '/abs/metrics.json': must be a path inside the project"),
     ({"study": "my study"}, "search.study = 'my study'"),
@@ -340,7 +340,7 @@ def test_search_runs_dvc_experiments_that_reuse_early_stages(tmp_path):
         "extends": "tiny", "study": "e2e", "trials": 2,
         # the evaluate stage made cheap: it runs in every trial and the objective does not read it
         "overrides": ["experiment=tiny", "evaluate.model.log=false", "evaluate.stage_table=false",
-                      "evaluate.tta.views=none", "evaluate.metrics.bootstrap=0"],
+                      "select.view_sets=[none]", "evaluate.metrics.bootstrap=0"],
         "space": {"finetune.lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True}}})
     env = subprocess_env()
     for cmd in (["git", "add", "-A"], ["git", "commit", "-qm", "search fixture"]):

@@ -4,10 +4,11 @@
 :func:`sklearn.datasets.load_digits` (values 0..16, ten classes) as 8-bit grayscale PNGs at their
 native size, ``OUT_DIR/<digit>/<digit>_<index>.png`` (index: the row of ``load_digits``, four
 digits, so names are stable; pixel = round(value * 255 / 16)). ``--limit N`` writes a stratified
-subset of N images (seed 0). Then point the pipeline at it, with ``audit.min_side`` below 8
-(the default 32 drops every image as too_small):
+subset of N images (seed 0). Then point the pipeline at it; nothing else needs changing
+(``conf/data/folder.yaml`` picks the upright augmentation, ``train.size: auto`` 64 px, and
+``resize.size: auto`` finds nothing to grow into):
 
-    dvc exp run -S data=folder -S data.path=OUT_DIR -S audit.min_side=8
+    dvc exp run -S data=folder -S data.path=OUT_DIR
 """
 from __future__ import annotations
 

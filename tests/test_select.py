@@ -1,0 +1,165 @@
+"""select: candidates, scoring on valid only, the choice, the threshold; the size rule; SGDR cycle ends."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from recipe import select as S
+from recipe.config import load_section, read_params
+from recipe.errors import ConfigError
+from recipe.models import build_model
+from recipe.optim import cycle_ends
+from recipe.schema import AugmentConfig, SelectConfig, TrainConfig
+from recipe.session import save_checkpoint
+from recipe.sizes import resize_size, train_size
+from recipe.training import Common
+from conftest import REPO, noise_image
+
+CFG = {"name": "resnet18", "weights": None, "mean": [0.5] * 3, "std": [0.25] * 3,
+       "head": {"pool": "avg", "dropout": 0.0, "init": "kaiming", "init_gain": 1.0, "prior_bias": False}}
+
+
+def config(**changes) -> SelectConfig:
+    """conf/'s select section (params.yaml), with changes."""
+    base = load_section("select", SelectConfig, read_params(REPO / "params.yaml")).model_dump()
+    return SelectConfig(**{**base, **changes})
+
+
+def row(name, views, loss, acc, cost, members=None):
+    return {"candidate": name, "views": views, "members": members or [name], "valid_log_loss": loss,
+            "valid_accuracy": acc, "seconds_per_image": cost}
+
+
+ROWS = [row("resize", "none", 0.30, 0.88, 1.0), row("resize", "flips", 0.28, 0.89, 4.0),
+        row("finetune+resize", "flips", 0.25, 0.90, 6.0, ["finetune", "resize"]),
+        row("finetune+resize", "none", 0.251, 0.90, 1.5, ["finetune", "resize"]),
+        row("train_head", "none", 0.40, 0.90, 0.3)]
+
+
+def test_choose_picks_the_known_best_and_breaks_ties_toward_the_cheaper():
+    assert S.choose(ROWS, config()) is ROWS[2]  # lowest valid log loss
+    assert S.choose(ROWS, config(tolerance=0.002)) is ROWS[3]  # within 0.002: the cheaper ensemble without views
+    assert S.choose(ROWS, config(criterion="accuracy")) is ROWS[4]  # three at 0.90: the cheapest
+    assert S.choose(ROWS, config(candidate="resize")) is ROWS[1]  # pinned candidate, its best views
+    assert S.choose(ROWS, config(views="none")) is ROWS[3]  # pinned views
+    with pytest.raises(ConfigError, match="select.candidate = 'nope': not a candidate"):
+        S.choose(ROWS, config(candidate="nope"))
+
+
+def test_threshold_search_has_the_known_answer():
+    p1 = np.array([0.10, 0.20, 0.35, 0.40, 0.45, 0.90])
+    probs = np.stack([1 - p1, p1], 1)
+    labels = np.array([0, 0, 1, 1, 1, 1])
+    # argmax (0.5) gets 3 of 6 right; any cut in (0.2, 0.35] gets all 6; the midpoint is 0.275
+    assert S.pick_threshold(probs, labels, "accuracy") == pytest.approx(0.275)
+    assert S.thresholded(probs, labels, 0.275)["accuracy"] == 1.0 and S.thresholded(probs, labels, None)["accuracy"] == 0.5
+    assert S.pick_threshold(probs, labels, "balanced_accuracy") == pytest.approx(0.275)
+    assert S.pick_threshold(probs, labels, "off") is None and S.pick_threshold(probs, labels, 0.7) == 0.7
+    # ties: every cut that is as good; the one nearest 0.5 wins (here all cuts between 0.45 and 0.9 tie at 4/6... and 0.5)
+    even = np.stack([1 - np.array([0.1, 0.9]), np.array([0.1, 0.9])], 1)
+    assert S.pick_threshold(even, np.array([0, 1]), "accuracy") == 0.5
+    assert S.pick_threshold(np.full((3, 3), 1 / 3), np.array([0, 1, 2]), "accuracy") is None  # three classes
+
+
+def test_candidates_expand_snapshots_and_skip_what_is_missing(tmp_path):
+    singles = {n: tmp_path / f"{n}.pt" for n in ("train_head", "finetune", "finetune@0", "finetune@2", "resize", "resize@0")}
+    cands = S.candidates(singles, [["finetune", "resize"], ["finetune@snapshots"], ["finetune@snapshots", "resize@snapshots"],
+                                   ["resize@snapshots"], ["finetune", "finetune@9"]], aliases={"finetune@6": "finetune"})
+    by = {c.name: c.members for c in cands}
+    assert by["finetune+resize"] == ("finetune", "resize")
+    assert by["finetune@snapshots"] == ("finetune@0", "finetune@2", "finetune")  # @6 is finetune's own weights
+    assert by["finetune@snapshots+resize@snapshots"] == ("finetune@0", "finetune@2", "finetune", "resize@0")
+    assert "resize@snapshots" not in by and "finetune+finetune@9" not in by  # one member only: not an ensemble
+    assert [c.name for c in cands[:6]] == list(singles)
+    with pytest.raises(ConfigError, match="'nope' is not a stage"):
+        S.candidates(singles, [["nope", "resize"]])
+
+
+def _checkpoint(path, seed):
+    torch.manual_seed(seed)
+    h = CFG["head"]
+    m = build_model(name="resnet18", weights=None, mean=CFG["mean"], std=CFG["std"], classes=2, pool="avg",
+                    dropout=0.0, init="kaiming", init_gain=h["init_gain"]).eval()
+    return save_checkpoint(path, m, classes=["a", "b"], size=32, model_config=CFG, stage=path.stem, epoch=1, channels=1)
+
+
+def test_score_reads_the_valid_split_only_and_identical_members_equal_one(tmp_path):
+    raw = tmp_path / "raw"
+    rows = []
+    for i in range(8):
+        label = "ab"[i % 2]
+        noise_image(raw / "files" / f"{label}{i}.png", i, size=40)
+        rows.append({"path": f"{label}{i}.png", "label": label, "split": "valid", "group": i})
+    for i in range(4):  # test rows whose files do not exist: reading one would fail the test
+        rows.append({"path": f"missing{i}.png", "label": "ab"[i % 2], "split": "test", "group": 100 + i})
+    rows.append({"path": "t.png", "label": "a", "split": "train", "group": 200})
+    pd.DataFrame(rows).to_csv(tmp_path / "split.csv", index=False)
+    dirs = {s: tmp_path / s for s in S.STAGES}
+    _checkpoint(dirs["finetune"] / "model.pt", 0)
+    (dirs["finetune"] / "snapshots").mkdir()
+    shutil.copy(dirs["finetune"] / "model.pt", dirs["finetune"] / "snapshots" / "epoch_2.pt")  # = model.pt
+    _checkpoint(dirs["finetune"] / "snapshots" / "epoch_0.pt", 1)
+    _checkpoint(dirs["resize"] / "model.pt", 2)
+    singles, aliases = S.checkpoints(dirs)
+    assert list(singles) == ["finetune", "finetune@0", "resize"] and aliases == {"finetune@2": "finetune"}
+    params = read_params(REPO / "params.yaml")
+    train = load_section("train", TrainConfig, params).model_copy(update={"size": 32, "workers": 1, "batch_size": 4})
+    common = Common(seed=0, train=train, model=None, optim=None, augment=load_section("augment", AugmentConfig, params))
+    cfg = config(view_sets=["none", "flips"], ensembles=[["finetune", "finetune"], ["finetune@snapshots"]])
+    cands = S.candidates(singles, cfg.ensembles, aliases)
+    assert [c.name for c in cands] == ["finetune", "finetune@0", "resize", "finetune@snapshots"]
+    cands.append(S.Candidate("twice", ("finetune", "finetune")))  # an ensemble of identical members
+    out, scores, sets, classes = S.score(common, cfg, singles=singles, cands=cands, split=tmp_path / "split.csv",
+                                         raw=raw)
+    assert classes == ["a", "b"] and len(scores.labels) == 8  # the 8 valid images, nothing else
+    assert len(out) == len(cands) * 2 and {r["views"] for r in out} == {"none", "flips"}
+    by = {(r["candidate"], r["views"]): r for r in out}
+    for v in ("none", "flips"):
+        assert by[("twice", v)]["valid_log_loss"] == pytest.approx(by[("finetune", v)]["valid_log_loss"], abs=1e-12)
+        assert by[("twice", v)]["seconds_per_image"] == pytest.approx(2 * by[("finetune", v)]["seconds_per_image"])
+    assert by[("finetune", "flips")]["seconds_per_image"] == pytest.approx(4 * by[("finetune", "none")]["seconds_per_image"])
+    p = S.combine(scores, cands[3], 32, sets[0])  # the snapshot ensemble: the mean of its members
+    mean = (S.combine(scores, cands[0], 32, sets[0]) + S.combine(scores, cands[1], 32, sets[0])) / 2
+    np.testing.assert_allclose(p, mean, atol=1e-12)
+
+
+def test_size_rule_from_the_data():
+    # ELPV's 300 px cells: 128 then 224, as measured; 8 px digits: 128 and no resize (a 28x upscale)
+    assert train_size("auto", 300, low=128, high=128) == 128 and train_size("auto", 8, low=128, high=128) == 128
+    assert train_size("auto", 8, low=64, high=128) == 64 and train_size("auto", 100, low=32, high=128) == 96
+    assert resize_size("auto", None, from_size=128, side=300, high=224) == 224
+    assert resize_size("auto", None, from_size=64, side=8, high=224) is None
+    assert resize_size("auto", None, from_size=128, side=160, high=224) == 160
+    assert resize_size("auto", None, from_size=128, side=140, high=224) is None  # 128 is as large as it gets
+    assert train_size(96, 300, low=64, high=128) == 96 and resize_size(192, None, from_size=128, side=8, high=224) == 192
+    assert resize_size(None, 1.5, from_size=128, side=300, high=224) == 192
+
+
+def test_sgdr_cycle_ends_are_the_snapshot_epochs():
+    sgdr = {"name": "sgdr", "cycle_len": 1, "cycle_mult": 2, "eta_min": 0.0}
+    assert cycle_ends(sgdr, 7) == [0, 2, 6] and cycle_ends(sgdr, 3) == [0, 2]
+    assert cycle_ends(sgdr, 5) == [0, 2, 4]  # the last epoch too, mid-cycle
+    assert cycle_ends({**sgdr, "cycle_len": 2, "cycle_mult": 1}, 6) == [1, 3, 5]
+    assert cycle_ends({"name": "onecycle"}, 7) == []
+
+
+def test_train_size_auto_becomes_a_number_from_split_csv(tmp_path, capsys):
+    from recipe.config import StageParams
+    from stages._training import common_config
+
+    params = read_params(REPO / "params.yaml")
+    assert params["train"]["size"] == "auto"  # conf/'s default
+    rows = [{"path": f"{i}.png", "label": "ab"[i % 2], "split": "train", "group": i, "width": 300, "height": 240 + i}
+            for i in range(5)]
+    pd.DataFrame(rows).to_csv(tmp_path / "split.csv", index=False)
+    p = StageParams("train_head", ["seed", "train", "augment"], params)
+    common = common_config(p, tmp_path / "split.csv")
+    assert common.train.size == 128 and "train.size auto: 128 px" in capsys.readouterr().out
+    assert common_config(p).train.size == "auto"  # stages that train at a checkpoint's size leave it
+    pd.DataFrame(rows).drop(columns=["width", "height"]).to_csv(tmp_path / "old.csv", index=False)
+    with pytest.raises(Exception, match="no width/height columns"):
+        common_config(p, tmp_path / "old.csv")
