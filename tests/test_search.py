@@ -120,7 +120,7 @@ def test_a_seeded_gp_search_is_repeatable_and_beats_its_random_start(tmp_path):
     ({"finetune.lrr": {"type": "float", "low": 1e-4, "high": 1e-2}}, "search.space.finetune.lrr: not a params key or config group"),
     ({"model.head": {"type": "categorical", "choices": [1, 2]}}, "search.space.model.head: a dict in params.yaml"),
     ({"augment": {"type": "categorical", "choices": ["top_down", "sideways"]}},
-     "search.space.augment.choices: 'sideways' is not an option of augment (files in conf/augment/: none, side_on, top_down)"),
+     "search.space.augment.choices: 'sideways' is not an option of augment (files in conf/augment/: none, side_on, top_down, upright)"),
     ({"optim": {"type": "float", "low": 0.1, "high": 1}}, "search.space.optim.type = 'float': a config group takes type categorical"),
     ({"seed": {"type": "int", "low": 0, "high": 9}}, "search.space.seed: also a fixed override"),
 ])
