@@ -41,7 +41,8 @@ def main(args):
         save_bundle(args.model, [(m, singles[m]) for m in cand.members],
                     views=select.view_spec(cfg, common, views.name) if views.name != "none" else None,
                     threshold=threshold, seed=common.seed,
-                    info={"candidate": cand.name, "views": views.name, "criterion": cfg.criterion})
+                    info={"candidate": cand.name, "views": views.name, "criterion": cfg.criterion,
+                          "valid_accuracy_as_chosen": at["accuracy"]})
         metrics = {"criterion": cfg.criterion, "chosen": summary, "candidates": len(rows),
                    "time_s": round(time.perf_counter() - t0, 1)}
         write_json(args.metrics, metrics)
