@@ -15,7 +15,7 @@ from conftest import run_cmd, store_runs
 
 pytestmark = pytest.mark.slow
 
-STAGES = {"ingest", "audit", "split", "baseline", "lr_find", "train_head", "finetune", "resize", "evaluate"}
+STAGES = {"ingest", "audit", "split", "baseline", "lr_find", "train_head", "finetune", "resize", "select", "evaluate"}
 
 
 def dvc(*args: str, cwd: Path) -> str:
