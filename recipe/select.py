@@ -207,6 +207,29 @@ def valid_figures(probs: np.ndarray, labels: np.ndarray) -> dict:
     return {"valid_log_loss": float(-np.log(p).mean()), "valid_accuracy": float((probs.argmax(1) == labels).mean())}
 
 
+def decide_all(rows: list[dict], scores: Scores, cands: list[Candidate], sets: list[Views],
+               singles: dict[str, Path], classes: list[str], cfg: SelectConfig) -> dict:
+    """Everything select decides from the scored rows: each row's cost against the reference
+    (the last stage's model alone, fewest views: what the recipe shipped before select), the
+    chosen row, its candidate and views, the threshold, and the summary select writes."""
+    ref_name = [k for k in singles if "@" not in k][-1]
+    ref = min((r for r in rows if r["candidate"] == ref_name), key=lambda r: r["n_views"])
+    for r in rows:
+        r["cost_ratio"] = r["seconds_per_image"] / ref["seconds_per_image"]
+    chosen = choose(rows, cfg)
+    cand = next(c for c in cands if c.name == chosen["candidate"])
+    views = next(v for v in sets if v.name == chosen["views"])
+    probs = combine(scores, cand, chosen["size"], views)
+    threshold = pick_threshold(probs, scores.labels, cfg.threshold)
+    at = thresholded(probs, scores.labels, threshold)
+    summary = {**chosen, "threshold": threshold,
+               "threshold_rule": cfg.threshold if len(classes) == 2 else "off (more than two classes)",
+               "valid_accuracy_as_chosen": at["accuracy"], "valid_balanced_accuracy_as_chosen": at["balanced_accuracy"],
+               "reference": {"candidate": ref["candidate"], "views": ref["views"],
+                             "seconds_per_image": ref["seconds_per_image"]}}
+    return {"row": chosen, "candidate": cand, "views": views, "threshold": threshold, "summary": summary}
+
+
 def choose(rows: list[dict], cfg: SelectConfig) -> dict:
     """The row select ships (see the module's contract)."""
     pool = rows

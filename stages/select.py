@@ -22,27 +22,13 @@ def main(args):
         cands = select.candidates(singles, cfg.ensembles, aliases)
         rows, scores, sets, classes = select.score(common, cfg, singles=singles, cands=cands, split=args.split,
                                                    raw=args.raw)
-        # The cost reference: the last stage's model alone, no TTA (what the recipe shipped before select).
-        ref_name = [k for k in singles if "@" not in k][-1]
-        ref = min((r for r in rows if r["candidate"] == ref_name), key=lambda r: r["n_views"])
-        for r in rows:
-            r["cost_ratio"] = r["seconds_per_image"] / ref["seconds_per_image"]
-        chosen = select.choose(rows, cfg)
-        cand = next(c for c in cands if c.name == chosen["candidate"])
-        views = next(v for v in sets if v.name == chosen["views"])
-        probs = select.combine(scores, cand, chosen["size"], views)
-        threshold = select.pick_threshold(probs, scores.labels, cfg.threshold)
-        at = select.thresholded(probs, scores.labels, threshold)
-        summary = {**chosen, "threshold": threshold,
-                   "threshold_rule": cfg.threshold if len(classes) == 2 else "off (more than two classes)",
-                   "valid_accuracy_as_chosen": at["accuracy"], "valid_balanced_accuracy_as_chosen": at["balanced_accuracy"],
-                   "reference": {"candidate": ref["candidate"], "views": ref["views"],
-                                 "seconds_per_image": ref["seconds_per_image"]}}
+        d = select.decide_all(rows, scores, cands, sets, singles, classes, cfg)
+        cand, views, threshold, summary, chosen = d["candidate"], d["views"], d["threshold"], d["summary"], d["row"]
         save_bundle(args.model, [(m, singles[m]) for m in cand.members],
                     views=select.view_spec(cfg, common, views.name) if views.name != "none" else None,
                     threshold=threshold, seed=common.seed,
                     info={"candidate": cand.name, "views": views.name, "criterion": cfg.criterion,
-                          "valid_accuracy_as_chosen": at["accuracy"]})
+                          "valid_accuracy_as_chosen": summary["valid_accuracy_as_chosen"]})
         metrics = {"criterion": cfg.criterion, "chosen": summary, "candidates": len(rows),
                    "time_s": round(time.perf_counter() - t0, 1)}
         write_json(args.metrics, metrics)
