@@ -1,19 +1,26 @@
 """The MLflow model evaluate logs, as MLflow's "models from code": this file is the model's code,
 the bundle (recipe.ensemble) its one artifact, so nothing is pickled.
 
-Input: float32 images ``(N, C, size, size)`` in [0, 1] (``recipe.predict.prepare`` makes them
-from image files; ``size`` and ``channels`` are in the model's metadata). Output: a DataFrame
-with one probability column per class and ``predicted``, the class the chosen model decides on
-(its decision threshold applied when it has one). Every member, view and the threshold of the
-bundle are applied: the logged model is exactly what select chose.
+Input: a DataFrame with one column, ``image``: the bytes of an image file (PNG, JPEG, TIFF, any
+format Pillow reads; base64 in a JSON request to ``mlflow models serve``, which decodes it by the
+signature's ``binary`` type). Each is prepared as the pipeline prepares its own images
+(``recipe.predict.prepare``). Output: a DataFrame with one probability column per class and
+``predicted``, the class the chosen model decides on (its decision threshold applied when it has
+one). Every member, view and the threshold of the bundle are applied: the logged model is exactly
+what select chose. An image that cannot be read is refused with an MLflow
+``INVALID_PARAMETER_VALUE`` error naming its row (HTTP 400 from the server, no traceback).
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.models import set_model
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
+
+COLUMN = "image"
 
 
 class RecipeModel(PythonModel):
@@ -23,11 +30,22 @@ class RecipeModel(PythonModel):
         self.model, self.meta = load_bundle(context.artifacts["bundle"])
 
     def predict(self, context, model_input, params=None):
-        x = np.asarray(model_input, dtype=np.float32)
+        from recipe.predict import prepare
+
         m = self.model
-        if x.ndim != 4 or x.shape[1] != m.channels or x.shape[2:] != (m.size, m.size):
-            raise ValueError(f"expected float32 images of shape (N, {m.channels}, {m.size}, {m.size}) in [0, 1], "
-                             f"got {x.shape}")
+        if not isinstance(model_input, pd.DataFrame) or COLUMN not in model_input.columns:
+            raise MlflowException(f"expected a DataFrame with an {COLUMN!r} column of image file bytes",
+                                  error_code=INVALID_PARAMETER_VALUE)
+        arrays = []
+        for i, data in enumerate(model_input[COLUMN]):
+            try:
+                if isinstance(data, str):
+                    raise ValueError("a string, not bytes (send the file's bytes; base64 in JSON)")
+                arrays.append(prepare([data], m.size, m.channels)[0])
+            except Exception as exc:  # Pillow's errors and ImageRefused: say which row, not a traceback
+                raise MlflowException(f"{COLUMN} {i}: cannot read as an image ({exc})",
+                                      error_code=INVALID_PARAMETER_VALUE) from None
+        x = np.stack(arrays) if arrays else np.zeros((0, m.channels, m.size, m.size), np.float32)
         with torch.no_grad():
             p = m(torch.from_numpy(x)).numpy()
         out = pd.DataFrame(p, columns=m.classes)

@@ -13,7 +13,6 @@ from mlflow.models import infer_signature
 
 import recipe
 from recipe import evaluate, pyfunc_model, tracking
-from recipe.predict import prepare
 from recipe.report import write_report
 from recipe.schema import EvaluateConfig
 from stages._common import log_numbers, run, stage_config, write_json
@@ -73,12 +72,13 @@ def _title(data: dict, seed: int) -> str:
 
 def log_model(bundle: Path, model, cfg, predictions: Path, raw: Path) -> str:
     """The chosen model as an MLflow pyfunc model (recipe/pyfunc_model.py, models from code; the
-    bundle its artifact): float32 images ``(N, C, size, size)`` in [0, 1] in, one probability
-    column per class and ``predicted`` out; ``recipe.predict.prepare`` makes such arrays from
-    image files."""
+    bundle its artifact): a DataFrame with an ``image`` column of image file bytes in (two test
+    images are its input example), one probability column per class and ``predicted`` out."""
+    import pandas as pd
+
     with open(predictions, newline="") as f:
         first = [row["path"] for row, _ in zip(csv.DictReader(f), range(2))]
-    example = prepare([Path(raw) / "files" / p for p in first], model.size, model.channels)
+    example = pd.DataFrame({pyfunc_model.COLUMN: [(Path(raw) / "files" / p).read_bytes() for p in first]})
     impl = pyfunc_model.RecipeModel()
     impl.model = model
     out = impl.predict(None, example)

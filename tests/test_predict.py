@@ -143,18 +143,24 @@ def test_logged_mlflow_model_loads_and_predicts(checkpoint, images, tmp_path, mo
     with mlflow.start_run(experiment_id=experiment):
         model_uri = log_model(bundle, model, cfg, predictions, raw)
 
-    x = prepare(list(images), 32, 1)  # images prepared as the README shows
+    import pandas as pd
+
+    x = prepare(list(images), 32, 1)
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
     pyfunc = mlflow.pyfunc.load_model(model_uri)
-    got = pyfunc.predict(x)
+    files = pd.DataFrame({"image": [p.read_bytes() for p in images]})  # the files' bytes, as the README shows
+    got = pyfunc.predict(files)
     assert list(got.columns) == [*CLASSES, "predicted"]
     np.testing.assert_allclose(got[CLASSES].to_numpy(), expected, atol=1e-5)  # the ensemble and its views
     assert list(got["predicted"]) == [CLASSES[int(p[1] >= 0.4)] for p in expected]  # and its threshold
-    assert pyfunc.metadata.get_input_schema().inputs[0].shape == (-1, 1, 32, 32)
+    (column,) = pyfunc.metadata.get_input_schema().inputs
+    assert column.name == "image" and column.type.name == "binary"
     assert pyfunc.metadata.metadata["threshold"] == 0.4
     registered = mlflow.pyfunc.load_model("models:/cells-test/1")  # the registry switch
-    np.testing.assert_allclose(registered.predict(x)[CLASSES].to_numpy(), expected, atol=1e-5)
+    np.testing.assert_allclose(registered.predict(files)[CLASSES].to_numpy(), expected, atol=1e-5)
+    with pytest.raises(mlflow.exceptions.MlflowException, match=r"image 1: cannot read as an image"):
+        pyfunc.predict(pd.DataFrame({"image": [images[0].read_bytes(), b"\x89PNG\r\n\x1a\nnot really"]}))
 
     assert main([str(images[0]), "--model", model_uri]) == 0  # the predict command takes the URI too
     (row,) = _lines(capsys.readouterr().out)

@@ -102,6 +102,17 @@ def load_image(path: Path, max_pixels: int = Image.MAX_IMAGE_PIXELS) -> Image.Im
         return to_canonical(im)
 
 
+def fit_square(im: Image.Image, size: int) -> Image.Image:
+    """Shorter side to ``size`` (antialiased), then the centre ``size x size`` crop."""
+    w, h = im.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        im = im.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=None)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return im.crop((left, top, left + size, top + size))
+
+
 def inspect_image(path: Path, *, max_pixels: int, stats_max_side: int) -> ImageInfo:
     import imagehash
 

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from recipe.data.images import load_image
+from recipe.data.images import fit_square, load_image
 from recipe.errors import DataError
 from recipe.paths import is_within
 from recipe.split import TARGET_PREFIX
@@ -139,17 +139,6 @@ def _decode(arg: tuple[Path, int]) -> np.ndarray:
         raise DataError(f"{path}: cannot decode ({exc})") from None
     a = np.asarray(fit_square(im, size), dtype=np.uint8)
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1).copy()
-
-
-def fit_square(im: Image.Image, size: int) -> Image.Image:
-    """Shorter side to ``size`` (antialiased), then the centre ``size x size`` crop."""
-    w, h = im.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    if (nw, nh) != (w, h):
-        im = im.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=None)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return im.crop((left, top, left + size, top + size))
 
 
 class Batches:

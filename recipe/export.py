@@ -1,0 +1,239 @@
+"""Ship the chosen model: BatchNorm folded into the convolutions, one ONNX graph, parity checked.
+
+Contract:
+
+- :func:`fold_bn` returns an eval-mode copy of a model in which every ``Conv2d`` whose output
+  goes straight into a ``BatchNorm2d`` is replaced by ``torch.nn.utils.fusion.fuse_conv_bn_eval``
+  of the pair (PyTorch's own arithmetic) and the BatchNorm by ``Identity``. The pairs are found
+  by running the model once on a small input: a BatchNorm whose input is the very tensor a
+  convolution just returned. ``torch.fx``'s ``fuse`` would be the textbook tool, but it cannot
+  trace EfficientNet-Lite's "same" padding (it branches on the input's shape); the hooks see
+  every architecture the recipe builds. The fold is checked, not assumed: :func:`parity`.
+- :class:`Decision` wraps an :class:`~recipe.ensemble.Ensemble` (members, each at its size,
+  its TTA views, the threshold) into what is exported: float32 images ``(N, C, size, size)``
+  in [0, 1] in; ``probabilities`` (float32, ``(N, classes)``) and ``predicted`` (int64, the
+  class index the model decides on, its threshold applied) out. An ensemble is one graph: a
+  consumer needs no manifest and no code of ours to get the decision.
+- :func:`export_onnx` writes that graph (``torch.onnx.export``, the ``torch.export`` based
+  exporter, weights inside the one file) with the model's metadata in ``metadata_props``
+  (:data:`META_KEYS`, JSON values): classes, input size and channels, normalisation (applied in
+  the graph), the threshold, the views and members.
+- :func:`parity` compares probabilities and decisions of the checkpoint, the folded model and
+  the ONNX model under ONNX Runtime on a set of images.
+
+Nothing here reads the pipeline's files or talks to MLflow (``stages/export.py`` does).
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from recipe.ensemble import Ensemble, decide
+from recipe.errors import ConfigError
+from recipe.onnx_model import FORMAT, OnnxModel
+
+# Views that are random draws (a generator per view) give another picture each call: not a graph.
+RANDOM_VIEWS = ("augment",)
+
+
+def fold_bn(model: nn.Module, *, channels: int = 3, side: int = 32) -> tuple[nn.Module, int]:
+    """An eval-mode copy of ``model`` with each Conv2d -> BatchNorm2d pair folded into one
+    Conv2d (with a bias); the number of pairs folded. ``channels`` and ``side`` shape the one
+    input the pairs are found with."""
+    model = copy.deepcopy(model).eval()
+    pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]] = []
+    last: dict = {}
+
+    def after_conv(conv, _inp, out):
+        last["conv"], last["out"] = conv, out
+
+    def before_bn(bn, inp):
+        if last.get("out") is inp[0]:
+            pairs.append((last["conv"], bn))
+        last.clear()
+
+    hooks = [m.register_forward_hook(after_conv) if isinstance(m, nn.Conv2d) else m.register_forward_pre_hook(before_bn)
+             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
+    try:
+        with torch.no_grad():
+            model(torch.rand(1, channels, side, side))
+    finally:
+        for h in hooks:
+            h.remove()
+    parent = {child: (mod, name) for mod in model.modules() for name, child in mod.named_children()}
+    seen = set()
+    for conv, bn in pairs:
+        if id(conv) in seen or id(bn) in seen:  # a module called twice: fold it once (or not at all)
+            continue
+        seen.update((id(conv), id(bn)))
+        for mod, new in ((conv, fuse_conv_bn_eval(conv, bn)), (bn, nn.Identity())):
+            owner, name = parent[mod]
+            setattr(owner, name, new)
+    return model, len(seen) // 2
+
+
+def fold_ensemble(model: Ensemble) -> tuple[Ensemble, int]:
+    """A copy of the ensemble with every member folded (:func:`fold_bn`); the pairs folded."""
+    folded = copy.deepcopy(model).eval()
+    total = 0
+    for i, member in enumerate(folded.members):
+        folded.members[i], n = fold_bn(member, channels=folded.channels, side=min(64, folded.sizes[i]))
+        total += n
+    return folded, total
+
+
+def batchnorms(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+class Decision(nn.Module):
+    """The exported graph: an ensemble's probabilities (float32) and its decision (int64)."""
+
+    def __init__(self, model: Ensemble):
+        super().__init__()
+        if model.views.name in RANDOM_VIEWS:
+            raise ConfigError(f"views {model.views.name!r} are random draws, not a fixed graph: export a model "
+                              "chosen with deterministic views (select.views=flips, for example)")
+        self.model = model
+        self.threshold = model.threshold
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self.model(x)
+        if self.threshold is None:
+            predicted = p.argmax(1)
+        else:
+            predicted = (p[:, 1] >= self.threshold).long()
+        return p.float(), predicted
+
+
+def metadata(model: Ensemble, info: dict | None = None) -> dict[str, str]:
+    """The ONNX model's ``metadata_props``: every value JSON."""
+    first = model.members[0]
+    norm = {"mean": first.mean.flatten().tolist(), "std": first.std.flatten().tolist()} if hasattr(first, "mean") else None
+    values = {
+        "format": FORMAT, "classes": model.classes, "size": model.size, "channels": model.channels,
+        "input": (f"float32 (N, {model.channels}, {model.size}, {model.size}) in [0, 1]: the image decoded to "
+                  f"{'grayscale' if model.channels == 1 else 'RGB'}, its shorter side resized to {model.size} px "
+                  "(bilinear), centre-cropped; normalisation is inside the graph"),
+        "normalisation": norm, "threshold": model.threshold, "views": model.views.name,
+        "members": [{"name": n, "size": s} for n, s in zip(model.names, model.sizes)],
+        "outputs": "probabilities: float32 (N, classes); predicted: int64 class index (threshold applied)",
+        **(info or {}),
+    }
+    return {k: json.dumps(v) for k, v in values.items()}
+
+
+def export_onnx(model: Ensemble, path: Path, *, opset: int, dynamic_batch: bool, info: dict | None = None) -> Path:
+    """``model`` (folded or not) as one ONNX file at ``path``, with :func:`metadata`."""
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapped = Decision(model.eval()).eval()
+    x = torch.rand(2 if dynamic_batch else 1, model.channels, model.size, model.size)
+    shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+    program = torch.onnx.export(wrapped, (x,), dynamo=True, opset_version=opset, input_names=["images"],
+                                output_names=["probabilities", "predicted"], dynamic_shapes=shapes,
+                                external_data=False, verbose=False)
+    proto = program.model_proto
+    for key, value in metadata(model, info).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    tmp = path.with_suffix(".tmp")
+    onnx.save_model(proto, str(tmp))
+    onnx.checker.check_model(str(tmp))
+    tmp.replace(path)
+    return path
+
+
+def torch_probs(model: Ensemble, images: torch.Tensor, batch_size: int) -> np.ndarray:
+    """The ensemble's probabilities on the CPU, in float32 and channels_last (oneDNN's fast path:
+    about 2x the default layout for Lite0 at 224 px on 2 cores), batch by batch."""
+    model = model.to(memory_format=torch.channels_last)
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            x = images[i:i + batch_size].float().contiguous(memory_format=torch.channels_last)
+            out.append(model(x).numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(model.classes)))
+
+
+def parity(checkpoint: Ensemble, folded: Ensemble, onnx_path: Path, images: torch.Tensor, *,
+           batch_size: int) -> dict:
+    """Probabilities and decisions of the checkpoint, the folded model and ONNX Runtime on
+    ``images`` (float, ``(N, C, size, size)`` in [0, 1]): the largest absolute differences from
+    the checkpoint, the number of decisions that differ, and the arrays themselves. Each model
+    makes its pass alone (ONNX Runtime's threads and torch's would share the cores otherwise)."""
+    ref = torch_probs(checkpoint, images, batch_size)
+    fold = torch_probs(folded, images, batch_size)
+    runtime = OnnxModel(onnx_path)
+    runs = [runtime.run(images[i:i + batch_size].numpy()) for i in range(0, len(images), batch_size)]
+    ort = np.concatenate([p for p, _ in runs]) if runs else np.zeros_like(ref)
+    ort_pred = np.concatenate([d for _, d in runs]) if runs else np.zeros(0, np.int64)
+    decided = decide(ref, checkpoint.threshold)
+    return {
+        "images": int(len(ref)),
+        "folded_max_abs_diff": float(np.abs(fold - ref).max()) if len(ref) else 0.0,
+        "onnx_max_abs_diff": float(np.abs(ort - ref).max()) if len(ref) else 0.0,
+        "folded_class_mismatches": int((decide(fold, checkpoint.threshold) != decided).sum()),
+        "onnx_class_mismatches": int((ort_pred != decided).sum()),
+        "probabilities": {"checkpoint": ref, "folded": fold, "onnx": ort}, "predicted": decided,
+    }
+
+
+class ExportError(ConfigError):
+    """The exported model does not match the checkpoint within the tolerance."""
+
+
+def run(cfg, *, bundle: Path, split: Path, raw: Path, out: Path, workers: int, batch_size: int,
+        chosen_accuracy: float | None = None) -> dict:
+    """Fold, export and check select's bundle on the test split; ``out/model.onnx`` and the
+    metrics (what was folded, the parity figures, the sizes). Raises :class:`ExportError` when
+    parity fails. ``chosen_accuracy``: evaluate's test accuracy of the model as chosen, which the
+    ONNX model's is set beside."""
+    import time
+
+    from recipe.data.loader import class_names, load_split, read_split
+    from recipe.ensemble import load_bundle
+
+    t0 = time.perf_counter()
+    model, meta = load_bundle(bundle)
+    table = read_split(split)
+    test = load_split(table, Path(raw) / "files", split="test", size=model.size, classes=class_names(table),
+                      workers=workers)
+    images = test.images
+    if images.shape[1] != model.channels:  # gray test images for a model trained on some colour ones
+        images = images.expand(-1, model.channels, -1, -1)
+    images = images.float() / 255
+    folded, pairs = fold_ensemble(model) if cfg.fold_bn else (model, 0)
+    info = {"candidate": meta.get("info", {}).get("candidate", "+".join(model.names))}
+    path = export_onnx(folded, Path(out) / "model.onnx", opset=cfg.opset, dynamic_batch=cfg.dynamic_batch, info=info)
+    check = parity(model, folded, path, images, batch_size=batch_size if cfg.dynamic_batch else 1)
+    labels = test.labels.numpy()
+    onnx_pred = check["probabilities"]["onnx"]
+    metrics = {
+        "candidate": info["candidate"], "members": model.names, "views": model.views.name,
+        "threshold": model.threshold, "size": model.size, "channels": model.channels,
+        "fold_bn": cfg.fold_bn, "folded_pairs": pairs, "batchnorm_left": batchnorms(folded),
+        "batchnorm_before": batchnorms(model), "opset": cfg.opset, "dynamic_batch": cfg.dynamic_batch,
+        "parity": {k: v for k, v in check.items() if k not in ("probabilities", "predicted")},
+        "tolerance": cfg.tolerance,
+        "test_accuracy": {"checkpoint": float((check["predicted"] == labels).mean()),
+                          "onnx": float((decide(onnx_pred, model.threshold) == labels).mean()),
+                          "evaluate": chosen_accuracy},
+        "bytes": {"bundle": Path(bundle).stat().st_size, "onnx": path.stat().st_size},
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    p = metrics["parity"]
+    worst = max(p["folded_max_abs_diff"], p["onnx_max_abs_diff"])
+    if worst > cfg.tolerance or p["folded_class_mismatches"] or p["onnx_class_mismatches"]:
+        raise ExportError(f"export parity failed on {p['images']} test images: largest probability difference "
+                          f"{worst:.3g} (export.tolerance {cfg.tolerance:g}), decided classes differing: folded "
+                          f"{p['folded_class_mismatches']}, ONNX {p['onnx_class_mismatches']}")
+    return metrics

@@ -1,0 +1,32 @@
+"""export: the chosen model with BatchNorm folded, as one ONNX graph, checked against the checkpoint on test."""
+from __future__ import annotations
+
+import json
+
+from recipe import export, tracking
+from recipe.schema import ExportConfig, TrainConfig
+from stages._common import log_numbers, run, stage_config, write_json
+
+
+def main(args):
+    p, experiment = stage_config("export")
+    cfg = p.section("export", ExportConfig)
+    train = p.section("train", TrainConfig)
+    chosen = json.loads(args.evaluate.read_text())["test_chosen"]["accuracy"]
+    with tracking.stage_run("export", p.used, experiment=experiment):
+        metrics = export.run(cfg, bundle=args.model, split=args.split, raw=args.raw, out=args.out,
+                             workers=train.workers, batch_size=train.batch_size, chosen_accuracy=chosen)
+        write_json(args.out / "metrics.json", metrics)
+        log_numbers({k: metrics[k] for k in ("folded_pairs", "batchnorm_left", "parity", "test_accuracy", "bytes")})
+        tracking.log_artifact(args.out / "metrics.json")
+        tracking.log_artifact(args.out / "model.onnx")
+        par = metrics["parity"]
+        print(f"export: {metrics['candidate']} ({metrics['views']} views) -> {args.out / 'model.onnx'} "
+              f"({metrics['bytes']['onnx'] / 1e6:.1f} MB, opset {cfg.opset}); {metrics['folded_pairs']} Conv+BN "
+              f"pairs folded; on {par['images']} test images the largest probability difference is "
+              f"{par['onnx_max_abs_diff']:.2g} (ONNX Runtime) and {par['folded_max_abs_diff']:.2g} (folded), "
+              f"every decided class the same")
+
+
+if __name__ == "__main__":
+    run(main, "split", "raw", "model", "evaluate", "out")
