@@ -52,6 +52,7 @@ bench: setup ## run the benchmarks in bench/ (prints ratios)
 	python bench/head_cache.py
 	python bench/lr_find_cost.py
 	python bench/train_step.py
+	python bench/export.py
 	python bench/digits.py
 
 clean: ## remove outputs and the local MLflow store (keeps .venv and the DVC cache)

@@ -153,8 +153,8 @@ def export_onnx(model: Ensemble, path: Path, *, opset: int, dynamic_batch: bool,
 
 
 def torch_probs(model: Ensemble, images: torch.Tensor, batch_size: int) -> np.ndarray:
-    """The ensemble's probabilities on the CPU, in float32 and channels_last (oneDNN's fast path:
-    about 2x the default layout for Lite0 at 224 px on 2 cores), batch by batch."""
+    """The ensemble's probabilities on the CPU, in float32 and channels_last (the layout the
+    stages run in), batch by batch."""
     model = model.to(memory_format=torch.channels_last)
     out = []
     with torch.no_grad():

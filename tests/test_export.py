@@ -84,11 +84,20 @@ def _bundle(tmp_path, checkpoints, views="flips", threshold=0.45) -> Path:
                        views=spec, threshold=threshold, seed=0, info={"candidate": "stage0+stage1"})
 
 
+def probe() -> torch.Tensor:
+    return torch.rand(5, 1, 48, 48, generator=torch.Generator().manual_seed(5))
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, checkpoints):
     """The two-member bundle (32 and 48 px, flips, threshold 0.45), folded and exported once."""
     tmp_path = tmp_path_factory.mktemp("exported")
-    model, _ = load_bundle(_bundle(tmp_path, checkpoints))
+    model, _ = load_bundle(_bundle(tmp_path, checkpoints, threshold=None))
+    with torch.no_grad():
+        p = model(probe())[:, 1]
+    # A threshold between the probe's probabilities, away from 0.5: the decision is not the argmax.
+    threshold = float(p.sort().values[1:3].mean())
+    model, _ = load_bundle(_bundle(tmp_path, checkpoints, threshold=threshold))
     folded, pairs = E.fold_ensemble(model)
     path = E.export_onnx(folded, tmp_path / "model.onnx", opset=18, dynamic_batch=True, info={"candidate": "x"})
     return model, folded, pairs, path
@@ -99,15 +108,17 @@ def test_an_ensemble_exports_as_one_graph_with_its_views_threshold_and_metadata(
     assert pairs == 2 * 20 and E.batchnorms(folded) == 0  # ResNet-18 has 20 BatchNorms, each after a conv
     runtime = OnnxModel(path)
     assert runtime.classes == ["crack", "fine"] and runtime.size == 48 and runtime.channels == 1
-    assert runtime.threshold == 0.45 and runtime.names == ["stage0", "stage1"] and runtime.meta["views"] == "flips"
+    t = model.threshold
+    assert runtime.threshold == t and runtime.names == ["stage0", "stage1"] and runtime.meta["views"] == "flips"
     assert runtime.meta["normalisation"] == {"mean": [0.5] * 3, "std": [0.25] * 3}
-    x = torch.rand(5, 1, 48, 48)  # the smaller member sees the batch resized to 32 px inside the graph
+    x = probe()  # the smaller member sees the batch resized to 32 px inside the graph
     for n in (1, 5):  # any batch size
         probs, predicted = runtime.run(x[:n].numpy())
         with torch.no_grad():
             expected = model(x[:n]).numpy()
         np.testing.assert_allclose(probs, expected, atol=1e-5)
-        assert probs.dtype == np.float32 and list(predicted) == [int(p[1] >= 0.45) for p in expected]
+        assert probs.dtype == np.float32 and list(predicted) == [int(p[1] >= t) for p in expected]
+    assert list(predicted) != list(expected.argmax(1))  # the threshold decides, not the argmax
     check = E.parity(model, folded, path, x, batch_size=2)
     assert check["images"] == 5 and check["onnx_max_abs_diff"] < 1e-5 and check["folded_max_abs_diff"] < 1e-5
     assert check["onnx_class_mismatches"] == check["folded_class_mismatches"] == 0
@@ -149,7 +160,7 @@ def test_predict_runs_the_onnx_model_without_torch(tmp_path, exported):
     name, first, p1, second, p2 = r.stdout.strip().split("\t")
     with torch.no_grad():
         expected = model(torch.from_numpy(prepare([png], 48, 1)))[0].numpy()
-    assert first == ("fine" if expected[1] >= 0.45 else "crack")  # the graph's decision, threshold applied
+    assert first == ("fine" if expected[1] >= model.threshold else "crack")  # the graph's decision, threshold applied
     assert float(p1) == pytest.approx(float(expected[["crack", "fine"].index(first)]), abs=1e-4)
     assert main([str(png), "--model", str(path), "--views", "flips"]) == 2  # views are inside the graph
 

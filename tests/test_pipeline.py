@@ -105,7 +105,8 @@ def test_repro_writes_every_output(project):
     assert json.loads((proj / "outputs/split/metrics.json").read_text())["leaking_groups"] == 0
 
 
-STAGES = ["audit", "baseline", "evaluate", "finetune", "ingest", "lr_find", "resize", "select", "split", "train_head"]
+STAGES = ["audit", "baseline", "evaluate", "export", "finetune", "ingest", "lr_find", "resize", "select", "split",
+          "train_head"]
 
 
 def test_stages_of_one_repro_share_one_parent_run(project):
@@ -158,7 +159,6 @@ def test_training_stages_write_checkpoints_histories_and_metrics(project):
 
 
 def test_select_chooses_on_valid_and_evaluate_scores_the_choice_on_test(project):
-    from recipe.predict import prepare
     from recipe.report import SECTIONS
 
     proj = project["proj"]
@@ -206,12 +206,35 @@ def test_select_chooses_on_valid_and_evaluate_scores_the_choice_on_test(project)
         model = mlflow.pyfunc.load_model(run.data.tags["model_uri"])
     finally:
         mlflow.set_tracking_uri(None)
-    size, channels = model.metadata.metadata["size"], model.metadata.metadata["channels"]
-    x = prepare([proj / "data/raw/files" / p for p in predictions["path"][:3]], size, channels)
-    out = model.predict(x)  # images prepared as the README shows
+    files = [proj / "data/raw/files" / p for p in predictions["path"][:3]]
+    out = model.predict(pd.DataFrame({"image": [f.read_bytes() for f in files]}))  # the files' bytes
     probs = out[["bad", "good"]].to_numpy()
     np.testing.assert_allclose(probs, predictions[["p_bad", "p_good"]][:3], atol=1e-4)  # = evaluate's chosen pass
     assert list(out["predicted"]) == list(predictions["predicted_chosen"][:3])  # its threshold too
+
+
+def test_export_writes_an_onnx_model_that_gives_evaluates_probabilities(project):
+    from recipe.onnx_model import OnnxModel
+    from recipe.predict import prepare
+
+    proj = project["proj"]
+    m = json.loads((proj / "outputs/export/metrics.json").read_text())
+    evaluate = json.loads((proj / "outputs/evaluate/metrics.json").read_text())
+    predictions = pd.read_csv(proj / "outputs/evaluate/predictions.csv")
+    assert m["parity"]["images"] == len(predictions) and m["batchnorm_left"] == 0 and m["folded_pairs"] > 0
+    assert m["parity"]["onnx_max_abs_diff"] <= m["tolerance"] and m["parity"]["onnx_class_mismatches"] == 0
+    assert m["test_accuracy"]["onnx"] == pytest.approx(evaluate["test_chosen"]["accuracy"])
+    runtime = OnnxModel(proj / "outputs/export/model.onnx")
+    assert runtime.classes == ["bad", "good"] and runtime.threshold == pytest.approx(evaluate["chosen"]["threshold"])
+    x = prepare([proj / "data/raw/files" / p for p in predictions["path"]], runtime.size, runtime.channels)
+    probs, predicted = runtime.run(x)
+    np.testing.assert_allclose(probs, predictions[["p_bad", "p_good"]], atol=1e-4)  # = evaluate's chosen pass
+    assert [runtime.classes[i] for i in predicted] == list(predictions["predicted_chosen"])
+    assert "export: " in project["first"] and "every decided class the same" in project["first"]
+    runs = {r.info.run_name: r for r in store_runs(proj)}
+    assert runs["export"].data.metrics["parity.onnx_max_abs_diff"] == pytest.approx(m["parity"]["onnx_max_abs_diff"])
+    client = mlflow.MlflowClient(f"sqlite:///{proj}/mlflow.db")
+    assert "model.onnx" in {a.path for a in client.list_artifacts(runs["export"].info.run_id)}
 
 
 def test_killed_training_stage_resumes_to_the_same_metrics(project):
@@ -247,6 +270,7 @@ def test_nothing_changed_skips_audit_and_split(project):
     assert "Stage 'resize' didn't change, skipping" in out
     assert "Stage 'select' didn't change, skipping" in out
     assert "Stage 'evaluate' didn't change, skipping" in out
+    assert "Stage 'export' didn't change, skipping" in out
 
 
 def test_new_data_reruns_downstream(project):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -23,6 +24,11 @@ CLASSES = ["crack", "fine"]
 
 @pytest.fixture
 def checkpoint(tmp_path):
+    return make_checkpoint(tmp_path)
+
+
+def make_checkpoint(tmp_path: Path) -> Path:
+    """An untrained ResNet-18 checkpoint at 32 px, one channel, classes crack and fine."""
     torch.manual_seed(0)
     h = CFG["head"]
     m = build_model(name=CFG["name"], weights=None, mean=CFG["mean"], std=CFG["std"], classes=2, pool=h["pool"],
@@ -33,6 +39,11 @@ def checkpoint(tmp_path):
 
 @pytest.fixture
 def images(tmp_path):
+    return make_images(tmp_path)
+
+
+def make_images(tmp_path: Path) -> tuple[Path, Path]:
+    """A grayscale PNG (48 px) and an RGB JPEG (80x64)."""
     png = noise_image(tmp_path / "cell.png", 1, size=48, mode="L")
     jpg = tmp_path / "photo.jpg"
     Image.open(noise_image(tmp_path / "rgb.png", 2, size=64, mode="RGB")).resize((80, 64)).save(jpg, quality=90)
@@ -118,31 +129,37 @@ def test_predict_runs_as_a_module(checkpoint, images):
     assert path == str(images[1]) and label in CLASSES and 0.5 <= float(prob) <= 1
 
 
-def test_logged_mlflow_model_loads_and_predicts(checkpoint, images, tmp_path, monkeypatch, capsys):
+def log_test_model(tmp_path: Path, checkpoint: Path, images, register_as: str | None = None):
+    """A two-member bundle (flip_h views, threshold 0.4) logged by evaluate's ``log_model`` into
+    a SQLite store at ``tmp_path`` (MLFLOW_TRACKING_URI must point there); its URI and the model."""
     import mlflow
 
+    from recipe.ensemble import load_bundle, save_bundle
     from stages.evaluate import log_model
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_tracking_uri(uri)
     raw = tmp_path / "raw"
     for p in images:
         (raw / "files").mkdir(parents=True, exist_ok=True)
         (raw / "files" / p.name).write_bytes(p.read_bytes())
     predictions = tmp_path / "predictions.csv"
     predictions.write_text("path,actual\n" + "".join(f"{p.name},fine\n" for p in images))
-    from recipe.ensemble import load_bundle, save_bundle
-
     spec = {"name": "flip_h", "scales": [1.0], "crop": 0.875, "n": 1, "beta": None, "augment": None}
     bundle = save_bundle(tmp_path / "bundle.pt", [("resize", checkpoint), ("finetune", checkpoint)], views=spec,
                          threshold=0.4, seed=0, info={"candidate": "finetune+resize"})
     model, _ = load_bundle(bundle)
-    cfg = SimpleNamespace(model=SimpleNamespace(register_as="cells-test"))
+    cfg = SimpleNamespace(model=SimpleNamespace(register_as=register_as))
     experiment = mlflow.create_experiment("t", artifact_location=(tmp_path / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment):
-        model_uri = log_model(bundle, model, cfg, predictions, raw)
+        return log_model(bundle, model, cfg, predictions, raw), model
 
+
+def test_logged_mlflow_model_loads_and_predicts(checkpoint, images, tmp_path, monkeypatch, capsys):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    model_uri, model = log_test_model(tmp_path, checkpoint, images, register_as="cells-test")
     import pandas as pd
 
     x = prepare(list(images), 32, 1)
