@@ -76,7 +76,7 @@ def main() -> None:
             torch.save(net.state_dict(), Path(tmp) / "state.pt")
             model_bytes = (Path(tmp) / "state.pt").stat().st_size
         folded, pairs = fold_ensemble(model)
-        onnx_path = export_onnx(folded, Path(tmp) / "model.onnx", opset=18, dynamic_batch=True)
+        onnx_path = export_onnx(folded, Path(tmp) / "model.onnx", opset=18, dynamic_batch=True, optimize=True)
         runtime = OnnxModel(onnx_path, threads=torch.get_num_threads())
         files, _ = elpv(args.images, ap)
         x = prepare(files, model.size, model.channels)

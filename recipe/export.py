@@ -129,7 +129,8 @@ def metadata(model: Ensemble, info: dict | None = None) -> dict[str, str]:
     return {k: json.dumps(v) for k, v in values.items()}
 
 
-def export_onnx(model: Ensemble, path: Path, *, opset: int, dynamic_batch: bool, info: dict | None = None) -> Path:
+def export_onnx(model: Ensemble, path: Path, *, opset: int, dynamic_batch: bool, optimize: bool,
+                info: dict | None = None) -> Path:
     """``model`` (folded or not) as one ONNX file at ``path``, with :func:`metadata`."""
     import onnx
 
@@ -140,7 +141,7 @@ def export_onnx(model: Ensemble, path: Path, *, opset: int, dynamic_batch: bool,
     shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
     program = torch.onnx.export(wrapped, (x,), dynamo=True, opset_version=opset, input_names=["images"],
                                 output_names=["probabilities", "predicted"], dynamic_shapes=shapes,
-                                external_data=False, verbose=False)
+                                external_data=False, optimize=optimize, verbose=False)
     proto = program.model_proto
     for key, value in metadata(model, info).items():
         entry = proto.metadata_props.add()
@@ -213,7 +214,8 @@ def run(cfg, *, bundle: Path, split: Path, raw: Path, out: Path, workers: int, b
     images = images.float() / 255
     folded, pairs = fold_ensemble(model) if cfg.fold_bn else (model, 0)
     info = {"candidate": meta.get("info", {}).get("candidate", "+".join(model.names))}
-    path = export_onnx(folded, Path(out) / "model.onnx", opset=cfg.opset, dynamic_batch=cfg.dynamic_batch, info=info)
+    path = export_onnx(folded, Path(out) / "model.onnx", opset=cfg.opset, dynamic_batch=cfg.dynamic_batch,
+                       optimize=cfg.optimize, info=info)
     check = parity(model, folded, path, images, batch_size=batch_size if cfg.dynamic_batch else 1)
     labels = test.labels.numpy()
     onnx_pred = check["probabilities"]["onnx"]
@@ -222,6 +224,7 @@ def run(cfg, *, bundle: Path, split: Path, raw: Path, out: Path, workers: int, b
         "threshold": model.threshold, "size": model.size, "channels": model.channels,
         "fold_bn": cfg.fold_bn, "folded_pairs": pairs, "batchnorm_left": batchnorms(folded),
         "batchnorm_before": batchnorms(model), "opset": cfg.opset, "dynamic_batch": cfg.dynamic_batch,
+        "optimize": cfg.optimize,
         "parity": {k: v for k, v in check.items() if k not in ("probabilities", "predicted")},
         "tolerance": cfg.tolerance,
         "test_accuracy": {"checkpoint": float((check["predicted"] == labels).mean()),

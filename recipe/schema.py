@@ -427,4 +427,5 @@ class ExportConfig(Strict):
     fold_bn: bool  # fold each Conv2d + BatchNorm2d pair into one convolution before exporting
     opset: Annotated[int, Field(ge=18)]  # ONNX opset of the graph (18: the first with antialiased Resize)
     dynamic_batch: bool  # any batch size; false: a graph for one image at a time
+    optimize: bool  # the exporter's own graph optimisation (onnxscript: constant folding, dead code)
     tolerance: Annotated[float, Field(gt=0)]  # largest |p_exported - p_checkpoint| on the test split

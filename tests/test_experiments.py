@@ -15,7 +15,8 @@ from conftest import run_cmd, store_runs
 
 pytestmark = pytest.mark.slow
 
-STAGES = {"ingest", "audit", "split", "baseline", "lr_find", "train_head", "finetune", "resize", "select", "evaluate"}
+STAGES = {"ingest", "audit", "split", "baseline", "lr_find", "train_head", "finetune", "resize", "select", "evaluate",
+          "export"}
 
 
 def dvc(*args: str, cwd: Path) -> str:

@@ -99,7 +99,8 @@ def exported(tmp_path_factory, checkpoints):
     threshold = float(p.sort().values[1:3].mean())
     model, _ = load_bundle(_bundle(tmp_path, checkpoints, threshold=threshold))
     folded, pairs = E.fold_ensemble(model)
-    path = E.export_onnx(folded, tmp_path / "model.onnx", opset=18, dynamic_batch=True, info={"candidate": "x"})
+    path = E.export_onnx(folded, tmp_path / "model.onnx", opset=18, dynamic_batch=True, optimize=True,
+                         info={"candidate": "x"})
     return model, folded, pairs, path
 
 
@@ -135,7 +136,7 @@ def test_random_views_cannot_be_exported(tmp_path, checkpoints):
     model, _ = load_bundle(checkpoints[0])
     model.views = Views("augment", (("augment_0", lambda x: x.flip(3)),), None)  # as tta_views("augment") names it
     with pytest.raises(ConfigError, match="random draws"):
-        E.export_onnx(model, tmp_path / "m.onnx", opset=18, dynamic_batch=True)
+        E.export_onnx(model, tmp_path / "m.onnx", opset=18, dynamic_batch=True, optimize=True)
 
 
 def test_a_file_that_is_not_our_onnx_model_is_one_line(tmp_path):
@@ -178,7 +179,7 @@ def test_export_run_writes_the_model_and_its_parity_figures(tmp_path, checkpoint
     split = tmp_path / "split.csv"
     split.write_text("\n".join(rows) + "\n")
     bundle = _bundle(tmp_path, checkpoints)
-    cfg = SimpleNamespace(fold_bn=True, opset=18, dynamic_batch=True, tolerance=1e-4)
+    cfg = SimpleNamespace(fold_bn=True, opset=18, dynamic_batch=True, optimize=True, tolerance=1e-4)
     metrics = E.run(cfg, bundle=bundle, split=split, raw=raw, out=tmp_path / "out", workers=1, batch_size=4,
                     chosen_accuracy=0.5)
     assert (tmp_path / "out" / "model.onnx").is_file()
@@ -186,5 +187,5 @@ def test_export_run_writes_the_model_and_its_parity_figures(tmp_path, checkpoint
     assert metrics["test_accuracy"]["onnx"] == metrics["test_accuracy"]["checkpoint"]
     json.dumps(metrics)  # the stage writes it as JSON
     with pytest.raises(E.ExportError, match="export parity failed on 6 test images"):
-        E.run(SimpleNamespace(fold_bn=True, opset=18, dynamic_batch=False, tolerance=1e-12), bundle=bundle,
+        E.run(SimpleNamespace(fold_bn=True, opset=18, dynamic_batch=False, optimize=False, tolerance=1e-12), bundle=bundle,
               split=split, raw=raw, out=tmp_path / "out2", workers=1, batch_size=4)
