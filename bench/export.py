@@ -19,8 +19,13 @@ How it is measured:
   the images at batch 1 and at batch ``--batch-size`` (default 32), the variants' order rotating
   from round to round. Reported: images/s from the median round, its ratio to the reference at
   that batch size, the largest probability difference from the reference, and the file sizes.
+- ``--int8`` adds ONNX Runtime's dynamic int8 quantization of the folded graph
+  (``onnxruntime.quantization.quantize_dynamic``, int8 weights); with ``--test PROJECT`` the fp32
+  and int8 graphs are scored on that finished project's test split, after the fact (the
+  accuracy the quantization costs).
 
-Run: ``python bench/export.py`` (a few minutes on 2 cores).
+Run: ``python bench/export.py`` (under a minute on 2 cores; ``--model outputs/select/model.pt
+--int8 --test .`` for the shipped model, quantized, on the test split: a few minutes).
 """
 from __future__ import annotations
 
@@ -51,6 +56,34 @@ def torch_runner(model: Ensemble, channels_last: bool):
     return run
 
 
+def quantize(path: Path) -> Path:
+    """ONNX Runtime's dynamic int8 quantization of the graph (weights int8, activations quantized
+    per call), the model's metadata carried over."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = path.with_name("model.int8.onnx")
+    quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8)
+    q, meta = onnx.load(str(out)), onnx.load(str(path)).metadata_props
+    del q.metadata_props[:]
+    q.metadata_props.extend(meta)
+    onnx.save(q, str(out))
+    return out
+
+
+def accuracy_cost(project: Path, model: Ensemble, runtimes: dict, batch_size: int) -> None:
+    """Test accuracy of each runtime on ``project``'s test split (after the fact: nothing is chosen on it)."""
+    from recipe.data.loader import class_names, load_split, read_split
+
+    table = read_split(project / "outputs/split/split.csv")
+    test = load_split(table, project / "data/raw/files", split="test", size=model.size, classes=class_names(table))
+    x = (test.images.float() / 255).numpy()
+    labels = test.labels.numpy()
+    for name, rt in runtimes.items():
+        pred = np.concatenate([rt.run(x[i:i + batch_size])[1] for i in range(0, len(x), batch_size)])
+        print(f"test accuracy, {name}: {100 * (pred == labels).mean():.2f}% ({len(labels)} images)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, help="a bundle or checkpoint (default: Lite0, bundled weights)")
@@ -58,6 +91,10 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--int8", action="store_true",
+                    help="add ONNX Runtime's dynamic int8 quantization of the graph (quantize_dynamic)")
+    ap.add_argument("--test", type=Path, metavar="PROJECT",
+                    help="with --int8: a finished project whose test split the fp32 and int8 graphs are scored on")
     add_common_options(ap)
     args = ap.parse_args()
     require(ap, args, ones=("images", "batch-size", "rounds", "size"))
@@ -84,6 +121,13 @@ def main() -> None:
                     ("checkpoint, channels_last", torch_runner(model, True)),
                     (f"folded ({pairs} Conv+BN pairs), channels_last", torch_runner(folded, True)),
                     ("ONNX Runtime, folded graph", lambda a: runtime.run(a)[0])]
+        if args.int8:
+            int8_path = quantize(onnx_path)
+            int8 = OnnxModel(int8_path, threads=torch.get_num_threads())
+            variants.append(("ONNX Runtime, int8 (dynamic)", lambda a: int8.run(a)[0]))
+            print(f"files: int8 ONNX {int8_path.stat().st_size / 1e6:.1f} MB")
+            if args.test:
+                accuracy_cost(args.test, model, {"fp32": runtime, "int8": int8}, args.batch_size)
         print(f"model: {'+'.join(model.names)} at {model.size} px, {model.channels} channel(s), views "
               f"{model.views.name}; {len(x)} ELPV images; {args.rounds} rounds")
         print(f"files: checkpoint {model_bytes / 1e6:.1f} MB, ONNX {onnx_path.stat().st_size / 1e6:.1f} MB")
