@@ -43,7 +43,9 @@ class OnnxModel:
         self.size, self.channels = int(self.meta["size"]), int(self.meta["channels"])
         self.threshold = self.meta["threshold"]
         self.names = [m["name"] for m in self.meta["members"]]
-        self.input = self.session.get_inputs()[0].name
+        first = self.session.get_inputs()[0]
+        self.input = first.name
+        self.batch = first.shape[0] if isinstance(first.shape[0], int) else None  # None: any batch size
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities (float32, ``(N, classes)``) and decided class indices (int64, ``(N,)``)."""
@@ -51,5 +53,9 @@ class OnnxModel:
         if x.ndim != 4 or x.shape[1:] != (self.channels, self.size, self.size):
             raise ValueError(f"expected float32 images of shape (N, {self.channels}, {self.size}, {self.size}), "
                              f"got {x.shape}")
-        probs, predicted = self.session.run(["probabilities", "predicted"], {self.input: x})
-        return probs, predicted
+        step = self.batch or max(1, len(x))  # a graph exported for a fixed batch (export.dynamic_batch: false)
+        if self.batch and len(x) % self.batch:
+            raise ValueError(f"this graph takes batches of exactly {self.batch} images, not {len(x)}")
+        parts = [self.session.run(["probabilities", "predicted"], {self.input: x[i:i + step]})
+                 for i in range(0, len(x), step)] or [self.session.run(["probabilities", "predicted"], {self.input: x})]
+        return np.concatenate([p for p, _ in parts]), np.concatenate([d for _, d in parts])

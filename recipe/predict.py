@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 # Only numpy, Pillow and the project's torch-free modules at the top: the ONNX path
 # (--model model.onnx) runs without torch; the other paths import it when they load a model.
@@ -32,11 +32,24 @@ from recipe.errors import ConfigError, DataError, RecipeError
 DEFAULT_MODEL = "outputs/select/model.pt"
 
 
+# Bytes come from whoever calls the served model: only these decoders see them (not, say, EPS,
+# which Pillow hands to Ghostscript when it is installed).
+BYTES_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP", "GIF")
+
+
 def decode(source: str | Path | bytes) -> Image.Image:
     """A file (path) or its bytes as the canonical 8-bit L or RGB image (EXIF rotation applied);
-    :class:`ImageRefused` or ``OSError`` when it is not a usable image."""
+    :class:`ImageRefused` or ``OSError`` when it is not a usable image. Bytes are opened only as
+    one of :data:`BYTES_FORMATS`, within Pillow's pixel limit (the audit's default max_pixels)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        with open_checked(io.BytesIO(bytes(source)), Image.MAX_IMAGE_PIXELS) as im:
+        raw = bytes(source)
+        try:
+            Image.open(io.BytesIO(raw), formats=BYTES_FORMATS).close()  # the header only: which decoder, if any
+        except UnidentifiedImageError:
+            raise ImageRefused("not_image", f"not one of {', '.join(BYTES_FORMATS)}") from None
+        except Exception:  # one of them, but broken: open_checked below names the problem
+            pass
+        with open_checked(io.BytesIO(raw), Image.MAX_IMAGE_PIXELS) as im:
             return to_canonical(im)
     return load_image(Path(source))
 

@@ -39,8 +39,8 @@ class RecipeModel(PythonModel):
         arrays = []
         for i, data in enumerate(model_input[COLUMN]):
             try:
-                if isinstance(data, str):
-                    raise ValueError("a string, not bytes (send the file's bytes; base64 in JSON)")
+                if not isinstance(data, (bytes, bytearray)):
+                    raise ValueError(f"{type(data).__name__}, not bytes (send the file's bytes; base64 in JSON)")
                 arrays.append(prepare([data], m.size, m.channels)[0])
             except Exception as exc:  # Pillow's errors and ImageRefused: say which row, not a traceback
                 raise MlflowException(f"{COLUMN} {i}: cannot read as an image ({exc})",

@@ -48,7 +48,7 @@ def _elpv_cells(n: int) -> list[Path]:
 @pytest.mark.parametrize("name", ["resnet18", "efficientnet_lite0"])
 def test_folding_leaves_the_outputs_unchanged_on_random_inputs(name):
     model = _model(name)
-    folded, pairs = E.fold_bn(model)
+    folded, pairs = E.fold_bn(model, channels=3, side=32)
     assert pairs == E.batchnorms(model) > 0  # every BatchNorm of these bodies follows a convolution
     assert E.batchnorms(folded) == 0
     x = torch.rand(4, 3, 48, 48)
@@ -59,12 +59,42 @@ def test_folding_leaves_the_outputs_unchanged_on_random_inputs(name):
 
 def test_folding_the_pretrained_lite0_on_real_cells():
     model = _model("efficientnet_lite0", weights="bundled")
-    folded, pairs = E.fold_bn(model)
+    folded, pairs = E.fold_bn(model, channels=1, side=64)
     assert pairs == 49
     x = torch.from_numpy(prepare(_elpv_cells(6), 128, 1))
     with torch.no_grad():
         ref, got = model(x).softmax(1), folded(x).softmax(1)
     assert (ref - got).abs().max() < 1e-5
+
+
+class _Odd(nn.Module):
+    """Three pairs that must not fold: an in-place op between conv and BN, a conv whose raw output
+    is used again, a conv run twice (each time into its own BN); and one that must."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.ModuleList(nn.Conv2d(3, 3, 3, padding=1) for _ in range(4))
+        self.b = nn.ModuleList(nn.BatchNorm2d(3) for _ in range(5))
+
+    def forward(self, x):
+        x = self.b[0](self.c[0](x).relu_())          # in place: the BN's input is the conv's output, changed
+        y = self.c[1](x)
+        x = self.b[1](y) + y                          # the raw output used again
+        x = self.b[2](self.c[2](x)) + self.b[3](self.c[2](x))  # one conv, two BNs
+        return self.b[4](self.c[3](x))                # the one plain pair
+
+
+def test_only_plain_conv_bn_pairs_are_folded():
+    model = _Odd().eval()
+    for bn in model.b:
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    folded, pairs = E.fold_bn(model, channels=3, side=8)
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x))
+    assert pairs == 1 and isinstance(folded.b[4], nn.Identity)
+    assert all(isinstance(folded.b[i], nn.BatchNorm2d) for i in range(4))
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +141,7 @@ def test_an_ensemble_exports_as_one_graph_with_its_views_threshold_and_metadata(
     assert runtime.classes == ["crack", "fine"] and runtime.size == 48 and runtime.channels == 1
     t = model.threshold
     assert runtime.threshold == t and runtime.names == ["stage0", "stage1"] and runtime.meta["views"] == "flips"
-    assert runtime.meta["normalisation"] == {"mean": [0.5] * 3, "std": [0.25] * 3}
+    assert [m["normalisation"] for m in runtime.meta["members"]] == [{"mean": [0.5] * 3, "std": [0.25] * 3}] * 2
     x = probe()  # the smaller member sees the batch resized to 32 px inside the graph
     for n in (1, 5):  # any batch size
         probs, predicted = runtime.run(x[:n].numpy())
@@ -137,6 +167,26 @@ def test_random_views_cannot_be_exported(tmp_path, checkpoints):
     model.views = Views("augment", (("augment_0", lambda x: x.flip(3)),), None)  # as tta_views("augment") names it
     with pytest.raises(ConfigError, match="random draws"):
         E.export_onnx(model, tmp_path / "m.onnx", opset=18, dynamic_batch=True, optimize=True)
+
+
+def test_a_fixed_batch_graph_predicts_any_number_of_images(tmp_path, checkpoints, capsys):
+    """export.dynamic_batch: false gives a graph for one image; predict still takes many."""
+    model, _ = load_bundle(checkpoints[0])
+    path = E.export_onnx(model, tmp_path / "one.onnx", opset=18, dynamic_batch=False, optimize=False)
+    runtime = OnnxModel(path)
+    x = torch.rand(3, 1, 32, 32)
+    probs, _ = runtime.run(x.numpy())
+    with torch.no_grad():
+        np.testing.assert_allclose(probs, model(x).numpy(), atol=1e-5)
+    pngs = [noise_image(tmp_path / f"c{i}.png", 20 + i, size=40, mode="L") for i in range(3)]
+    assert main([*map(str, pngs), "--model", str(path)]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 3
+
+
+def test_a_threshold_needs_two_classes(tmp_path):
+    model = Ensemble([(_model("resnet18", classes=3), 32)], classes=["a", "b", "c"], channels=3, threshold=0.5)
+    with pytest.raises(ConfigError, match="two classes, not 3"):
+        E.Decision(model)
 
 
 def test_a_file_that_is_not_our_onnx_model_is_one_line(tmp_path):

@@ -87,7 +87,8 @@ def test_a_png_over_http_gets_the_models_probabilities(served, images):
 
 
 @pytest.mark.parametrize("bad, why", [(b"\x89PNG\r\n\x1a\nnot really", "cannot read as an image"),
-                                      (b"just some text, not an image", "cannot identify")])
+                                      (b"just some text, not an image", "not one of PNG"),
+                                      (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n", "not one of PNG")])
 def test_a_corrupt_or_unsupported_file_gets_a_clear_400(served, images, bad, why):
     url, _ = served
     status, body = request(url, [images[0].read_bytes(), bad])
