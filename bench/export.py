@@ -20,12 +20,12 @@ How it is measured:
   from round to round. Reported: images/s from the median round, its ratio to the reference at
   that batch size, the largest probability difference from the reference, and the file sizes.
 - ``--int8`` adds ONNX Runtime's dynamic int8 quantization of the folded graph
-  (``onnxruntime.quantization.quantize_dynamic``, int8 weights); with ``--test PROJECT`` the fp32
-  and int8 graphs are scored on that finished project's test split, after the fact (the
-  accuracy the quantization costs).
+  (``onnxruntime.quantization.quantize_dynamic``, int8 weights); with ``--project PROJECT`` the
+  fp32 and int8 graphs are scored on that finished project's valid split (what a choice between
+  them rests on) and its test split (after the fact).
 
 Run: ``python bench/export.py`` (under a minute on 2 cores; ``--model outputs/select/model.pt
---int8 --test .`` for the shipped model, quantized, on the test split: a few minutes).
+--int8 --project .`` for the shipped model, quantized, on the test split: a few minutes).
 """
 from __future__ import annotations
 
@@ -72,16 +72,17 @@ def quantize(path: Path) -> Path:
 
 
 def accuracy_cost(project: Path, model: Ensemble, runtimes: dict, batch_size: int) -> None:
-    """Test accuracy of each runtime on ``project``'s test split (after the fact: nothing is chosen on it)."""
+    """Accuracy of each runtime on ``project``'s valid split (what a choice between them rests on)
+    and its test split (reported after the fact)."""
     from recipe.data.loader import class_names, load_split, read_split
 
     table = read_split(project / "outputs/split/split.csv")
-    test = load_split(table, project / "data/raw/files", split="test", size=model.size, classes=class_names(table))
-    x = (test.images.float() / 255).numpy()
-    labels = test.labels.numpy()
-    for name, rt in runtimes.items():
-        pred = np.concatenate([rt.run(x[i:i + batch_size])[1] for i in range(0, len(x), batch_size)])
-        print(f"test accuracy, {name}: {100 * (pred == labels).mean():.2f}% ({len(labels)} images)")
+    for split in ("valid", "test"):
+        images = load_split(table, project / "data/raw/files", split=split, size=model.size, classes=class_names(table))
+        x, labels = (images.images.float() / 255).numpy(), images.labels.numpy()
+        for name, rt in runtimes.items():
+            pred = np.concatenate([rt.run(x[i:i + batch_size])[1] for i in range(0, len(x), batch_size)])
+            print(f"{split} accuracy, {name}: {100 * (pred == labels).mean():.2f}% ({len(labels)} images)")
 
 
 def main() -> None:
@@ -93,8 +94,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--int8", action="store_true",
                     help="add ONNX Runtime's dynamic int8 quantization of the graph (quantize_dynamic)")
-    ap.add_argument("--test", type=Path, metavar="PROJECT",
-                    help="with --int8: a finished project whose test split the fp32 and int8 graphs are scored on")
+    ap.add_argument("--project", type=Path, metavar="PROJECT",
+                    help="with --int8: a finished project whose valid and test splits the fp32 and int8 graphs are "
+                         "scored on")
     add_common_options(ap)
     args = ap.parse_args()
     require(ap, args, ones=("images", "batch-size", "rounds", "size"))
@@ -126,8 +128,8 @@ def main() -> None:
             int8 = OnnxModel(int8_path, threads=torch.get_num_threads())
             variants.append(("ONNX Runtime, int8 (dynamic)", lambda a: int8.run(a)[0]))
             print(f"files: int8 ONNX {int8_path.stat().st_size / 1e6:.1f} MB")
-            if args.test:
-                accuracy_cost(args.test, model, {"fp32": runtime, "int8": int8}, args.batch_size)
+            if args.project:
+                accuracy_cost(args.project, model, {"fp32": runtime, "int8": int8}, args.batch_size)
         print(f"model: {'+'.join(model.names)} at {model.size} px, {model.channels} channel(s), views "
               f"{model.views.name}; {len(x)} ELPV images; {args.rounds} rounds")
         print(f"files: checkpoint {model_bytes / 1e6:.1f} MB, ONNX {onnx_path.stat().st_size / 1e6:.1f} MB")

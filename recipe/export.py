@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -88,8 +89,6 @@ def fold_bn(model: nn.Module, *, channels: int, side: int) -> tuple[nn.Module, i
             moved = float((model(probe) - ref).abs().max())
         if moved <= tol:
             folded += 1
-            for (owner, name), _, new in swaps:
-                parent[new] = (owner, name)
         else:
             for (owner, name), old, _ in swaps:
                 setattr(owner, name, old)
@@ -185,26 +184,25 @@ def torch_probs(model: Ensemble, images: torch.Tensor, batch_size: int) -> np.nd
         for i in range(0, len(images), batch_size):
             x = images[i:i + batch_size].float().contiguous(memory_format=torch.channels_last)
             out.append(model(x).numpy())
-    return np.concatenate(out) if out else np.zeros((0, len(model.classes)))
+    return np.concatenate(out)
 
 
 def parity(checkpoint: Ensemble, folded: Ensemble, onnx_path: Path, images: torch.Tensor, *,
            batch_size: int) -> dict:
     """Probabilities and decisions of the checkpoint, the folded model and ONNX Runtime on
-    ``images`` (float, ``(N, C, size, size)`` in [0, 1]): the largest absolute differences from
+    ``images`` (float, ``(N, C, size, size)`` in [0, 1], at least one): the largest absolute differences from
     the checkpoint, the number of decisions that differ, and the arrays themselves. Each model
     makes its pass alone (ONNX Runtime's threads and torch's would share the cores otherwise)."""
     ref = torch_probs(checkpoint, images, batch_size)
     fold = torch_probs(folded, images, batch_size)
     runtime = OnnxModel(onnx_path)
     runs = [runtime.run(images[i:i + batch_size].numpy()) for i in range(0, len(images), batch_size)]
-    ort = np.concatenate([p for p, _ in runs]) if runs else np.zeros_like(ref)
-    ort_pred = np.concatenate([d for _, d in runs]) if runs else np.zeros(0, np.int64)
+    ort, ort_pred = (np.concatenate(parts) for parts in zip(*runs))
     decided = decide(ref, checkpoint.threshold)
     return {
         "images": int(len(ref)),
-        "folded_max_abs_diff": float(np.abs(fold - ref).max()) if len(ref) else 0.0,
-        "onnx_max_abs_diff": float(np.abs(ort - ref).max()) if len(ref) else 0.0,
+        "folded_max_abs_diff": float(np.abs(fold - ref).max()),
+        "onnx_max_abs_diff": float(np.abs(ort - ref).max()),
         "folded_class_mismatches": int((decide(fold, checkpoint.threshold) != decided).sum()),
         "onnx_class_mismatches": int((ort_pred != decided).sum()),
         "probabilities": {"checkpoint": ref, "folded": fold, "onnx": ort}, "predicted": decided,
@@ -222,8 +220,6 @@ def run(cfg, *, bundle: Path, split: Path, raw: Path, out: Path, workers: int, b
     metrics (what was folded, the parity figures, the sizes). Raises :class:`ExportError` when
     parity fails. ``chosen_accuracy``: evaluate's test accuracy of the model as chosen, which the
     ONNX model's is set beside."""
-    import time
-
     from recipe.data.loader import class_names, load_split, read_split
     from recipe.ensemble import load_bundle
 
@@ -243,7 +239,7 @@ def run(cfg, *, bundle: Path, split: Path, raw: Path, out: Path, workers: int, b
     info = {"candidate": meta.get("info", {}).get("candidate", "+".join(model.names))}
     path = export_onnx(folded, Path(out) / "model.onnx", opset=cfg.opset, dynamic_batch=cfg.dynamic_batch,
                        optimize=cfg.optimize, info=info)
-    check = parity(model, folded, path, images, batch_size=batch_size if cfg.dynamic_batch else 1)
+    check = parity(model, folded, path, images, batch_size=batch_size)
     labels = test.labels.numpy()
     metrics = {
         "candidate": info["candidate"], "members": model.names, "views": model.views.name,

@@ -53,9 +53,10 @@ class OnnxModel:
         if x.ndim != 4 or x.shape[1:] != (self.channels, self.size, self.size):
             raise ValueError(f"expected float32 images of shape (N, {self.channels}, {self.size}, {self.size}), "
                              f"got {x.shape}")
-        step = self.batch or max(1, len(x))  # a graph exported for a fixed batch (export.dynamic_batch: false)
-        if self.batch and len(x) % self.batch:
-            raise ValueError(f"this graph takes batches of exactly {self.batch} images, not {len(x)}")
-        parts = [self.session.run(["probabilities", "predicted"], {self.input: x[i:i + step]})
-                 for i in range(0, len(x), step)] or [self.session.run(["probabilities", "predicted"], {self.input: x})]
+        if not self.batch:  # any batch size
+            probs, predicted = self.session.run(["probabilities", "predicted"], {self.input: x})
+            return probs, predicted
+        # A graph for a fixed batch (export.dynamic_batch: false exports one for a single image).
+        parts = [self.session.run(["probabilities", "predicted"], {self.input: x[i:i + self.batch]})
+                 for i in range(0, len(x), self.batch)]
         return np.concatenate([p for p, _ in parts]), np.concatenate([d for _, d in parts])
