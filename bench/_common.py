@@ -42,7 +42,7 @@ MODEL_CFG = ModelConfig.model_validate(_conf("model/efficientnet_lite0.yaml"))
 # The top_down preset with the draws' ranges conf/config.yaml sets for every preset.
 TOP_DOWN = Augment(**AugmentConfig.model_validate({**_conf("augment/top_down.yaml"),
                                                    **_conf("config.yaml")["augment"]}).model_dump())
-ADAMW = AdamConfig.model_validate(_conf("optim/adamw.yaml"))
+ADAMW = AdamConfig.model_validate({**_conf("optim/adamw.yaml"), **_conf("config.yaml")["optim"]})  # + the shared keys
 
 
 def add_common_options(ap: argparse.ArgumentParser) -> None:
@@ -102,7 +102,7 @@ def cpu_batches(data: tuple[torch.Tensor, torch.Tensor], args: argparse.Namespac
 def adamw(model: nn.Module, lrs: list[float]) -> torch.optim.Optimizer:
     """The stages' optimizer: conf/optim/adamw.yaml over ``param_groups`` with one rate per layer group."""
     return make_optimizer(param_groups(model, lrs, weight_decay=ADAMW.weight_decay,
-                                       bn_weight_decay=ADAMW.bn_weight_decay),
+                                       bn_weight_decay=ADAMW.bn_weight_decay, l1=ADAMW.l1),
                           name=ADAMW.name, betas=list(ADAMW.betas), eps=ADAMW.eps)
 
 

@@ -3,7 +3,8 @@
 Contract: each ``check_*`` function returns a :class:`Check` (name, value, limit, passed, detail).
 The stage collects them; a failed one stops it with the check's own message unless
 ``on_fail: warn``. The simple model (:class:`SimpleNet`, conv-bn-relu blocks trained from
-scratch) and the majority class are the numbers a pretrained model must beat.
+scratch) and the majority class are the numbers a pretrained model must beat; the simple model
+and a wider one, both fitting a few training images, are the capacity check (:func:`check_capacity`).
 """
 from __future__ import annotations
 
@@ -289,8 +290,11 @@ def run(common: Common, cfg: BaselineConfig, *, split: Path, raw: Path, picture:
     numbers["majority_class"] = data.classes[majority]
     numbers["majority_accuracy"] = (data.valid.labels == majority).float().mean().item()
 
-    # The simple model, from scratch, at a small size.
-    numbers.update(_simple_model(common, cfg.simple, data, device))
+    # The simple model, from scratch, at a small size; and the capacity check (the same, wider).
+    n, check = _simple_model(common, cfg.simple, data, device)
+    numbers.update(n)
+    if check is not None:
+        checks.append(check)
 
     # Overfit one batch (last: it changes the model).
     gen = torch.Generator().manual_seed(common.seed)
@@ -322,14 +326,58 @@ def _shrink(images: torch.Tensor, size: int) -> torch.Tensor:
                          align_corners=False).round().clamp(0, 255).to(torch.uint8)
 
 
-def _simple_model(common: Common, cfg: SimpleModelConfig, data: Data, device: torch.device) -> dict:
+def check_capacity(narrow: list[dict], wide: list[dict], *, width: int, capacity_width: int,
+                   images: int) -> tuple[Check, dict]:
+    """Karpathy's "verify decreasing training loss": the small model at ``width`` and at the wider
+    ``capacity_width``, trained identically on the same ``images`` training images without
+    augmentation (``narrow`` and ``wide`` are their fit() histories, ``train_loss`` the loss on
+    those images in eval mode after each epoch); more capacity must fit a fixed training set
+    better, so the wider net's final training loss must be lower. A
+    loss that does not answer to capacity (a layer that does not train, a rate of 0, targets the
+    inputs do not determine) fails it."""
+    a, b = narrow[-1]["train_loss"], wide[-1]["train_loss"]
+    passed = b < a
+    epochs = f"{len(narrow)} epoch" + ("s" if len(narrow) != 1 else "")
+    detail = (f"training loss (eval mode) on {images} train images fitted for {epochs} without augmentation, "
+              f"width {width}: {a:.4f}, width {capacity_width}: {b:.4f}: the wider net is "
+              + (f"lower by {a - b:.4f}" if passed else f"not lower (higher by {b - a:.4f}; needs lower)"))
+    numbers = {"capacity_narrow_train_loss": a, "capacity_train_loss": b}
+    return Check("capacity", b, a, passed, detail), numbers
+
+
+def _simple_model(common: Common, cfg: SimpleModelConfig, data: Data,
+                  device: torch.device) -> tuple[dict, Check | None]:
+    """The simple net at ``cfg.width`` (the number to beat), and with ``cfg.capacity_width`` the
+    capacity check: both widths from the same random state, on the same ``capacity_images``
+    training images (drawn with the seed, no augmentation: a fixed set to fit), for
+    ``capacity_epochs`` at the simple net's rate and schedule."""
     train = (_shrink(data.train.images, cfg.size), data.train.labels)
     valid = (_shrink(data.valid.images, cfg.size), data.valid.labels)
-    net = SimpleNet(train[0].shape[1], len(data.classes), cfg.width, cfg.activation).to(device)
-    tb = common.batches(train, device, train=True)
-    vb = common.batches(valid, device, train=False)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr)
-    sched = make_schedule(opt, epochs=cfg.epochs, steps_per_epoch=len(tb), **cfg.schedule.model_dump())
-    rows = fit(net, train=tb, valid=vb, epochs=cfg.epochs, optimizer=opt, schedule=sched, loss_fn=common.loss(),
-               keep="last", phase="simple model")
-    return {"simple_accuracy": rows[-1]["accuracy"], "simple_valid_loss": rows[-1]["valid_loss"]}
+
+    def trained(width: int, images, epochs: int, augment: bool, judge=valid) -> list[dict]:
+        net = SimpleNet(train[0].shape[1], len(data.classes), width, cfg.activation).to(device)
+        tb = common.batches(images, device, train=True, augment=augment)  # seeded by (seed, epoch)
+        vb = common.batches(judge, device, train=False)
+        opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr)
+        sched = make_schedule(opt, epochs=epochs, steps_per_epoch=len(tb), **cfg.schedule.model_dump())
+        return fit(net, train=tb, valid=vb, epochs=epochs, optimizer=opt, schedule=sched,
+                   loss_fn=common.loss(), keep="last", phase=f"simple model, width {width}")
+
+    rows = trained(cfg.width, train, cfg.epochs, True)
+    numbers = {"simple_accuracy": rows[-1]["accuracy"], "simple_valid_loss": rows[-1]["valid_loss"],
+               "simple_train_loss": rows[-1]["train_loss"]}
+    if cfg.capacity_width is None:
+        return numbers, None
+    t0 = time.perf_counter()
+    idx = torch.randperm(len(train[1]), generator=torch.Generator().manual_seed(common.seed))[: cfg.capacity_images]
+    subset = (train[0][idx], train[1][idx])
+    histories = []
+    with torch.random.fork_rng(devices=[]):  # the stage's random state after it is as without the check
+        for width in (cfg.width, cfg.capacity_width):
+            torch.manual_seed(common.seed)  # both nets' init (and dropout) from the same state
+            # judged on the subset itself in eval mode: the loss of the fitted set, free of
+            # BatchNorm's batch noise and of the epoch's early batches
+            histories.append([{**r, "train_loss": r["valid_loss"]}
+                              for r in trained(width, subset, cfg.capacity_epochs, False, judge=subset)])
+    check, n = check_capacity(*histories, width=cfg.width, capacity_width=cfg.capacity_width, images=len(idx))
+    return {**numbers, **n, "capacity_time_s": round(time.perf_counter() - t0, 1)}, check

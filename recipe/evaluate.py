@@ -167,3 +167,13 @@ def format_table(rows: dict[str, dict]) -> str:
         note = "  (passed its input on)" if r.get("passed_on") else ""
         lines.append(f"{name:<24}{r['size'] or '':>6}{valid:>14}{pct(r['test_accuracy']):>12}{note}")
     return "\n".join(lines)
+
+
+def dynamics_picture(stage_dirs: dict[str, Path], path: Path) -> Path:
+    """The prediction dynamics of every training stage (each one's ``dynamics.csv``, in
+    ``stage_dirs``' order) in one picture (recipe.plots.dynamics)."""
+    stages = []
+    for stage, d in stage_dirs.items():
+        with (Path(d) / "dynamics.csv").open(newline="") as f:
+            stages.append((stage, list(csv.DictReader(f))))
+    return plots.dynamics(stages, path, "prediction dynamics: p(true class) of the watched valid images, epoch by epoch")

@@ -20,7 +20,7 @@ from recipe.optim import cycle_ends, make_schedule
 from recipe.schema import FinetuneConfig, LrFindConfig
 from recipe.session import fingerprint, load_checkpoint, load_data
 from recipe.training import (Common, History, Log, clear_snapshots, finish, fit_set, same_classes, snapshotter,
-                             train_phase)
+                             train_phase, watch)
 
 
 def run(common: Common, cfg: FinetuneConfig, lr_find_cfg: LrFindConfig, *, split: Path, raw: Path, checkpoint: Path,
@@ -45,7 +45,7 @@ def run(common: Common, cfg: FinetuneConfig, lr_find_cfg: LrFindConfig, *, split
     opt = common.optimizer(model, lrs)
     sched = make_schedule(opt, epochs=cfg.epochs, steps_per_epoch=len(tb), **cfg.schedule.model_dump())
     resume = out.parent / "resume"
-    history = History(log)
+    history = History(log, watch(data.valid, common.train.dynamics_images, common.seed))
     snaps = {}
     clear_snapshots(out.parent / "snapshots", resume)
     if cfg.snapshots:  # the weights at each SGDR cycle's end, in out's folder: snapshots/epoch_<n>.pt
@@ -56,7 +56,8 @@ def run(common: Common, cfg: FinetuneConfig, lr_find_cfg: LrFindConfig, *, split
                  epochs=cfg.epochs, optimizer=opt, schedule=sched, train_mode=train_mode, loss_fn=common.loss(),
                  amp=common.train.amp, clip_grad=common.train.clip_grad, **stopping, history=history, resume_dir=resume,
                  key=fingerprint("finetune", cfg, common, lr, files=(split, checkpoint)))
-    return {"lr": lr, "lrs": lrs, "fit_on": cfg.fit_on, "train_images": len(train_set),
+    return {"lr": lr, "lrs": lrs, "lr_scale": common.lr_scale(), "lrs_used": [x * common.lr_scale() for x in lrs],
+            "fit_on": cfg.fit_on, "train_images": len(train_set),
             **finish(model, data, common, device, out=out, history=history, history_csv=history_csv,
                       size=meta["size"], stage="finetune", resume_dir=resume, t0=t0,
                       model_config=meta["model_config"])}

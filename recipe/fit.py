@@ -10,6 +10,14 @@ the monitored value has not improved for that many epochs; it ends with the weig
 epoch (``keep="best"``; with ``start_loss``, the starting weights count as epoch -1) or the
 last one.
 
+Each row also carries what the pictures of a stage need: ``rates``, every layer group's rate at
+every batch (one dict per batch, group name -> rate, the rate that batch trained at; a group's
+``.no_decay`` half shares its rate), and with ``watch`` (indices into ``valid``) ``watched``, the
+probability each of those valid images gives its true class after the epoch (prediction
+dynamics). A parameter group with an ``l1`` coefficient adds ``l1 * sum|w|`` of its parameters to
+the loss (recipe.models.param_groups puts it on the weights that get weight decay); the row's
+``l1_loss`` is that term's mean over the epoch's batches, ``train_loss`` the data loss alone.
+
 A non-finite loss stops training with :class:`Diverged`, naming the epoch, step and rate.
 """
 from __future__ import annotations
@@ -19,7 +27,7 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -65,7 +73,7 @@ def fit(module: nn.Module, *, train: Batches, valid: Batches, epochs: int, optim
         amp: bool = False, clip_grad: float | None = None, patience: int | None = None,
         keep: str = "best", resume: Path | None = None, fingerprint: str = "",
         phase: str = "train", on_epoch: Callable[[dict], None] | None = None,
-        start_loss: float | None = None) -> list[dict]:
+        start_loss: float | None = None, watch: Sequence[int] | None = None) -> list[dict]:
     device = train.device
     history: list[dict] = []
     best, best_state, bad = math.inf, None, 0
@@ -94,12 +102,13 @@ def fit(module: nn.Module, *, train: Batches, valid: Batches, epochs: int, optim
     use_fp16_scaler = amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda") if use_fp16_scaler else None
     stopped = False
+    l1_terms = [(g["l1"], g["params"]) for g in optimizer.param_groups if g.get("l1")]
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
         module.train()
         if train_mode is not None:
             train_mode()
-        total, seen = 0.0, 0
+        total, seen, l1_total, rates = 0.0, 0, 0.0, []
         bar = _Progress(len(train), f"{phase} epoch {epoch}")
         for step, (x, y) in enumerate(train.epoch(epoch)):
             with autocast(device, amp):
@@ -107,6 +116,10 @@ def fit(module: nn.Module, *, train: Batches, valid: Batches, epochs: int, optim
             value = loss.item()  # the mean over this rank's images
             if net is not module:  # this rank's share of the global batch; DDP averages over ranks
                 loss = loss * (len(y) * distributed.world_size() / train.global_n)
+            if l1_terms:  # every rank adds the whole term: DDP's mean of the ranks' gradients keeps it once
+                penalty = l1_penalty(l1_terms)
+                loss = loss + penalty
+                l1_total += penalty.item()
             if not math.isfinite(value):
                 raise Diverged(f"{phase}: loss is {value} at epoch {epoch}, step {step} "
                                f"(lr {max(current_lrs(optimizer)):.3g}); lower the learning rate")
@@ -124,6 +137,7 @@ def fit(module: nn.Module, *, train: Batches, valid: Batches, epochs: int, optim
             else:
                 optimizer.step()
             lr_used = max(current_lrs(optimizer))  # the rate this batch trained at (before the schedule moves)
+            rates.append(group_rates(optimizer))
             schedule.step_batch()
             total += value * len(y)
             seen += len(y)
@@ -134,6 +148,12 @@ def fit(module: nn.Module, *, train: Batches, valid: Batches, epochs: int, optim
         row = {"epoch": epoch, "train_loss": total / seen, "valid_loss": result["loss"],
                "accuracy": result["accuracy"], "lr": lr_used,
                "time": time.perf_counter() - t0}
+        if l1_terms:
+            row["l1_loss"] = l1_total / (step + 1)
+        row["rates"] = rates
+        if watch is not None:
+            truth = valid.y[list(watch)].long()
+            row["watched"] = result["probs"][list(watch)].gather(1, truth[:, None])[:, 0].tolist()
         schedule.step_epoch(result["loss"])
         history.append(row)
         print_row(row, header=epoch == 0, phase=phase)
@@ -156,6 +176,16 @@ def fit(module: nn.Module, *, train: Batches, valid: Batches, epochs: int, optim
                 print(f"{phase}: early stop after epoch {epoch}: valid loss has not improved for {patience} epochs")
             break
     return history
+
+
+def l1_penalty(terms: Sequence[tuple[float, Sequence[torch.Tensor]]]) -> torch.Tensor:
+    """``sum(l1 * sum|w|)`` over ``(l1, parameters)`` pairs: the L1 term of the loss."""
+    return sum(l1 * sum(p.abs().sum() for p in params) for l1, params in terms)
+
+
+def group_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """Each layer group's current rate, by name (``.no_decay`` halves folded into their group)."""
+    return {str(g.get("name", i)).removesuffix(".no_decay"): g["lr"] for i, g in enumerate(optimizer.param_groups)}
 
 
 def _load_resume(path: Path | None, fingerprint: str) -> dict | None:

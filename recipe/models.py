@@ -237,11 +237,12 @@ def set_bn_mode(model: Classifier, *, policy: str, first_trainable: int) -> None
 
 
 def param_groups(model: Classifier, lrs: Sequence[float], *, weight_decay: float,
-                 bn_weight_decay: bool) -> list[dict]:
+                 bn_weight_decay: bool, l1: float) -> list[dict]:
     """One optimizer group per trainable layer group, ``lrs`` given from early to head.
 
     Biases and normalisation parameters get no weight decay unless ``bn_weight_decay``
-    (decaying BN scales toward 0 fights the normalisation; fast.ai's ``bn_wd=False``).
+    (decaying BN scales toward 0 fights the normalisation; fast.ai's ``bn_wd=False``). The L1
+    coefficient ``l1`` goes on the same parameters as weight decay (recipe.fit adds the term).
     """
     groups = []
     for name, modules, lr in zip(model.group_names, model.groups, lrs):
@@ -254,9 +255,9 @@ def param_groups(model: Classifier, lrs: Sequence[float], *, weight_decay: float
                     is_norm = isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm))
                     (no_decay if (pname == "bias" or is_norm) and not bn_weight_decay else decay).append(p)
         if decay:
-            groups.append({"params": decay, "lr": lr, "weight_decay": weight_decay, "name": name})
+            groups.append({"params": decay, "lr": lr, "weight_decay": weight_decay, "l1": l1, "name": name})
         if no_decay:
-            groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{name}.no_decay"})
+            groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "l1": 0.0, "name": f"{name}.no_decay"})
     return groups
 
 

@@ -9,6 +9,8 @@ that already carry their own ``lr`` (discriminative rates) and ``weight_decay``;
 :func:`make_schedule` returns a :class:`Schedule` that the fit loop calls after every batch
 (``step_batch``) and after every epoch (``step_epoch(valid_loss)``), whichever the schedule is
 driven by. All of them are PyTorch's own optimizers and schedulers; the names are the recipe's.
+:func:`lr_scale` is ``optim.lr_scaling``'s factor for the rates at a batch size (:data:`LR_SCALING`);
+recipe.training.Common.optimizer applies it, once, to every rate a training stage builds with.
 """
 from __future__ import annotations
 
@@ -50,6 +52,27 @@ def _adadelta(groups: list[dict], *, rho: float, eps: float) -> torch.optim.Opti
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "sgd": _sgd, "adam": _adam, "adamw": _adamw, "rmsprop": _rmsprop, "adagrad": _adagrad, "adadelta": _adadelta,
 }
+
+
+# --- the rates and the batch size: rule(batch_size / lr_reference_batch) -> the rates' factor ---
+
+LR_SCALING: dict[str, Callable[[float], float]] = {
+    "none": lambda ratio: 1.0,
+    # Goyal et al. (2017), "Accurate, Large Minibatch SGD": k times the batch, k times the rate.
+    "linear": lambda ratio: ratio,
+    # Krizhevsky (2014), "One weird trick"; Hoffer et al. (2017), "Train longer, generalize better":
+    # the update's noise keeps its variance.
+    "sqrt": math.sqrt,
+}
+
+
+def lr_scale(rule: str, *, batch_size: int, reference_batch: int) -> float:
+    """The factor ``optim.lr_scaling`` puts on every configured rate when training at ``batch_size``
+    with rates stated for ``reference_batch`` (``optim.lr_reference_batch``): the ratio of the two
+    (linear), its square root (sqrt), or 1 (none)."""
+    if rule not in LR_SCALING:
+        raise ValueError(f"unknown lr_scaling {rule!r}; one of {', '.join(LR_SCALING)}")
+    return float(LR_SCALING[rule](batch_size / reference_batch))
 
 
 def make_optimizer(groups: list[dict], *, name: str, **cfg: Any) -> torch.optim.Optimizer:

@@ -164,6 +164,76 @@ def history(rows: Sequence[dict], path: Path, title: str) -> Path:
     return _save(fig, path)
 
 
+def lr_schedule(rows: Sequence[dict], path: Path, title: str) -> Path:
+    """Every layer group's rate at every batch of a stage (fast.ai's ``sched.plot_lr``), one line
+    per group, phases split by dashed lines; rows are history rows carrying ``rates`` (recipe.fit)."""
+    steps: dict[str, tuple[list[int], list[float]]] = {}
+    bounds, step = [], 0
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    for i, r in enumerate(rows):
+        if i and r.get("phase") != rows[i - 1].get("phase"):
+            bounds.append(step - 0.5)
+        for rates in r.get("rates", []):
+            for g, lr in rates.items():
+                xs, ys = steps.setdefault(g, ([], []))
+                xs.append(step)
+                ys.append(lr)
+            step += 1
+    for g, (xs, ys) in steps.items():
+        ax.plot(xs, ys, lw=1.2, label=g)
+    for b in bounds:
+        ax.axvline(b, color="0.6", ls="--", lw=0.8)
+    ax.set_xlabel("batch (the stage's, counted across its phases)")
+    ax.set_ylabel("learning rate")
+    if steps:
+        ax.set_yscale("log")
+        ax.legend(fontsize=7, title="layer group", title_fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no training", ha="center", va="center", transform=ax.transAxes)
+    ax.set_title(title, fontsize=9)
+    return _save(fig, path)
+
+
+def dynamics(stages: Sequence[tuple[str, Sequence[dict]]], path: Path, title: str) -> Path:
+    """Prediction dynamics across the recipe: one row per watched valid image, one column per
+    epoch of every training stage in order, coloured by the probability of the image's true class
+    (red 0, green 1); solid lines between stages, dashed between a stage's phases. ``stages``:
+    (stage, rows of its dynamics.csv) in training order."""
+    images: dict[int, tuple[str, str]] = {}
+    columns: list[tuple[str, str, int]] = []  # (stage, phase, epoch)
+    values: dict[tuple[int, int], float] = {}
+    for stage, rows in stages:
+        for r in rows:
+            key = (stage, r["phase"], int(r["epoch"]))
+            if not columns or columns[-1] != key:
+                columns.append(key)
+            images.setdefault(int(r["image"]), (r["label"], Path(r["path"]).name))
+            values[(int(r["image"]), len(columns) - 1)] = float(r["p_true"])
+    order = list(images)
+    grid = np.full((max(1, len(order)), max(1, len(columns))), np.nan)
+    for (image, col), v in values.items():
+        grid[order.index(image), col] = v
+    fig, ax = plt.subplots(figsize=(min(16, 2.5 + 0.35 * len(columns)), min(14, 1.5 + 0.22 * len(order))))
+    im = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+    for j in range(1, len(columns)):
+        if columns[j][0] != columns[j - 1][0]:
+            ax.axvline(j - 0.5, color="black", lw=1.6)
+        elif columns[j][1] != columns[j - 1][1]:
+            ax.axvline(j - 0.5, color="black", ls="--", lw=0.8)
+    starts = [j for j in range(len(columns)) if j == 0 or columns[j][0] != columns[j - 1][0]]
+    for k, j in enumerate(starts):
+        end = starts[k + 1] if k + 1 < len(starts) else len(columns)
+        ax.text((j + end - 1) / 2, -0.8, columns[j][0], ha="center", va="bottom", fontsize=8, fontweight="bold")
+    ax.set_xticks(range(len(columns)), [str(c[2]) for c in columns], fontsize=6)
+    ax.set_yticks(range(len(order)), [f"{images[i][0]}  {images[i][1]}" for i in order], fontsize=6)
+    ax.set_xlabel("epoch of each stage (dashed: a new phase)")
+    fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01).set_label("p(true class)", fontsize=8)
+    if not values:
+        ax.text(0.5, 0.5, "no dynamics recorded", ha="center", va="center", transform=ax.transAxes)
+    ax.set_title(title, fontsize=9, pad=16)
+    return _save(fig, path)
+
+
 def confusion(matrices: dict[str, np.ndarray], classes: Sequence[str], path: Path) -> Path:
     """Confusion matrices side by side (rows: actual, columns: predicted), counts written in
     each cell, shaded by the row's fraction (recall on the diagonal)."""

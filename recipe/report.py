@@ -6,7 +6,8 @@ data URI, so it opens anywhere, offline, and can be attached to an MLflow run or
 missing input makes its section say so; it never stops the page from being written.
 
 Sections, in order (each an ``<section id=...>``): summary, stages (the accuracy table), audit,
-split, baseline, lr_find, training, evaluation, confusion, top_losses.
+split, baseline, lr_find, training, evaluation, confusion, top_losses, inspect (the pictures of
+:mod:`recipe.inside`, in ``evaluate/inspect/``).
 """
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("summary", "stages", "select", "audit", "split", "baseline", "lr_find", "training", "evaluation", "confusion",
-            "top_losses")
+SECTIONS = ("summary", "stages", "select", "audit", "split", "baseline", "lr_find", "training", "dynamics", "evaluation", "confusion",
+            "top_losses", "inspect")
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
@@ -172,8 +173,13 @@ def write_report(path: Path, *, audit: Path, split: Path, baseline: Path, lr_fin
             continue
         training.append(f"<h3>{html.escape(name)}</h3>"
                         + _table(["metric", "value"], [[k, v] for k, v in m.items() if not isinstance(v, dict)])
-                        + _img(Path(d) / "history.png", f"{name} history"))
+                        + _img(Path(d) / "history.png", f"{name} history")
+                        + _img(Path(d) / "lr_schedule.png", f"{name} learning-rate schedule"))
     parts["training"] = "".join(training)
+    parts["dynamics"] = ("<p>A fixed, stratified set of valid images (<code>train.dynamics_images</code>): the "
+                         "probability each gives its true class after every epoch of every training stage. Green "
+                         "rows that stay green: learnt; a row that flips back and forth: jitter; green turning "
+                         "red: forgetting.</p>" + _img(Path(evaluate) / "dynamics.png", "prediction dynamics"))
 
     if plain:
         keys = [k for k in ("accuracy", "balanced_accuracy", "macro_f1", "log_loss", "ece", "top3_accuracy",
@@ -196,10 +202,32 @@ def write_report(path: Path, *, audit: Path, split: Path, baseline: Path, lr_fin
     parts["top_losses"] = ("<p>The most confident mistakes (as chosen): actual → predicted, the probability "
                            "given to the prediction, and the loss.</p>" + _img(Path(evaluate) / "top_losses.png", "top losses"))
 
+    ins = metrics.get("inspect") or {}
+    look = Path(evaluate) / "inspect"
+    parts["inspect"] = (
+        f"<p>One network, not the ensemble: the chosen model's member trained last "
+        f"(<code>{html.escape(str(ins.get('member', '?')))}</code> at {ins.get('size', '?')} px), without views, "
+        "on a few test images. Its first convolution's filters before (the weights training started from) and "
+        "after, and how far training moved each layer: the relative change ||W_after − W_before|| / ||W_before|| "
+        "of every convolution and linear layer, input side first, coloured by layer group (the head is new and "
+        "left out). A frozen group (before <code>finetune.unfreeze_to</code>) stays at 0; the discriminative "
+        "rates (<code>lr_mult</code>) give earlier groups smaller steps.</p>"
+        + (_table(["layer group", "mean relative weight change"], [[g, v] for g, v in ins["weight_change"].items()])
+           if ins.get("weight_change") else "")
+        + _img(look / "first_conv.png", "first convolution, before and after") + _img(look / "weight_change.png", "weight change per layer")
+        + "<p>Feature maps of the first, middle and last block of the body: per layer, the channels most active "
+          "on each image.</p>" + _img(look / "activations.png", "feature maps")
+        + "<p>Where it looks: Grad-CAM (captum) on the body's last feature map, over the top losses (for the class "
+          "the model predicted) and over the most confident correct predictions of each class (for the true "
+          "class). Red: the regions that raise that class's score most.</p>"
+        + _img(look / "gradcam_top_losses.png", "Grad-CAM over the top losses")
+        + _img(look / "gradcam_correct.png", "Grad-CAM over correct predictions"))
+
     titles = {"summary": "Summary", "stages": "Accuracy after every stage", "select": "Model selection on valid", "audit": "Data audit",
               "split": "Split", "baseline": "Baseline checks", "lr_find": "Learning-rate finder",
-              "training": "Training histories", "evaluation": "Test metrics", "confusion": "Confusion matrix",
-              "top_losses": "Top losses"}
+              "training": "Training histories", "dynamics": "Prediction dynamics", "evaluation": "Test metrics", "confusion": "Confusion matrix",
+              "top_losses": "Top losses",
+              "inspect": "Inside the model"}
     nav = "".join(f'<a href="#{s}">{titles[s]}</a>' for s in SECTIONS)
     body = "".join(f'<section id="{s}"><h2>{titles[s]}</h2>{parts[s]}</section>' for s in SECTIONS)
     page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"

@@ -23,7 +23,7 @@ from recipe.schema import ResizeConfig, TrainConfig
 from recipe.session import fingerprint, load_checkpoint, load_data, refresh_bn
 from recipe.sizes import median_side, resize_size
 from recipe.training import (Common, History, Log, clear_snapshots, finish, fit_set, same_classes, snapshotter,
-                             train_phase)
+                             train_phase, watch)
 
 
 def target_size(cfg: ResizeConfig, train: TrainConfig, *, from_size: int, split: Path) -> int | None:
@@ -60,9 +60,10 @@ def run(common: Common, cfg: ResizeConfig, *, unfreeze_to: int, split: Path, raw
         metrics["bn_layers_refreshed"] = refresh_bn(model, common.batches(data.train, device, train=False))
         metrics["valid_accuracy_after_bn_refresh"] = validate(model, plain, loss_fn=common.loss(),
                                                               amp=common.train.amp)["accuracy"]
-    history = History(log)
+    history = History(log, watch(data.valid, common.train.dynamics_images, common.seed))
     train_set, stopping = fit_set(data, cfg.fit_on, common, "resize")
-    metrics.update(fit_on=cfg.fit_on, train_images=len(train_set))
+    metrics.update(fit_on=cfg.fit_on, train_images=len(train_set), lr_scale=common.lr_scale(),  # Common.optimizer's
+                   head_lr_used=cfg.head_lr * common.lr_scale(), lr_used=cfg.lr * common.lr_scale())  # factor
     tb = common.batches(train_set, device, train=True)
     key = fingerprint("resize", cfg, common, unfreeze_to, files=(split, checkpoint))
     kw = dict(train=tb, valid=plain, loss_fn=common.loss(), amp=common.train.amp, clip_grad=common.train.clip_grad,
@@ -100,6 +101,7 @@ def _pass_on(checkpoint: Path, out: Path, history_csv: Path | None, bar: dict, s
         if history_csv is not None:  # no training: an empty history and its picture
             History(None).write(history_csv)
             plots.history([], history_csv.with_suffix(".png"), f"resize: skipped ({why})")
+            plots.lr_schedule([], history_csv.with_name("lr_schedule.png"), f"resize: skipped ({why})")
     m = {"passed_on": why, "valid_loss": bar["loss"], "valid_accuracy": bar["accuracy"], "size": size,
          "time_s": round(time.perf_counter() - t0, 1)}
     if resized is not None:

@@ -129,6 +129,9 @@ class ModelConfig(Strict):
 class _Optim(Strict):
     weight_decay: Annotated[float, Field(ge=0)]
     bn_weight_decay: bool
+    lr_scaling: Literal["none", "linear", "sqrt"]  # recipe.optim.LR_SCALING (tests keep them in step)
+    lr_reference_batch: PositiveInt  # the batch size the configured rates are stated for
+    l1: Annotated[float, Field(ge=0)]  # lambda of the L1 term (recipe.fit), on the weights that get weight decay
 
 
 class SgdConfig(_Optim):
@@ -267,6 +270,7 @@ class TrainConfig(Strict):
     clip_grad: PositiveFloat | None
     patience: PositiveInt | None
     keep: Literal["best", "last"]
+    dynamics_images: NonNegativeInt  # valid images whose p(true class) every epoch records; 0 = off
     nproc: PositiveInt  # processes for the training stages (DistributedDataParallel when > 1)
 
 
@@ -280,10 +284,20 @@ class OverfitConfig(Strict):
 class SimpleModelConfig(Strict):
     size: Annotated[int, Field(ge=16)]
     width: PositiveInt
+    capacity_width: PositiveInt | None  # the wider net of the capacity check; None: no check
+    capacity_images: PositiveInt  # train images (drawn with the seed, no augmentation) both widths fit
+    capacity_epochs: PositiveInt
     activation: str  # a key of recipe.baseline.ACTIVATIONS (checked there, with the list of names)
     epochs: PositiveInt
     lr: Rate
     schedule: ScheduleConfig
+
+    @field_validator("capacity_width")
+    @classmethod
+    def _wider(cls, v: int | None, info) -> int | None:
+        if v is not None and "width" in info.data and v <= info.data["width"]:
+            raise ValueError(f"must be greater than width ({info.data['width']}), or null to turn the check off")
+        return v
 
 
 class BaselineConfig(Strict):
@@ -421,6 +435,14 @@ class EvaluateConfig(Strict):
     stage_table: bool
     top_losses: NonNegativeInt
     model: LogModelConfig
+
+
+class InspectConfig(Strict):
+    """What recipe/inside.py draws of the chosen model (counts of test images and channels)."""
+    activation_images: NonNegativeInt  # test images whose feature maps are drawn
+    activation_channels: PositiveInt  # feature maps per layer and image (the most active channels)
+    gradcam_top_losses: NonNegativeInt  # Grad-CAM tiles over the top losses
+    gradcam_per_class: NonNegativeInt  # Grad-CAM tiles per class over its most confident correct predictions
 
 
 class ExportConfig(Strict):

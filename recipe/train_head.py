@@ -13,7 +13,7 @@ from recipe.models import freeze_to, set_bn_mode
 from recipe.optim import make_schedule
 from recipe.schema import TrainHeadConfig
 from recipe.session import batches, features, fingerprint, load_data
-from recipe.training import Common, History, Log, finish, pretrained, resolve_lr, train_phase
+from recipe.training import Common, History, Log, finish, pretrained, resolve_lr, train_phase, watch
 
 
 def run(common: Common, cfg: TrainHeadConfig, *, split: Path, raw: Path, suggestion: Path, out: Path,
@@ -28,7 +28,7 @@ def run(common: Common, cfg: TrainHeadConfig, *, split: Path, raw: Path, suggest
     freeze_to(model, model.head_group, train_bn=train_bn)
     resume = out.parent / "resume"
     key = fingerprint("train_head", cfg, common, lr, files=(split,))
-    history = History(log)
+    history = History(log, watch(data.valid, common.train.dynamics_images, common.seed))
     loss_fn = common.loss()
     kw = dict(loss_fn=loss_fn, amp=common.train.amp, clip_grad=common.train.clip_grad,
               patience=common.train.patience, keep=common.train.keep, history=history, resume_dir=resume, key=key)
@@ -49,5 +49,7 @@ def run(common: Common, cfg: TrainHeadConfig, *, split: Path, raw: Path, suggest
         train_phase(model, name="augmented", train=tb, valid=common.batches(data.valid, device, train=False),
                      epochs=cfg.epochs, optimizer=opt, schedule=sched,
                      train_mode=lambda: set_bn_mode(model, policy=cfg.bn, first_trainable=model.head_group), **kw)
-    return {"lr": lr, **finish(model, data, common, device, out=out, history=history, history_csv=history_csv,
-                                size=common.train.size, stage="train_head", resume_dir=resume, t0=t0)}
+    # lr_used: the rate the optimizer got, lr times optim.lr_scaling's factor (Common.optimizer)
+    return {"lr": lr, "lr_scale": common.lr_scale(), "lr_used": lr * common.lr_scale(),
+            **finish(model, data, common, device, out=out, history=history, history_csv=history_csv,
+                     size=common.train.size, stage="train_head", resume_dir=resume, t0=t0)}

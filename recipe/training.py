@@ -25,7 +25,7 @@ from recipe.data.loader import ImageSet
 from recipe.errors import ConfigError, DataError
 from recipe.fit import fit, validate
 from recipe.models import Classifier, param_groups
-from recipe.optim import make_optimizer
+from recipe.optim import lr_scale, make_optimizer
 from recipe.schema import AugmentConfig, ModelConfig, OptimConfig, TrainConfig
 from recipe.session import Data, batches, new_model, pick_device, refresh_bn, save_checkpoint, seed_everything
 
@@ -55,10 +55,20 @@ class Common:
         return batches(images, batch_size=self.train.batch_size, train=train, seed=self.seed, device=device,
                        augment=self.augmenter() if augment else None, channels_last=self.train.channels_last)
 
+    def lr_scale(self) -> float:
+        """``optim.lr_scaling``'s factor at ``train.batch_size`` (the global batch under DDP)."""
+        return lr_scale(self.optim.lr_scaling, batch_size=self.train.batch_size,
+                        reference_batch=self.optim.lr_reference_batch)
+
     def optimizer(self, model: Classifier, lrs: list[float]) -> torch.optim.Optimizer:
+        """``lrs`` (one per layer group, ``auto`` already resolved) times :meth:`lr_scale`: the one
+        place the factor is applied. The range test (recipe.lr_find) reads these rates only as
+        ratios of their largest, so its sweep (start_lr..end_lr) is not scaled."""
         cfg = self.optim.model_dump()
+        del cfg["lr_scaling"], cfg["lr_reference_batch"]  # applied here, not keys of torch's optimizers
+        lrs = [lr * self.lr_scale() for lr in lrs]
         groups = param_groups(model, lrs, weight_decay=cfg.pop("weight_decay"),
-                              bn_weight_decay=cfg.pop("bn_weight_decay"))
+                              bn_weight_decay=cfg.pop("bn_weight_decay"), l1=cfg.pop("l1"))
         return make_optimizer(groups, **cfg)
 
     def prepare(self, model: Classifier, device: torch.device) -> Classifier:
@@ -78,19 +88,77 @@ def pretrained(common: Common, data: Data, device: torch.device) -> Classifier:
     return model
 
 
-class History:
-    """Epoch rows of one stage across its phases, numbered on from phase to phase."""
+@dataclass(frozen=True)
+class Watch:
+    """The valid images whose prediction dynamics a stage records (``train.dynamics_images``)."""
+    index: list[int]   # positions in the valid split
+    paths: list[str]
+    labels: list[str]  # class names
 
-    def __init__(self, log: Log | None):
+
+def watch(valid: ImageSet, n: int, seed: int) -> Watch | None:
+    """``n`` valid images, stratified (each class its share, largest remainders first, at least
+    one per class while ``n`` allows), drawn with ``seed``: the same images in every stage, since
+    every stage loads the valid split in split.csv's order. Sorted by class, then position."""
+    if n <= 0 or len(valid) == 0:
+        return None
+    labels = valid.labels.tolist()
+    by_class = [[i for i, y in enumerate(labels) if y == c] for c in range(len(valid.classes))]
+    by_class = [(c, m) for c, m in enumerate(by_class) if m]
+    n = min(n, len(labels))
+    exact = [n * len(m) / len(labels) for _, m in by_class]
+    take = [int(e) for e in exact]
+    for k in sorted(range(len(take)), key=lambda k: exact[k] - take[k], reverse=True)[:n - sum(take)]:
+        take[k] += 1
+    while n >= len(take) and 0 in take:  # a class too small for its share still gets one image
+        take[take.index(0)] += 1
+        take[take.index(max(take))] -= 1
+    gen = torch.Generator().manual_seed(seed)
+    index = []
+    for (_, members), t in zip(by_class, take):
+        order = torch.randperm(len(members), generator=gen).tolist()
+        index += sorted(members[i] for i in order[:t])
+    return Watch(index=index, paths=[valid.paths[i] for i in index],
+                 labels=[valid.classes[labels[i]] for i in index])
+
+
+HISTORY_COLUMNS = ["phase", "epoch", "train_loss", "valid_loss", "accuracy", "lr", "time"]
+
+
+class History:
+    """Epoch rows of one stage across its phases, numbered on from phase to phase, with the
+    pictures' data each row carries (recipe.fit: ``rates`` per batch, ``watched``)."""
+
+    def __init__(self, log: Log | None, watch: Watch | None = None):
         self.rows: list[dict] = []
         self.log = log
+        self.watch = watch
 
     def write(self, path: Path) -> None:
+        """``path`` (history.csv: one row per epoch, ``l1_loss`` too when an L1 term trained), and
+        beside it ``lr_schedule.csv`` (every batch's rate of every layer group) and
+        ``dynamics.csv`` (each watched valid image's probability of its true class per epoch)."""
         path.parent.mkdir(parents=True, exist_ok=True)
+        columns = HISTORY_COLUMNS + (["l1_loss"] if any("l1_loss" in r for r in self.rows) else [])
         with path.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["phase", "epoch", "train_loss", "valid_loss", "accuracy", "lr", "time"])
+            w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
             w.writeheader()
             w.writerows(self.rows)
+        with (path.parent / "lr_schedule.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["phase", "epoch", "step", "group", "lr"])
+            step = 0
+            for r in self.rows:
+                for rates in r.get("rates", []):
+                    w.writerows([r["phase"], r["epoch"], step, g, lr] for g, lr in rates.items())
+                    step += 1
+        with (path.parent / "dynamics.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["phase", "epoch", "image", "path", "label", "p_true"])
+            for r in self.rows:
+                if self.watch is not None and "watched" in r:
+                    w.writerows([r["phase"], r["epoch"], i, p, y, q]
+                                for i, p, y, q in zip(self.watch.index, self.watch.paths, self.watch.labels, r["watched"]))
 
 
 def train_phase(module, *, name: str, history: History, resume_dir: Path, key: str,
@@ -112,7 +180,7 @@ def train_phase(module, *, name: str, history: History, resume_dir: Path, key: s
     if kwargs.get("keep") == "best":
         start = validate(module, kwargs["valid"], loss_fn=kwargs["loss_fn"], amp=kwargs.get("amp", False))["loss"]
     rows = fit(module, phase=name, resume=resume_dir / f"{name}.pt", fingerprint=key, on_epoch=on_epoch,
-               start_loss=start, **kwargs)
+               start_loss=start, watch=history.watch.index if history.watch else None, **kwargs)
     history.rows += [{"phase": name, **r, "epoch": offset + r["epoch"]} for r in rows]
     return rows
 
@@ -131,6 +199,7 @@ def finish(model: Classifier, data: Data, common: Common, device, *, out: Path, 
                     stage=stage, epoch=len(history.rows), channels=data.train.images.shape[1])
     history.write(history_csv)
     plots.history(history.rows, history_csv.with_suffix(".png"), f"{stage} at {size} px")
+    plots.lr_schedule(history.rows, history_csv.with_name("lr_schedule.png"), f"{stage}: learning rate per batch")
     shutil.rmtree(resume_dir, ignore_errors=True)  # finished: a rerun starts over
     return metrics
 

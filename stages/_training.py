@@ -36,11 +36,14 @@ def log_epoch(row: dict, step: int) -> None:
 
 def record_training(args, metrics: dict) -> None:
     """What train_head, finetune and resize write and log once they have trained: the metrics
-    file, the final numbers (``final.*``), the history and its picture."""
+    file, the final numbers (``final.*``), the history, the rate schedule and the prediction
+    dynamics (recipe.training.History), and their pictures."""
     if not dist.is_main():  # under DDP rank 0 writes and logs
         return
     write_json(args.metrics, metrics)
     log_numbers({f"final.{k}": v for k, v in metrics.items() if not isinstance(v, list)})
-    for path in (args.history, args.metrics):
+    for path in (args.history, args.metrics, args.history.with_name("lr_schedule.csv"),
+                 args.history.with_name("dynamics.csv")):
         tracking.log_artifact(path)
-    tracking.log_artifact(args.history.with_suffix(".png"), "plots")
+    for name in (args.history.with_suffix(".png"), args.history.with_name("lr_schedule.png")):
+        tracking.log_artifact(name, "plots")

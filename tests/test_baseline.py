@@ -1,19 +1,27 @@
 """Karpathy's checks: each must pass on a model that is right and fail on one that is not."""
 from __future__ import annotations
 
+import copy
 import math
 
 import pandas as pd
 import torch
+import yaml
 
 import pytest
 from torch import nn
 
-from recipe.baseline import (ACTIVATIONS, SimpleNet, check_batch_dependencies, check_init_loss,
+from conftest import REPO
+from recipe import baseline
+from recipe.baseline import (ACTIVATIONS, SimpleNet, check_batch_dependencies, check_capacity, check_init_loss,
                              check_overfit, check_zero_input, other_label_lookalikes, prior_entropy)
+from recipe.config import StageParams, load_section, validate
 from recipe.errors import ConfigError
-from recipe.data.loader import Batches
+from recipe.data.loader import Batches, ImageSet
 from recipe.models import build_model
+from recipe.schema import BaselineConfig
+from recipe.session import Data
+from stages._training import common_config
 
 CPU = torch.device("cpu")
 
@@ -137,3 +145,83 @@ def test_backprop_dependencies_pass_on_real_models_and_fail_on_one_that_mixes_th
         assert numbers["batch_dependency_train_mode"] > 0
     mixed, numbers = check_batch_dependencies(MixesTheBatch(SimpleNet(1, 2, 4, "relu")), x)
     assert not mixed.passed and numbers["batch_dependency_cross"] > 0
+
+
+# --- the capacity check: the simple net, wider, must reach a lower training loss -------------
+
+def test_capacity_check_compares_the_final_epochs_training_losses():
+    narrow = [{"train_loss": 0.9, "accuracy": 0.5}, {"train_loss": 0.41, "accuracy": 0.6}]
+    wide = [{"train_loss": 0.8, "accuracy": 0.5}, {"train_loss": 0.36, "accuracy": 0.7}]
+    check, numbers = check_capacity(narrow, wide, width=16, capacity_width=32, images=256)
+    assert check.passed and check.name == "capacity" and (check.value, check.limit) == (0.36, 0.41)
+    assert "width 16: 0.4100, width 32: 0.3600" in check.detail and "for 2 epochs" in check.detail
+    assert "256 train images" in check.detail
+    assert numbers == {"capacity_narrow_train_loss": 0.41, "capacity_train_loss": 0.36}
+    same, _ = check_capacity(narrow, narrow, width=16, capacity_width=32, images=256)  # not lower is not enough
+    assert not same.passed and "not lower" in same.detail
+    worse, _ = check_capacity(wide, narrow, width=16, capacity_width=32, images=256)
+    assert not worse.passed
+
+
+def _memorise(n=64, size=16, seed=0):
+    """Random images with random labels: only capacity can fit them (memorisation)."""
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 1, size, size), generator=gen, dtype=torch.uint8)
+    labels = torch.arange(n) % 2
+    labels = labels[torch.randperm(n, generator=gen)]
+    split = lambda a, b: ImageSet(images[a:b], labels[a:b], [f"{i}.png" for i in range(a, b)], ["a", "b"])  # noqa: E731
+    return Data(split(0, n - 16), split(n - 16, n), ["a", "b"])
+
+
+def _simple_common(params):
+    p = copy.deepcopy(params)
+    p["train"] = {**p["train"], "size": 16, "batch_size": 16, "device": "cpu", "channels_last": False}
+    p["augment"] = {**yaml.safe_load((REPO / "conf/augment/none.yaml").read_text()),
+                    **{k: p["augment"][k] for k in ("crop_aspect", "blur_sigma")}}
+    cfg = load_section("baseline", BaselineConfig, p).simple.model_copy(
+        update={"size": 16, "width": 4, "capacity_width": 16, "epochs": 1, "lr": 0.01, "capacity_images": 32,
+                "capacity_epochs": 6})
+    return common_config(StageParams("test", ["seed", "train", "augment"], p)), cfg
+
+
+def test_capacity_check_passes_when_the_wider_net_fits_better_and_fails_when_it_cannot_learn(params, monkeypatch):
+    torch.manual_seed(0)
+    common, cfg = _simple_common(params)
+    built = []
+
+    class Counted(SimpleNet):
+        def __init__(self, channels, classes, width, activation):
+            super().__init__(channels, classes, width, activation)
+            built.append(width)
+
+    monkeypatch.setattr(baseline, "SimpleNet", Counted)
+    numbers, check = baseline._simple_model(common, cfg, _memorise(), CPU)
+    assert built == [4, 4, 16], "the simple net, then both widths for the check"
+    assert check.passed, check.detail
+    assert numbers["capacity_train_loss"] < numbers["capacity_narrow_train_loss"] == check.limit
+    losses = f"width 4: {numbers['capacity_narrow_train_loss']:.4f}, width 16: {numbers['capacity_train_loss']:.4f}"
+    assert losses in check.detail and "32 train images" in check.detail and "for 6 epochs" in check.detail
+
+    class WideCannotLearn(SimpleNet):
+        """The wider net's logits are always 0: its loss stays at ln 2, whatever it is given."""
+
+        def forward(self, x):
+            out = super().forward(x)
+            return out * 0 if self.fc.in_features == 8 * cfg.capacity_width else out
+
+    monkeypatch.setattr(baseline, "SimpleNet", WideCannotLearn)
+    torch.manual_seed(0)
+    again, stuck = baseline._simple_model(common, cfg, _memorise(), CPU)
+    assert not stuck.passed and "not lower" in stuck.detail
+    assert again["capacity_train_loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert again["capacity_narrow_train_loss"] == numbers["capacity_narrow_train_loss"]  # the same seeded start
+
+
+def test_capacity_check_off_with_null_and_the_wider_net_must_be_wider(params):
+    common, cfg = _simple_common(params)
+    numbers, check = baseline._simple_model(common, cfg.model_copy(update={"capacity_width": None, "epochs": 1}),
+                                            _memorise(), CPU)
+    assert check is None and "capacity_train_loss" not in numbers
+    simple = {**params["baseline"]["simple"], "width": 16, "capacity_width": 16}
+    with pytest.raises(ConfigError, match=r"baseline.simple.capacity_width = 16: must be greater than width \(16\)"):
+        validate("baseline", {**params["baseline"], "simple": simple}, BaselineConfig)

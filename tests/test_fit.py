@@ -139,12 +139,90 @@ def test_same_seed_same_history():
     b_model, b = run(3)
     assert rows(a) == rows(b)
     assert same_weights(a_model, b_model)
-    assert len(a) == 4 and all(set(KEYS) | {"time"} == set(r) for r in a)
+    assert len(a) == 4 and all(set(KEYS) | {"time", "rates"} == set(r) for r in a)
 
 
 def test_history_lr_is_the_rate_trained_at():
     _, history = run(0, schedule="constant")
     assert [r["lr"] for r in history] == [0.1] * 4
+
+
+# --- what a row carries for the pictures: rates per batch, watched images, the L1 term --------
+
+def test_rates_hold_every_groups_rate_at_every_batch():
+    """Two groups at 0.1 and 0.01 under OneCycle: one dict per batch, each group's own rate, the
+    ``.no_decay`` half folded into its group, and the first batch at max_lr / div_factor."""
+    torch.manual_seed(0)
+    model = conv_net()
+    train, valid = loaders()
+    opt = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.01, "name": "early"},
+                           {"params": [model[4].weight], "lr": 0.1, "name": "head"},
+                           {"params": [model[4].bias], "lr": 0.1, "name": "head.no_decay"}], lr=0.1)
+    sched = make_schedule(opt, name="onecycle", epochs=2, steps_per_epoch=len(train), pct_start=0.25,
+                          div_factor=25.0, final_div_factor=1e4, cycle_momentum=False)
+    history = fit(model, train=train, valid=valid, epochs=2, optimizer=opt, schedule=sched, loss_fn=loss_fn)
+    rates = [r for row in history for r in row["rates"]]
+    assert len(rates) == 2 * len(train) and all(set(r) == {"early", "head"} for r in rates)
+    assert rates[0]["head"] == pytest.approx(0.1 / 25) and rates[0]["early"] == pytest.approx(0.01 / 25)
+    assert max(r["head"] for r in rates) == pytest.approx(0.1, rel=0.02)  # the peak falls between batches
+    assert all(r["head"] == pytest.approx(10 * r["early"]) for r in rates)
+    assert history[-1]["lr"] == rates[-1]["head"]
+
+
+def test_watched_is_each_watched_images_probability_of_its_true_class():
+    torch.manual_seed(0)
+    model = conv_net()
+    train, valid = loaders()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = make_schedule(opt, name="constant", epochs=2, steps_per_epoch=len(train))
+    watch = [0, 3, 11]
+    history = fit(model, train=train, valid=valid, epochs=2, optimizer=opt, schedule=sched, loss_fn=loss_fn,
+                  watch=watch, keep="last")
+    probs = validate(model, valid, loss_fn=loss_fn)["probs"]
+    expected = [probs[i, valid.y[i]].item() for i in watch]
+    assert len(history[-1]["watched"]) == 3
+    assert history[-1]["watched"] == pytest.approx(expected, abs=1e-6)
+    assert history[0]["watched"] != history[-1]["watched"]  # it moved with training
+
+
+def test_l1_adds_exactly_lambda_times_the_weights_l1_norm_to_the_loss():
+    """With lr 0 nothing moves: the logged l1_loss is l1 * sum|w| over the group that carries
+    ``l1`` (not over the group without it), and the gradient it adds is l1 * sign(w)."""
+    from recipe.fit import l1_penalty
+    torch.manual_seed(0)
+    model = conv_net()
+    train, valid = loaders(augment=None)
+    weights, rest = [model[0].weight, model[4].weight], [model[0].bias, model[4].bias]
+    opt = torch.optim.SGD([{"params": weights, "lr": 0.0, "l1": 1e-3, "name": "w"},
+                           {"params": rest, "lr": 0.0, "l1": 0.0, "name": "w.no_decay"}], lr=0.0)
+    sched = make_schedule(opt, name="constant", epochs=1, steps_per_epoch=len(train))
+    history = fit(model, train=train, valid=valid, epochs=1, optimizer=opt, schedule=sched, loss_fn=loss_fn,
+                  keep="last")
+    expected = 1e-3 * sum(p.abs().sum().item() for p in weights)
+    assert history[0]["l1_loss"] == pytest.approx(expected, rel=1e-6)
+    model.zero_grad()
+    l1_penalty([(1e-3, weights)]).backward()
+    assert torch.allclose(model[0].weight.grad, 1e-3 * model[0].weight.sign())
+    # no l1 anywhere: no term, no column
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    history = fit(model, train=train, valid=valid, epochs=1, optimizer=opt,
+                  schedule=make_schedule(opt, name="constant", epochs=1, steps_per_epoch=len(train)), loss_fn=loss_fn)
+    assert "l1_loss" not in history[0]
+
+
+def test_l1_moves_the_weights_toward_zero():
+    """Same seed and data, with and without L1: the L1 run ends with a smaller sum|w|."""
+    def final_norm(l1):
+        torch.manual_seed(0)
+        model = conv_net()
+        train, valid = loaders(augment=None)
+        opt = torch.optim.SGD([{"params": [model[0].weight, model[4].weight], "lr": 0.05, "l1": l1},
+                               {"params": [model[0].bias, model[4].bias], "lr": 0.05}], lr=0.05)
+        sched = make_schedule(opt, name="constant", epochs=3, steps_per_epoch=len(train))
+        torch.manual_seed(1)
+        fit(model, train=train, valid=valid, epochs=3, optimizer=opt, schedule=sched, loss_fn=loss_fn, keep="last")
+        return sum(p.abs().sum().item() for p in (model[0].weight, model[4].weight))
+    assert final_norm(0.01) < 0.9 * final_norm(0.0)
 
 
 # --- divergence -------------------------------------------------------------------------------

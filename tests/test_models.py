@@ -220,7 +220,7 @@ def test_param_groups_lrs_and_weight_decay():
     m = model()
     freeze_to(m, 0)
     lrs = spread_lrs(1e-3, 100, 3)
-    groups = param_groups(m, lrs, weight_decay=0.01, bn_weight_decay=False)
+    groups = param_groups(m, lrs, weight_decay=0.01, bn_weight_decay=False, l1=0.0)
     names = [g["name"] for g in groups]
     assert names == ["early", "early.no_decay", "late", "late.no_decay", "head", "head.no_decay"]
     lr_of = dict(zip(["early", "late", "head"], lrs))
@@ -250,15 +250,29 @@ def test_param_groups_lrs_and_weight_decay():
 def test_param_groups_bn_weight_decay_puts_everything_in_decay():
     m = model()
     freeze_to(m, 0)
-    groups = param_groups(m, [1.0, 2.0, 3.0], weight_decay=0.1, bn_weight_decay=True)
+    groups = param_groups(m, [1.0, 2.0, 3.0], weight_decay=0.1, bn_weight_decay=True, l1=0.0)
     assert [g["name"] for g in groups] == ["early", "late", "head"]
     assert all(g["weight_decay"] == 0.1 for g in groups)
+
+
+def test_param_groups_put_l1_where_weight_decay_goes():
+    """optim.l1 on the conv and linear weights; biases and BatchNorm parameters carry l1 = 0, so
+    recipe.fit's term is l1 * sum|w| over exactly the decayed weights."""
+    m = model()
+    freeze_to(m, 0)
+    groups = param_groups(m, [1.0, 2.0, 3.0], weight_decay=0.01, bn_weight_decay=False, l1=1e-4)
+    assert {g["name"]: g["l1"] for g in groups} == {"early": 1e-4, "early.no_decay": 0.0, "late": 1e-4,
+                                                    "late.no_decay": 0.0, "head": 1e-4, "head.no_decay": 0.0}
+    with_l1 = {id(p) for g in groups if g["l1"] for p in g["params"]}
+    assert id(m.head.fc.weight) in with_l1 and id(m.head.fc.bias) not in with_l1
+    assert not any(id(p) in with_l1 for mod in m.modules() if is_bn(mod) for p in mod.parameters())
+    assert all(p.dim() > 1 for g in groups if g["l1"] for p in g["params"])
 
 
 def test_param_groups_leave_out_frozen_params():
     m = model()
     freeze_to(m, 1)
-    groups = param_groups(m, [1e-5, 1e-4, 1e-3], weight_decay=0.01, bn_weight_decay=False)
+    groups = param_groups(m, [1e-5, 1e-4, 1e-3], weight_decay=0.01, bn_weight_decay=False, l1=0.0)
     assert not any(g["name"].startswith("early") for g in groups)
     frozen = {id(p) for p in m.parameters() if not p.requires_grad}
     assert frozen
@@ -272,7 +286,7 @@ def test_param_groups_leave_out_frozen_params():
 def test_param_groups_train_bn_gives_early_no_decay_only():
     m = model()
     freeze_to(m, 2, train_bn=True)
-    groups = param_groups(m, [1e-5, 1e-4, 1e-3], weight_decay=0.01, bn_weight_decay=False)
+    groups = param_groups(m, [1e-5, 1e-4, 1e-3], weight_decay=0.01, bn_weight_decay=False, l1=0.0)
     names = [g["name"] for g in groups]
     assert names == ["early.no_decay", "late.no_decay", "head", "head.no_decay"]
 

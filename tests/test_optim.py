@@ -12,10 +12,11 @@ import yaml
 from torch import nn
 
 from recipe.models import Classifier, Head, param_groups
-from recipe.optim import OPTIMIZERS, SCHEDULES, current_lrs, make_optimizer, make_schedule, sgdr_factor
+from recipe.optim import (LR_SCALING, OPTIMIZERS, SCHEDULES, current_lrs, lr_scale, make_optimizer, make_schedule,
+                          sgdr_factor)
 from recipe.schema import OptimConfig, ScheduleConfig
 
-from conftest import REPO
+from conftest import REPO, noise_image
 
 torch.set_num_threads(1)
 
@@ -38,8 +39,9 @@ def optim_cfg(name: str) -> dict:
 
 def optimizer_from_conf(model: Classifier, cfg: dict, lrs: list[float]) -> torch.optim.Optimizer:
     """As recipe.training.Common.optimizer does."""
-    cfg = dict(cfg)
-    groups = param_groups(model, lrs, weight_decay=cfg.pop("weight_decay"), bn_weight_decay=cfg.pop("bn_weight_decay"))
+    cfg = {k: v for k, v in cfg.items() if k not in ("lr_scaling", "lr_reference_batch")}  # Common applies them
+    groups = param_groups(model, lrs, weight_decay=cfg.pop("weight_decay"), bn_weight_decay=cfg.pop("bn_weight_decay"),
+                          l1=cfg.pop("l1", 0.0))
     return make_optimizer(groups, **cfg)
 
 
@@ -306,7 +308,8 @@ def test_every_schedule_preset_builds_and_steps(name):
 
 # --- the registries -------------------------------------------------------------------------
 
-COMMON_OPTIM_KEYS = {"name", "weight_decay", "bn_weight_decay"}  # per group, or the tag (recipe.training.Common)
+# per group, the tag, or applied by recipe.training.Common (lr_scaling)
+COMMON_OPTIM_KEYS = {"name", "weight_decay", "bn_weight_decay", "lr_scaling", "lr_reference_batch", "l1"}
 
 
 def schemas(union) -> dict[str, type]:
@@ -350,5 +353,133 @@ def test_every_optimizer_preset_builds_through_its_schema():
     """What the stages do: the preset, validated, into Common.optimizer's arguments."""
     m = tiny_classifier()
     for name in sorted(OPTIMIZERS):
-        cfg = schemas(OptimConfig)[name].model_validate(optim_cfg(name)).model_dump()
+        shared = yaml.safe_load((REPO / "conf" / "config.yaml").read_text())["optim"]  # keys every preset gets
+        cfg = schemas(OptimConfig)[name].model_validate({**optim_cfg(name), **shared}).model_dump()
         assert type(optimizer_from_conf(m, cfg, [1e-3] * len(m.groups))) is CLASSES[name]
+
+
+# --- the rates and the batch size (optim.lr_scaling) ------------------------------------------
+
+def scaled_common(params, rule: str, batch_size: int, reference: int = 32, **train):
+    """The shared sections a training stage builds from params.yaml, with lr_scaling set."""
+    import copy
+
+    from recipe.config import StageParams
+    from stages._training import common_config
+
+    p = copy.deepcopy(params)
+    p["optim"] = {**p["optim"], "lr_scaling": rule, "lr_reference_batch": reference}
+    p["train"] = {**p["train"], "batch_size": batch_size, **train}
+    return common_config(StageParams("test", ["seed", "train", "model", "optim", "augment"], p))
+
+
+@pytest.mark.parametrize("rule,batch,reference,factor", [
+    ("none", 64, 32, 1.0), ("linear", 64, 32, 2.0), ("linear", 16, 32, 0.5), ("sqrt", 64, 32, math.sqrt(2)),
+    ("sqrt", 128, 32, 2.0), ("linear", 32, 32, 1.0)])
+def test_lr_scale_is_the_batch_ratio_its_square_root_or_one(rule, batch, reference, factor):
+    assert lr_scale(rule, batch_size=batch, reference_batch=reference) == pytest.approx(factor)
+
+
+def test_lr_scaling_names_are_the_schemas():
+    from recipe.schema import _Optim
+
+    assert set(LR_SCALING) == set(get_args(_Optim.model_fields["lr_scaling"].annotation))
+    with pytest.raises(ValueError, match="cubic"):
+        lr_scale("cubic", batch_size=64, reference_batch=32)
+
+
+@pytest.mark.parametrize("rule,factor", [("none", 1.0), ("linear", 2.0), ("sqrt", math.sqrt(2))])
+def test_every_rate_a_stage_builds_with_is_scaled_once(params, rule, factor):
+    """Common.optimizer, which train_head, finetune and resize build every optimizer with: at
+    twice the reference batch every layer group's rate is the factor times the configured one,
+    and no lr_scaling key reaches torch's optimizer."""
+    m = tiny_classifier()
+    lrs = [1e-4, 3e-4, 1e-3]
+    for optim in ("adamw", "sgd"):
+        shared = yaml.safe_load((REPO / "conf" / "config.yaml").read_text())["optim"]  # as -S optim=... composes
+        p = {**params, "optim": {**optim_cfg(optim), **shared}}
+        common = scaled_common(p, rule, batch_size=64)
+        assert common.lr_scale() == pytest.approx(factor)
+        opt = common.optimizer(m, lrs)
+        want = {n: lr * factor for n, lr in zip(m.group_names, lrs)}
+        assert {g["name"]: g["lr"] for g in opt.param_groups} == pytest.approx(
+            {g["name"]: want[g["name"].removesuffix(".no_decay")] for g in opt.param_groups})
+        assert not {"lr_scaling", "lr_reference_batch"} & set(opt.defaults)
+    plain = scaled_common(params, rule, batch_size=32).optimizer(m, lrs)  # at the reference batch: as configured
+    assert [g["lr"] for g in plain.param_groups] == pytest.approx([1e-4, 1e-4, 3e-4, 1e-3, 1e-3])
+
+
+def test_finetune_trains_at_the_scaled_rates_and_says_so(tmp_path, params):
+    """The stage itself, on 12 tiny images: linear scaling at twice the reference batch doubles
+    every rate finetune trains at (history.csv's lr, the head group's, under a constant schedule)."""
+    import copy
+
+    import pandas as pd
+
+    from recipe import finetune
+    from recipe.config import load_section
+    from recipe.schema import FinetuneConfig, LrFindConfig
+    from recipe.session import new_model, save_checkpoint
+
+    rows = []
+    for i in range(12):
+        noise_image(tmp_path / "raw" / "files" / f"{i}.png", i, size=32)
+        rows.append({"path": f"{i}.png", "label": "ab"[i % 2], "split": "train" if i < 8 else "valid"})
+    pd.DataFrame(rows).to_csv(tmp_path / "split.csv", index=False)
+    p = copy.deepcopy(params)
+    p["model"] = {**p["model"], "name": "resnet18", "weights": None}
+    p["finetune"] = {**p["finetune"], "epochs": 1, "lr": 0.01, "schedule": {"name": "constant"}, "snapshots": False}
+    out = {}
+    for rule in ("none", "linear"):
+        common = scaled_common(p, rule, batch_size=8, reference=4, size=32, workers=1)
+        torch.manual_seed(0)
+        start = new_model(common.model, ["a", "b"], [0.5, 0.5])
+        save_checkpoint(tmp_path / "head.pt", start, classes=["a", "b"], size=32, model_config=p["model"],
+                        stage="train_head", epoch=1, channels=1)
+        metrics = finetune.run(common, load_section("finetune", FinetuneConfig, p),
+                               load_section("lr_find", LrFindConfig, p), split=tmp_path / "split.csv",
+                               raw=tmp_path / "raw", checkpoint=tmp_path / "head.pt",
+                               out=tmp_path / rule / "model.pt", history_csv=tmp_path / rule / "history.csv",
+                               lr_find_dir=tmp_path / "lr")
+        out[rule] = metrics, pd.read_csv(tmp_path / rule / "history.csv")
+    (none, h_none), (linear, h_linear) = out["none"], out["linear"]
+    assert none["lr_scale"] == 1.0 and linear["lr_scale"] == 2.0
+    assert linear["lrs"] == none["lrs"] == none["lrs_used"]  # the configured rates, as given
+    assert linear["lrs_used"] == pytest.approx([2 * x for x in none["lrs"]])
+    assert h_none["lr"].iloc[-1] == pytest.approx(0.01) and h_linear["lr"].iloc[-1] == pytest.approx(0.02)
+
+
+def test_the_range_test_sweep_is_not_scaled(params):
+    """lr_find's sweep (start_lr..end_lr) is the same curve whatever lr_scaling says: it reads the
+    optimizer's rates only as ratios (finetune's lr_mult), and the scaling comes after it."""
+    from recipe import lr_find
+    from recipe.config import load_section
+    from recipe.data.loader import Batches
+    from recipe.models import spread_lrs
+    from recipe.schema import LrFindConfig
+
+    cfg = load_section("lr_find", LrFindConfig, params).model_copy(update={"iterations": 20})
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 256, (32, 3, 8, 8), generator=gen, dtype=torch.uint8), torch.arange(32) % 2
+    curves = {}
+    for rule in ("none", "linear"):
+        common = scaled_common(params, rule, batch_size=64)
+        torch.manual_seed(0)
+        m = tiny_classifier()
+        train = Batches(x, y, batch_size=8, shuffle=True, seed=0, device=torch.device("cpu"))
+        curves[rule] = lr_find.sweep(m, m, common, cfg, train, spread_lrs(1.0, 9, len(m.groups)), None)["curve"]
+    assert curves["none"]["lr"] == curves["linear"]["lr"]
+    assert curves["none"]["lr"][0] == pytest.approx(cfg.start_lr)
+    assert curves["none"]["loss"] == pytest.approx(curves["linear"]["loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("change,expected", [
+    ({"lr_scaling": "cubic"}, "optim.lr_scaling = 'cubic': Input should be 'none', 'linear' or 'sqrt'"),
+    ({"lr_reference_batch": 0}, "optim.lr_reference_batch = 0: Input should be greater than 0")])
+def test_a_bad_lr_scaling_is_a_schema_error_naming_the_key(params, change, expected):
+    from recipe.config import validate
+    from recipe.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        validate("optim", {**params["optim"], **change}, OptimConfig)
+    assert expected in str(err.value)

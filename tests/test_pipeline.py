@@ -127,7 +127,8 @@ def test_stages_of_one_repro_share_one_parent_run(project):
 def test_training_stages_write_checkpoints_histories_and_metrics(project):
     proj = project["proj"]
     base = json.loads((proj / "outputs/baseline/metrics.json").read_text())
-    assert set(base["checks"]) == {"init_loss", "batch_dependencies", "input_independent", "overfit_one_batch"}
+    assert set(base["checks"]) == {"init_loss", "batch_dependencies", "input_independent", "capacity",
+                                   "overfit_one_batch"}
     assert base["checks"]["overfit_one_batch"]["passed"] and base["overfit_loss"] < 0.05
     assert base["checks"]["batch_dependencies"]["passed"] and base["batch_dependency_cross"] == 0
     assert (proj / "outputs/baseline/batch.png").stat().st_size > 1000
@@ -145,6 +146,13 @@ def test_training_stages_write_checkpoints_histories_and_metrics(project):
         metrics = json.loads((proj / f"outputs/{stage}/metrics.json").read_text())
         assert 0 <= metrics["valid_accuracy"] <= 1 and metrics["size"] == size
         assert not (proj / f"outputs/{stage}/resume").exists()  # a finished stage leaves no resume state
+        # prediction dynamics: every valid image (fewer than train.dynamics_images) after every epoch
+        dyn = pd.read_csv(proj / f"outputs/{stage}/dynamics.csv")
+        n_valid = (pd.read_csv(proj / "outputs/split/split.csv")["split"] == "valid").sum()
+        assert len(dyn) == n_valid * len(history) and dyn["image"].nunique() == n_valid
+        rates = pd.read_csv(proj / f"outputs/{stage}/lr_schedule.csv")  # every batch's rate of every trained group
+        assert rates["step"].nunique() == rates.groupby("group").size().max() > len(history)
+        assert (proj / f"outputs/{stage}/lr_schedule.png").stat().st_size > 1000
     # SGDR snapshots: finetune's 3 epochs (cycles of 1 and 2) end cycles at epochs 0 and 2
     snaps = sorted(p.name for p in (proj / "outputs/finetune/snapshots").iterdir())
     n_epochs = len(pd.read_csv(proj / "outputs/finetune/history.csv"))
@@ -186,7 +194,8 @@ def test_select_chooses_on_valid_and_evaluate_scores_the_choice_on_test(project)
     page = (proj / "outputs/evaluate/report.html").read_text()
     for section in SECTIONS:
         assert f'<section id="{section}">' in page
-    assert page.count("data:image/png;base64,") == 14 and "not available" not in page and "not found" not in page
+    # 14 pictures before, + 3 lr_schedule.png and dynamics.png, + 5 in evaluate/inspect/
+    assert page.count("data:image/png;base64,") == 14 + 4 + 5 and "not available" not in page and "not found" not in page
     first = project["first"]  # the choice and the stage table end dvc repro's output
     assert first.index("Chosen on valid") > first.index("Running stage 'evaluate'")
     assert first.index("chosen_plain") > first.index("Chosen on valid")
@@ -201,6 +210,9 @@ def test_select_chooses_on_valid_and_evaluate_scores_the_choice_on_test(project)
     assert runs["select"].data.tags["chosen"].startswith(chosen["candidate"])
     client = mlflow.MlflowClient(f"sqlite:///{proj}/mlflow.db")
     assert {"report.html", "metrics.json", "predictions.csv"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {f"inspect/{n}" for n in ("first_conv.png", "weight_change.png", "activations.png", "gradcam_top_losses.png",
+                                     "gradcam_correct.png")} == {a.path for a in client.list_artifacts(run.info.run_id, "inspect")}
+    assert m["inspect"]["weight_change"]["early"] >= 0 and run.data.metrics["inspect.layers"] == m["inspect"]["layers"]
     mlflow.set_tracking_uri(f"sqlite:///{proj}/mlflow.db")
     try:
         model = mlflow.pyfunc.load_model(run.data.tags["model_uri"])

@@ -16,7 +16,7 @@ from recipe.session import Data, load_checkpoint, new_model, save_checkpoint
 from recipe import finetune
 from recipe.config import StageParams
 from recipe.evaluate import format_table
-from recipe.training import fit_set
+from recipe.training import fit_set, watch
 from stages._training import common_config as _common_config
 
 
@@ -126,3 +126,34 @@ def test_stage_table_marks_a_stage_fit_on_train_valid():
     head, lines = text.splitlines()[0], text.splitlines()[1:]
     assert "80.00%" in lines[0] and "(train+valid)" in lines[1] and "86.00%" in lines[1]
     assert all(len(line) == len(head) for line in lines)
+
+
+def test_watch_is_stratified_seeded_and_sorted_by_class():
+    labels = torch.tensor([0] * 30 + [1] * 10)
+    valid = ImageSet(torch.zeros(40, 1, 4, 4, dtype=torch.uint8), labels, [f"{i}.png" for i in range(40)], ["a", "b"])
+    w = watch(valid, 8, seed=3)
+    assert [valid.labels[i].item() for i in w.index] == [0] * 6 + [1] * 2  # 30:10 of 8 images
+    assert w.labels == ["a"] * 6 + ["b"] * 2 and w.paths == [f"{i}.png" for i in w.index]
+    assert w.index[:6] == sorted(w.index[:6]) and w == watch(valid, 8, seed=3) and w != watch(valid, 8, seed=4)
+    assert len(set(watch(valid, 40, seed=0).index)) == 40 and watch(valid, 0, seed=0) is None
+    rare = ImageSet(valid.images, torch.tensor([0] * 39 + [1]), valid.paths, ["a", "b"])
+    assert [rare.labels[i].item() for i in watch(rare, 4, seed=0).index] == [0, 0, 0, 1]  # a class gets one
+
+
+def test_a_stage_writes_one_dynamics_row_per_watched_image_per_epoch_and_every_batchs_rates(tmp_path, params):
+    _tiny_split(tmp_path)
+    p = _tiny_params(params, epochs=2, lr_mult=10)
+    p["train"] = {**p["train"], "dynamics_images": 3, "patience": None}
+    p["finetune"] = {**p["finetune"], "unfreeze_to": 0}
+    _, history = _run_finetune(tmp_path, p, "ft")
+    dyn = pd.read_csv(tmp_path / "ft" / "dynamics.csv")
+    assert len(dyn) == 3 * len(history) == 6
+    assert dyn.groupby("epoch").size().tolist() == [3, 3] and dyn["image"].nunique() == 3
+    assert dyn["p_true"].between(0, 1).all() and set(dyn["label"]) <= {"a", "b"}
+    sched = pd.read_csv(tmp_path / "ft" / "lr_schedule.csv")
+    groups = sorted(sched["group"].unique())
+    assert len(groups) == 3  # every layer group from unfreeze_to 0
+    assert sched.groupby("group").size().tolist() == [2 * 2] * 3  # 8 train images, batch 4: 2 batches an epoch
+    first = sched[sched["step"] == 0].set_index("group")["lr"]
+    assert first.max() / first.min() == pytest.approx(10)  # lr_mult spreads the rates
+    assert (tmp_path / "ft" / "lr_schedule.png").stat().st_size > 0
