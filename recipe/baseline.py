@@ -372,7 +372,7 @@ def _simple_model(common: Common, cfg: SimpleModelConfig, data: Data,
     idx = torch.randperm(len(train[1]), generator=torch.Generator().manual_seed(common.seed))[: cfg.capacity_images]
     subset = (train[0][idx], train[1][idx])
     histories = []
-    with torch.random.fork_rng(devices=[]):  # the stage's random state after it is as without the check
+    with torch.random.fork_rng():  # CPU and CUDA: the stage's random state after it is as without the check
         for width in (cfg.width, cfg.capacity_width):
             torch.manual_seed(common.seed)  # both nets' init (and dropout) from the same state
             # judged on the subset itself in eval mode: the loss of the fitted set, free of

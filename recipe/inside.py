@@ -33,7 +33,7 @@ of ``recipe.evaluate.TABLE_STAGES``, then the latest epoch; on ELPV the chosen `
 224 px), without TTA views, in eval mode, on the CPU. Its images are what the ensemble feeds it:
 the test images decoded at the bundle's size, resized to the member's (``ensemble.fit_size``);
 the member normalises them itself (its mean/std buffers). A few images only: every count is in
-``InspectConfig``. :func:`run` returns the numbers for ``metrics.json`` (the per-group mean
+``InsideConfig``. :func:`run` returns the numbers for ``metrics.json`` (the per-group mean
 relative change among them); nothing here talks to MLflow.
 """
 from __future__ import annotations
@@ -43,18 +43,18 @@ import math
 import time
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from torch import nn
 
-from recipe import plots
+from recipe import plots  # first: it puts matplotlib on the Agg backend
+import matplotlib.pyplot as plt  # noqa: E402,I001
 from recipe.data.loader import decode_all
 from recipe.ensemble import Ensemble, fit_size
 from recipe.evaluate import TABLE_STAGES
 from recipe.metrics import top_losses
 from recipe.models import Classifier, build_model
-from recipe.schema import InspectConfig
+from recipe.schema import InsideConfig
 
 PICTURES = ("first_conv.png", "weight_change.png", "activations.png", "gradcam_top_losses.png", "gradcam_correct.png")
 
@@ -80,7 +80,7 @@ def initial_model(model_config: dict, classes: int, seed: int) -> Classifier:
     """The model training started from: the config's pretrained weights (or, with ``weights:
     null``, the seed's random init); eval mode, CPU."""
     h = model_config["head"]
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng():  # manual_seed reseeds CUDA too: both restored after
         torch.manual_seed(seed)
         model = build_model(name=model_config["name"], weights=model_config["weights"], mean=model_config["mean"],
                             std=model_config["std"], classes=classes, pool=h["pool"], dropout=h["dropout"],
@@ -388,9 +388,9 @@ def confident_correct(pred: dict, per_class: int, n_classes: int) -> list[list[i
     return out
 
 
-def run(cfg: InspectConfig, *, model: Ensemble, meta: dict, predictions: Path, raw: Path, out: Path,
+def run(cfg: InsideConfig, *, model: Ensemble, meta: dict, predictions: Path, raw: Path, out: Path,
         seed: int) -> dict:
-    """Write :data:`PICTURES` into ``out``; return the numbers (``metrics.json``'s ``inspect``)."""
+    """Write :data:`PICTURES` into ``out``; return the numbers (``metrics.json``'s ``inside``)."""
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

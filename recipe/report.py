@@ -6,8 +6,8 @@ data URI, so it opens anywhere, offline, and can be attached to an MLflow run or
 missing input makes its section say so; it never stops the page from being written.
 
 Sections, in order (each an ``<section id=...>``): summary, stages (the accuracy table), audit,
-split, baseline, lr_find, training, evaluation, confusion, top_losses, inspect (the pictures of
-:mod:`recipe.inside`, in ``evaluate/inspect/``).
+split, baseline, lr_find, training, evaluation, confusion, top_losses, inside (the pictures of
+:mod:`recipe.inside`, in ``evaluate/inside/``).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 SECTIONS = ("summary", "stages", "select", "audit", "split", "baseline", "lr_find", "training", "dynamics", "evaluation", "confusion",
-            "top_losses", "inspect")
+            "top_losses", "inside")
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
@@ -202,9 +202,9 @@ def write_report(path: Path, *, audit: Path, split: Path, baseline: Path, lr_fin
     parts["top_losses"] = ("<p>The most confident mistakes (as chosen): actual → predicted, the probability "
                            "given to the prediction, and the loss.</p>" + _img(Path(evaluate) / "top_losses.png", "top losses"))
 
-    ins = metrics.get("inspect") or {}
-    look = Path(evaluate) / "inspect"
-    parts["inspect"] = (
+    ins = metrics.get("inside") or {}
+    look = Path(evaluate) / "inside"
+    parts["inside"] = (
         f"<p>One network, not the ensemble: the chosen model's member trained last "
         f"(<code>{html.escape(str(ins.get('member', '?')))}</code> at {ins.get('size', '?')} px), without views, "
         "on a few test images. Its first convolution's filters before (the weights training started from) and "
@@ -227,7 +227,7 @@ def write_report(path: Path, *, audit: Path, split: Path, baseline: Path, lr_fin
               "split": "Split", "baseline": "Baseline checks", "lr_find": "Learning-rate finder",
               "training": "Training histories", "dynamics": "Prediction dynamics", "evaluation": "Test metrics", "confusion": "Confusion matrix",
               "top_losses": "Top losses",
-              "inspect": "Inside the model"}
+              "inside": "Inside the model"}
     nav = "".join(f'<a href="#{s}">{titles[s]}</a>' for s in SECTIONS)
     body = "".join(f'<section id="{s}"><h2>{titles[s]}</h2>{parts[s]}</section>' for s in SECTIONS)
     page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"

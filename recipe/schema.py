@@ -437,7 +437,7 @@ class EvaluateConfig(Strict):
     model: LogModelConfig
 
 
-class InspectConfig(Strict):
+class InsideConfig(Strict):
     """What recipe/inside.py draws of the chosen model (counts of test images and channels)."""
     activation_images: NonNegativeInt  # test images whose feature maps are drawn
     activation_channels: PositiveInt  # feature maps per layer and image (the most active channels)

@@ -14,7 +14,7 @@ from mlflow.models import infer_signature
 import recipe
 from recipe import evaluate, inside, pyfunc_model, tracking
 from recipe.report import write_report
-from recipe.schema import EvaluateConfig, InspectConfig
+from recipe.schema import EvaluateConfig, InsideConfig
 from stages._common import log_numbers, run, stage_config, write_json
 from stages._training import common_config
 
@@ -26,7 +26,7 @@ def main(args):
     p, experiment = stage_config("evaluate")
     common = common_config(p)
     cfg = p.section("evaluate", EvaluateConfig)
-    look = p.section("inspect", InspectConfig)
+    look = p.section("inside", InsideConfig)
     data = p.section("data", dict)  # dvc.yaml: data.source, data.task (the report's title)
     dirs = {"train_head": args.head, "finetune": args.finetune, "resize": args.resize}
     with tracking.stage_run("evaluate", p.used, experiment=experiment) as run_:
@@ -36,14 +36,14 @@ def main(args):
             checkpoints={s: dirs[s] / "model.pt" for s in evaluate.TABLE_STAGES},
             stage_metrics={s: dirs[s] / "metrics.json" for s in evaluate.TABLE_STAGES},
             baseline_metrics=args.baseline / "metrics.json", out=args.out)
-        metrics["inspect"] = inside.run(look, model=model, meta=meta, predictions=args.out / "predictions.csv",
-                                         raw=args.raw, out=args.out / "inspect", seed=common.seed)
+        metrics["inside"] = inside.run(look, model=model, meta=meta, predictions=args.out / "predictions.csv",
+                                         raw=args.raw, out=args.out / "inside", seed=common.seed)
         write_json(args.out / "metrics.json", metrics)
         evaluate.dynamics_picture(dirs, args.out / "dynamics.png")
         report = write_report(args.out / "report.html", audit=args.audit, split=args.split.parent,
                               baseline=args.baseline, lr_find=args.lr_find, stages=dirs, select=args.select,
                               evaluate=args.out, metrics=metrics, title=_title(data, common.seed))
-        log_numbers({k: metrics[k] for k in ("test", "test_chosen", "chosen_gain", "inspect")})
+        log_numbers({k: metrics[k] for k in ("test", "test_chosen", "chosen_gain", "inside")})
         log_numbers({s: {k: v for k, v in r.items() if v is not None} for s, r in metrics["table"].items()}, "table")
         tracking.log_table({"stage": list(metrics["table"]),
                           **{col: [r[col] for r in metrics["table"].values()]
@@ -53,7 +53,7 @@ def main(args):
         for name in ("confusion.png", "top_losses.png", "tta_gain.png", "dynamics.png"):
             tracking.log_artifact(args.out / name, "plots")
         for name in inside.PICTURES:
-            tracking.log_artifact(args.out / "inspect" / name, "inspect")
+            tracking.log_artifact(args.out / "inside" / name, "inside")
         uri = (tracking.guarded("log the model", log_model, args.model, model, cfg, args.out / "predictions.csv",
                                 args.raw) if cfg.model.log else None)
         if uri:

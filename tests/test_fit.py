@@ -48,7 +48,7 @@ def loaders(augment=FLIP_ONLY, seed: int = 7, batch_size: int = 8):
 
 
 def run(model_seed: int, *, epochs: int = 4, resume=None, fingerprint: str = "x", on_epoch=None, keep="best",
-        patience=None, schedule: str = "onecycle"):
+        patience=None, schedule: str = "onecycle", watch=None):
     """A fresh model, optimizer and schedule, then fit; returns (model, history)."""
     torch.manual_seed(model_seed)
     model = conv_net()
@@ -62,7 +62,8 @@ def run(model_seed: int, *, epochs: int = 4, resume=None, fingerprint: str = "x"
     # the global RNG (dropout) continues from here in both runs
     torch.manual_seed(1234)
     history = fit(model, train=train, valid=valid, epochs=epochs, optimizer=opt, schedule=sched, loss_fn=loss_fn,
-                  resume=resume, fingerprint=fingerprint, on_epoch=on_epoch, keep=keep, patience=patience)
+                  resume=resume, fingerprint=fingerprint, on_epoch=on_epoch, keep=keep, patience=patience,
+                  watch=watch)
     return model, history
 
 
@@ -94,6 +95,23 @@ def test_resumed_run_equals_uninterrupted(tmp_path):
     assert seen == [2, 3]
     assert rows(resumed) == rows(full)
     assert same_weights(resumed_model, full_model)
+
+
+def test_a_resumed_run_keeps_every_batchs_rates_and_the_watched_probabilities(tmp_path):
+    """What lr_schedule.csv and dynamics.csv are written from survives a kill: the restored epochs'
+    rows come back whole, none twice, and equal an uninterrupted run's."""
+    _, full = run(0, resume=tmp_path / "a.pt", watch=[1, 5])
+
+    def kill(row):
+        if row["epoch"] == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run(0, resume=tmp_path / "b.pt", on_epoch=kill, watch=[1, 5])
+    _, resumed = run(99, resume=tmp_path / "b.pt", watch=[1, 5])
+    assert [r["epoch"] for r in resumed] == [0, 1, 2, 3]
+    assert [r["rates"] for r in resumed] == [r["rates"] for r in full] and len(full[0]["rates"]) == 5
+    assert [r["watched"] for r in resumed] == [r["watched"] for r in full]
 
 
 def test_model_seed_changes_the_run():

@@ -18,7 +18,7 @@ from recipe.ensemble import Ensemble
 from recipe.errors import ConfigError
 from recipe.models import Classifier, Head, build_model
 from recipe.report import write_report
-from recipe.schema import InspectConfig
+from recipe.schema import InsideConfig
 
 MODEL_CONFIG = {"name": "resnet18", "weights": None, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
                 "adapt_bn": False, "head": {"pool": "avg", "dropout": 0.0, "init": "kaiming", "init_gain": 0.01,
@@ -35,12 +35,12 @@ def resnet(seed: int) -> Classifier:
 
 
 def test_the_real_config_validates_and_a_wrong_key_or_count_is_one_clear_error(params):
-    cfg = validate("inspect", params["inspect"], InspectConfig)
+    cfg = validate("inside", params["inside"], InsideConfig)
     assert cfg.activation_channels >= 1 and cfg.gradcam_top_losses >= 0
     with pytest.raises(ConfigError, match="gradcam_top_loses"):
-        validate("inspect", {**params["inspect"], "gradcam_top_loses": 3}, InspectConfig)
+        validate("inside", {**params["inside"], "gradcam_top_loses": 3}, InsideConfig)
     with pytest.raises(ConfigError, match="activation_channels"):
-        validate("inspect", {**params["inspect"], "activation_channels": 0}, InspectConfig)
+        validate("inside", {**params["inside"], "activation_channels": 0}, InsideConfig)
 
 
 def test_weight_change_is_zero_unchanged_and_the_hand_computed_ratio_for_one_changed_layer():
@@ -125,16 +125,16 @@ def inspected(tmp_path_factory):
             noise_image(base / "raw/files" / rel, 100 + i)
             pred = CLASSES[int(p >= 0.5)]
             w.writerow([rel, t, pred, max(p, 1 - p), pred, max(p, 1 - p), 1 - p, p])
-    cfg = InspectConfig(activation_images=2, activation_channels=3, gradcam_top_losses=3, gradcam_per_class=2)
+    cfg = InsideConfig(activation_images=2, activation_channels=3, gradcam_top_losses=3, gradcam_per_class=2)
     numbers = inside.run(cfg, model=model, meta=meta, predictions=base / "predictions.csv", raw=base / "raw",
-                          out=base / "evaluate/inspect", seed=7)
+                          out=base / "evaluate/inside", seed=7)
     return base, numbers
 
 
 def test_run_writes_every_picture_and_the_weight_change_per_group(inspected):
     base, numbers = inspected
     for name in inside.PICTURES:
-        img = np.asarray(Image.open(base / "evaluate/inspect" / name).convert("L"), dtype=float)
+        img = np.asarray(Image.open(base / "evaluate/inside" / name).convert("L"), dtype=float)
         assert img.shape[0] > 100 and img.shape[1] > 100 and img.std() > 5, name  # drawn, not blank
     # "before" is the seed's init, so only the moved layer4 changed: 5 of the late group's 10 layers.
     assert numbers["weight_change"] == pytest.approx({"early": 0.0, "late": 0.1 * 5 / 10})
@@ -147,10 +147,10 @@ def test_report_embeds_the_inside_the_model_section(inspected, tmp_path):
     base, numbers = inspected
     none = tmp_path / "none"
     kw = dict(audit=none, split=none, baseline=none, lr_find=none, stages={}, select=none)
-    page = write_report(tmp_path / "report.html", evaluate=base / "evaluate", metrics={"inspect": numbers}, **kw).read_text()
-    part = page.split('<section id="inspect">')[1].split("</section>")[0]
+    page = write_report(tmp_path / "report.html", evaluate=base / "evaluate", metrics={"inside": numbers}, **kw).read_text()
+    part = page.split('<section id="inside">')[1].split("</section>")[0]
     assert "<h2>Inside the model</h2>" in part and "<code>resize</code>" in part
     assert part.count("data:image/png;base64,") == len(inside.PICTURES) and "not found" not in part
     missing = write_report(tmp_path / "r2.html", evaluate=none, metrics={}, **kw).read_text()
-    part = missing.split('<section id="inspect">')[1].split("</section>")[0]
+    part = missing.split('<section id="inside">')[1].split("</section>")[0]
     assert part.count("not found") == len(inside.PICTURES) and "base64" not in part

@@ -194,7 +194,7 @@ def test_select_chooses_on_valid_and_evaluate_scores_the_choice_on_test(project)
     page = (proj / "outputs/evaluate/report.html").read_text()
     for section in SECTIONS:
         assert f'<section id="{section}">' in page
-    # 14 pictures before, + 3 lr_schedule.png and dynamics.png, + 5 in evaluate/inspect/
+    # 14 pictures before, + 3 lr_schedule.png and dynamics.png, + 5 in evaluate/inside/
     assert page.count("data:image/png;base64,") == 14 + 4 + 5 and "not available" not in page and "not found" not in page
     first = project["first"]  # the choice and the stage table end dvc repro's output
     assert first.index("Chosen on valid") > first.index("Running stage 'evaluate'")
@@ -210,9 +210,10 @@ def test_select_chooses_on_valid_and_evaluate_scores_the_choice_on_test(project)
     assert runs["select"].data.tags["chosen"].startswith(chosen["candidate"])
     client = mlflow.MlflowClient(f"sqlite:///{proj}/mlflow.db")
     assert {"report.html", "metrics.json", "predictions.csv"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {f"inspect/{n}" for n in ("first_conv.png", "weight_change.png", "activations.png", "gradcam_top_losses.png",
-                                     "gradcam_correct.png")} == {a.path for a in client.list_artifacts(run.info.run_id, "inspect")}
-    assert m["inspect"]["weight_change"]["early"] >= 0 and run.data.metrics["inspect.layers"] == m["inspect"]["layers"]
+    assert {f"inside/{n}" for n in ("first_conv.png", "weight_change.png", "activations.png", "gradcam_top_losses.png",
+                                     "gradcam_correct.png")} == {a.path for a in client.list_artifacts(run.info.run_id, "inside")}
+    assert m["inside"]["weight_change"]["early"] == 0 < m["inside"]["weight_change"]["late"]  # unfreeze_to: 1
+    assert run.data.metrics["inside.layers"] == m["inside"]["layers"]
     mlflow.set_tracking_uri(f"sqlite:///{proj}/mlflow.db")
     try:
         model = mlflow.pyfunc.load_model(run.data.tags["model_uri"])
