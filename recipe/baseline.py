@@ -326,20 +326,18 @@ def _shrink(images: torch.Tensor, size: int) -> torch.Tensor:
                          align_corners=False).round().clamp(0, 255).to(torch.uint8)
 
 
-def check_capacity(narrow: list[dict], wide: list[dict], *, width: int, capacity_width: int,
-                   images: int) -> tuple[Check, dict]:
+def check_capacity(narrow: float, wide: float, *, width: int, capacity_width: int, images: int,
+                   epochs: int) -> tuple[Check, dict]:
     """Karpathy's "verify decreasing training loss": the small model at ``width`` and at the wider
     ``capacity_width``, trained identically on the same ``images`` training images without
-    augmentation (``narrow`` and ``wide`` are their fit() histories, ``train_loss`` the loss on
-    those images in eval mode after each epoch); more capacity must fit a fixed training set
-    better, so the wider net's final training loss must be lower. A
-    loss that does not answer to capacity (a layer that does not train, a rate of 0, targets the
-    inputs do not determine) fails it."""
-    a, b = narrow[-1]["train_loss"], wide[-1]["train_loss"]
+    augmentation for ``epochs``; ``narrow`` and ``wide`` are their final losses on those images
+    (eval mode). More capacity must fit a fixed training set better, so the wider net's loss must
+    be lower. A loss that does not answer to capacity (a layer that does not train, a rate of 0,
+    targets the inputs do not determine) fails it."""
+    a, b = narrow, wide
     passed = b < a
-    epochs = f"{len(narrow)} epoch" + ("s" if len(narrow) != 1 else "")
-    detail = (f"training loss (eval mode) on {images} train images fitted for {epochs} without augmentation, "
-              f"width {width}: {a:.4f}, width {capacity_width}: {b:.4f}: the wider net is "
+    detail = (f"training loss (eval mode) on {images} train images fitted for {epochs} epoch{'s' * (epochs != 1)} "
+              f"without augmentation, width {width}: {a:.4f}, width {capacity_width}: {b:.4f}: the wider net is "
               + (f"lower by {a - b:.4f}" if passed else f"not lower (higher by {b - a:.4f}; needs lower)"))
     numbers = {"capacity_narrow_train_loss": a, "capacity_train_loss": b}
     return Check("capacity", b, a, passed, detail), numbers
@@ -371,13 +369,13 @@ def _simple_model(common: Common, cfg: SimpleModelConfig, data: Data,
     t0 = time.perf_counter()
     idx = torch.randperm(len(train[1]), generator=torch.Generator().manual_seed(common.seed))[: cfg.capacity_images]
     subset = (train[0][idx], train[1][idx])
-    histories = []
+    losses = []
     with torch.random.fork_rng():  # CPU and CUDA: the stage's random state after it is as without the check
         for width in (cfg.width, cfg.capacity_width):
             torch.manual_seed(common.seed)  # both nets' init (and dropout) from the same state
             # judged on the subset itself in eval mode: the loss of the fitted set, free of
             # BatchNorm's batch noise and of the epoch's early batches
-            histories.append([{**r, "train_loss": r["valid_loss"]}
-                              for r in trained(width, subset, cfg.capacity_epochs, False, judge=subset)])
-    check, n = check_capacity(*histories, width=cfg.width, capacity_width=cfg.capacity_width, images=len(idx))
+            losses.append(trained(width, subset, cfg.capacity_epochs, False, judge=subset)[-1]["valid_loss"])
+    check, n = check_capacity(*losses, width=cfg.width, capacity_width=cfg.capacity_width, images=len(idx),
+                              epochs=cfg.capacity_epochs)
     return {**numbers, **n, "capacity_time_s": round(time.perf_counter() - t0, 1)}, check

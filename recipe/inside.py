@@ -53,8 +53,9 @@ from recipe.data.loader import decode_all
 from recipe.ensemble import Ensemble, fit_size
 from recipe.evaluate import TABLE_STAGES
 from recipe.metrics import top_losses
-from recipe.models import Classifier, build_model
-from recipe.schema import InsideConfig
+from recipe.models import Classifier
+from recipe.schema import InsideConfig, ModelConfig
+from recipe.session import new_model
 
 PICTURES = ("first_conv.png", "weight_change.png", "activations.png", "gradcam_top_losses.png", "gradcam_correct.png")
 
@@ -76,15 +77,12 @@ def last_trained(meta: dict) -> int:
     return max(range(len(meta["members"])), key=key)
 
 
-def initial_model(model_config: dict, classes: int, seed: int) -> Classifier:
-    """The model training started from: the config's pretrained weights (or, with ``weights:
-    null``, the seed's random init); eval mode, CPU."""
-    h = model_config["head"]
+def initial_model(model_config: dict, classes: list[str], seed: int) -> Classifier:
+    """The model training started from (recipe.session.new_model on the member's config): its
+    pretrained weights (or, with ``weights: null``, the seed's random init); eval mode, CPU."""
     with torch.random.fork_rng():  # manual_seed reseeds CUDA too: both restored after
         torch.manual_seed(seed)
-        model = build_model(name=model_config["name"], weights=model_config["weights"], mean=model_config["mean"],
-                            std=model_config["std"], classes=classes, pool=h["pool"], dropout=h["dropout"],
-                            init=h["init"], init_gain=h["init_gain"], priors=None)
+        model = new_model(ModelConfig.model_validate(model_config), classes, None)
     return model.eval()
 
 
@@ -399,7 +397,7 @@ def run(cfg: InsideConfig, *, model: Ensemble, meta: dict, predictions: Path, ra
     name = model.names[i]
     classes = model.classes
 
-    before = initial_model(mm["model_config"], len(classes), seed)
+    before = initial_model(mm["model_config"], classes, seed)
     rows = weight_change(before, net)
     conv_name, conv = first_conv(net)
     w0 = dict(before.named_modules())[conv_name].weight.detach().float().cpu().numpy()

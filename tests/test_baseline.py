@@ -150,16 +150,15 @@ def test_backprop_dependencies_pass_on_real_models_and_fail_on_one_that_mixes_th
 # --- the capacity check: the simple net, wider, must reach a lower training loss -------------
 
 def test_capacity_check_compares_the_final_epochs_training_losses():
-    narrow = [{"train_loss": 0.9, "accuracy": 0.5}, {"train_loss": 0.41, "accuracy": 0.6}]
-    wide = [{"train_loss": 0.8, "accuracy": 0.5}, {"train_loss": 0.36, "accuracy": 0.7}]
-    check, numbers = check_capacity(narrow, wide, width=16, capacity_width=32, images=256)
+    narrow, wide = 0.41, 0.36
+    check, numbers = check_capacity(narrow, wide, width=16, capacity_width=32, images=256, epochs=2)
     assert check.passed and check.name == "capacity" and (check.value, check.limit) == (0.36, 0.41)
     assert "width 16: 0.4100, width 32: 0.3600" in check.detail and "for 2 epochs" in check.detail
     assert "256 train images" in check.detail
     assert numbers == {"capacity_narrow_train_loss": 0.41, "capacity_train_loss": 0.36}
-    same, _ = check_capacity(narrow, narrow, width=16, capacity_width=32, images=256)  # not lower is not enough
+    same, _ = check_capacity(narrow, narrow, width=16, capacity_width=32, images=256, epochs=2)  # not lower is not enough
     assert not same.passed and "not lower" in same.detail
-    worse, _ = check_capacity(wide, narrow, width=16, capacity_width=32, images=256)
+    worse, _ = check_capacity(wide, narrow, width=16, capacity_width=32, images=256, epochs=2)
     assert not worse.passed
 
 
