@@ -46,7 +46,8 @@ def probabilities(model: Ensemble, images: ImageSet, common: Common, device) -> 
 
 
 def run(common: Common, cfg: EvaluateConfig, *, split: Path, raw: Path, bundle: Path, checkpoints: dict[str, Path],
-        stage_metrics: dict[str, Path], baseline_metrics: Path, out: Path) -> tuple[dict, Ensemble, dict]:
+        stage_metrics: dict[str, Path], baseline_metrics: Path, out: Path, fold_models: list[Path] = ()
+        ) -> tuple[dict, Ensemble, dict]:
     """Score the bundle on the test split, plainly and as chosen; write the predictions, the
     confusion matrix, the top losses and the per-class gain into ``out``. Returns the metrics,
     the model (CPU, eval mode) and the bundle's metadata."""
@@ -108,6 +109,13 @@ def run(common: Common, cfg: EvaluateConfig, *, split: Path, raw: Path, bundle: 
                         plain_views(), autocast=amp)
             row["test_accuracy"] = float((p["plain"].argmax(1) == p["labels"]).double().mean())
         rows[stage] = row
+    if cfg.stage_table and len(fold_models) >= 2:  # cv.folds: the k fold models averaged (select's cv_folds)
+        folds = [load_checkpoint(f) for f in fold_models]
+        ens = common.prepare(Ensemble([(m, meta_["size"]) for m, meta_ in folds], classes=classes,
+                                      channels=folds[0][1].get("channels", 3)), device).eval()
+        p, y = probabilities(ens, test_at(ens.size), common, device)
+        rows["cv_folds"] = {"size": ens.size, "valid_accuracy": None, "test_accuracy": float((p.argmax(1) == y).mean()),
+                            "members": len(folds)}
     sel = meta.get("info", {})
     rows["chosen_plain"] = {"size": model.size, "valid_accuracy": None, "test_accuracy": plain["accuracy"]}
     rows["chosen"] = {"size": model.size, "valid_accuracy": sel.get("valid_accuracy_as_chosen"),

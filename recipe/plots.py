@@ -112,7 +112,7 @@ def audit_pictures(manifest, report, *, files: Path, out: Path, seed: int, per_c
 def tensor_grid(images: np.ndarray, captions: Sequence[str], path: Path, title: str, tile: float = 1.6) -> Path:
     """Images ``(N, C, H, W)`` in [0, 1] exactly as given (e.g. a batch after augmentation)."""
     n = len(images)
-    ncols = min(8, n)
+    ncols = max(1, min(8, n))  # at least one column: an empty grid is a titled blank picture
     nrows = -(-n // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(tile * ncols, tile * nrows + 0.4), squeeze=False)
     for ax in axes.flat:

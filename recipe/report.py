@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("summary", "stages", "select", "audit", "split", "baseline", "lr_find", "training", "dynamics", "evaluation", "confusion",
+SECTIONS = ("summary", "stages", "select", "audit", "split", "cv", "baseline", "lr_find", "training", "dynamics", "evaluation", "confusion",
             "top_losses", "inside")
 
 _CSS = """
@@ -72,8 +72,54 @@ def _missing(what: str) -> str:
     return f'<p class="missing">{html.escape(what)} not available</p>'
 
 
+def _cv_section(cv: Path) -> str:
+    """The cross-validated figures, the label suspects and where they meet the duplicate groups."""
+    m = _read_json(cv / "metrics.json")
+    if m is None:
+        return _missing("cross-validation metrics")
+    if m.get("folds", 0) < 2:
+        return "<p>Off (<code>cv.folds: 0</code>): set <code>cv.folds</code> to 5 for the cross-validated figures and the label issues.</p>"
+    per = m["per_fold"]
+    li, pol = m["label_issues"], m["policy"]
+    out = (f"<p>{m['folds']} folds over train + valid (the test split untouched), each the recipe up to "
+           f"<code>{html.escape(m['stages'])}</code> on the other folds, with its own valid split: accuracy "
+           f"<b>{_pct(m['accuracy'])} ± {100 * m['accuracy_std']:.2f}</b> (standard deviation over folds; "
+           f"{_pct(m['accuracy_min'])} – {_pct(m['accuracy_max'])}), log loss {m['log_loss']:.4f} ± {m['log_loss_std']:.4f}; "
+           f"pooled out-of-fold accuracy {_pct(m['pooled']['accuracy'])}.</p>"
+           + _table(["fold", "held-out images", "accuracy", "log loss"],
+                    [[f, v["images"], _pct(v["accuracy"]), v["log_loss"]] for f, v in per.items()])
+           + f"<p>Confident learning (cleanlab) on the out-of-fold probabilities flags <b>{li['suspects']}</b> "
+             f"images ({100 * li['share']:.1f}%) as probable label errors; policy <code>{html.escape(pol['name'])}</code>"
+           + (f": {pol['dropped']} dropped and {pol['relabelled']} relabelled among the train images" if pol["name"] != "report" else
+              ": reported, nothing changed") + ".</p>"
+           + _table(["given → suggested", "suspects"], [[k, v] for k, v in li["pairs"].items()]))
+    spread = li.get("soft_spread")
+    if spread:
+        out += (f"<p>The suspects over the annotators' <code>{html.escape(spread['column'])}</code>:</p>"
+                + _table(["annotated value", "images", "suspects", "share flagged"],
+                         [[k, v["images"], v["suspects"], f"{100 * v['flagged_share']:.1f}%"] for k, v in spread["values"].items()]))
+    issues = cv / "label_issues.csv"
+    if issues.is_file():
+        import csv
+
+        with issues.open(newline="") as f:
+            top = [r for r, _ in zip(csv.DictReader(f), range(12))]
+        if top:
+            out += _table(["rank", "image", "given", "suggested", "self-confidence", "action"],
+                          [[r["rank"], r["path"], r["given_label"], r["suggested_label"], float(r["self_confidence"]),
+                            r["action"]] for r in top])
+    out += _img(cv / "label_issues.png", "top suspected label errors")
+    conflicts = m.get("conflicts") or []
+    out += (f"<p>Duplicate groups (the audit's) whose labels disagree and that hold a suspect: {len(conflicts)}.</p>"
+            + (_table(["group", "members (label; * = suspect)"],
+                      [[c["group"], "; ".join(f"{x['path']} ({x['label']}{' *' if x['suspect'] else ''})" for x in c["members"])]
+                       for c in conflicts[:20]]) if conflicts else ""))
+    return out
+
+
 def write_report(path: Path, *, audit: Path, split: Path, baseline: Path, lr_find: Path, stages: dict[str, Path],
-                 select: Path, evaluate: Path, metrics: dict, title: str = "finetune-recipe run") -> Path:
+                 select: Path, evaluate: Path, metrics: dict, title: str = "finetune-recipe run",
+                 cv: Path | None = None) -> Path:
     """``stages`` maps the training stages' names to their output directories; ``metrics`` is
     the evaluate stage's metrics dict (what it writes to ``metrics.json``)."""
     parts: dict[str, str] = {}
@@ -143,6 +189,8 @@ def write_report(path: Path, *, audit: Path, split: Path, baseline: Path, lr_fin
                           + _img(Path(split) / "counts.png", "split counts"))
     else:
         parts["split"] = _missing("split metrics")
+
+    parts["cv"] = _cv_section(Path(cv)) if cv is not None else _missing("cross-validation")
 
     base = _read_json(Path(baseline) / "metrics.json")
     if base:
@@ -224,7 +272,7 @@ def write_report(path: Path, *, audit: Path, split: Path, baseline: Path, lr_fin
         + _img(look / "gradcam_correct.png", "Grad-CAM over correct predictions"))
 
     titles = {"summary": "Summary", "stages": "Accuracy after every stage", "select": "Model selection on valid", "audit": "Data audit",
-              "split": "Split", "baseline": "Baseline checks", "lr_find": "Learning-rate finder",
+              "split": "Split", "cv": "Cross-validation and label issues", "baseline": "Baseline checks", "lr_find": "Learning-rate finder",
               "training": "Training histories", "dynamics": "Prediction dynamics", "evaluation": "Test metrics", "confusion": "Confusion matrix",
               "top_losses": "Top losses",
               "inside": "Inside the model"}

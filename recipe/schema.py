@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator, model_validator
 
 
 class Strict(BaseModel):
@@ -435,6 +435,26 @@ class EvaluateConfig(Strict):
     stage_table: bool
     top_losses: NonNegativeInt
     model: LogModelConfig
+
+
+class CvConfig(Strict):
+    """k-fold cross-validation over train + valid, its label issues and their policy (recipe/cv.py)."""
+    folds: NonNegativeInt  # 0 = off; k >= 2 folds
+    stages: Literal["finetune", "resize"]  # the last training stage each fold runs
+    policy: Literal["report", "drop", "relabel"]  # what the final fit does with the train images flagged
+    max_suspects: PositiveInt | None  # act on at most this many (the highest ranked); None: all flagged
+    grid_images: NonNegativeInt  # tiles in the picture of the top suspects
+    train_folds: list[NonNegativeInt]  # derived by conf/'s resolver: the folds the per-fold stages run
+    resize_folds: list[NonNegativeInt]
+
+    @model_validator(mode="after")
+    def _folds(self):
+        if self.folds == 1:
+            raise ValueError("cv.folds = 1: one fold holds everything out; use 0 (off) or at least 2")
+        if self.train_folds != list(range(self.folds if self.folds > 1 else 0)):
+            raise ValueError(f"cv.train_folds = {self.train_folds}: derived from cv.folds by conf/'s resolver, "
+                             "not set by hand (recompose params.yaml)")
+        return self
 
 
 class InsideConfig(Strict):

@@ -11,6 +11,10 @@ Contract:
   the valid split: log loss, accuracy, and the cost (seconds per image on this machine: each
   member's measured time per view, times the views). Each member's probabilities are computed
   once per input size and per distinct view, and every combination is made from them.
+- **The fold ensemble** (:func:`fold_candidate`, with ``cv.folds``): the k fold models of
+  recipe/cv.py, averaged when shipped, but scored on valid out of fold (each valid image by the
+  one member that never saw it), since every other member trained on it or chose by it: a
+  conservative figure for the ensemble, on the same images as every other candidate.
 - **The choice** (:func:`choose`): the best by ``select.criterion``; candidates within
   ``select.tolerance`` of it tie, and a tie goes to the cheaper (then the one with fewer members,
   then the earlier in the table). ``select.candidate`` / ``select.views`` pin either part.
@@ -44,6 +48,25 @@ STAGES = ("train_head", "finetune", "resize")
 class Candidate:
     name: str
     members: tuple[str, ...]  # names of single checkpoints
+    # The fold ensemble: (valid image path, member) pairs, the member that never saw that image.
+    # Each of its members trained on (or chose its epoch on) the valid images of the other folds,
+    # so it is scored out of fold: each valid image by the one member that held it out.
+    held_out: tuple[tuple[str, str], ...] | None = None
+
+
+FOLD_CANDIDATE = "cv_folds"
+
+
+def fold_candidate(members: dict[str, Path], folds_csv: Path) -> Candidate | None:
+    """The k fold models (``cv@<fold>``: their checkpoints) as one candidate, scored out of fold
+    (:class:`Candidate`); None without folds."""
+    import pandas as pd
+
+    if len(members) < 2:
+        return None
+    folds = pd.read_csv(folds_csv, keep_default_na=False)
+    held = tuple((p, f"cv@{int(f)}") for p, f in zip(folds["path"], folds["fold"]))
+    return Candidate(FOLD_CANDIDATE, tuple(members), held)
 
 
 @dataclass
@@ -52,6 +75,7 @@ class Scores:
     probs: dict[tuple[str, int], dict[str, np.ndarray]] = field(default_factory=dict)
     seconds: dict[tuple[str, int], float] = field(default_factory=dict)
     labels: np.ndarray | None = None
+    paths: list[str] | None = None  # the valid images, in the order of the probabilities
 
 
 def checkpoints(stage_dirs: dict[str, Path]) -> tuple[dict[str, Path], dict[str, str]]:
@@ -174,6 +198,7 @@ def score(common: Common, cfg: SelectConfig, *, singles: dict[str, Path], cands:
             scores.seconds[key] = (time.perf_counter() - t0) / (n * len(per))
             scores.probs[key] = {k: np.concatenate(v) for k, v in per.items()}
             scores.labels = np.concatenate(labels)
+            scores.paths = list(decoded[size].paths)
         del model
     # Members of one architecture at one size cost the same per image: take the fastest of their
     # timings (the others carry the machine's noise, and the first the warm-up of its shapes).
@@ -199,6 +224,11 @@ def combine(scores: Scores, cand: Candidate, size: int, views: Views) -> np.ndar
     """The candidate's valid probabilities under ``views``: each member's blend of its views, averaged."""
     labels = ["plain", *[lbl for lbl, _ in views.extra]]
     per_member = [blend([scores.probs[(m, size)][lbl] for lbl in labels], views) for m in cand.members]
+    if cand.held_out is not None:  # out of fold: each valid image from the member that held it out
+        of = dict(cand.held_out)
+        index = {m: i for i, m in enumerate(cand.members)}
+        pick = np.array([index[of[p]] for p in scores.paths])
+        return np.stack(per_member)[pick, np.arange(len(pick))]
     return sum(per_member) / len(per_member)
 
 

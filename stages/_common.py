@@ -18,7 +18,7 @@ from recipe.schema import TrackingConfig
 
 
 def run(main: Callable[[argparse.Namespace], object], *paths: str, distributed: bool = False) -> None:
-    """Parse ``--<path>`` options (their values come from dvc.yaml), run ``main``.
+    """Parse ``--<path>`` options (their values come from dvc.yaml) and ``--stage``, run ``main``.
 
     Under torchrun, a stage that is not ``distributed`` (all but the training stages) runs on
     rank 0 alone; the other ranks return at once.
@@ -29,6 +29,9 @@ def run(main: Callable[[argparse.Namespace], object], *paths: str, distributed: 
     parser = argparse.ArgumentParser()
     for name in paths:
         parser.add_argument(f"--{name}", type=Path, required=True)
+    # The stage's name in dvc.yaml when it is not the module's: a per-fold copy (cv_finetune@2)
+    # reads that stage's params list and names its MLflow run after it.
+    parser.add_argument("--stage", default=None)
     args = parser.parse_args()
     if not distributed and dist.world_size() > 1 and not dist.is_main():
         return

@@ -31,18 +31,20 @@ def main(args):
     dirs = {"train_head": args.head, "finetune": args.finetune, "resize": args.resize}
     with tracking.stage_run("evaluate", p.used, experiment=experiment) as run_:
         selection = json.loads((args.select / "metrics.json").read_text())
+        cv_metrics = json.loads((args.cv / "metrics.json").read_text())
         metrics, model, meta = evaluate.run(
             common, cfg, split=args.split, raw=args.raw, bundle=args.model,
             checkpoints={s: dirs[s] / "model.pt" for s in evaluate.TABLE_STAGES},
             stage_metrics={s: dirs[s] / "metrics.json" for s in evaluate.TABLE_STAGES},
-            baseline_metrics=args.baseline / "metrics.json", out=args.out)
+            baseline_metrics=args.baseline / "metrics.json", out=args.out,
+            fold_models=[Path(m) for m in cv_metrics.get("members", [])])
         metrics["inside"] = inside.run(look, model=model, meta=meta, predictions=args.out / "predictions.csv",
                                          raw=args.raw, out=args.out / "inside", seed=common.seed)
         write_json(args.out / "metrics.json", metrics)
         evaluate.dynamics_picture(dirs, args.out / "dynamics.png")
         report = write_report(args.out / "report.html", audit=args.audit, split=args.split.parent,
                               baseline=args.baseline, lr_find=args.lr_find, stages=dirs, select=args.select,
-                              evaluate=args.out, metrics=metrics, title=_title(data, common.seed))
+                              evaluate=args.out, metrics=metrics, title=_title(data, common.seed), cv=args.cv)
         log_numbers({k: metrics[k] for k in ("test", "test_chosen", "chosen_gain", "inside")})
         log_numbers({s: {k: v for k, v in r.items() if v is not None} for s, r in metrics["table"].items()}, "table")
         tracking.log_table({"stage": list(metrics["table"]),
@@ -99,4 +101,4 @@ def log_model(bundle: Path, model, cfg, predictions: Path, raw: Path) -> str:
 
 
 if __name__ == "__main__":
-    run(main, "split", "raw", "audit", "baseline", "lr_find", "head", "finetune", "resize", "select", "model", "out")
+    run(main, "split", "raw", "audit", "baseline", "lr_find", "head", "finetune", "resize", "select", "cv", "model", "out")

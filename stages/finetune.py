@@ -7,12 +7,13 @@ from stages._training import common_config, log_epoch, record_training
 
 
 def main(args):
-    p, experiment = stage_config("finetune")
+    name = args.stage or "finetune"
+    p, experiment = stage_config(name)
     common = common_config(p)
     distributed.launch(common.train.nproc, "stages.finetune")  # train.nproc > 1: again, under torchrun
     cfg = p.section("finetune", FinetuneConfig)
     lr_find_cfg = p.section("lr_find", LrFindConfig)
-    with tracking.stage_run("finetune", p.used, experiment=experiment):
+    with tracking.stage_run(name, p.used, experiment=experiment):
         lr_dir = args.model.parent / "lr_find"
         metrics = finetune.run(common, cfg, lr_find_cfg, split=args.split, raw=args.raw, checkpoint=args.checkpoint,
                                out=args.model, history_csv=args.history, lr_find_dir=lr_dir, log=log_epoch)

@@ -7,10 +7,11 @@ from stages._training import common_config
 
 
 def main(args):
-    p, experiment = stage_config("lr_find")
+    name = args.stage or "lr_find"
+    p, experiment = stage_config(name)
     common = common_config(p, args.split)
     cfg = p.section("lr_find", LrFindConfig)
-    with tracking.stage_run("lr_find", p.used, experiment=experiment):
+    with tracking.stage_run(name, p.used, experiment=experiment):
         metrics = lr_find.run(common, cfg, split=args.split, raw=args.raw, curve_csv=args.curve, plot=args.plot,
                               suggestion=args.suggestion)
         log_numbers({k: v for k, v in metrics.items() if k != "rule"})

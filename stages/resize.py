@@ -8,12 +8,13 @@ from stages._training import common_config, log_epoch, record_training
 
 
 def main(args):
-    p, experiment = stage_config("resize")
+    name = args.stage or "resize"
+    p, experiment = stage_config(name)
     common = common_config(p)
     distributed.launch(common.train.nproc, "stages.resize")  # train.nproc > 1: again, under torchrun
     cfg = p.section("resize", ResizeConfig)
     unfreeze_to = p.section("finetune", dict[str, NonNegativeInt])["unfreeze_to"]  # dvc.yaml: finetune.unfreeze_to
-    with tracking.stage_run("resize", p.used, experiment=experiment):
+    with tracking.stage_run(name, p.used, experiment=experiment):
         metrics = resize.run(common, cfg, unfreeze_to=unfreeze_to, split=args.split, raw=args.raw,
                              checkpoint=args.checkpoint, out=args.model, history_csv=args.history, log=log_epoch)
         record_training(args, metrics)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import time
+from pathlib import Path
 
 from recipe import plots, select, tracking
 from recipe.ensemble import save_bundle
@@ -20,6 +22,12 @@ def main(args):
     with tracking.stage_run("select", p.used, experiment=experiment):
         singles, aliases = select.checkpoints(dirs)
         cands = select.candidates(singles, cfg.ensembles, aliases)
+        cv_m = json.loads((args.cv / "metrics.json").read_text())
+        folds = {f"cv@{i}": Path(m) for i, m in enumerate(cv_m.get("members", []))}  # cv.folds >= 2
+        fold_cand = select.fold_candidate(folds, args.cv / "folds" / "splits" / "folds.csv")
+        if fold_cand is not None:
+            singles = {**singles, **folds}
+            cands.append(fold_cand)
         rows, scores, sets, classes = select.score(common, cfg, singles=singles, cands=cands, split=args.split,
                                                    raw=args.raw)
         d = select.decide_all(rows, scores, cands, sets, singles, classes, cfg)
@@ -75,4 +83,4 @@ def describe(s: dict) -> str:
 
 
 if __name__ == "__main__":
-    run(main, "split", "raw", "head", "finetune", "resize", "model", "metrics", "table", "plot")
+    run(main, "split", "raw", "head", "finetune", "resize", "cv", "model", "metrics", "table", "plot")

@@ -6,11 +6,12 @@ from stages._training import common_config, log_epoch, record_training
 
 
 def main(args):
-    p, experiment = stage_config("train_head")
+    name = args.stage or "train_head"
+    p, experiment = stage_config(name)
     common = common_config(p, args.split)
     distributed.launch(common.train.nproc, "stages.train_head")  # train.nproc > 1: again, under torchrun
     cfg = p.section("train_head", TrainHeadConfig)
-    with tracking.stage_run("train_head", p.used, experiment=experiment):
+    with tracking.stage_run(name, p.used, experiment=experiment):
         metrics = train_head.run(common, cfg, split=args.split, raw=args.raw, suggestion=args.suggestion,
                                  out=args.model, history_csv=args.history, log=log_epoch)
         record_training(args, metrics)

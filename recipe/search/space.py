@@ -37,6 +37,9 @@ def compose_config(root: Path, overrides: list[str]) -> tuple[dict, dict]:
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
 
+    from recipe.compose import register_resolver
+
+    register_resolver(root)
     try:
         with initialize_config_dir(config_dir=str((root / "conf").resolve()), version_base=None):
             cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)

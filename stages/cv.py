@@ -1,0 +1,96 @@
+"""cv: the out-of-fold predictions, the cross-validated figures, the label issues and the split
+the final fit trains on (cv.policy); recipe/cv.py says how."""
+import json
+import time
+
+import numpy as np
+import pandas as pd
+
+from recipe import cv, plots, tracking
+from recipe.data.loader import class_names, read_split
+from recipe.schema import CvConfig
+from stages._common import log_numbers, run, stage_config, write_json
+from stages._training import common_config
+
+
+def main(args):
+    t0 = time.perf_counter()
+    p, experiment = stage_config("cv")
+    cfg = p.section("cv", CvConfig)
+    table = read_split(args.split)
+    classes = class_names(table)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    probs_cols = [f"p_{c}" for c in classes]
+    if cfg.folds < 2:
+        pd.DataFrame(columns=["path", "label", "fold", *probs_cols, "predicted"]).to_csv(out / "oof.csv", index=False)
+        pd.DataFrame(columns=["rank", "path", "fold", "given_label", "suggested_label", "self_confidence",
+                              "ranking_score", "action"]).to_csv(out / "label_issues.csv", index=False)
+        plots.tensor_grid(np.zeros((0, 1, 8, 8)), [], out / "label_issues.png",
+                          "Label issues: cross-validation is off (cv.folds: 0)")
+        table.to_csv(out / "split.csv", index=False)
+        write_json(args.metrics, {"folds": 0, "policy": cfg.policy})
+        print("cv: off (cv.folds: 0); the final fit trains on the split as it is")
+        return
+    common = common_config(p)
+    folds = pd.read_csv(args.folds / "splits" / "folds.csv", keep_default_na=False)
+    fold_tables = {i: read_split(args.folds / "splits" / f"{i}.csv") for i in range(cfg.folds)}
+    models = {i: cv.fold_model(args.folds, i, cfg.stages) for i in range(cfg.folds)}
+    with tracking.stage_run("cv", p.used, experiment=experiment):
+        oof = cv.oof_predictions(common, table=table, fold_tables=fold_tables, models=models, raw=args.raw)
+        if set(oof["path"]) != set(folds["path"]):
+            raise AssertionError("cv: the out-of-fold predictions do not cover train + valid exactly")
+        oof.to_csv(out / "oof.csv", index=False, float_format="%.6f")
+        figures = cv.cv_figures(oof, classes)
+        issues = cv.label_issues(oof, classes)
+        final, issues = cv.apply_policy(table, issues, cfg.policy, cfg.max_suspects)
+        issues.to_csv(out / "label_issues.csv", index=False, float_format="%.6f")
+        final.to_csv(out / "split.csv", index=False)
+        _grid(issues.head(cfg.grid_images), args.raw, out / "label_issues.png", 160)  # tiles of 160 px
+        spread = cv.soft_spread(issues, table)
+        conflicts = cv.duplicate_conflicts(table, issues)
+        metrics = {
+            "folds": cfg.folds, "stages": cfg.stages, **{k: v for k, v in figures.items() if k != "folds"},
+            "members": [str(models[i]) for i in range(cfg.folds)],
+            "label_issues": {"suspects": int(len(issues)), "share": len(issues) / len(oof),
+                             "in_train": int(issues["action"].ne("kept (valid)").sum()),
+                             "pairs": cv.pair_counts(issues), "soft_spread": spread,
+                             "duplicate_conflicts": len(conflicts)},
+            "policy": {"name": cfg.policy, "max_suspects": cfg.max_suspects,
+                       "dropped": int(issues["action"].eq("dropped").sum()),
+                       "relabelled": int(issues["action"].eq("relabelled").sum()),
+                       "train_images": int((final["split"] == "train").sum())},
+            "conflicts": conflicts,
+            "time_s": round(time.perf_counter() - t0, 1),
+        }
+        write_json(args.metrics, metrics)
+        log_numbers({k: metrics[k] for k in ("accuracy", "accuracy_std", "log_loss", "log_loss_std", "pooled")}, "cv")
+        log_numbers({k: v for k, v in metrics["label_issues"].items() if not isinstance(v, dict)}, "label_issues")
+        for name in ("oof.csv", "label_issues.csv", "split.csv"):
+            tracking.log_artifact(out / name)
+        tracking.log_artifact(args.metrics)
+        tracking.log_artifact(out / "label_issues.png", "plots")
+    print(f"cv: {cfg.folds} folds: accuracy {100 * figures['accuracy']:.2f}% ± {100 * figures['accuracy_std']:.2f} "
+          f"(pooled {100 * figures['pooled']['accuracy']:.2f}%), log loss {figures['log_loss']:.4f} ± "
+          f"{figures['log_loss_std']:.4f}; {len(issues)} label suspects; policy {cfg.policy}"
+          + (f": {metrics['policy']['dropped'] + metrics['policy']['relabelled']} train images changed"
+             if cfg.policy != "report" else ""))
+
+
+def _grid(top: pd.DataFrame, raw, path, size: int) -> None:
+    from pathlib import Path
+
+    from recipe.data.loader import decode_all
+
+    if top.empty:
+        plots.tensor_grid(np.zeros((0, 1, 8, 8)), [], path, "Label issues: none flagged")
+        return
+    images = decode_all([Path(raw) / "files" / p for p in top["path"]], size=size).float().numpy() / 255
+    captions = [f"#{r['rank']} given {r['given_label']}\nsuggested {r['suggested_label']} p={r['self_confidence']:.2f}"
+                for _, r in top.iterrows()]
+    plots.tensor_grid(images, captions, path, "Top suspected label errors (out-of-fold): given label, suggested "
+                      "label, out-of-fold probability of the given one")
+
+
+if __name__ == "__main__":
+    run(main, "split", "raw", "folds", "out", "metrics")

@@ -1,0 +1,44 @@
+"""cv_split: the folds of train + valid (recipe/cv.py), and the split each fold's stages train on."""
+import json
+
+import pandas as pd
+from pydantic import NonNegativeInt
+
+from recipe import cv, tracking
+from recipe.data.loader import read_split
+from recipe.errors import ConfigError
+from recipe.schema import SplitConfig, SplitDataConfig
+from stages._common import run, stage_config
+
+
+def main(args):
+    p, experiment = stage_config("cv_split")
+    k = p.section("cv", dict[str, NonNegativeInt])["folds"]  # dvc.yaml: cv.folds alone (the policy reruns no fold)
+    if k == 1:
+        raise ConfigError("cv.folds = 1: one fold holds everything out; use 0 (off) or at least 2")
+    split_cfg = p.section("split", SplitConfig)
+    column = p.section("data", SplitDataConfig).stratify_column
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.csv"):
+        old.unlink()
+    table = read_split(args.split)
+    summary = {"folds": k}
+    if k >= 2:
+        with tracking.stage_run("cv_split", p.used, experiment=experiment):
+            folds = cv.assign_folds(table, k, seed=split_cfg.seed, stratify_column=column)
+            folds.to_csv(out / "folds.csv", index=False)
+            for i in range(k):
+                part = cv.fold_split(table, folds, i, fractions=split_cfg.fractions, seed=split_cfg.seed,
+                                     stratify_column=column)
+                part.to_csv(out / f"{i}.csv", index=False)
+                counts = part["split"].value_counts()
+                summary[str(i)] = {s: int(counts.get(s, 0)) for s in ("train", "valid", "test")}
+            tracking.log_artifact(out / "folds.csv")
+    else:
+        pd.DataFrame(columns=list(cv.FOLD_COLUMNS)).to_csv(out / "folds.csv", index=False)
+    print(f"cv_split: {json.dumps(summary)}" if k >= 2 else "cv_split: cross-validation off (cv.folds: 0)")
+
+
+if __name__ == "__main__":
+    run(main, "split", "out")
