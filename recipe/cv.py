@@ -156,7 +156,7 @@ def apply_policy(table: pd.DataFrame, issues: pd.DataFrame, policy: str, max_sus
     issues = issues.copy()
     out = table.copy()
     split_of = dict(zip(table["path"], table["split"]))
-    acted = issues["path"].map(split_of).eq("train").to_numpy()
+    acted = issues["path"].map(split_of).eq("train").to_numpy().copy()
     if max_suspects is not None:
         acted &= np.cumsum(acted) <= max_suspects
     if policy == "report" or not acted.any():

@@ -113,7 +113,7 @@ def tensor_grid(images: np.ndarray, captions: Sequence[str], path: Path, title: 
     """Images ``(N, C, H, W)`` in [0, 1] exactly as given (e.g. a batch after augmentation)."""
     n = len(images)
     ncols = max(1, min(8, n))  # at least one column: an empty grid is a titled blank picture
-    nrows = -(-n // ncols)
+    nrows = max(1, -(-n // ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(tile * ncols, tile * nrows + 0.4), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")

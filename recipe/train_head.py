@@ -50,6 +50,6 @@ def run(common: Common, cfg: TrainHeadConfig, *, split: Path, raw: Path, suggest
                      epochs=cfg.epochs, optimizer=opt, schedule=sched,
                      train_mode=lambda: set_bn_mode(model, policy=cfg.bn, first_trainable=model.head_group), **kw)
     # lr_used: the rate the optimizer got, lr times optim.lr_scaling's factor (Common.optimizer)
-    return {"lr": lr, "lr_scale": common.lr_scale(), "lr_used": lr * common.lr_scale(),
+    return {"lr": lr, "lr_scale": common.lr_scale(), "lr_used": lr * common.lr_scale(), "train_images": len(data.train),
             **finish(model, data, common, device, out=out, history=history, history_csv=history_csv,
                      size=common.train.size, stage="train_head", resume_dir=resume, t0=t0)}

@@ -1,6 +1,6 @@
 """cv: the out-of-fold predictions, the cross-validated figures, the label issues and the split
 the final fit trains on (cv.policy); recipe/cv.py says how."""
-import json
+import shutil
 import time
 
 import numpy as np
@@ -8,6 +8,7 @@ import pandas as pd
 
 from recipe import cv, plots, tracking
 from recipe.data.loader import class_names, read_split
+from recipe.errors import DataError
 from recipe.schema import CvConfig
 from stages._common import log_numbers, run, stage_config, write_json
 from stages._training import common_config
@@ -21,16 +22,9 @@ def main(args):
     classes = class_names(table)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    probs_cols = [f"p_{c}" for c in classes]
     if cfg.folds < 2:
-        pd.DataFrame(columns=["path", "label", "fold", *probs_cols, "predicted"]).to_csv(out / "oof.csv", index=False)
-        pd.DataFrame(columns=["rank", "path", "fold", "given_label", "suggested_label", "self_confidence",
-                              "ranking_score", "action"]).to_csv(out / "label_issues.csv", index=False)
-        plots.tensor_grid(np.zeros((0, 1, 8, 8)), [], out / "label_issues.png",
-                          "Label issues: cross-validation is off (cv.folds: 0)")
-        table.to_csv(out / "split.csv", index=False)
-        write_json(args.metrics, {"folds": 0, "policy": cfg.policy})
-        print("cv: off (cv.folds: 0); the final fit trains on the split as it is")
+        with tracking.stage_run("cv", p.used, experiment=experiment):
+            _off(args, cfg, table, classes)
         return
     common = common_config(p)
     folds = pd.read_csv(args.folds / "splits" / "folds.csv", keep_default_na=False)
@@ -39,13 +33,16 @@ def main(args):
     with tracking.stage_run("cv", p.used, experiment=experiment):
         oof = cv.oof_predictions(common, table=table, fold_tables=fold_tables, models=models, raw=args.raw)
         if set(oof["path"]) != set(folds["path"]):
-            raise AssertionError("cv: the out-of-fold predictions do not cover train + valid exactly")
+            raise DataError("cv: the out-of-fold predictions do not cover train + valid exactly (rerun cv_split)")
         oof.to_csv(out / "oof.csv", index=False, float_format="%.6f")
         figures = cv.cv_figures(oof, classes)
         issues = cv.label_issues(oof, classes)
         final, issues = cv.apply_policy(table, issues, cfg.policy, cfg.max_suspects)
         issues.to_csv(out / "label_issues.csv", index=False, float_format="%.6f")
-        final.to_csv(out / "split.csv", index=False)
+        if cfg.policy == "report":
+            shutil.copyfile(args.split, out / "split.csv")  # byte for byte: turning cv on does not rerun the final fit
+        else:
+            final.to_csv(out / "split.csv", index=False)
         _grid(issues.head(cfg.grid_images), args.raw, out / "label_issues.png", 160)  # tiles of 160 px
         spread = cv.soft_spread(issues, table)
         conflicts = cv.duplicate_conflicts(table, issues)
@@ -75,6 +72,20 @@ def main(args):
           f"{figures['log_loss_std']:.4f}; {len(issues)} label suspects; policy {cfg.policy}"
           + (f": {metrics['policy']['dropped'] + metrics['policy']['relabelled']} train images changed"
              if cfg.policy != "report" else ""))
+
+
+def _off(args, cfg, table, classes) -> None:
+    """cv.folds: 0: empty tables, a titled blank picture, the split as it is."""
+    out = args.out
+    probs_cols = [f"p_{c}" for c in classes]
+    pd.DataFrame(columns=["path", "label", "fold", *probs_cols, "predicted"]).to_csv(out / "oof.csv", index=False)
+    pd.DataFrame(columns=["rank", "path", "fold", "given_label", "suggested_label", "self_confidence",
+                          "ranking_score", "action"]).to_csv(out / "label_issues.csv", index=False)
+    plots.tensor_grid(np.zeros((0, 1, 8, 8)), [], out / "label_issues.png",
+                      "Label issues: cross-validation is off (cv.folds: 0)")
+    shutil.copyfile(args.split, out / "split.csv")  # the split itself, byte for byte: the final fit does not rerun
+    write_json(args.metrics, {"folds": 0, "policy": cfg.policy})
+    print("cv: off (cv.folds: 0); the final fit trains on the split as it is")
 
 
 def _grid(top: pd.DataFrame, raw, path, size: int) -> None:

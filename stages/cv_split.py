@@ -24,8 +24,8 @@ def main(args):
         old.unlink()
     table = read_split(args.split)
     summary = {"folds": k}
-    if k >= 2:
-        with tracking.stage_run("cv_split", p.used, experiment=experiment):
+    with tracking.stage_run("cv_split", p.used, experiment=experiment):
+        if k >= 2:
             folds = cv.assign_folds(table, k, seed=split_cfg.seed, stratify_column=column)
             folds.to_csv(out / "folds.csv", index=False)
             for i in range(k):
@@ -34,9 +34,9 @@ def main(args):
                 part.to_csv(out / f"{i}.csv", index=False)
                 counts = part["split"].value_counts()
                 summary[str(i)] = {s: int(counts.get(s, 0)) for s in ("train", "valid", "test")}
-            tracking.log_artifact(out / "folds.csv")
-    else:
-        pd.DataFrame(columns=list(cv.FOLD_COLUMNS)).to_csv(out / "folds.csv", index=False)
+        else:
+            pd.DataFrame(columns=list(cv.FOLD_COLUMNS)).to_csv(out / "folds.csv", index=False)
+        tracking.log_artifact(out / "folds.csv")
     print(f"cv_split: {json.dumps(summary)}" if k >= 2 else "cv_split: cross-validation off (cv.folds: 0)")
 
 

@@ -123,3 +123,35 @@ def test_a_stage_depends_on_no_project_code_it_does_not_load(stage):
 def test_the_static_scan_finds_a_lazy_import(tmp_path):
     """A function-level import is what sys.modules alone would miss: the scan must see it."""
     assert "recipe/tracking.py" in imported_by("recipe/predict.py")  # imported inside predict.load()
+
+
+def test_each_per_fold_stage_has_its_main_stages_code_deps_and_params(tmp_path):
+    """The per-fold stages (only in the index with cv.folds >= 2) run the main stages' modules:
+    the same code deps and the same params, or an edit would rerun one and not the other."""
+    import shutil
+
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    from recipe.compose import compose
+
+    for name in ("dvc.yaml", ".dvc/config"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, tmp_path / name)
+    shutil.copytree(REPO / "conf", tmp_path / "conf")
+    shutil.copytree(REPO / "hydra_plugins", tmp_path / "hydra_plugins")
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    compose(tmp_path, ["cv.folds=2", "cv.stages=resize"], tmp_path / "params.yaml")
+    with Repo(str(tmp_path), uninitialized=True) as repo:
+        stages = {s.name: s for s in repo.index.stages}
+    code = {n: {Path(d.def_path).as_posix() for d in s.deps if str(d.def_path).endswith(".py")} for n, s in stages.items()}
+    params = {n: sorted(k for d in s.deps if isinstance(d, ParamsDependency) for k in (d.params or []))
+              for n, s in stages.items()}
+    for main in ("lr_find", "train_head", "finetune", "resize"):
+        for fold in (0, 1):
+            name = f"cv_{main}@{fold}"
+            assert name in stages, sorted(stages)
+            assert code[name] == code[main], f"{name}: code deps differ from {main}'s"
+            assert params[name] == params[main], f"{name}: params differ from {main}'s"
+            assert f"--stage {name} " in stages[name].cmd and f"splits/{fold}.csv" in stages[name].cmd
+    assert not any(s.startswith("cv_") and "@" in s for s in STAGES)  # off by default: no per-fold stage

@@ -15,7 +15,7 @@ from conftest import run_cmd, store_runs
 
 pytestmark = pytest.mark.slow
 
-STAGES = {"ingest", "audit", "split", "baseline", "lr_find", "train_head", "finetune", "resize", "select", "evaluate",
+STAGES = {"ingest", "audit", "split", "cv_split", "cv", "baseline", "lr_find", "train_head", "finetune", "resize", "select", "evaluate",
           "export"}
 
 

@@ -105,8 +105,8 @@ def test_repro_writes_every_output(project):
     assert json.loads((proj / "outputs/split/metrics.json").read_text())["leaking_groups"] == 0
 
 
-STAGES = ["audit", "baseline", "evaluate", "export", "finetune", "ingest", "lr_find", "resize", "select", "split",
-          "train_head"]
+STAGES = ["audit", "baseline", "cv", "cv_split", "evaluate", "export", "finetune", "ingest", "lr_find", "resize", "select",
+          "split", "train_head"]
 
 
 def test_stages_of_one_repro_share_one_parent_run(project):
