@@ -97,10 +97,10 @@ def _grid(top: pd.DataFrame, raw, path, size: int) -> None:
         plots.tensor_grid(np.zeros((0, 1, 8, 8)), [], path, "Label issues: none flagged")
         return
     images = decode_all([Path(raw) / "files" / p for p in top["path"]], size=size).float().numpy() / 255
-    captions = [f"#{r['rank']} given {r['given_label']}\nsuggested {r['suggested_label']} p={r['self_confidence']:.2f}"
+    captions = [f"#{r['rank']} {r['given_label']}\n→ {r['suggested_label']}, p={r['self_confidence']:.2f}"
                 for _, r in top.iterrows()]
-    plots.tensor_grid(images, captions, path, "Top suspected label errors (out-of-fold): given label, suggested "
-                      "label, out-of-fold probability of the given one")
+    plots.tensor_grid(images, captions, path, "Top suspected label errors, out of fold: #rank given label → "
+                      "suggested label, p = the out-of-fold probability of the given label", tile=2.0)
 
 
 if __name__ == "__main__":

@@ -197,11 +197,11 @@ def dvc(*args: str, cwd: Path) -> str:
 
 @pytest.fixture(scope="module")
 def cv_project(tiny_project, tmp_path_factory) -> Path:
-    """A copy of the session's tiny project, its outputs and cache included, rerun with two folds
-    and the drop policy (only what those change reruns)."""
+    """A copy of the session's tiny project, its outputs and cache included, rerun with two folds,
+    the drop policy and the fold ensemble pinned as select's choice (only what those change reruns)."""
     proj = tmp_path_factory.mktemp("cv") / "proj"
     shutil.copytree(tiny_project, proj, symlinks=True)
-    out = dvc("exp", "run", "-S", "cv.folds=2", "-S", "cv.policy=drop", cwd=proj)
+    out = dvc("exp", "run", "-S", "cv.folds=2", "-S", "cv.policy=drop", "-S", "select.candidate=cv_folds", cwd=proj)
     (proj / "exp_run.log").write_text(out)
     return proj
 
@@ -252,3 +252,22 @@ def test_cv_figures_reach_metrics_select_the_report_and_the_final_fit(cv_project
     assert "2 folds over train + valid" in html
     show = dvc("exp", "show", "--no-pager", "--md", cwd=proj)
     assert "accuracy_std" in show  # dvc exp show has the cross-validated columns
+
+
+@pytest.mark.slow
+def test_the_fold_ensemble_when_chosen_ships_and_predict_serves_it(cv_project):
+    proj = cv_project
+    chosen = json.loads((proj / "outputs/select/metrics.json").read_text())["chosen"]
+    assert chosen["candidate"] == "cv_folds" and chosen["members"] == ["cv@0", "cv@1"]
+    bundle = torch.load(proj / "outputs/select/model.pt", map_location="cpu", weights_only=True)
+    assert [m["name"] for m in bundle["members"]] == ["cv@0", "cv@1"]
+    m = json.loads((proj / "outputs/evaluate/metrics.json").read_text())
+    # plainly, the shipped bundle is the two fold models averaged: evaluate's cv_folds row
+    assert m["test"]["accuracy"] == pytest.approx(m["table"]["cv_folds"]["test_accuracy"])
+    preds = pd.read_csv(proj / "outputs/evaluate/predictions.csv").head(3)
+    out = run_cmd(sys.executable, "-m", "recipe.predict", "--model", "outputs/select/model.pt",
+                  *[f"data/raw/files/{p}" for p in preds["path"]], cwd=proj)
+    lines = [line.split("\t") for line in out.strip().splitlines() if line.startswith("data/raw/files/")]
+    assert [line[1] for line in lines] == list(preds["predicted_chosen"])
+    assert np.allclose([float(line[2]) for line in lines], preds["probability_chosen"], atol=2e-3)
+    assert json.loads((proj / "outputs/export/metrics.json").read_text())  # exported and checked on test
