@@ -11,12 +11,15 @@ separate process, so the stages of one execution find their shared parent run by
 
 The default store is SQLite plus an artifacts folder at the project root (see
 :func:`recipe.paths.project_root`); ``MLFLOW_TRACKING_URI`` overrides it for a team server.
+Whatever this module prints or writes names the store through :func:`mask_uri`, never with
+its password; the search (:mod:`recipe.search`) masks its storage URL with it too.
 """
 from __future__ import annotations
 
 import json
 import os
 import platform
+import re
 import socket
 import sys
 import time
@@ -34,12 +37,42 @@ _VERSIONED = ("torch", "torchvision", "dvc", "mlflow", "hydra-core", "pillow", "
 
 
 def tracking_uri(root: Path) -> str:
+    """The store's URI as MLflow needs it, password included: print :func:`mask_uri` of it."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+
+
+# scheme://user:password@ (the password may hold unencoded / : ? #, as SQLAlchemy's URLs allow,
+# but no @ nor blank), or scheme://user@ with no password
+_USERINFO = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/?#@\s]*)(?::(?P<password>[^@\s]*))?@")
+# key=value where the key ends like a secret's name (password, api_key, access_token, X-Amz-Signature, ...)
+_SECRET_PARAM = re.compile(r"(?<![\w.-])(?P<key>[\w.-]*?(?:password|passwd|pwd|token|secret|key|signature|sig"
+                           r"|credentials?|auth)=)(?P<value>[^&;#\s]+)", re.IGNORECASE)
+
+
+def mask_uri(text: str) -> str:
+    """``text`` (a URI, or a message with URIs in it) with every secret masked as ``***``.
+
+    The password of ``scheme://user:password@host`` (the user stays: ``user:***@``); the whole
+    user of ``http(s)://user@host``, which is how a token is passed to a server (a database
+    URL's lone user is a role name, and stays); and the value of every ``key=value`` whose key
+    ends like a secret's (``password``, ``pwd``, ``token``, ``secret``, ``key``, ``sig``,
+    ``signature``, ``credential``, ``auth``: ``?token=***&user=bob``). The rest is unchanged, and
+    masking twice changes nothing. It errs on the side of masking: a URI without a password but
+    with an ``@`` after a ``:`` (``http://h:5000/?mail=a@b``) loses what lies between them.
+    """
+    def userinfo(m: re.Match) -> str:
+        if m["password"] is not None:
+            return f"{m['head']}{m['user']}:***@"
+        if m["user"] and m["head"].lower().rstrip(":/").split("+")[-1] in ("http", "https"):
+            return f"{m['head']}***@"
+        return m[0]
+
+    return _SECRET_PARAM.sub(r"\g<key>***", _USERINFO.sub(userinfo, text))
 
 
 def configure() -> str:
     """Point MLflow at the project's store (or ``MLFLOW_TRACKING_URI``) outside a stage, e.g. to
-    load a logged model; returns the URI."""
+    load a logged model; returns the URI (password included: print :func:`mask_uri` of it)."""
     import mlflow
 
     uri = tracking_uri(project_root())
@@ -126,7 +159,8 @@ def stage_run(stage: str, params: dict[str, Any], *, experiment: str) -> Iterato
     Logging never stops training: the stage logs through :func:`log_metrics` and its siblings,
     and once a call to the store fails (a tracking server gone, a locked database) the stage
     goes on without MLflow, says so in one line, and writes what it could not log to
-    ``outputs/unlogged/`` (:class:`Tracker`). An exception raised by the stage itself still
+    ``outputs/unlogged/`` (:class:`Tracker`; when that folder cannot be written, one more line
+    says so and those calls are dropped). An exception raised by the stage itself still
     propagates, and marks the run FAILED.
     """
     global _TRACKER
@@ -207,16 +241,22 @@ class Tracker:
     """Calls to the MLflow store that cannot stop the stage.
 
     The first call that fails switches logging off for the rest of the stage: one line on
-    stderr names the store, the call and the error; every call after it is written, with its
-    values, to ``<root>/outputs/unlogged/<time>-<stage>.jsonl`` instead. The stage's own
-    outputs (metrics files, histories, pictures, checkpoints) are written as always.
+    stderr names the store (:func:`mask_uri`: no password), the call and the error (masked
+    too); that call and every call after it are written, with their values (masked), to
+    ``<root>/outputs/unlogged/<time>-<pid>-<stage>.jsonl`` instead. When that folder or file
+    cannot be written (read-only, a file where the folder should be, a full disk), one more
+    line on stderr names the folder and why, and the calls not logged from then on are dropped
+    (counted in ``dropped``, and said by :meth:`report`); the stage still goes on. The stage's
+    own outputs (metrics files, histories, pictures, checkpoints) are written as always.
     """
 
     def __init__(self, stage: str, *, enabled: bool = True):
         self.stage, self.enabled = stage, enabled
         self.error: str | None = None
-        self.unlogged = 0
+        self.unlogged = 0  # calls not logged: recorded in the spool, or dropped
+        self.dropped = 0  # calls not logged and not recorded either (the spool could not be written)
         self.spool: Path | None = None
+        self.spool_error: str | None = None  # why the spool could not be written
 
     @property
     def live(self) -> bool:
@@ -231,32 +271,58 @@ class Tracker:
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - any failure of the store; the stage must go on
-            self.error = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
-            self._record(what, args, kwargs)
-            print(f"warning: MLflow ({tracking_uri(project_root())}): could not {what} ({self.error}); "
+            # masked before it is cut: a cut URI could keep its password and lose the @ that shows it
+            self.error = mask_uri(" ".join(f"{type(exc).__name__}: {exc}".split()))[:300]
+            self.spool = self._spool_path()
+            print(f"warning: MLflow ({mask_uri(tracking_uri(project_root()))}): could not {what} ({self.error}); "
                   f"{self.stage} goes on without logging, its outputs are written as usual and what was "
                   f"not logged goes to {self.spool}", file=sys.stderr, flush=True)
+            self._record(what, args, kwargs)
             return None
 
+    def _spool_path(self) -> Path:
+        folder = project_root() / "outputs" / "unlogged"
+        return folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{self.stage}.jsonl"
+
     def _record(self, what: str, args: tuple, kwargs: dict) -> None:
-        if self.spool is None:
-            folder = project_root() / "outputs" / "unlogged"
-            folder.mkdir(parents=True, exist_ok=True)
-            self.spool = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{self.stage}.jsonl"
-        entry = {"stage": self.stage, "call": what, "time": time.time(),
-                 "args": [_plain(a) for a in args], "kwargs": {k: _plain(v) for k, v in kwargs.items()}}
-        with self.spool.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(entry, default=str) + "\n")
         self.unlogged += 1
+        if self.spool_error is None:
+            if self.spool is None:
+                self.spool = self._spool_path()
+            entry = {"stage": self.stage, "call": what, "time": time.time(),
+                     "args": [_plain(a) for a in args], "kwargs": {k: _plain(v) for k, v in kwargs.items()}}
+            try:
+                self.spool.parent.mkdir(parents=True, exist_ok=True)
+                with self.spool.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps(entry, default=str) + "\n")
+                return
+            except OSError as exc:
+                why = exc.strerror or str(exc)
+                if isinstance(exc, (FileExistsError, NotADirectoryError)):
+                    why = "a file stands where a folder should be"
+                self.spool_error = " ".join(f"{type(exc).__name__}: {why}".split())[:200]
+                print(f"warning: {self.stage}: cannot write {self.spool.parent} ({self.spool_error}); the MLflow "
+                      f"calls not logged are dropped from now on, the stage goes on", file=sys.stderr, flush=True)
+        self.dropped += 1
 
     def report(self) -> None:
-        if self.error is not None:
-            print(f"warning: {self.stage}: {self.unlogged} MLflow call(s) not logged ({self.error}); "
-                  f"the record is {self.spool}", file=sys.stderr, flush=True)
+        if self.error is None:
+            return
+        kept = self.unlogged - self.dropped
+        if not self.dropped:
+            where = f"the record is {self.spool}"
+        else:
+            where = (f"{self.dropped} dropped, not recorded ({self.spool.parent}: {self.spool_error})"
+                     + (f"; the {kept} other(s) are recorded in {self.spool}" if kept else ""))
+        print(f"warning: {self.stage}: {self.unlogged} MLflow call(s) not logged ({self.error}); {where}",
+              file=sys.stderr, flush=True)
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, (str, int, float, bool)) or value is None:
+    """``value`` as JSON can hold it, for the spool; no string in it keeps a secret (:func:`mask_uri`)."""
+    if isinstance(value, str):
+        return mask_uri(value)
+    if isinstance(value, (int, float, bool)) or value is None:
         return value
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
@@ -264,7 +330,7 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, Path):
         return str(Path(value).resolve())
-    return repr(value)[:200]
+    return mask_uri(repr(value))[:200]
 
 
 _TRACKER = Tracker("-", enabled=False)  # outside a stage_run nothing is logged
@@ -310,7 +376,8 @@ def tracked(name: str) -> Iterator[Tracker]:
     """Outside a stage (e.g. the Bayesian search's own run): inside the block, :func:`log_metrics`,
     :func:`log_artifact`, :func:`guarded` and their siblings go through a :class:`Tracker` named
     ``name``, under a stage's rule (the first failure warns once, the rest is kept in
-    ``outputs/unlogged/``), reported when the block ends. The caller opens and ends its own run."""
+    ``outputs/unlogged/``, or dropped with a warning when that cannot be written), reported when
+    the block ends. The caller opens and ends its own run."""
     global _TRACKER
     previous, _TRACKER = _TRACKER, Tracker(name, enabled=_is_rank_zero())
     if _TRACKER.enabled:

@@ -1,10 +1,14 @@
 """The MLflow spine: where the store is, how stages find their parent run, what they log."""
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
 import pytest
+from conftest import REPO, subprocess_env
 
 from recipe import tracking
 from recipe.paths import outside_exp_copy, project_root
@@ -157,3 +161,78 @@ def test_record_adds_reused_stages_and_fills_the_parent(store, monkeypatch):
 def test_select_takes_dvc_style_keys():
     params = {"seed": 1, "finetune": {"lr": 0.1, "lr_mult": 9}, "train": {"size": 64}}
     assert tracking._select(params, ["seed", "finetune.lr_mult", "missing.key"]) == {"seed": 1, "finetune": {"lr_mult": 9}}
+
+
+@pytest.mark.parametrize("uri, masked", [
+    ("http://user:s3cret@127.0.0.1:9/", "http://user:***@127.0.0.1:9/"),
+    ("https://alice:s3cret@mlflow.example.com:443/api?x=1", "https://alice:***@mlflow.example.com:443/api?x=1"),
+    ("postgresql+psycopg2://optuna:s3cret@db:5432/optuna", "postgresql+psycopg2://optuna:***@db:5432/optuna"),
+    ("mysql://root:p/ss:w%40rd?s3cret@db/optuna", "mysql://root:***@db/optuna"),  # unencoded / : ? in it
+    ("redis://:s3cret@cache:6379/0", "redis://:***@cache:6379/0"),
+    ("https://s3cret@mlflow.example.com/", "https://***@mlflow.example.com/"),  # a bare token as the user
+    ("postgresql://optuna@db/optuna", "postgresql://optuna@db/optuna"),  # a database role, no secret
+    ("http://127.0.0.1:5000/?token=s3cret&user=bob", "http://127.0.0.1:5000/?token=***&user=bob"),
+    ("postgresql://db/optuna?user=bob&password=s3cret", "postgresql://db/optuna?user=bob&password=***"),
+    ("https://h/x?X-Amz-Signature=s3cret;api_key=s3cret#f", "https://h/x?X-Amz-Signature=***;api_key=***#f"),
+    ("sqlite:////work/p/mlflow.db", "sqlite:////work/p/mlflow.db"),
+    ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+    ("API request to http://u:s3cret@h:9/api/2.0/x failed (url: /api/2.0/x) then postgresql://v:s3cret@db/o",
+     "API request to http://u:***@h:9/api/2.0/x failed (url: /api/2.0/x) then postgresql://v:***@db/o"),
+])
+def test_mask_uri_hides_passwords_and_secret_query_values(uri, masked):
+    assert tracking.mask_uri(uri) == masked
+    assert tracking.mask_uri(masked) == masked  # masking twice changes nothing
+
+
+STAGE = """
+from recipe import tracking
+with tracking.stage_run("finetune", {"seed": 1}, experiment="t") as run:
+    tracking.log_metrics({"valid_loss": 0.5}, step=1)
+    tracking.set_tag("source", "http://user:s3cret@127.0.0.1:9/?token=s3cret")
+    print("body done, run", run, flush=True)
+"""
+
+
+def test_a_password_in_the_tracking_uri_is_never_printed_nor_spooled(store):
+    """A stage, as DVC runs it, against a server that is not there (port 9: nothing listens):
+    the warnings name the store without its password, and the record in outputs/unlogged/
+    keeps no password either."""
+    env = subprocess_env(DVC_ROOT=str(store), PYTHONPATH=str(REPO), RECIPE_PIPELINE_ID="exec-secret",
+                         MLFLOW_TRACKING_URI="http://user:s3cret@127.0.0.1:9/",
+                         MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="0",
+                         MLFLOW_HTTP_REQUEST_TIMEOUT="2")
+    proc = subprocess.run([sys.executable, "-c", STAGE], cwd=store, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "body done, run None" in proc.stdout
+    assert "warning: MLflow (http://user:***@127.0.0.1:9/)" in proc.stderr
+    assert "3 MLflow call(s) not logged" in proc.stderr
+    assert "s3cret" not in proc.stdout + proc.stderr
+    (spool,) = (store / "outputs" / "unlogged").glob("*-finetune.jsonl")
+    text = spool.read_text()
+    assert "s3cret" not in text
+    assert [json.loads(line)["call"] for line in text.splitlines()] == ["open the stage's run", "log metrics",
+                                                                         "set a tag"]
+
+
+def test_an_unwritable_unlogged_folder_does_not_stop_the_stage(store, monkeypatch, capsys):
+    """A file where outputs/unlogged/ should be: one warning names the folder and why, the calls
+    are counted as dropped, and the stage runs to the end."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    (store / "outputs").mkdir()
+    (store / "outputs" / "unlogged").write_text("not a folder\n")
+    done = []
+    with tracking.stage_run("finetune", {"seed": 1}, experiment="t") as run:
+        tracking.log_metrics({"valid_loss": 0.5}, step=3)
+        tracking.log_metrics({"valid_loss": 0.4}, step=4)
+        done.append(True)
+    assert run is None and done == [True]
+    err = capsys.readouterr().err
+    folder = store / "outputs" / "unlogged"
+    (line,) = [ln for ln in err.splitlines() if "cannot write" in ln]
+    assert str(folder) in line
+    assert "3 MLflow call(s) not logged" in err and "3 dropped" in err
+    assert (store / "outputs" / "unlogged").read_text() == "not a folder\n"

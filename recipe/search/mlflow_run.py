@@ -17,7 +17,7 @@ from typing import Any
 
 from recipe import tracking
 from recipe.search.config import SearchConfig
-from recipe.search.report import Result, _safe_url
+from recipe.search.report import Result
 from recipe.search.study import storage_url
 
 
@@ -27,7 +27,7 @@ def log_search(result: Result, cfg: SearchConfig, root: Path, experiment: str, f
 
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
     best, default, first = result.best, result.default, result.first_beat
-    tags = {"search.study": cfg.study, "search.storage": _safe_url(storage_url(cfg, root)),
+    tags = {"search.study": cfg.study, "search.storage": tracking.mask_uri(storage_url(cfg, root)),
             "search.objective": f"{cfg.objective.direction} {cfg.objective.key} ({cfg.objective.metrics})",
             "search.sampler": f"{cfg.sampler.name} seed {cfg.sampler.seed}", "git_commit": commit or "unknown",
             "search.overrides": " ".join(cfg.overrides)}

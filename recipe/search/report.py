@@ -9,7 +9,6 @@ history and the parameter importances (fANOVA) as PNGs, and prints why it skippe
 from __future__ import annotations
 
 import json
-import re
 import socket
 import warnings
 from dataclasses import dataclass
@@ -92,16 +91,6 @@ def trials_table(trials: list, metric: str, best: Any) -> str:
 
 def _show(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def _safe_url(url: str) -> str:
-    """The storage URL without its password (it goes to the terminal and to MLflow)."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)
 
 
 def plots(result: Result, cfg: SearchConfig) -> list[Path]:

@@ -24,10 +24,11 @@ from typing import Any
 
 from recipe.errors import ConfigError
 from recipe.search.config import SearchConfig
-from recipe.search.report import Result, _safe_url, _show, summarize
+from recipe.search.report import Result, _show, summarize
 from recipe.search.samplers import build_sampler
 from recipe.search.space import _UNSET, Param, check_space, compose_config, override, suggest
 from recipe.search.trial import TrialFailed, read_objective, run_experiment
+from recipe.tracking import mask_uri
 
 OUT_DIR = Path("outputs/search")  # trial logs, the trials table, the plots (ignored by git, not a DVC output)
 
@@ -62,7 +63,7 @@ def search(cfg: SearchConfig, root: Path, *, echo: bool = True) -> Result:
         if left:
             print(f"trial {len(study.trials) - 1} runs the defaults; outside the space (left to the config): "
                   + ", ".join(left))
-    print(f"study {cfg.study!r} in {_safe_url(storage_url(cfg, root))}: {len(study.trials)} trials so far; "
+    print(f"study {cfg.study!r} in {mask_uri(storage_url(cfg, root))}: {len(study.trials)} trials so far; "
           f"objective {cfg.objective.direction} {cfg.objective.key} of {cfg.objective.metrics}")
 
     ran = None

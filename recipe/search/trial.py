@@ -1,7 +1,8 @@
 """One trial: ``dvc exp run -n <name> -S ...`` as a subprocess, then its objective from a metrics file.
 
 Contract: :func:`run_experiment` runs the experiment in the project root with this interpreter
-first on PATH, writes its whole output to the trial's log (and echoes it), and raises
+first on PATH, writes its whole output to the trial's log (and echoes it), every line through
+:func:`recipe.tracking.mask_uri` (no password of a store reaches the log or the terminal), and raises
 :class:`TrialFailed` with a one-line reason (the last error line of dvc's output) when it
 fails; Ctrl-C is passed on to dvc and re-raised. :func:`read_objective` reads the objective's
 dotted key from the metrics file the run wrote, or raises :class:`TrialFailed` when the file or
@@ -21,6 +22,7 @@ import yaml
 
 from recipe.search.config import Objective
 from recipe.search.space import _number
+from recipe.tracking import mask_uri
 
 class TrialFailed(Exception):
     """The trial's run or metric is unusable; the message is the one-line reason."""
@@ -39,6 +41,7 @@ def run_experiment(root: Path, name: str, sets: list[str], log: Path, echo: bool
         lines: deque[str] = deque(maxlen=200)  # the tail, for the reason of a failure
         try:
             for line in proc.stdout:
+                line = mask_uri(line)
                 f.write(line)
                 lines.append(line.rstrip())
                 if echo:
