@@ -30,7 +30,7 @@ from recipe.neardup import group_ids, hex_to_uint64, near_pairs
 # Issues that make a file unusable, whatever the policy.
 UNREADABLE = {
     "zero_byte", "not_image", "truncated_or_corrupt", "decompression_bomb",
-    "missing_file", "path_outside_root", "linked_directory",
+    "missing_file", "path_outside_root", "linked_directory", "bad_name",
 }
 
 

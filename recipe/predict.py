@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 # Only numpy, Pillow and the project's torch-free modules at the top: the ONNX path
 # (--model model.onnx) runs without torch; the other paths import it when they load a model.
@@ -32,34 +32,24 @@ from recipe.errors import ConfigError, DataError, RecipeError
 DEFAULT_MODEL = "outputs/select/model.pt"
 
 
-# Bytes come from whoever calls the served model: only these decoders see them (not, say, EPS,
-# which Pillow hands to Ghostscript when it is installed).
-BYTES_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP", "GIF")
-
-
-def decode(source: str | Path | bytes) -> Image.Image:
+def decode(source: str | Path | bytes, max_pixels: int = Image.MAX_IMAGE_PIXELS) -> Image.Image:
     """A file (path) or its bytes as the canonical 8-bit L or RGB image (EXIF rotation applied);
-    :class:`ImageRefused` or ``OSError`` when it is not a usable image. Bytes are opened only as
-    one of :data:`BYTES_FORMATS`, within Pillow's pixel limit (the audit's default max_pixels)."""
+    :class:`ImageRefused` or ``OSError`` when it is not a usable image. Both are opened only by
+    the decoders of :data:`recipe.data.images.FORMATS`, and refused above ``max_pixels`` (by
+    default Pillow's limit, the audit's default ``max_pixels``) before any pixel is decoded."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        raw = bytes(source)
-        try:
-            Image.open(io.BytesIO(raw), formats=BYTES_FORMATS).close()  # the header only: which decoder, if any
-        except UnidentifiedImageError:
-            raise ImageRefused("not_image", f"not one of {', '.join(BYTES_FORMATS)}") from None
-        except Exception:  # one of them, but broken: open_checked below names the problem
-            pass
-        with open_checked(io.BytesIO(raw), Image.MAX_IMAGE_PIXELS) as im:
+        with open_checked(io.BytesIO(bytes(source)), max_pixels) as im:
             return to_canonical(im)
-    return load_image(Path(source))
+    return load_image(Path(source), max_pixels)
 
 
-def prepare(sources: list[str | Path | bytes], size: int, channels: int) -> np.ndarray:
+def prepare(sources: list[str | Path | bytes], size: int, channels: int,
+            max_pixels: int = Image.MAX_IMAGE_PIXELS) -> np.ndarray:
     """float32 ``(N, channels, size, size)`` in [0, 1], as the pipeline prepares its images, from
-    image files or their bytes."""
+    image files or their bytes (each at most ``max_pixels``, see :func:`decode`)."""
     out = []
     for src in sources:
-        im = decode(src).convert("L" if channels == 1 else "RGB")
+        im = decode(src, max_pixels).convert("L" if channels == 1 else "RGB")
         a = np.asarray(fit_square(im, size), dtype=np.float32) / 255.0
         out.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
     return np.stack(out) if out else np.zeros((0, channels, size, size), np.float32)

@@ -16,7 +16,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, NonNegativeIn
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: no coercion (``true`` or ``"32"`` is no batch size); no inf or NaN in any number.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class SoftLabels(Strict):
@@ -232,7 +233,7 @@ def _ordered(v: tuple[float, float]) -> tuple[float, float]:
     return v
 
 
-Span = Annotated[tuple[PositiveFloat, PositiveFloat], AfterValidator(_ordered)]  # [low, high] of a random draw
+Span = Annotated[tuple[PositiveFloat, PositiveFloat], Field(strict=False), AfterValidator(_ordered)]  # [low, high] of a random draw
 
 
 class AugmentConfig(Strict):
@@ -417,6 +418,8 @@ class EvalMetricsConfig(Strict):
 class LogModelConfig(Strict):
     log: bool
     register_as: str | None
+    max_pixels: PositiveInt  # the served model refuses a larger image before decoding it
+    max_rows: PositiveInt  # images in one request at most
 
 
 class SelectConfig(Strict):
@@ -439,7 +442,7 @@ class EvaluateConfig(Strict):
 
 class CvConfig(Strict):
     """k-fold cross-validation over train + valid, its label issues and their policy (recipe/cv.py)."""
-    folds: NonNegativeInt  # 0 = off; k >= 2 folds
+    folds: Annotated[int, Field(ge=0, le=20)]  # 0 = off; 2 to 20 folds (hydra_plugins' MAX_FOLDS)
     stages: Literal["finetune", "resize"]  # the last training stage each fold runs
     policy: Literal["report", "drop", "relabel"]  # what the final fit does with the train images flagged
     max_suspects: PositiveInt | None  # act on at most this many (the highest ranked); None: all flagged

@@ -89,10 +89,12 @@ def log_model(bundle: Path, model, cfg, predictions: Path, raw: Path) -> str:
     example = pd.DataFrame({pyfunc_model.COLUMN: [(Path(raw) / "files" / p).read_bytes() for p in first]})
     impl = pyfunc_model.RecipeModel()
     impl.model = model
+    impl.max_pixels, impl.max_rows = cfg.model.max_pixels, cfg.model.max_rows
     out = impl.predict(None, example)
     info = mlflow.pyfunc.log_model(
         name="model", python_model=pyfunc_model.__file__, artifacts={"bundle": str(bundle)},
         signature=infer_signature(example, out), input_example=example,
+        model_config={"max_pixels": cfg.model.max_pixels, "max_rows": cfg.model.max_rows},
         code_paths=[str(Path(recipe.__file__).parent)], registered_model_name=cfg.model.register_as,
         pip_requirements=[f"{p}=={metadata.version(p)}" for p in _REQUIREMENTS],
         metadata={"classes": model.classes, "size": model.size, "channels": model.channels,

@@ -147,7 +147,7 @@ def log_test_model(tmp_path: Path, checkpoint: Path, images, register_as: str | 
     bundle = save_bundle(tmp_path / "bundle.pt", [("resize", checkpoint), ("finetune", checkpoint)], views=spec,
                          threshold=0.4, seed=0, info={"candidate": "finetune+resize"})
     model, _ = load_bundle(bundle)
-    cfg = SimpleNamespace(model=SimpleNamespace(register_as=register_as))
+    cfg = SimpleNamespace(model=SimpleNamespace(register_as=register_as, max_pixels=25_000_000, max_rows=64))
     experiment = mlflow.create_experiment("t", artifact_location=(tmp_path / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment):
         return log_model(bundle, model, cfg, predictions, raw), model

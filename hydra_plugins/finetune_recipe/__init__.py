@@ -8,9 +8,15 @@ stage when ``cv.stages`` stops at finetune.
 """
 from omegaconf import ListConfig, OmegaConf
 
+# Each fold is a copy of three or four training stages in dvc.yaml: a typo of 100 would set up
+# 300 stages before any schema saw the value, so the bound is checked here, where the lists are made.
+MAX_FOLDS = 20
+
 
 def recipe_folds(folds, stages: str = "resize") -> ListConfig:
-    n = int(folds)
+    if isinstance(folds, bool) or not isinstance(folds, int) or not 0 <= folds <= MAX_FOLDS:
+        raise ValueError(f"cv.folds = {folds!r}: an integer from 0 (off) to {MAX_FOLDS}")
+    n = folds
     return OmegaConf.create(list(range(n)) if n > 1 and str(stages) == "resize" else [])
 
 

@@ -6,6 +6,10 @@ Contract:
   decompression bomb from the header alone, before any pixel is decoded.
 - :func:`load_image` decodes a valid file into 8-bit ``L`` or ``RGB``, whatever it was: EXIF
   rotation applied, CMYK and palette converted, alpha composited on white, 16-bit scaled.
+- Every file or byte string of image data is opened through :func:`open_checked`, and so only by
+  the decoders in :data:`FORMATS`: a file named ``x.png`` that holds EPS (which Pillow hands to
+  Ghostscript), PDF, a font or any of Pillow's rarer formats is ``not_image`` before any other
+  decoder sees a byte of it.
 """
 from __future__ import annotations
 
@@ -13,11 +17,16 @@ import hashlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 EXIF_ORIENTATION = 0x0112
+# The formats of photographs and scans that people label (camera JPEGs with several pictures open
+# as MPO through the JPEG entry). Pillow's other decoders (EPS through Ghostscript, PSD, the
+# bitmap fonts, ...) are more attack surface than use for a dataset someone else made.
+FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "WEBP", "GIF")
 _HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 
 
@@ -47,8 +56,9 @@ class ImageInfo:
     channel_sumsq: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
-def open_checked(path: Path, max_pixels: int) -> Image.Image:
-    """Open lazily and check the header; raise :class:`ImageRefused` on any problem."""
+def open_checked(path: Path | BinaryIO, max_pixels: int) -> Image.Image:
+    """Open lazily, with the :data:`FORMATS` decoders only, and check the header; raise
+    :class:`ImageRefused` on any problem."""
     pillow_limit = Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
@@ -57,10 +67,10 @@ def open_checked(path: Path, max_pixels: int) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             if pillow_limit is not None and max_pixels > pillow_limit:
                 Image.MAX_IMAGE_PIXELS = max_pixels
-            im = Image.open(path)
+            im = Image.open(path, formats=FORMATS)
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
         if isinstance(exc, UnidentifiedImageError):
-            raise ImageRefused("not_image", "Pillow cannot identify it") from None
+            raise ImageRefused("not_image", f"not one of {', '.join(FORMATS)}") from None
         raise ImageRefused("decompression_bomb", str(exc)) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageRefused("not_image", str(exc)) from None

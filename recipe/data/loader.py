@@ -87,7 +87,11 @@ def load_split(table: pd.DataFrame, root: Path, *, split: str, size: int, classe
     unknown = sorted(set(rows["label"]) - set(index))
     if unknown:
         raise DataError(f"split {split!r}: labels {unknown} are not among the classes {classes}")
-    images = decode_all(files, size=size, workers=workers)
+    # The audit measured every file it kept and refused any over audit.max_pixels: no file is
+    # decoded here at more pixels than the audit saw (one limit, the audit's, for both).
+    limits = ((rows["width"].astype(int) * rows["height"].astype(int)).tolist()
+              if {"width", "height"} <= set(rows.columns) else None)
+    images = decode_all(files, size=size, workers=workers, max_pixels=limits)
     labels = torch.tensor([index[label] for label in rows["label"]], dtype=torch.int64)
     return ImageSet(images, labels, paths, classes, soft_targets(rows, classes))
 
@@ -117,10 +121,12 @@ def soft_targets(rows: pd.DataFrame, classes: list[str]) -> torch.Tensor | None:
     return t
 
 
-def decode_all(files: list[Path], *, size: int, workers: int = 0) -> torch.Tensor:
-    """uint8 ``(N, C, size, size)``; C = 1 if every image decodes to grayscale, else 3."""
+def decode_all(files: list[Path], *, size: int, workers: int = 0, max_pixels: list[int] | None = None) -> torch.Tensor:
+    """uint8 ``(N, C, size, size)``; C = 1 if every image decodes to grayscale, else 3. A file
+    over its ``max_pixels`` entry (default: Pillow's limit) is refused before it is decoded."""
     workers = workers or os.cpu_count() or 1
-    args = [(f, size) for f in files]
+    limits = max_pixels if max_pixels is not None else [Image.MAX_IMAGE_PIXELS] * len(files)
+    args = [(f, size, limit) for f, limit in zip(files, limits, strict=True)]
     if workers == 1 or len(files) < 64:
         arrays = [_decode(a) for a in args]
     else:
@@ -132,9 +138,9 @@ def decode_all(files: list[Path], *, size: int, workers: int = 0) -> torch.Tenso
 
 
 def _decode(arg: tuple[Path, int]) -> np.ndarray:
-    path, size = arg
+    path, size, max_pixels = arg
     try:
-        im = load_image(path)  # 8-bit L or RGB
+        im = load_image(path, max_pixels)  # 8-bit L or RGB
     except Exception as exc:  # the audit should have dropped it; say which file
         raise DataError(f"{path}: cannot decode ({exc})") from None
     a = np.asarray(fit_square(im, size), dtype=np.uint8)

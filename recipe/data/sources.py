@@ -14,9 +14,14 @@ No output names a machine path (the checkout, the virtualenv, a home folder): a 
 ingests to the same bytes, so ``data/raw`` hashes the same and a ``dvc pull``ed clone reruns
 nothing. The absolute source files are kept in memory only, for the sync.
 
-Entries that cannot be copied (a link out of the dataset root, a file the labels name but that
-does not exist, a file with no label) stay in the index with the reason, so the audit reports
-them; nothing is silently dropped. The copy is a sync: unchanged files are not copied again.
+Entries that cannot be copied (a link out of the dataset root, a name that is absolute or holds a
+``..`` component, a name that is not valid UTF-8, a file the labels name but that does not exist,
+a file with no label) stay in the index with the reason, so the audit reports them; nothing is
+silently dropped. The copy is a sync: unchanged files are not copied again.
+
+A dataset from someone else cannot write outside ``<out>/files``: a name is refused before the
+copy unless it is relative, free of ``..`` and lands, normalised and with every link resolved,
+inside ``<out>/files``; a copy never writes through a link (``path_outside_root`` otherwise).
 """
 from __future__ import annotations
 
@@ -71,10 +76,23 @@ def ingest(*, source: str, out: Path, seed: int, limit: int | None, **options) -
         "limit": limit,
         "ingest_issues": index["ingest_issue"].replace("", np.nan).dropna().value_counts().to_dict(),
     }
+    formula_like = _formula_like(index)
+    if formula_like:  # only then: a dataset without such names keeps its ingest.json bytes
+        summary["formula_like_names"] = formula_like
+        print(f"ingest: note: {formula_like} label(s) or file name(s) start with = + - @ (a spreadsheet reads them "
+              f"as formulas); they are kept as given, so open the CSVs under outputs/ with a text import, not a double click")
     (Path(out) / "ingest.json").write_text(json.dumps(summary, indent=2))
     if not copied:
         raise DataError(f"ingest: the source holds no image that could be copied ({len(index)} entries; see {Path(out) / 'index.csv'})")
     return summary
+
+
+def _formula_like(index: pd.DataFrame) -> int:
+    """Rows whose label or path a spreadsheet would take for a formula (OWASP's CSV injection
+    prefixes). They stay as given: the CSVs are the pipeline's own records, read back by its
+    stages, and a quote in front would change the class names (docs/data.md, from others)."""
+    cells = pd.concat([index["label"], index["path"]], axis=1).astype(str)
+    return int(cells.apply(lambda c: c.str.match(r"[=+\-@\t\r]")).any(axis=1).sum())
 
 
 def list_elpv(*, task: str) -> Listing:
@@ -98,7 +116,8 @@ def list_elpv(*, task: str) -> Listing:
 
 def list_folder(*, path: str) -> Listing:
     root = _existing_dir(path, "data.path")
-    listing = Listing(classes=sorted(d.name for d in root.iterdir() if d.is_dir() and not d.is_symlink()))
+    listing = Listing(classes=sorted(d.name for d in root.iterdir()
+                                     if d.is_dir() and not d.is_symlink() and not _undecodable(d.name)))
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         here = Path(dirpath)
         linked_dirs = [d for d in dirnames if (here / d).is_symlink()]
@@ -147,10 +166,15 @@ def stratified_subset(rows: list[dict], n: int, seed: int) -> list[dict]:
     for r in rows:
         by_label.setdefault(r["label"], []).append(r)
     labels = sorted(by_label)
+    if n < len(labels):
+        raise ConfigError(f"data.limit = {n}: below the number of classes ({len(labels)}); a subset that keeps "
+                          f"every class needs at least {len(labels)} images")
     exact = np.array([n * len(by_label[k]) / len(rows) for k in labels])
     take = np.maximum(np.floor(exact).astype(int), 1)
     for i in np.argsort(-(exact - np.floor(exact)), kind="stable")[: max(n - take.sum(), 0)]:
         take[i] += 1
+    while take.sum() > n:  # the one-per-label floor overshot: the largest share gives one back
+        take[np.argmax(take)] -= 1
     chosen = []
     for label, k in zip(labels, take):
         group = by_label[label]
@@ -165,13 +189,34 @@ def _entry(root: Path, rel: Path, label: str, *, base: Path) -> dict:
     issue = ""
     if not label:
         issue = "no_label"
-    if not is_within(src, root):
-        # A link (or a ../ in a labels file) that leaves the dataset root is never followed.
+    if rel.is_absolute() or ".." in rel.parts or rel.as_posix() in ("", "."):
+        # The name itself leaves (or could leave) the root: never resolved, never copied. A
+        # ``link/../../x`` can resolve inside the dataset yet name a place outside data/raw/files.
         issue = "path_outside_root"
+    elif not is_within(src, root):
+        issue = "path_outside_root"  # a link that leaves the dataset root is never followed
     elif src.is_symlink() and src.is_dir():
         issue = "linked_directory"  # its files are listed where they really live, or are outside
-    origin = Path(os.path.relpath(src, base)).as_posix()  # lexical: a link stays where it was named
-    return {"path": rel.as_posix(), "label": label, "origin": origin, "ingest_issue": issue}
+    if _undecodable(str(rel)) or _undecodable(label):
+        issue = "bad_name"  # not valid UTF-8: no CSV, JSON or MLflow record could name it faithfully
+    origin = _printable(Path(os.path.relpath(src, base)).as_posix())  # lexical: a link stays where it was named
+    return {"path": _printable(rel.as_posix()), "label": _printable(label), "origin": origin, "ingest_issue": issue}
+
+
+def _undecodable(name: str) -> bool:
+    """True for a name the file system gave as bytes that are not UTF-8 (Python holds them as
+    lone surrogates, which no UTF-8 file can store)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _printable(name: str) -> str:
+    """``name`` with each undecodable byte written as ``\\xNN``: what the index records for a
+    ``bad_name`` row, so the user can find the file."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace") if _undecodable(name) else name
 
 
 def _extra_name(column: str) -> str:
@@ -189,10 +234,14 @@ def _sync(index: pd.DataFrame, sources: dict[str, Path], files: Path) -> int:
     """Make ``files`` hold exactly the copyable entries of ``index`` (their source files in
     ``sources``, by path); copy only what changed. Returns how many files ``files`` holds."""
     wanted = {}
-    for rel, issue in zip(index["path"], index["ingest_issue"]):
-        if not issue and sources[rel].is_file():
-            wanted[rel] = sources[rel]
     files.mkdir(parents=True, exist_ok=True)
+    for k, (rel, issue) in enumerate(zip(index["path"], index["ingest_issue"])):
+        if issue or not sources[rel].is_file():
+            continue
+        if not _inside(files, rel):
+            index.iat[k, index.columns.get_loc("ingest_issue")] = "path_outside_root"
+            continue
+        wanted[rel] = sources[rel]
     for existing in [p for p in files.rglob("*") if p.is_file() or p.is_symlink()]:
         if existing.relative_to(files).as_posix() not in wanted:
             existing.unlink()
@@ -204,5 +253,17 @@ def _sync(index: pd.DataFrame, sources: dict[str, Path], files: Path) -> int:
             if (d.st_size, d.st_mtime_ns) == (s.st_size, s.st_mtime_ns):
                 continue
         dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.is_symlink():
+            dst.unlink()  # copy2 would write through it
         shutil.copy2(src, dst)
     return len(wanted)
+
+
+def _inside(files: Path, rel: str) -> bool:
+    """True when ``files/rel``, normalised, lies inside ``files`` and no folder on the way is a
+    link: the last check before anything is written."""
+    files = Path(os.path.abspath(files))
+    dst = Path(os.path.normpath(files / rel))
+    if dst == files or not is_within(dst.parent, files) or files not in dst.parents:
+        return False
+    return not any(p.is_symlink() for p in dst.parents if files in p.parents)  # dst itself is replaced
