@@ -80,13 +80,13 @@ def load(source: str):
     if "://" in source or source.startswith(("runs:/", "models:/")):
         import mlflow.pyfunc
 
-        from recipe.tracking import configure
+        from recipe.tracking import configure, mask_uri
 
         configure()
         try:
             pyfunc = mlflow.pyfunc.load_model(source)
         except Exception as exc:  # MLflow's errors are long; the first line says what is wrong
-            raise ConfigError(f"{source}: cannot load this MLflow model ({str(exc).splitlines()[0]})") from None
+            raise ConfigError(mask_uri(f"{source}: cannot load this MLflow model ({str(exc).splitlines()[0]})")) from None
         meta = pyfunc.metadata.metadata or {}
         if not {"classes", "size", "channels"} <= set(meta):
             raise ConfigError(f"{source}: not a model logged by finetune-recipe's evaluate stage (no classes/size)")

@@ -4,7 +4,8 @@ Contract: :func:`log_search` logs the best trial's params, ``best_value``, ``def
 ``trials_to_beat_default``, ``value`` per trial (step = trial number), the search's settings as
 tags, and as artifacts the trials table and the plots. Every call goes through
 :mod:`recipe.tracking` (:func:`recipe.tracking.tracked`), as a stage's do: a store that cannot
-be reached costs one warning on stderr and a record in ``outputs/unlogged/``, never the search's
+be reached costs one warning on stderr and a record in ``outputs/unlogged/`` (or, where that cannot be
+written, a count of the calls dropped), never the search's
 exit status. Returns the run's id, or None when the run could not be opened.
 """
 from __future__ import annotations
