@@ -8,7 +8,7 @@ orders of magnitude faster than the model's forward + backward, and than its eva
 
 How it is measured:
 - Files: the first ``--images`` (default 256) ELPV PNGs by name (300x300 grayscale), working
-  size ``--size`` px (default 128, the recipe's train.size), batch ``--batch-size`` (default 32).
+  size ``--size`` px (default 128, the recipe's train.image_size), batch ``--batch-size`` (default 32).
 - (a) ``decode_all(files, size=S, workers=1)`` (in-process) and ``workers=0`` (one process per
   core, ``os.cpu_count()``; the pool start-up is inside the call, as in every stage). With fewer
   than 64 files decode_all stays in-process whatever the workers.
@@ -54,7 +54,7 @@ from recipe.models import freeze_to
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=256, help="the first N ELPV files")
-    ap.add_argument("--size", type=int, default=128, help="px (train.size)")
+    ap.add_argument("--size", type=int, default=128, help="px (train.image_size)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--loader-epochs", type=int, default=5, help="Batches passes per timing")
     ap.add_argument("--model-batches", type=int, default=4, help="training steps (and eval batches) per timing")

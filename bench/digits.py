@@ -96,7 +96,7 @@ def main() -> None:
     plain, chosen = m["test"]["accuracy"], m["test_chosen"]["accuracy"]
     resize = json.loads((out / "resize/metrics.json").read_text())
     print(f"digits, default pipeline (data=folder, data.path only): {minutes:.1f} min of dvc repro, "
-          f"train.size {json.loads((out / 'train_head/metrics.json').read_text())['size']} px, "
+          f"train.image_size {json.loads((out / 'train_head/metrics.json').read_text())['size']} px, "
           f"resize: {resize.get('passed_on') or resize['size']}")
     print(f"select chose {sel['candidate']} / {sel['views']} (valid accuracy {100 * sel['valid_accuracy_as_chosen']:.2f}%)")
     print(f"test accuracy: recipe {100 * plain:.2f}% plain, {100 * chosen:.2f}% as chosen ({m['test']['images']} images)")

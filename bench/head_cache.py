@@ -10,7 +10,7 @@ epoch and far cheaper at train_head's default ``precompute_epochs: 4``.
 How it is measured:
 - Data: the first ``--images`` (default 192) ELPV PNGs by name are the training images, the next
   ``--valid`` (default 64) the validation images; decoded once with
-  ``recipe.data.loader.decode_all`` at ``--size`` px (default 128, the recipe's train.size), not
+  ``recipe.data.loader.decode_all`` at ``--size`` px (default 128, the recipe's train.image_size), not
   timed. Binary labels.
 - Model: EfficientNet-Lite0 with the bundled ImageNet weights (``recipe.session.new_model`` with
   conf/model/efficientnet_lite0.yaml's settings), ``freeze_to(model, 2)``: only the head
@@ -62,7 +62,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=192, help="training images (the first N ELPV files)")
     ap.add_argument("--valid", type=int, default=64, help="validation images (the files after those)")
-    ap.add_argument("--size", type=int, default=128, help="px (train.size)")
+    ap.add_argument("--size", type=int, default=128, help="px (train.image_size)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--augment", choices=sorted(AUGMENTS), default="none", help="for the through-body epochs")

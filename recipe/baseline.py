@@ -244,7 +244,7 @@ def run(common: Common, cfg: BaselineConfig, *, split: Path, raw: Path, picture:
     """The baseline stage: every check above and the numbers to beat, as one metrics dict."""
     t0 = time.perf_counter()
     device = common.start()
-    data = load_data(split, raw, size=common.train.size, workers=common.train.workers)
+    data = load_data(split, raw, size=common.train.image_size, workers=common.train.workers)
     # The checks are about the pipeline, on the hard labels: one batch can overfit to a loss of
     # 0 only if its targets are one-hot.
     data.train.targets = None
@@ -255,7 +255,7 @@ def run(common: Common, cfg: BaselineConfig, *, split: Path, raw: Path, picture:
     x, y = next(iter(common.batches(data.train, device, train=True).epoch(0)))
     k = min(cfg.picture_images, len(y))
     plots.tensor_grid(x[:k].float().cpu().numpy(), [data.classes[i] for i in y[:k].tolist()], picture,
-                      f"A training batch as the network gets it ({common.train.size} px, after augmentation)")
+                      f"A training batch as the network gets it ({common.train.image_size} px, after augmentation)")
 
     checks, numbers = [], {}
     plain_train = common.batches(data.train, device, train=False)
@@ -349,8 +349,8 @@ def _simple_model(common: Common, cfg: SimpleModelConfig, data: Data,
     capacity check: both widths from the same random state, on the same ``capacity_images``
     training images (drawn with the seed, no augmentation: a fixed set to fit), for
     ``capacity_epochs`` at the simple net's rate and schedule."""
-    train = (_shrink(data.train.images, cfg.size), data.train.labels)
-    valid = (_shrink(data.valid.images, cfg.size), data.valid.labels)
+    train = (_shrink(data.train.images, cfg.image_size), data.train.labels)
+    valid = (_shrink(data.valid.images, cfg.image_size), data.valid.labels)
 
     def trained(width: int, images, epochs: int, augment: bool, judge=valid) -> list[dict]:
         net = SimpleNet(train[0].shape[1], len(data.classes), width, cfg.activation).to(device)

@@ -164,7 +164,7 @@ def run(common: Common, cfg: LrFindConfig, *, split: Path, raw: Path, curve_csv:
     """The lr_find stage: the range test of a new head on the frozen body's cached features."""
     t0 = time.perf_counter()
     device = common.start()
-    data = load_data(split, raw, size=common.train.size, workers=common.train.workers)
+    data = load_data(split, raw, size=common.train.image_size, workers=common.train.workers)
     model = pretrained(common, data, device)
     freeze_to(model, model.head_group)
     f = features(model, common.batches(data.train, device, train=False), amp=common.train.amp)

@@ -28,13 +28,13 @@ from recipe.training import (Common, History, Log, clear_snapshots, finish, fit_
 
 def target_size(cfg: ResizeConfig, train: TrainConfig, *, from_size: int, split: Path) -> int | None:
     """The size resize trains at; None when ``auto`` finds nothing larger than ``from_size``."""
-    side = median_side(split) if cfg.size == "auto" else 0.0
-    return resize_size(cfg.size, cfg.factor, from_size=from_size, side=side, high=train.auto_size.resize_max)
+    side = median_side(split) if cfg.image_size == "auto" else 0.0
+    return resize_size(cfg.image_size, cfg.factor, from_size=from_size, side=side, high=train.auto_size.resize_max)
 
 
 def run(common: Common, cfg: ResizeConfig, *, unfreeze_to: int, split: Path, raw: Path, checkpoint: Path,
         out: Path, history_csv: Path, log: Log | None = None) -> dict:
-    """Train the checkpoint on at ``cfg.size`` (or its size times ``cfg.factor``)."""
+    """Train the checkpoint on at ``cfg.image_size`` (or its size times ``cfg.factor``)."""
     t0 = time.perf_counter()
     device = common.start()
     model, meta = load_checkpoint(checkpoint)

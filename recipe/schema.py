@@ -260,7 +260,7 @@ class AutoSize(Strict):
 
 
 class TrainConfig(Strict):
-    size: Annotated[int, Field(ge=16)] | Literal["auto"]
+    image_size: Annotated[int, Field(ge=16)] | Literal["auto"]
     auto_size: AutoSize
     batch_size: PositiveInt
     device: Literal["auto", "cpu", "cuda", "mps"]
@@ -283,7 +283,7 @@ class OverfitConfig(Strict):
 
 
 class SimpleModelConfig(Strict):
-    size: Annotated[int, Field(ge=16)]
+    image_size: Annotated[int, Field(ge=16)]
     width: PositiveInt
     capacity_width: PositiveInt | None  # the wider net of the capacity check; None: no check
     capacity_images: PositiveInt  # train images (drawn with the seed, no augmentation) both widths fit
@@ -380,7 +380,7 @@ class FinetuneConfig(Strict):
 
 class ResizeConfig(Strict):
     fit_on: FitOn
-    size: Annotated[int, Field(ge=16)] | Literal["auto"] | None
+    image_size: Annotated[int, Field(ge=16)] | Literal["auto"] | None
     factor: Annotated[float, Field(gt=0)] | None
     refresh_bn: bool
     head_epochs: NonNegativeInt
@@ -395,8 +395,8 @@ class ResizeConfig(Strict):
     @field_validator("factor")
     @classmethod
     def _one_of(cls, v: float | None, info) -> float | None:
-        if (v is None) == (info.data.get("size") is None):
-            raise ValueError("set exactly one of resize.size and resize.factor")
+        if (v is None) == (info.data.get("image_size") is None):
+            raise ValueError("set exactly one of resize.image_size and resize.factor")
         return v
 
 

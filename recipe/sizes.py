@@ -1,12 +1,12 @@
-"""Image sizes from the data: what ``train.size: auto`` and ``resize.size: auto`` become.
+"""Image sizes from the data: what ``train.image_size: auto`` and ``resize.image_size: auto`` become.
 
 The rule (README, "Sizes from the data"), from the median shorter side ``s`` of the training
 images (split.csv's ``width`` and ``height``, written by the audit):
 
-- ``train.size``: ``s`` rounded down to a multiple of 32, kept within ``train.auto_size``'s
+- ``train.image_size``: ``s`` rounded down to a multiple of 32, kept within ``train.auto_size``'s
   [min, max] (conf/: 128 and 128; ELPV's 300 px cells and 8 px digits both get 128, the best
   of 32, 64, 96 and 128 on digits' valid split).
-- ``resize.size``: ``s`` rounded down to a multiple of 32, at most RESIZE_MAX; when that is not
+- ``resize.image_size``: ``s`` rounded down to a multiple of 32, at most RESIZE_MAX; when that is not
   larger than the size the model was trained at, there is nothing to grow into and resize passes
   its input on untrained (ELPV: 224; digits: none, where 224 px would be a 28x upscale).
 
@@ -37,7 +37,7 @@ def _floor32(side: float) -> int:
 
 
 def train_size(value: int | str, side: float, *, low: int, high: int) -> int:
-    """``train.size``: the number itself, or for ``auto`` the rule above."""
+    """``train.image_size``: the number itself, or for ``auto`` the rule above."""
     if value != "auto":
         return int(value)
     return max(low, min(high, _floor32(side)))
@@ -45,7 +45,7 @@ def train_size(value: int | str, side: float, *, low: int, high: int) -> int:
 
 def resize_size(value: int | str | None, factor: float | None, *, from_size: int, side: float,
                 high: int) -> int | None:
-    """``resize.size`` for a model trained at ``from_size``: a number, ``factor`` times
+    """``resize.image_size`` for a model trained at ``from_size``: a number, ``factor`` times
     ``from_size``, or for ``auto`` the rule above; None when ``auto`` finds nothing larger."""
     if value is None:
         return int(round(from_size * factor))

@@ -22,7 +22,7 @@ def run(common: Common, cfg: TrainHeadConfig, *, split: Path, raw: Path, suggest
     t0 = time.perf_counter()
     lr = resolve_lr(cfg.lr, suggestion, "train_head.lr")
     device = common.start()
-    data = load_data(split, raw, size=common.train.size, workers=common.train.workers)
+    data = load_data(split, raw, size=common.train.image_size, workers=common.train.workers)
     model = pretrained(common, data, device)
     train_bn = cfg.bn == "train"
     freeze_to(model, model.head_group, train_bn=train_bn)
@@ -52,4 +52,4 @@ def run(common: Common, cfg: TrainHeadConfig, *, split: Path, raw: Path, suggest
     # lr_used: the rate the optimizer got, lr times optim.lr_scaling's factor (Common.optimizer)
     return {"lr": lr, "lr_scale": common.lr_scale(), "lr_used": lr * common.lr_scale(), "train_images": len(data.train),
             **finish(model, data, common, device, out=out, history=history, history_csv=history_csv,
-                     size=common.train.size, stage="train_head", resume_dir=resume, t0=t0)}
+                     size=common.train.image_size, stage="train_head", resume_dir=resume, t0=t0)}

@@ -16,13 +16,13 @@ from stages._common import log_numbers, write_json
 def common_config(p: StageParams, split: Path | None = None) -> Common:
     """The shared sections a model stage lists in dvc.yaml, validated (see recipe.training.Common);
     ``model`` and ``optim`` are None for a stage that does not list them. With ``split`` (the
-    stages that train at ``train.size``), ``train.size: auto`` becomes its number (recipe.sizes)."""
+    stages that train at ``train.image_size``), ``train.image_size: auto`` becomes its number (recipe.sizes)."""
     train = p.section("train", TrainConfig)
-    if split is not None and train.size == "auto":
+    if split is not None and train.image_size == "auto":
         side = median_side(split)
         size = train_size("auto", side, low=train.auto_size.min, high=train.auto_size.max)
-        print(f"train.size auto: {size} px (the train images' median shorter side is {side:g} px)")
-        train = train.model_copy(update={"size": size})
+        print(f"train.image_size auto: {size} px (the train images' median shorter side is {side:g} px)")
+        train = train.model_copy(update={"image_size": size})
     return Common(seed=p.section("seed", Seed), train=train,
                   model=p.section("model", ModelConfig) if p.has("model") else None,
                   optim=p.section("optim", OptimConfig) if p.has("optim") else None,

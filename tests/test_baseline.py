@@ -174,11 +174,11 @@ def _memorise(n=64, size=16, seed=0):
 
 def _simple_common(params):
     p = copy.deepcopy(params)
-    p["train"] = {**p["train"], "size": 16, "batch_size": 16, "device": "cpu", "channels_last": False}
+    p["train"] = {**p["train"], "image_size": 16, "batch_size": 16, "device": "cpu", "channels_last": False}
     p["augment"] = {**yaml.safe_load((REPO / "conf/augment/none.yaml").read_text()),
                     **{k: p["augment"][k] for k in ("crop_aspect", "blur_sigma")}}
     cfg = load_section("baseline", BaselineConfig, p).simple.model_copy(
-        update={"size": 16, "width": 4, "capacity_width": 16, "epochs": 1, "lr": 0.01, "capacity_images": 32,
+        update={"image_size": 16, "width": 4, "capacity_width": 16, "epochs": 1, "lr": 0.01, "capacity_images": 32,
                 "capacity_epochs": 6})
     return common_config(StageParams("test", ["seed", "train", "augment"], p)), cfg
 

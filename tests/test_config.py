@@ -90,7 +90,7 @@ def test_every_schedule_composes_into_each_training_stage(tmp_path):
         ("finetune", {"lr": -0.001}, "finetune.lr = -0.001"),
         ("finetune", {"lr": "fast"}, "finetune.lr = 'fast'"),
         ("finetune", {"schedule": {"name": "sgdr", "cycle_len": 0, "cycle_mult": 2, "eta_min": 0}}, "finetune.schedule.cycle_len = 0: Input should be greater than 0"),
-        ("resize", {"factor": 1.5}, "set exactly one of resize.size and resize.factor"),
+        ("resize", {"factor": 1.5}, "set exactly one of resize.image_size and resize.factor"),
         ("lr_find", {"end_lr": 1e-8}, "lr_find.end_lr = 1e-08: must be greater than start_lr"),
         ("lr_find", {"suggestion": "middle"}, "lr_find.suggestion = 'middle'"),
         ("train", {"device": "tpu"}, "train.device = 'tpu'"),
@@ -129,3 +129,28 @@ def test_stage_stops_with_one_line_and_no_traceback(tmp_path, params):
         "error: split.fractions = {'train': 0.6, 'valid': 0.15, 'test': 0.5}: must sum to 1 (they sum to 1.25)"
     ]
     assert "Traceback" not in proc.stderr
+
+
+def _leaf_keys(d, prefix=""):
+    for k, v in d.items():
+        yield from _leaf_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+
+
+def test_no_params_key_is_one_dvc_run_cache_leaves_out():
+    """DVC's run cache drops keys named like output metadata (``size``, ``nfiles``) from its key at
+    any depth (treeverse/dvc#10296): a sweep over such a key would restore another value's run."""
+    from dvc.stage.cache import _get_cache_hash
+    from dvc_data.hashfile.meta import Meta
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    dropped = {Meta.PARAM_SIZE, Meta.PARAM_NFILES}
+    assert [k for k in _leaf_keys(params) if k.rsplit(".", 1)[-1] in dropped] == []
+
+    def cache_key(train: dict) -> str:  # a lock entry as DVC's run cache hashes it
+        return _get_cache_hash({"cmd": "python -m stages.train_head", "params": {"params.yaml": {"train": train}}})
+
+    train = params["train"]
+    assert cache_key({**train, "image_size": 64}) != cache_key({**train, "image_size": 96})
+    # what the key's old name did: two sizes, one run-cache entry (a stale restore)
+    old = {k: v for k, v in train.items() if k != "image_size"}
+    assert cache_key({**old, "size": 64}) == cache_key({**old, "size": 96})

@@ -32,7 +32,7 @@ def test_digits_through_the_pipeline_with_the_data_path_only(tmp_path):
     write_digits(data, limit=200)
     proj = copy_project(tmp_path / "proj")
     # the tiny experiment's short epochs at 64 px; its fixed resize size put back to conf/'s auto
-    compose(proj, ["experiment=tiny", "data=folder", f"data.path={data}", "data.limit=null", "resize.size=auto"],
+    compose(proj, ["experiment=tiny", "data=folder", f"data.path={data}", "data.limit=null", "resize.image_size=auto"],
             proj / "params.yaml")
     params = yaml.safe_load((proj / "params.yaml").read_text())
     assert params["augment"]["flip_h"] == 0 and not params["augment"]["rot90"]  # folder data: no flips or turns

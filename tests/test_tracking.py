@@ -159,7 +159,7 @@ def test_record_adds_reused_stages_and_fills_the_parent(store, monkeypatch):
 
 
 def test_select_takes_dvc_style_keys():
-    params = {"seed": 1, "finetune": {"lr": 0.1, "lr_mult": 9}, "train": {"size": 64}}
+    params = {"seed": 1, "finetune": {"lr": 0.1, "lr_mult": 9}, "train": {"image_size": 64}}
     assert tracking._select(params, ["seed", "finetune.lr_mult", "missing.key"]) == {"seed": 1, "finetune": {"lr_mult": 9}}
 
 

@@ -40,7 +40,7 @@ def test_finetune_keeps_the_model_config_of_the_checkpoint_it_loaded(tmp_path, p
     _tiny_split(tmp_path)
     p = copy.deepcopy(params)
     p["model"] = {**p["model"], "name": "resnet18", "weights": None}
-    p["train"] = {**p["train"], "size": 32, "batch_size": 4, "workers": 1}
+    p["train"] = {**p["train"], "image_size": 32, "batch_size": 4, "workers": 1}
     p["finetune"] = {**p["finetune"], "epochs": 1}
     loaded = copy.deepcopy(p["model"])
     loaded["head"] = {**loaded["head"], "pool": "avgmax"}
@@ -60,7 +60,7 @@ def test_finetune_keeps_the_model_config_of_the_checkpoint_it_loaded(tmp_path, p
 def _tiny_params(params, **finetune):
     p = copy.deepcopy(params)
     p["model"] = {**p["model"], "name": "resnet18", "weights": None}
-    p["train"] = {**p["train"], "size": 32, "batch_size": 4, "workers": 1, "patience": 1, "keep": "best"}
+    p["train"] = {**p["train"], "image_size": 32, "batch_size": 4, "workers": 1, "patience": 1, "keep": "best"}
     p["finetune"] = {**p["finetune"], "epochs": 3, "lr": 0.3, **finetune}
     return p
 

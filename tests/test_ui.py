@@ -32,7 +32,7 @@ EXPERIMENT = "finetune-recipe"
 
 # Two executions as `dvc exp run -S model=resnet18 -S finetune.lr=0.001` and the default would log
 # them: the same sections, two values apart, and different test numbers.
-DEFAULT = {"seed": 42, "train": {"size": 128, "batch_size": 32},
+DEFAULT = {"seed": 42, "train": {"image_size": 128, "batch_size": 32},
            "model": {"name": "efficientnet_lite0", "head": {"pool": "avg", "dropout": 0.2}},
            "finetune": {"lr": 0.0003, "lr_mult": 9, "epochs": 3}}
 RESNET = copy.deepcopy(DEFAULT)

@@ -5,8 +5,8 @@
 native size, ``OUT_DIR/<digit>/<digit>_<index>.png`` (index: the row of ``load_digits``, four
 digits, so names are stable; pixel = round(value * 255 / 16)). ``--limit N`` writes a stratified
 subset of N images (seed 0). Then point the pipeline at it; nothing else needs changing
-(``conf/data/folder.yaml`` picks the upright augmentation, ``train.size: auto`` 64 px, and
-``resize.size: auto`` finds nothing to grow into):
+(``conf/data/folder.yaml`` picks the upright augmentation, ``train.image_size: auto`` 64 px, and
+``resize.image_size: auto`` finds nothing to grow into):
 
     dvc exp run -S data=folder -S data.path=OUT_DIR
 """
