@@ -253,7 +253,7 @@ def run(cfg, *, bundle: Path, split: Path, raw: Path, out: Path, workers: int, b
                           "onnx": float((check["onnx_predicted"] == labels).mean()),  # the graph's own decisions
                           "evaluate": chosen_accuracy},
         "bytes": {"bundle": Path(bundle).stat().st_size, "onnx": path.stat().st_size},
-        "seconds": round(time.perf_counter() - t0, 1),
+        "time_s": round(time.perf_counter() - t0, 1),
     }
     p = metrics["parity"]
     worst = max(p["folded_max_abs_diff"], p["onnx_max_abs_diff"])

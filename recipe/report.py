@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -280,7 +279,7 @@ def write_report(path: Path, *, audit: Path, split: Path, baseline: Path, lr_fin
     body = "".join(f'<section id="{s}"><h2>{titles[s]}</h2>{parts[s]}</section>' for s in SECTIONS)
     page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
-            f"<p>Written {time.strftime('%Y-%m-%d %H:%M:%S')}.</p><nav>{nav}</nav>{body}</body></html>\n")
+            f"<nav>{nav}</nav>{body}</body></html>\n")  # no clock: identical reruns write identical bytes
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")

@@ -154,3 +154,15 @@ def test_report_embeds_the_inside_the_model_section(inspected, tmp_path):
     missing = write_report(tmp_path / "r2.html", evaluate=none, metrics={}, **kw).read_text()
     part = missing.split('<section id="inside">')[1].split("</section>")[0]
     assert part.count("not found") == len(inside.PICTURES) and "base64" not in part
+
+
+def test_the_same_inputs_write_the_same_report_bytes(inspected, tmp_path):
+    import time
+
+    base, numbers = inspected
+    none = tmp_path / "none"
+    kw = dict(audit=none, split=none, baseline=none, lr_find=none, stages={}, select=none, evaluate=base / "evaluate",
+              metrics={"inside": numbers})
+    first = write_report(tmp_path / "a.html", **kw).read_bytes()
+    assert time.strftime("%Y-%m-%d").encode() not in first  # no clock in the page
+    assert write_report(tmp_path / "b.html", **kw).read_bytes() == first
