@@ -431,7 +431,7 @@ def test_finetune_trains_at_the_scaled_rates_and_says_so(tmp_path, params):
     p["finetune"] = {**p["finetune"], "epochs": 1, "lr": 0.01, "schedule": {"name": "constant"}, "snapshots": False}
     out = {}
     for rule in ("none", "linear"):
-        common = scaled_common(p, rule, batch_size=8, reference=4, size=32, workers=1)
+        common = scaled_common(p, rule, batch_size=8, reference=4, image_size=32, workers=1)
         torch.manual_seed(0)
         start = new_model(common.model, ["a", "b"], [0.5, 0.5])
         save_checkpoint(tmp_path / "head.pt", start, classes=["a", "b"], size=32, model_config=p["model"],
