@@ -31,7 +31,7 @@ test-fast: setup ## the unit tests only (skips tests marked slow)
 	python -m pytest -m "not slow"
 
 params: setup ## recompose params.yaml from conf/ (as dvc exp run -S does)
-	python -m recipe.compose
+	python -m recipe.core.compose
 
 sweep: setup ## queue a grid and run it: SWEEP="-S 'finetune.lr=choice(0.0001,0.001)'" JOBS=2
 	@test -n "$(SWEEP)" || { echo "make sweep: set SWEEP, e.g. SWEEP=\"-S 'finetune.lr=choice(0.0001,0.001)'\""; exit 2; }

@@ -21,13 +21,13 @@ import torch
 import yaml
 from torch import nn
 
-from recipe.augment import Augment
 from recipe.data.loader import Batches, decode_all
-from recipe.fit import fit
-from recipe.models import param_groups
-from recipe.optim import make_optimizer, make_schedule
-from recipe.schema import AdamConfig, AugmentConfig, ModelConfig
-from recipe.session import batches, new_model
+from recipe.train.augment import Augment
+from recipe.train.fit import fit
+from recipe.train.models import param_groups
+from recipe.train.optim import make_optimizer, make_schedule
+from recipe.train.schema import AdamConfig, AugmentConfig, ModelConfig
+from recipe.train.session import batches, new_model
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 CPU = torch.device("cpu")
@@ -95,7 +95,7 @@ def lite0(labels: torch.Tensor) -> nn.Module:
 
 def cpu_batches(data: tuple[torch.Tensor, torch.Tensor], args: argparse.Namespace, *, train: bool,
                 augment: Augment | None = None) -> Batches:
-    """``recipe.session.batches`` on the CPU with ``--batch-size`` and ``--seed`` (shuffled when ``train``)."""
+    """``recipe.train.session.batches`` on the CPU with ``--batch-size`` and ``--seed`` (shuffled when ``train``)."""
     return batches(data, batch_size=args.batch_size, train=train, seed=args.seed, device=CPU, augment=augment)
 
 

@@ -1,6 +1,6 @@
 """Throughput of the audit's per-file pass on the ELPV images, against a bare Pillow decode.
 
-Claim measured: what the audit's per-file pass (``recipe.audit.inspect_all``: read the bytes,
+Claim measured: what the audit's per-file pass (``recipe.data.audit.inspect_all``: read the bytes,
 sha256, Pillow header check and full decode, canonical image, 64-bit pHash, channel sums on a
 reduced copy) costs per image relative to only decoding the PNG, and how much a second worker
 process buys on this machine.
@@ -40,7 +40,7 @@ import numpy as np
 import PIL
 from PIL import Image
 
-from recipe.audit import inspect_all
+from recipe.data.audit import inspect_all
 from recipe.data.images import inspect_image
 
 MAX_PIXELS = 89_478_485  # conf/config.yaml audit.max_pixels

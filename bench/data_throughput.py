@@ -12,12 +12,12 @@ How it is measured:
 - (a) ``decode_all(files, size=S, workers=1)`` (in-process) and ``workers=0`` (one process per
   core, ``os.cpu_count()``; the pool start-up is inside the call, as in every stage). With fewer
   than 64 files decode_all stays in-process whatever the workers.
-- (b) ``Batches`` from ``recipe.session.batches`` over the decoded cache, shuffled, one full
+- (b) ``Batches`` from ``recipe.train.session.batches`` over the decoded cache, shuffled, one full
   pass (``--loader-epochs`` passes, default 5, per timing), with top_down augmentation
   (conf/augment/top_down.yaml) and, for reference, without augmentation; every batch is
   produced (uint8 -> float in [0, 1], augmented), nothing else is done with it.
 - (c) The model: EfficientNet-Lite0 with the bundled ImageNet weights
-  (``recipe.session.new_model``, conf/model/efficientnet_lite0.yaml), every layer trainable.
+  (``recipe.train.session.new_model``, conf/model/efficientnet_lite0.yaml), every layer trainable.
   Training throughput: ``--model-batches`` (default 4) steps of forward + cross-entropy +
   backward + AdamW step (the training step as ``fit`` runs it) on batches taken from the cache;
   evaluation throughput: the same number of eval-mode, no_grad forward passes.
@@ -44,11 +44,10 @@ import numpy as np
 import PIL
 import torch
 import torch.nn.functional as F
+from _common import TOP_DOWN, adamw, add_common_options, cpu_batches, elpv, lite0, print_header, require, spread, start
 
-from _common import TOP_DOWN, adamw, add_common_options, cpu_batches, elpv, lite0, print_header, require, spread, \
-    start
 from recipe.data.loader import decode_all
-from recipe.models import freeze_to
+from recipe.train.models import freeze_to
 
 
 def main() -> None:

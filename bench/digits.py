@@ -61,7 +61,7 @@ def main() -> None:
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="digits-bench-"))
     sys.path.insert(0, str(REPO))
-    from recipe.compose import compose
+    from recipe.core.compose import compose
     from recipe.data.digits import write_digits
 
     data = work / "digits"

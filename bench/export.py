@@ -10,11 +10,11 @@ How it is measured:
   views included), or by default EfficientNet-Lite0 with the bundled ImageNet weights and
   conf/model/efficientnet_lite0.yaml's head at ``--size`` (default 224) px, one channel, no views.
 - Variants, each built from that model: the checkpoint in NCHW, the checkpoint in channels_last
-  (what the stages use), folded (``recipe.export.fold_ensemble``) in channels_last, and ONNX
-  Runtime on the folded graph ``recipe.export.export_onnx`` writes (CPU provider, as many
+  (what the stages use), folded (``recipe.ship.export.fold_ensemble``) in channels_last, and ONNX
+  Runtime on the folded graph ``recipe.ship.export.export_onnx`` writes (CPU provider, as many
   intra-op threads as torch has).
 - Data: the first ``--images`` (default 32) ELPV PNGs by name, prepared as predict prepares
-  them (``recipe.predict.prepare``) at the model's size.
+  them (``recipe.ship.predict.prepare``) at the model's size.
 - Rounds: ``--rounds`` (default 3); in each, every variant runs one untimed call, then goes over
   the images at batch 1 and at batch ``--batch-size`` (default 32), the variants' order rotating
   from round to round. Reported: images/s from the median round, its ratio to the reference at
@@ -37,13 +37,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from _common import CLASSES, MODEL_CFG, add_common_options, elpv, print_header, require, start
-from recipe.ensemble import Ensemble, load_bundle
-from recipe.export import export_onnx, fold_ensemble
-from recipe.onnx_model import OnnxModel
-from recipe.predict import prepare
-from recipe.session import new_model
+
+from recipe.decide.ensemble import Ensemble, load_bundle
+from recipe.ship.export import export_onnx, fold_ensemble
+from recipe.ship.onnx_model import OnnxModel
+from recipe.ship.predict import prepare
+from recipe.train.session import new_model
 
 
 def torch_runner(model: Ensemble, channels_last: bool):

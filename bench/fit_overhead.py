@@ -1,4 +1,4 @@
-"""Epoch time of the recipe's fit loop (``recipe.fit.fit``) against a bare PyTorch loop, on the CPU.
+"""Epoch time of the recipe's fit loop (``recipe.train.fit.fit``) against a bare PyTorch loop, on the CPU.
 
 Claim: ``fit`` (seeded shuffled ``Batches``, ``loss.item()`` and the finiteness check per step,
 the schedule hook, validation through ``evaluate``, the best-weights copy, the printed row)
@@ -11,7 +11,7 @@ How it is measured:
   ``recipe.data.loader.decode_all`` to uint8 at ``--size`` px (default 96), not timed. Labels:
   the recipe's binary task (defect probability >= 0.5).
 - Model: EfficientNet-Lite0 with the bundled ImageNet weights, built by
-  ``recipe.session.new_model`` with conf/model/efficientnet_lite0.yaml's settings, read from the
+  ``recipe.train.session.new_model`` with conf/model/efficientnet_lite0.yaml's settings, read from the
   file (at present mean/std 0.498/0.502, avg pool, dropout 0.2, kaiming init, gain 0.01, prior
   bias); every layer trainable (``freeze_to(model, 0)``), BatchNorm in training mode. Its
   weights are reset to the same initial state before every epoch of either loop.
@@ -21,7 +21,7 @@ How it is measured:
   ``F.cross_entropy``, backward, step; then a validation pass (eval mode, no_grad, summed loss
   and accuracy) as ``fit`` does.
 - Ours: ``fit(model, train=Batches, valid=Batches, epochs=1, schedule=constant, resume=None)``
-  with the batches from ``recipe.session.batches`` (shuffled, no augmentation) and the optimizer
+  with the batches from ``recipe.train.session.batches`` (shuffled, no augmentation) and the optimizer
   the stages build (``param_groups`` + ``make_optimizer``: AdamW, the same hyper-parameters;
   no weight decay on biases and BatchNorm, which costs nothing). Its printed table goes to a
   buffer.
@@ -49,11 +49,22 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _common import (
+    ADAMW,
+    adamw,
+    add_common_options,
+    cpu_batches,
+    fit_epoch,
+    lite0,
+    print_header,
+    require,
+    spread,
+    start,
+    train_valid,
+)
 from torch import nn
 
-from _common import ADAMW, adamw, add_common_options, cpu_batches, fit_epoch, lite0, print_header, require, \
-    spread, start, train_valid
-from recipe.models import freeze_to
+from recipe.train.models import freeze_to
 
 
 def bare_epoch(model: nn.Module, opt: torch.optim.Optimizer, xt, yt, xv, yv, bs: int) -> float:

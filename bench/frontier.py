@@ -11,7 +11,7 @@ How it is measured, for each finished project given (``dvc repro`` run there; on
   set), ``+snapshots`` (every single checkpoint and the snapshot ensembles), ``+ensembles``
   (every candidate: select's own pool), ``+threshold`` (that choice with select's threshold).
 - Every (candidate, views) pair is then scored on the test split with the code select scores
-  valid with (``recipe.select.score``, given the test rows in the valid rows' place).
+  valid with (``recipe.decide.select.score``, given the test rows in the valid rows' place).
 - Minutes: the pipeline's stage times up to resize (their metrics' ``time_s``), plus select's
   for every level past ``single``, plus the chosen model's measured time on the test images.
 - Printed: one row per seed and level, the mean over seeds, and the gain of each level over
@@ -30,11 +30,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from recipe import select as S
-from recipe.config import load_section, read_params
-from recipe.ensemble import decide
-from recipe.schema import AugmentConfig, SelectConfig, TrainConfig
-from recipe.training import Common
+from recipe.core.config import load_section, read_params
+from recipe.decide import select as S
+from recipe.decide.ensemble import decide
+from recipe.decide.schema import SelectConfig
+from recipe.train.schema import AugmentConfig, TrainConfig
+from recipe.train.training import Common
 
 LEVELS = ("single", "+tta", "+snapshots", "+ensembles", "+threshold")
 TRAINING = ("ingest", "audit", "split", "baseline", "lr_find", "train_head", "finetune", "resize")

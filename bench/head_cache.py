@@ -1,6 +1,6 @@
 """Head training on cached body features vs through the frozen body, per epoch (train_head's precompute).
 
-Claim: once the frozen body's pooled features are computed (``recipe.session.features``, one
+Claim: once the frozen body's pooled features are computed (``recipe.train.session.features``, one
 eval-mode pass over the images), an epoch of head training on them (``fit`` on ``model.head``
 with the feature tensor) costs a tiny fraction of an epoch that pushes every image through the
 frozen body again. The cache is the same forward pass over the same images (in eval mode), so
@@ -12,13 +12,13 @@ How it is measured:
   ``--valid`` (default 64) the validation images; decoded once with
   ``recipe.data.loader.decode_all`` at ``--size`` px (default 128, the recipe's train.image_size), not
   timed. Binary labels.
-- Model: EfficientNet-Lite0 with the bundled ImageNet weights (``recipe.session.new_model`` with
+- Model: EfficientNet-Lite0 with the bundled ImageNet weights (``recipe.train.session.new_model`` with
   conf/model/efficientnet_lite0.yaml's settings), ``freeze_to(model, 2)``: only the head
   trains. With ``--train-bn`` the BatchNorm scales and shifts of the body train too
   (``freeze_to(..., train_bn=True)``, what train_head does with its default ``bn: train``), so
   the through-body epoch also runs a backward pass through the body.
 - Through the body (the same-run reference): ``fit(model, epochs=1)`` on image ``Batches`` from
-  ``recipe.session.batches`` (shuffled; ``--augment none`` by default, ``top_down`` as in
+  ``recipe.train.session.batches`` (shuffled; ``--augment none`` by default, ``top_down`` as in
   train_head's augmented phase), validation on the images, BatchNorm in training mode.
 - Cache: ``features(model, train images)`` + ``features(model, valid images)``, eval mode, as
   train_head does before its precomputed phase.
@@ -47,13 +47,23 @@ import math
 import statistics
 import time
 
+from _common import (
+    TOP_DOWN,
+    adamw,
+    add_common_options,
+    cpu_batches,
+    fit_epoch,
+    lite0,
+    print_header,
+    require,
+    spread,
+    start,
+    train_valid,
+)
 from torch import nn
 
-from _common import TOP_DOWN, adamw, add_common_options, cpu_batches, fit_epoch, lite0, print_header, require, \
-    spread, start, train_valid
-from recipe.models import freeze_to
-from recipe.session import features
-
+from recipe.train.models import freeze_to
+from recipe.train.session import features
 
 AUGMENTS = {"none": None, "top_down": TOP_DOWN}  # conf/augment/{none,top_down}.yaml
 

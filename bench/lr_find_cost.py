@@ -1,4 +1,4 @@
-"""What the learning-rate range test (``recipe.lr_find.range_test``) costs, in training epochs.
+"""What the learning-rate range test (``recipe.train.lr_find.range_test``) costs, in training epochs.
 
 Claim: the lr_find stage (which always sweeps a new head on the frozen body's cached features)
 costs about one eval-mode pass over the training images (the cached body features) plus 100
@@ -13,7 +13,7 @@ How it is measured:
   ``--valid`` (default 64, the recipe's 15:60 valid:train proportion) the validation images;
   decoded once with ``recipe.data.loader.decode_all`` at ``--size`` px (default 96, to keep the
   100 full-model steps short; the recipe trains at 128), not timed. Binary labels.
-- Model: EfficientNet-Lite0 with the bundled ImageNet weights (``recipe.session.new_model`` with
+- Model: EfficientNet-Lite0 with the bundled ImageNet weights (``recipe.train.session.new_model`` with
   conf/model/efficientnet_lite0.yaml's settings), reset to the same initial state before each
   case. Optimizer: AdamW from ``param_groups`` + ``make_optimizer`` (conf/optim/adamw.yaml).
 - Reference: one full-model training epoch: every layer group trainable (``freeze_to(model, 0)``;
@@ -48,13 +48,24 @@ import copy
 import statistics
 import time
 
+from _common import (
+    TOP_DOWN,
+    adamw,
+    add_common_options,
+    cpu_batches,
+    fit_epoch,
+    lite0,
+    print_header,
+    require,
+    spread,
+    start,
+    train_valid,
+)
 from torch import nn
 
-from _common import TOP_DOWN, adamw, add_common_options, cpu_batches, fit_epoch, lite0, print_header, require, \
-    spread, start, train_valid
-from recipe.lr_find import range_test
-from recipe.models import freeze_to, set_bn_mode, spread_lrs
-from recipe.session import features
+from recipe.train.lr_find import range_test
+from recipe.train.models import freeze_to, set_bn_mode, spread_lrs
+from recipe.train.session import features
 
 LR_MULT, UNFREEZE_TO, BN = 9, 0, "frozen"  # the finetune settings of the unfrozen sweep (finetune.lr: auto), every group trainable
 START_LR, END_LR, SMOOTHING = 1e-7, 10.0, 0.98  # conf/config.yaml lr_find section
@@ -80,7 +91,7 @@ def main() -> None:
     model = lite0(yt)
     init = copy.deepcopy(model.state_dict())
     loss_fn = nn.CrossEntropyLoss()
-    train_mode = lambda: set_bn_mode(model, policy=BN, first_trainable=UNFREEZE_TO)  # noqa: E731
+    train_mode = lambda: set_bn_mode(model, policy=BN, first_trainable=UNFREEZE_TO)
 
     def image_batches(train: bool):
         xs, ys = (xt, yt) if train else (xv, yv)

@@ -1,4 +1,4 @@
-"""How near-duplicate search time grows with the number of hashes (``recipe.neardup.near_pairs``).
+"""How near-duplicate search time grows with the number of hashes (``recipe.data.neardup.near_pairs``).
 
 Claim: on uniformly spread 64-bit hashes, multi-index hashing (MIH) finds exactly the pairs within
 Hamming radius r (default 4, the audit's ``near_dup_bits``) that an all-pairs comparison finds,
@@ -18,7 +18,7 @@ How it is measured:
   brute / MIH; MIH's pairs are checked against it ("exact: yes/no").
 - At every size: how many planted pairs MIH found (should be all).
 - Real hashes: the pHashes of the 2,624 ELPV images (computed once, as the audit does, with
-  ``recipe.audit.inspect_all``; hashing time is not part of the figures), MIH vs brute force
+  ``recipe.data.audit.inspect_all``; hashing time is not part of the figures), MIH vs brute force
   with the same exactness check. Near-identical pictures make larger buckets, so more candidates.
 - Hardware (``os.cpu_count()``, ``platform``) and library versions are printed with the results.
 
@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import scipy
 
-from recipe.neardup import BITS, hamming, hex_to_uint64, near_pairs
+from recipe.data.neardup import BITS, hamming, hex_to_uint64, near_pairs
 
 
 def synthetic(n: int, planted: int, radius: int, rng: np.random.Generator) -> tuple[np.ndarray, set[tuple[int, int]]]:
@@ -104,7 +104,7 @@ def same(a: np.ndarray, b: np.ndarray) -> bool:
 def elpv_hashes() -> np.ndarray:
     import elpv_dataset
 
-    from recipe.audit import inspect_all
+    from recipe.data.audit import inspect_all
 
     files = sorted((Path(elpv_dataset.__file__).parent / "data" / "images").glob("*.png"))
     infos = inspect_all(files, max_pixels=89_478_485, stats_max_side=256, workers=0)
@@ -116,7 +116,8 @@ def elpv_hashes() -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000], help="numbers of synthetic hashes; brute force runs on the first")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000],
+                    help="numbers of synthetic hashes; brute force runs on the first")
     ap.add_argument("--radius", type=int, default=4, help="Hamming radius (audit.near_dup_bits)")
     ap.add_argument("--planted", type=int, default=300, help="near-copies planted in each synthetic set")
     ap.add_argument("--trials", type=int, default=5)
@@ -137,13 +138,14 @@ def main() -> None:
     brute_line = exact_line = None
     for k, n in enumerate(args.sizes):
         hashes, truth = synthetic(n, args.planted, args.radius, rng)
-        times, pairs = timed(lambda: near_pairs(hashes, args.radius), args.trials)
+        times, pairs = timed(lambda hashes=hashes: near_pairs(hashes, args.radius), args.trials)
         medians[n] = statistics.median(times)
         found = {(int(i), int(j)) for i, j in pairs}
         rows.append((f"MIH   n={n:,}", times, len(pairs), f"{len(truth & found)}/{len(truth)}", candidates(hashes, args.radius)))
         if k == 0:
-            btimes, bpairs = timed(lambda: brute_pairs(hashes, args.radius, args.block), args.trials)
-            rows.append((f"brute n={n:,}", btimes, len(bpairs), f"{len(truth & {(int(i), int(j)) for i, j in bpairs})}/{len(truth)}", n * (n - 1) // 2))
+            btimes, bpairs = timed(lambda hashes=hashes: brute_pairs(hashes, args.radius, args.block), args.trials)
+            found = len(truth & {(int(i), int(j)) for i, j in bpairs})
+            rows.append((f"brute n={n:,}", btimes, len(bpairs), f"{found}/{len(truth)}", n * (n - 1) // 2))
             brute_line = (n, statistics.median(btimes) / medians[n])
             exact_line = same(pairs, bpairs)
 

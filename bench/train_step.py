@@ -12,7 +12,7 @@ How it is measured:
   px (default 224), with the binary labels; one batch of all of them, as float in [0, 1]
   (1 channel, as the recipe feeds ELPV).
 - Model: EfficientNet-Lite0 with the bundled ImageNet weights and conf/model/efficientnet_lite0.yaml's
-  head, built by ``recipe.session.new_model``; frozen with ``recipe.models.freeze_to`` and put in
+  head, built by ``recipe.train.session.new_model``; frozen with ``recipe.train.models.freeze_to`` and put in
   finetune's BatchNorm policy (``frozen_all``: every BN layer in eval mode) with ``set_bn_mode``;
   for NHWC the model is converted with ``.to(memory_format=torch.channels_last)``, as
   ``Common.prepare`` does. The optimizer is the stages' AdamW over the trainable parameters.
@@ -35,10 +35,10 @@ import time
 
 import torch
 import torch.nn.functional as F
-
 from _common import adamw, add_common_options, elpv, lite0, print_header, require, start
+
 from recipe.data.loader import decode_all
-from recipe.models import freeze_to, set_bn_mode
+from recipe.train.models import freeze_to, set_bn_mode
 
 CONFIGS = [  # (name, channels_last, unfreeze_to); the first is the reference
     ("NCHW, all layers trainable", False, 0),

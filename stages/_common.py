@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from recipe import distributed as dist
-from recipe import tracking
-from recipe.config import StageParams, flatten, load_section, read_params, stage_params
-from recipe.errors import RecipeError
-from recipe.schema import TrackingConfig
+from recipe.core import distributed as dist
+from recipe.core.config import StageParams, flatten, load_section, read_params, stage_params
+from recipe.core.errors import RecipeError
+from recipe.core.schema import TrackingConfig
+from recipe.track import tracking
 
 
 def run(main: Callable[[argparse.Namespace], object], *paths: str, distributed: bool = False) -> None:

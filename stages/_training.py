@@ -2,21 +2,22 @@
 stages/_common.py: their shared config sections, per-epoch logging, the end of a training stage."""
 from __future__ import annotations
 
-from recipe import distributed as dist
-from recipe import tracking
 from pathlib import Path
 
-from recipe.config import StageParams
-from recipe.schema import AugmentConfig, ModelConfig, OptimConfig, Seed, TrainConfig
-from recipe.sizes import median_side, train_size
-from recipe.training import Common
+from recipe.core import distributed as dist
+from recipe.core.config import StageParams
+from recipe.core.schema import Seed
+from recipe.data.sizes import median_side, train_size
+from recipe.track import tracking
+from recipe.train.schema import AugmentConfig, ModelConfig, OptimConfig, TrainConfig
+from recipe.train.training import Common
 from stages._common import log_numbers, write_json
 
 
 def common_config(p: StageParams, split: Path | None = None) -> Common:
-    """The shared sections a model stage lists in dvc.yaml, validated (see recipe.training.Common);
+    """The shared sections a model stage lists in dvc.yaml, validated (see recipe.train.training.Common);
     ``model`` and ``optim`` are None for a stage that does not list them. With ``split`` (the
-    stages that train at ``train.image_size``), ``train.image_size: auto`` becomes its number (recipe.sizes)."""
+    stages that train at ``train.image_size``), ``train.image_size: auto`` becomes its number (recipe.data.sizes)."""
     train = p.section("train", TrainConfig)
     if split is not None and train.image_size == "auto":
         side = median_side(split)
@@ -37,7 +38,7 @@ def log_epoch(row: dict, step: int) -> None:
 def record_training(args, metrics: dict) -> None:
     """What train_head, finetune and resize write and log once they have trained: the metrics
     file, the final numbers (``final.*``), the history, the rate schedule and the prediction
-    dynamics (recipe.training.History), and their pictures."""
+    dynamics (recipe.train.training.History), and their pictures."""
     if not dist.is_main():  # under DDP rank 0 writes and logs
         return
     write_json(args.metrics, metrics)

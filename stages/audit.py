@@ -1,8 +1,10 @@
 """audit: inspect every file in data/raw, write the manifest, the report and the pictures."""
 
-from recipe import plots, tracking
-from recipe.audit import audit, check_usable, metrics_of
-from recipe.schema import AuditConfig, Seed
+from recipe.core.schema import Seed
+from recipe.data.audit import audit, check_usable, metrics_of
+from recipe.data.schema import AuditConfig
+from recipe.report import plots
+from recipe.track import tracking
 from stages._common import run, stage_config, write_json
 
 

@@ -1,8 +1,9 @@
 """baseline: Karpathy's checks and the numbers to beat (loss at init, input-independent baseline,
 overfitting one batch, majority class, a small model from scratch)."""
 
-from recipe import baseline, tracking
-from recipe.schema import BaselineConfig
+from recipe.track import tracking
+from recipe.train import baseline
+from recipe.train.schema import BaselineConfig
 from stages._common import log_numbers, run, stage_config, write_json
 from stages._training import common_config
 

@@ -1,15 +1,17 @@
 """cv: the out-of-fold predictions, the cross-validated figures, the label issues and the split
-the final fit trains on (cv.policy); recipe/cv.py says how."""
+the final fit trains on (cv.policy); recipe/decide/cv.py says how."""
 import shutil
 import time
 
 import numpy as np
 import pandas as pd
 
-from recipe import cv, plots, tracking
+from recipe.core.errors import DataError
 from recipe.data.loader import class_names, read_split
-from recipe.errors import DataError
-from recipe.schema import CvConfig
+from recipe.data.schema import CvConfig
+from recipe.decide import cv
+from recipe.report import plots
+from recipe.track import tracking
 from stages._common import log_numbers, run, stage_config, write_json
 from stages._training import common_config
 

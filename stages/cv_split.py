@@ -1,13 +1,14 @@
-"""cv_split: the folds of train + valid (recipe/cv.py), and the split each fold's stages train on."""
+"""cv_split: the folds of train + valid (recipe/decide/cv.py), and the split each fold's stages train on."""
 import json
 
 import pandas as pd
 from pydantic import NonNegativeInt
 
-from recipe import cv, tracking
+from recipe.core.errors import ConfigError
 from recipe.data.loader import read_split
-from recipe.errors import ConfigError
-from recipe.schema import SplitConfig, SplitDataConfig
+from recipe.data.schema import SplitConfig, SplitDataConfig
+from recipe.decide import cv
+from recipe.track import tracking
 from stages._common import run, stage_config
 
 

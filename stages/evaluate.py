@@ -2,19 +2,19 @@
 from __future__ import annotations
 
 import csv
+import json
 from importlib import metadata
 from pathlib import Path
 
-import json
-
 import mlflow
-import numpy as np
 from mlflow.models import infer_signature
 
 import recipe
-from recipe import evaluate, inside, pyfunc_model, tracking
+from recipe.decide import evaluate, inside
+from recipe.decide.schema import EvaluateConfig, InsideConfig
 from recipe.report import write_report
-from recipe.schema import EvaluateConfig, InsideConfig
+from recipe.ship import pyfunc_model
+from recipe.track import tracking
 from stages._common import log_numbers, run, stage_config, write_json
 from stages._training import common_config
 
@@ -79,7 +79,7 @@ def _title(data: dict, seed: int) -> str:
 
 
 def log_model(bundle: Path, model, cfg, predictions: Path, raw: Path) -> str:
-    """The chosen model as an MLflow pyfunc model (recipe/pyfunc_model.py, models from code; the
+    """The chosen model as an MLflow pyfunc model (recipe/ship/pyfunc_model.py, models from code; the
     bundle its artifact): a DataFrame with an ``image`` column of image file bytes in (two test
     images are its input example), one probability column per class and ``predicted`` out."""
     import pandas as pd

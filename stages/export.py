@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 
-from recipe import export, tracking
-from recipe.schema import ExportConfig, TrainConfig
+from recipe.ship import export
+from recipe.ship.schema import ExportConfig
+from recipe.track import tracking
+from recipe.train.schema import TrainConfig
 from stages._common import log_numbers, run, stage_config, write_json
 
 

@@ -1,7 +1,9 @@
 """finetune: unfreeze, discriminative learning rates, SGDR restarts, early stopping."""
 
-from recipe import distributed, finetune, tracking
-from recipe.schema import FinetuneConfig, LrFindConfig
+from recipe.core import distributed
+from recipe.track import tracking
+from recipe.train import finetune
+from recipe.train.schema import FinetuneConfig, LrFindConfig
 from stages._common import run, stage_config
 from stages._training import common_config, log_epoch, record_training
 

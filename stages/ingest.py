@@ -1,8 +1,9 @@
 """ingest: copy the configured source into data/raw (see recipe.data.sources)."""
 
-from recipe import tracking
+from recipe.core.schema import Seed
+from recipe.data.schema import DataConfig
 from recipe.data.sources import ingest
-from recipe.schema import DataConfig, Seed
+from recipe.track import tracking
 from stages._common import run, stage_config
 
 

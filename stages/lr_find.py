@@ -1,7 +1,8 @@
 """lr_find: the learning-rate range test; writes the curve and the suggestion train_head uses."""
 
-from recipe import lr_find, tracking
-from recipe.schema import LrFindConfig
+from recipe.track import tracking
+from recipe.train import lr_find
+from recipe.train.schema import LrFindConfig
 from stages._common import log_numbers, run, stage_config
 from stages._training import common_config
 

@@ -4,10 +4,10 @@ every stage's metrics, so executions compare side by side in the MLflow UI."""
 import json
 from pathlib import Path
 
-from recipe import tracking
-from recipe.config import load_section, read_params
-from recipe.errors import DataError
-from recipe.schema import TrackingConfig
+from recipe.core.config import load_section, read_params
+from recipe.core.errors import DataError
+from recipe.core.schema import TrackingConfig
+from recipe.track import tracking
 from stages._common import run
 
 

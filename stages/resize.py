@@ -1,8 +1,10 @@
 """resize: progressive resizing, continuing from the fine-tuned model at a larger image size."""
 from pydantic import NonNegativeInt
 
-from recipe import distributed, resize, tracking
-from recipe.schema import ResizeConfig
+from recipe.core import distributed
+from recipe.track import tracking
+from recipe.train import resize
+from recipe.train.schema import ResizeConfig
 from stages._common import run, stage_config
 from stages._training import common_config, log_epoch, record_training
 

@@ -6,9 +6,11 @@ import json
 import time
 from pathlib import Path
 
-from recipe import plots, select, tracking
-from recipe.ensemble import save_bundle
-from recipe.schema import SelectConfig
+from recipe.decide import select
+from recipe.decide.ensemble import save_bundle
+from recipe.decide.schema import SelectConfig
+from recipe.report import plots
+from recipe.track import tracking
 from stages._common import log_numbers, run, stage_config, write_json
 from stages._training import common_config
 

@@ -1,10 +1,11 @@
 """split: seeded, stratified, duplicate-aware train / valid / test assignment."""
 import pandas as pd
 
-from recipe import plots, tracking
-from recipe.errors import DataError
-from recipe.schema import SplitConfig, SplitDataConfig
-from recipe.split import split
+from recipe.core.errors import DataError
+from recipe.data.schema import SplitConfig, SplitDataConfig
+from recipe.data.split import split
+from recipe.report import plots
+from recipe.track import tracking
 from stages._common import run, stage_config, write_json
 
 

@@ -1,6 +1,8 @@
 """train_head: a new head on the frozen pretrained body (cached features, then augmented epochs)."""
-from recipe import distributed, train_head, tracking
-from recipe.schema import TrainHeadConfig
+from recipe.core import distributed
+from recipe.track import tracking
+from recipe.train import train_head
+from recipe.train.schema import TrainHeadConfig
 from stages._common import run, stage_config
 from stages._training import common_config, log_epoch, record_training
 

@@ -83,7 +83,7 @@ def run_cmd(*cmd: str, cwd: Path, env: dict | None = None, timeout: float = 1200
 def build_tiny_project(dest: Path, python: str = sys.executable, env: dict | None = None) -> Path:
     """A git + DVC copy of the project on the tiny config (48 ELPV images from the installed
     package) at ``dest``, after one `dvc repro` run by ``python``, its dvc.lock committed."""
-    from recipe.compose import compose
+    from recipe.core.compose import compose
 
     proj = copy_project(dest)
     config = proj / "conf/config.yaml"

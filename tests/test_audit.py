@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from recipe.audit import audit, check_usable, metrics_of
-from recipe.errors import DataError
-from recipe.neardup import group_ids, hamming, near_pairs
+from recipe.core.errors import DataError
+from recipe.data.audit import audit, check_usable, metrics_of
+from recipe.data.neardup import group_ids, hamming, near_pairs
 
 AUDIT = dict(drop_exact_duplicates=True, conflicting_labels="drop", near_dup_bits=4, max_pixels=89478485,
              min_side=16, too_small="drop", size_outlier_factor=10.0, size_outliers="keep", min_per_class=3,
@@ -324,7 +324,7 @@ def test_near_pairs_with_crowded_buckets(radius):
 
 def test_near_pairs_in_small_blocks_gives_the_same_answer(monkeypatch):
     """Candidates are processed in blocks to bound memory; block edges must lose nothing."""
-    import recipe.neardup as neardup
+    import recipe.data.neardup as neardup
 
     rng = np.random.default_rng(3)
     hashes = np.uint64(0x1234_5678_0000_0000) ^ rng.integers(0, 1 << 12, 400, dtype=np.uint64)

@@ -9,14 +9,13 @@ import pytest
 import torch
 import yaml
 
-from recipe.augment import Augment, _blur
-from recipe.config import validate
-from recipe.data.loader import Batches
-from recipe.errors import ConfigError
-from recipe.schema import AugmentConfig
-from recipe.session import batches as session_batches
-
 from conftest import REPO
+from recipe.core.config import validate
+from recipe.core.errors import ConfigError
+from recipe.data.loader import Batches
+from recipe.train.augment import Augment, _blur
+from recipe.train.schema import AugmentConfig
+from recipe.train.session import batches as session_batches
 
 torch.set_num_threads(1)
 

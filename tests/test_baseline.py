@@ -5,22 +5,30 @@ import copy
 import math
 
 import pandas as pd
+import pytest
 import torch
 import yaml
-
-import pytest
 from torch import nn
 
 from conftest import REPO
-from recipe import baseline
-from recipe.baseline import (ACTIVATIONS, SimpleNet, check_batch_dependencies, check_capacity, check_init_loss,
-                             check_overfit, check_zero_input, other_label_lookalikes, prior_entropy)
-from recipe.config import StageParams, load_section, validate
-from recipe.errors import ConfigError
+from recipe.core.config import StageParams, load_section, validate
+from recipe.core.errors import ConfigError
 from recipe.data.loader import Batches, ImageSet
-from recipe.models import build_model
-from recipe.schema import BaselineConfig
-from recipe.session import Data
+from recipe.train import baseline
+from recipe.train.baseline import (
+    ACTIVATIONS,
+    SimpleNet,
+    check_batch_dependencies,
+    check_capacity,
+    check_init_loss,
+    check_overfit,
+    check_zero_input,
+    other_label_lookalikes,
+    prior_entropy,
+)
+from recipe.train.models import build_model
+from recipe.train.schema import BaselineConfig
+from recipe.train.session import Data
 from stages._training import common_config
 
 CPU = torch.device("cpu")
@@ -101,7 +109,7 @@ def test_input_independent_check_tells_real_features_from_zeros():
     real = torch.randn(256, 16, generator=gen) + 3 * y[:, None].float()  # informative features
     zero = torch.zeros(256, 16)
     head = torch.nn.Linear(16, 2)
-    mk = lambda f, train: Batches(f, y, batch_size=32, shuffle=train, seed=0, device=CPU)  # noqa: E731
+    mk = lambda f, train: Batches(f, y, batch_size=32, shuffle=train, seed=0, device=CPU)
     check, numbers = check_zero_input(head, mk(real, True), mk(zero, True), mk(real, False), mk(zero, False),
                                       steps=60, lr=0.01, margin=0.1)
     assert check.passed and numbers["real_input_valid_loss"] < numbers["zero_input_valid_loss"]
@@ -168,7 +176,7 @@ def _memorise(n=64, size=16, seed=0):
     images = torch.randint(0, 256, (n, 1, size, size), generator=gen, dtype=torch.uint8)
     labels = torch.arange(n) % 2
     labels = labels[torch.randperm(n, generator=gen)]
-    split = lambda a, b: ImageSet(images[a:b], labels[a:b], [f"{i}.png" for i in range(a, b)], ["a", "b"])  # noqa: E731
+    split = lambda a, b: ImageSet(images[a:b], labels[a:b], [f"{i}.png" for i in range(a, b)], ["a", "b"])
     return Data(split(0, n - 16), split(n - 16, n), ["a", "b"])
 
 

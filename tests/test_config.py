@@ -8,19 +8,29 @@ import sys
 import pytest
 import yaml
 
-from recipe.compose import compose
-from recipe.config import load_section, validate
-from recipe.errors import ConfigError
-from recipe.schema import (AugmentConfig, AuditConfig, BaselineConfig, DataConfig, FinetuneConfig, LrFindConfig,
-                           ModelConfig, OptimConfig, ResizeConfig, Seed, SplitConfig, TrackingConfig,
-                           TrainConfig, TrainHeadConfig)
+from conftest import REPO, subprocess_env
+from recipe.core.compose import compose
+from recipe.core.config import load_section, validate
+from recipe.core.errors import ConfigError
+from recipe.core.schema import Seed, TrackingConfig
+from recipe.data.schema import AuditConfig, DataConfig, SplitConfig
+from recipe.train.schema import (
+    AugmentConfig,
+    BaselineConfig,
+    FinetuneConfig,
+    LrFindConfig,
+    ModelConfig,
+    OptimConfig,
+    ResizeConfig,
+    TrainConfig,
+    TrainHeadConfig,
+)
 
 SCHEMAS = {"audit": AuditConfig, "split": SplitConfig, "data": DataConfig, "model": ModelConfig,
            "optim": OptimConfig, "augment": AugmentConfig, "train": TrainConfig, "baseline": BaselineConfig,
            "lr_find": LrFindConfig, "train_head": TrainHeadConfig, "finetune": FinetuneConfig,
            "resize": ResizeConfig}
 
-from conftest import REPO, subprocess_env
 
 
 def test_params_yaml_is_a_fresh_composition_of_conf(tmp_path):
@@ -80,7 +90,8 @@ def test_every_schedule_composes_into_each_training_stage(tmp_path):
         ("audit", {"conflicting_labels": "maybe"}, "audit.conflicting_labels = 'maybe': Input should be 'drop' or 'keep'"),
         ("audit", {"near_dup_bitz": 3}, "audit.near_dup_bitz: unknown key"),
         ("audit", {"workers": "two"}, "audit.workers = 'two': Input should be a valid integer"),
-        ("split", {"fractions": {"train": 0.5, "valid": 0.2, "test": 0.2}}, "split.fractions = {'train': 0.5, 'valid': 0.2, 'test': 0.2}: must sum to 1 (they sum to 0.9)"),
+        ("split", {"fractions": {"train": 0.5, "valid": 0.2, "test": 0.2}},
+         "split.fractions = {'train': 0.5, 'valid': 0.2, 'test': 0.2}: must sum to 1 (they sum to 0.9)"),
         ("split", {"fractions": {"train": 0.8, "test": 0.2}}, "needs train, valid and test"),
         ("data", {"source": "s3"}, "data.source = 's3': must be one of 'elpv', 'folder', 'csv'"),
         ("data", {"task": "regression"}, "data.task = 'regression': Input should be 'binary' or 'four_class'"),
@@ -89,12 +100,14 @@ def test_every_schedule_composes_into_each_training_stage(tmp_path):
         ("optim", {"weight_decay": -0.1}, "optim.weight_decay = -0.1: Input should be greater than or equal to 0"),
         ("finetune", {"lr": -0.001}, "finetune.lr = -0.001"),
         ("finetune", {"lr": "fast"}, "finetune.lr = 'fast'"),
-        ("finetune", {"schedule": {"name": "sgdr", "cycle_len": 0, "cycle_mult": 2, "eta_min": 0}}, "finetune.schedule.cycle_len = 0: Input should be greater than 0"),
+        ("finetune", {"schedule": {"name": "sgdr", "cycle_len": 0, "cycle_mult": 2, "eta_min": 0}},
+         "finetune.schedule.cycle_len = 0: Input should be greater than 0"),
         ("resize", {"factor": 1.5}, "set exactly one of resize.image_size and resize.factor"),
         ("lr_find", {"end_lr": 1e-8}, "lr_find.end_lr = 1e-08: must be greater than start_lr"),
         ("lr_find", {"suggestion": "middle"}, "lr_find.suggestion = 'middle'"),
         ("train", {"device": "tpu"}, "train.device = 'tpu'"),
-        ("model", {"head": {"pool": "avg", "dropout": 1.5, "init": "kaiming", "init_gain": 0.1, "prior_bias": True}}, "model.head.dropout = 1.5"),
+        ("model", {"head": {"pool": "avg", "dropout": 1.5, "init": "kaiming", "init_gain": 0.1, "prior_bias": True}},
+         "model.head.dropout = 1.5"),
     ],
 )
 def test_bad_values_name_key_value_and_what_is_allowed(params, section, change, expected):

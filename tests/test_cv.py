@@ -1,10 +1,9 @@
-"""Cross-validation (recipe/cv.py): folds, each fold's split, label issues, the policy, the fold
+"""Cross-validation (recipe/decide/cv.py): folds, each fold's split, label issues, the policy, the fold
 ensemble; and end to end, the DVC stages on the tiny project with cv.folds: 2."""
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,14 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
-from recipe import cv
-from recipe import select as S
-from recipe.ensemble import Ensemble
-from recipe.errors import DataError
-from recipe.split import TARGET_PREFIX
 from conftest import REPO, run_cmd
+from recipe.core.errors import DataError
+from recipe.data.split import TARGET_PREFIX
+from recipe.decide import cv
+from recipe.decide import select as S
+from recipe.decide.ensemble import Ensemble
 
 
 def table(n_groups: int = 60, seed: int = 0) -> pd.DataFrame:
@@ -77,7 +75,7 @@ def test_a_fold_split_holds_its_fold_out_of_train_and_valid():
 
 def digits_oof(flip: int, seed: int = 0):
     """Out-of-fold probabilities of a logistic regression on scikit-learn's digits (5 folds), with
-    ``flip`` labels changed by hand; returns the frame recipe.cv reads and the flipped rows."""
+    ``flip`` labels changed by hand; returns the frame recipe.decide.cv reads and the flipped rows."""
     from sklearn.datasets import load_digits
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_predict
@@ -189,6 +187,34 @@ def test_the_fold_ensemble_is_scored_on_valid_by_the_member_that_held_each_image
     assert S.fold_candidate({"cv@0": Path("m0")}, tmp_path / "folds.csv") is None
 
 
+def test_out_of_fold_predictions_refuse_a_fold_model_trained_on_other_classes(tmp_path):
+    """Each fold model must know the split's classes in the split's order: fold 1's, trained on
+    the same names reversed, would put its probabilities in the wrong p_ columns."""
+    from test_ensemble import checkpoint
+
+    from conftest import noise_image
+    from recipe.core.config import load_section, read_params
+    from recipe.train.schema import AugmentConfig, TrainConfig
+    from recipe.train.training import Common
+
+    raw = tmp_path / "raw"
+    rows = []
+    for i in range(4):
+        noise_image(raw / "files" / f"{i}.png", i, size=40)
+        rows.append({"path": f"{i}.png", "label": "ab"[i % 2], "split": "train", "group": i})
+    t = pd.DataFrame(rows)
+    folds = t.assign(fold=[0, 0, 1, 1])
+    fold_tables = {f: t.assign(split=np.where(folds["fold"] == f, "test", "train")) for f in (0, 1)}
+    params = read_params(REPO / "params.yaml")
+    train = load_section("train", TrainConfig, params).model_copy(update={"workers": 1, "batch_size": 4})
+    common = Common(seed=0, train=train, model=None, optim=None, augment=load_section("augment", AugmentConfig, params))
+    good = {f: checkpoint(tmp_path / f"good{f}.pt", ["a", "b"], f) for f in (0, 1)}
+    oof = cv.oof_predictions(common, table=t, fold_tables=fold_tables, models=good, raw=raw)
+    assert list(oof["path"]) == ["0.png", "1.png", "2.png", "3.png"] and list(oof["fold"]) == [0, 0, 1, 1]
+    bad = {0: good[0], 1: checkpoint(tmp_path / "bad1.pt", ["b", "a"], 1)}
+    with pytest.raises(DataError, match=r"bad1\.pt: trained on classes \['b', 'a'\], the split has \['a', 'b'\]$"):
+        cv.oof_predictions(common, table=t, fold_tables=fold_tables, models=bad, raw=raw)
+
 # ---- end to end: the DVC stages on the tiny project ---------------------------------------------------------
 
 def dvc(*args: str, cwd: Path) -> str:
@@ -234,7 +260,12 @@ def test_the_cv_stages_run_per_fold_and_no_fold_model_sees_its_fold(cv_project):
 def test_cv_figures_reach_metrics_select_the_report_and_the_final_fit(cv_project):
     proj = cv_project
     m = json.loads((proj / "outputs/cv/metrics.json").read_text())
-    assert m["folds"] == 2 and 0 <= m["accuracy"] <= 1 and set(m["per_fold"]) == {"0", "1"}
+    assert m["folds"] == 2 and set(m["per_fold"]) == {"0", "1"}
+    oof = pd.read_csv(proj / "outputs/cv/oof.csv")  # the figures from the out-of-fold predictions themselves
+    right = oof["predicted"] == oof["label"]
+    per_fold = [float(right[oof["fold"] == f].mean()) for f in (0, 1)]
+    assert [m["per_fold"][f]["accuracy"] for f in "01"] == pytest.approx(per_fold)
+    assert m["accuracy"] == pytest.approx(np.mean(per_fold))  # the mean over folds, not the pooled figure
     issues = pd.read_csv(proj / "outputs/cv/label_issues.csv")
     assert list(issues.columns) == ["rank", "path", "fold", "given_label", "suggested_label", "self_confidence",
                                     "ranking_score", "action"]
@@ -246,7 +277,10 @@ def test_cv_figures_reach_metrics_select_the_report_and_the_final_fit(cv_project
     rows = pd.read_csv(proj / "outputs/select/candidates.csv")
     assert (rows["candidate"] == "cv_folds").sum() == 3  # one row per view set
     table = json.loads((proj / "outputs/evaluate/metrics.json").read_text())["table"]
-    assert table["cv_folds"]["members"] == 2 and table["cv_folds"]["test_accuracy"] is not None
+    # the fold ensemble, chosen: evaluate's plain predictions are its members averaged, argmax
+    preds = pd.read_csv(proj / "outputs/evaluate/predictions.csv")
+    assert table["cv_folds"]["members"] == 2
+    assert table["cv_folds"]["test_accuracy"] == pytest.approx((preds["predicted"] == preds["actual"]).mean())
     html = (proj / "outputs/evaluate/report.html").read_text()
     assert 'id="cv"' in html and 'alt="top suspected label errors" src="data:image/png' in html
     assert "2 folds over train + valid" in html
@@ -265,9 +299,14 @@ def test_the_fold_ensemble_when_chosen_ships_and_predict_serves_it(cv_project):
     # plainly, the shipped bundle is the two fold models averaged: evaluate's cv_folds row
     assert m["test"]["accuracy"] == pytest.approx(m["table"]["cv_folds"]["test_accuracy"])
     preds = pd.read_csv(proj / "outputs/evaluate/predictions.csv").head(3)
-    out = run_cmd(sys.executable, "-m", "recipe.predict", "--model", "outputs/select/model.pt",
+    out = run_cmd(sys.executable, "-m", "recipe.ship.predict", "--model", "outputs/select/model.pt",
                   *[f"data/raw/files/{p}" for p in preds["path"]], cwd=proj)
     lines = [line.split("\t") for line in out.strip().splitlines() if line.startswith("data/raw/files/")]
     assert [line[1] for line in lines] == list(preds["predicted_chosen"])
     assert np.allclose([float(line[2]) for line in lines], preds["probability_chosen"], atol=2e-3)
-    assert json.loads((proj / "outputs/export/metrics.json").read_text())  # exported and checked on test
+    exported = json.loads((proj / "outputs/export/metrics.json").read_text())  # exported and checked on test
+    assert exported["candidate"] == "cv_folds" and exported["members"] == ["cv@0", "cv@1"]
+    preds = pd.read_csv(proj / "outputs/evaluate/predictions.csv")
+    assert exported["parity"]["images"] == len(preds) and exported["parity"]["onnx_class_mismatches"] == 0
+    as_chosen = (preds["predicted_chosen"] == preds["actual"]).mean()  # the ONNX graph decides as evaluate did
+    assert exported["test_accuracy"]["onnx"] == exported["test_accuracy"]["checkpoint"] == pytest.approx(as_chosen)

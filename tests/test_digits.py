@@ -9,9 +9,10 @@ import pytest
 import torch
 import yaml
 
-from recipe.compose import compose
-from recipe.data.digits import main as digits_main, write_digits
 from conftest import copy_project, run_cmd
+from recipe.core.compose import compose
+from recipe.data.digits import main as digits_main
+from recipe.data.digits import write_digits
 
 pytestmark = pytest.mark.slow
 

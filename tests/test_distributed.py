@@ -11,10 +11,9 @@ import sys
 import pytest
 import torch
 
-from recipe import distributed
-from recipe.data.loader import Batches
-
 from conftest import REPO, copy_project, run_cmd, subprocess_env
+from recipe.core import distributed
+from recipe.data.loader import Batches
 
 SCRIPT = REPO / "tests" / "scripts" / "ddp_fit.py"
 
@@ -58,7 +57,7 @@ def test_each_rank_keeps_its_slice_of_the_same_global_batch():
     y = torch.arange(10)
     whole = Batches(x, y, batch_size=5, shuffle=True, seed=3, device=torch.device("cpu"))
     ranks = [Batches(x, y, batch_size=5, shuffle=True, seed=3, device=torch.device("cpu"), shard=(r, 2)) for r in (0, 1)]
-    for (xa, ya), (x0, y0), (x1, y1) in zip(whole.epoch(1), ranks[0].epoch(1), ranks[1].epoch(1), strict=True):
+    for (_, ya), (_, y0), (_, y1) in zip(whole.epoch(1), ranks[0].epoch(1), ranks[1].epoch(1), strict=True):
         assert torch.equal(torch.cat([y0, y1]), ya) and len(y0) == 3 and len(y1) == 2
         assert ranks[0].global_n == ranks[1].global_n == 5
 
@@ -82,7 +81,7 @@ def finetune_one_and_two(tmp_path_factory) -> dict:
     slice (EfficientNet-Lite0 also has drop-connect in its blocks), which no tolerance for float
     summation order covers. keep=last: the final weights are the trained ones, not the start's.
     One thread per process keeps the CPU use modest (2 cores) and the sums in one order."""
-    from recipe.compose import compose
+    from recipe.core.compose import compose
 
     proj = copy_project(tmp_path_factory.mktemp("ddp_finetune"))
     config = proj / "conf/config.yaml"

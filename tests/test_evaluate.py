@@ -6,13 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from recipe import metrics as M
-from recipe import tta as T
 from conftest import AUGMENT_RANGES
-from recipe.augment import Augment
+from recipe.core import metrics as M
+from recipe.core.errors import ConfigError
 from recipe.data.loader import Batches
-from recipe.errors import ConfigError
-from recipe.fit import validate
+from recipe.decide import tta as T
+from recipe.train.augment import Augment
+from recipe.train.fit import validate
 
 
 class LeftRight(nn.Module):

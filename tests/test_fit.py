@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from conftest import AUGMENT_RANGES
-from recipe.augment import Augment
 from recipe.data.loader import Batches
-from recipe.fit import Diverged, fit, validate
-from recipe.optim import make_schedule
+from recipe.train.augment import Augment
+from recipe.train.fit import Diverged, fit, validate
+from recipe.train.optim import make_schedule
 
 torch.set_num_threads(1)
 
@@ -206,7 +206,7 @@ def test_watched_is_each_watched_images_probability_of_its_true_class():
 def test_l1_adds_exactly_lambda_times_the_weights_l1_norm_to_the_loss():
     """With lr 0 nothing moves: the logged l1_loss is l1 * sum|w| over the group that carries
     ``l1`` (not over the group without it), and the gradient it adds is l1 * sign(w)."""
-    from recipe.fit import l1_penalty
+    from recipe.train.fit import l1_penalty
     torch.manual_seed(0)
     model = conv_net()
     train, valid = loaders(augment=None)

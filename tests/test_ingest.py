@@ -7,10 +7,9 @@ import os
 import pandas as pd
 import pytest
 
-from recipe.data.sources import ingest
-from recipe.errors import ConfigError, DataError
-
 from conftest import image_folder, noise_image
+from recipe.core.errors import ConfigError, DataError
+from recipe.data.sources import ingest
 
 
 def read_index(out):

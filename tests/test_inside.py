@@ -1,4 +1,4 @@
-"""Inside the model (recipe/inside.py): the weight change with known answers, Grad-CAM on a
+"""Inside the model (recipe/decide/inside.py): the weight change with known answers, Grad-CAM on a
 hand-made network whose evidence sits where a signal was planted, the pictures, the report."""
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from PIL import Image
 from torch import nn
 
 from conftest import noise_image
-from recipe import inside
-from recipe.config import validate
-from recipe.ensemble import Ensemble
-from recipe.errors import ConfigError
-from recipe.models import Classifier, Head, build_model
+from recipe.core.config import validate
+from recipe.core.errors import ConfigError
+from recipe.decide import inside
+from recipe.decide.ensemble import Ensemble
+from recipe.decide.schema import InsideConfig
 from recipe.report import write_report
-from recipe.schema import InsideConfig
+from recipe.train.models import Classifier, Head, build_model
 
 MODEL_CONFIG = {"name": "resnet18", "weights": None, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
                 "adapt_bn": False, "head": {"pool": "avg", "dropout": 0.0, "init": "kaiming", "init_gain": 0.01,

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from recipe.lr_find import RULES, minimum, range_test, slide, steep, suggest, valley
-from recipe.schema import LrFindConfig, LrFindRules
+from recipe.train.lr_find import RULES, minimum, range_test, slide, steep, suggest, valley
+from recipe.train.schema import LrFindConfig, LrFindRules
 
 torch.set_num_threads(1)
 

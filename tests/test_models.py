@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from recipe.errors import ConfigError
-from recipe.models import Classifier, build_model, freeze_to, param_groups, set_bn_mode, spread_lrs
+from recipe.core.errors import ConfigError
+from recipe.train.models import Classifier, build_model, freeze_to, param_groups, set_bn_mode, spread_lrs
 
 torch.set_num_threads(1)
 
@@ -257,7 +257,7 @@ def test_param_groups_bn_weight_decay_puts_everything_in_decay():
 
 def test_param_groups_put_l1_where_weight_decay_goes():
     """optim.l1 on the conv and linear weights; biases and BatchNorm parameters carry l1 = 0, so
-    recipe.fit's term is l1 * sum|w| over exactly the decayed weights."""
+    recipe.train.fit's term is l1 * sum|w| over exactly the decayed weights."""
     m = model()
     freeze_to(m, 0)
     groups = param_groups(m, [1.0, 2.0, 3.0], weight_decay=0.01, bn_weight_decay=False, l1=1e-4)

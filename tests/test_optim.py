@@ -11,12 +11,19 @@ import torch
 import yaml
 from torch import nn
 
-from recipe.models import Classifier, Head, param_groups
-from recipe.optim import (LR_SCALING, OPTIMIZERS, SCHEDULES, current_lrs, lr_scale, make_optimizer, make_schedule,
-                          sgdr_factor)
-from recipe.schema import OptimConfig, ScheduleConfig
-
 from conftest import REPO, noise_image
+from recipe.train.models import Classifier, Head, param_groups
+from recipe.train.optim import (
+    LR_SCALING,
+    OPTIMIZERS,
+    SCHEDULES,
+    current_lrs,
+    lr_scale,
+    make_optimizer,
+    make_schedule,
+    sgdr_factor,
+)
+from recipe.train.schema import OptimConfig, ScheduleConfig
 
 torch.set_num_threads(1)
 
@@ -38,7 +45,7 @@ def optim_cfg(name: str) -> dict:
 
 
 def optimizer_from_conf(model: Classifier, cfg: dict, lrs: list[float]) -> torch.optim.Optimizer:
-    """As recipe.training.Common.optimizer does."""
+    """As recipe.train.training.Common.optimizer does."""
     cfg = {k: v for k, v in cfg.items() if k not in ("lr_scaling", "lr_reference_batch")}  # Common applies them
     groups = param_groups(model, lrs, weight_decay=cfg.pop("weight_decay"), bn_weight_decay=cfg.pop("bn_weight_decay"),
                           l1=cfg.pop("l1", 0.0))
@@ -308,7 +315,7 @@ def test_every_schedule_preset_builds_and_steps(name):
 
 # --- the registries -------------------------------------------------------------------------
 
-# per group, the tag, or applied by recipe.training.Common (lr_scaling)
+# per group, the tag, or applied by recipe.train.training.Common (lr_scaling)
 COMMON_OPTIM_KEYS = {"name", "weight_decay", "bn_weight_decay", "lr_scaling", "lr_reference_batch", "l1"}
 
 
@@ -333,8 +340,8 @@ def own_keys(builder) -> set[str]:
 @pytest.mark.parametrize("registry,union,group", [(OPTIMIZERS, OptimConfig, "optim"),
                                                   (SCHEDULES, ScheduleConfig, "schedule")], ids=["optim", "schedule"])
 def test_every_name_has_a_builder_a_schema_and_a_preset(registry, union, group):
-    assert set(registry) == set(schemas(union)), "recipe.optim registry vs recipe/schema.py union tags"
-    assert set(registry) == presets(group), f"recipe.optim registry vs conf/{group}/*.yaml"
+    assert set(registry) == set(schemas(union)), "recipe.train.optim registry vs recipe/train/schema.py union tags"
+    assert set(registry) == presets(group), f"recipe.train.optim registry vs conf/{group}/*.yaml"
     for name in registry:
         assert yaml.safe_load((REPO / "conf" / group / f"{name}.yaml").read_text())["name"] == name
 
@@ -364,7 +371,7 @@ def scaled_common(params, rule: str, batch_size: int, reference: int = 32, **tra
     """The shared sections a training stage builds from params.yaml, with lr_scaling set."""
     import copy
 
-    from recipe.config import StageParams
+    from recipe.core.config import StageParams
     from stages._training import common_config
 
     p = copy.deepcopy(params)
@@ -381,7 +388,7 @@ def test_lr_scale_is_the_batch_ratio_its_square_root_or_one(rule, batch, referen
 
 
 def test_lr_scaling_names_are_the_schemas():
-    from recipe.schema import _Optim
+    from recipe.train.schema import _Optim
 
     assert set(LR_SCALING) == set(get_args(_Optim.model_fields["lr_scaling"].annotation))
     with pytest.raises(ValueError, match="cubic"):
@@ -416,10 +423,10 @@ def test_finetune_trains_at_the_scaled_rates_and_says_so(tmp_path, params):
 
     import pandas as pd
 
-    from recipe import finetune
-    from recipe.config import load_section
-    from recipe.schema import FinetuneConfig, LrFindConfig
-    from recipe.session import new_model, save_checkpoint
+    from recipe.core.config import load_section
+    from recipe.train import finetune
+    from recipe.train.schema import FinetuneConfig, LrFindConfig
+    from recipe.train.session import new_model, save_checkpoint
 
     rows = []
     for i in range(12):
@@ -452,11 +459,11 @@ def test_finetune_trains_at_the_scaled_rates_and_says_so(tmp_path, params):
 def test_the_range_test_sweep_is_not_scaled(params):
     """lr_find's sweep (start_lr..end_lr) is the same curve whatever lr_scaling says: it reads the
     optimizer's rates only as ratios (finetune's lr_mult), and the scaling comes after it."""
-    from recipe import lr_find
-    from recipe.config import load_section
+    from recipe.core.config import load_section
     from recipe.data.loader import Batches
-    from recipe.models import spread_lrs
-    from recipe.schema import LrFindConfig
+    from recipe.train import lr_find
+    from recipe.train.models import spread_lrs
+    from recipe.train.schema import LrFindConfig
 
     cfg = load_section("lr_find", LrFindConfig, params).model_copy(update={"iterations": 20})
     gen = torch.Generator().manual_seed(0)
@@ -477,8 +484,8 @@ def test_the_range_test_sweep_is_not_scaled(params):
     ({"lr_scaling": "cubic"}, "optim.lr_scaling = 'cubic': Input should be 'none', 'linear' or 'sqrt'"),
     ({"lr_reference_batch": 0}, "optim.lr_reference_batch = 0: Input should be greater than 0")])
 def test_a_bad_lr_scaling_is_a_schema_error_naming_the_key(params, change, expected):
-    from recipe.config import validate
-    from recipe.errors import ConfigError
+    from recipe.core.config import validate
+    from recipe.core.errors import ConfigError
 
     with pytest.raises(ConfigError) as err:
         validate("optim", {**params["optim"], **change}, OptimConfig)

@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from recipe import tta as T
-from recipe.models import build_model
-from recipe.predict import load, main, prepare
-from recipe.session import save_checkpoint
+from recipe.decide import tta as T
+from recipe.ship.predict import load, main, prepare
+from recipe.train.models import build_model
+from recipe.train.session import save_checkpoint
 from tests.conftest import REPO, noise_image, subprocess_env
 
 CFG = {"name": "resnet18", "weights": None, "mean": [0.5] * 3, "std": [0.25] * 3,
@@ -76,34 +76,37 @@ def test_predict_with_other_views_and_top_classes(checkpoint, images, capsys):
     assert float(row[2]) + float(row[4]) == pytest.approx(1.0, abs=2e-4)
     predictor = load(str(checkpoint))
     x = torch.from_numpy(prepare([images[0]], 32, 1))
-    expected = T.predict(predictor.members[0], [(x, torch.zeros(1, dtype=torch.long))], T.tta_views("dihedral", scales=(), crop=0.875, n=1, beta=None, augment=None, seed=0))["tta"][0]
+    views = T.tta_views("dihedral", scales=(), crop=0.875, n=1, beta=None, augment=None, seed=0)
+    expected = T.predict(predictor.members[0], [(x, torch.zeros(1, dtype=torch.long))], views)["tta"][0]
     assert float(row[2]) == pytest.approx(float(expected.max()), abs=1e-4)
 
 
 def test_a_bundle_predicts_with_its_views_and_threshold(checkpoint, images, tmp_path, capsys):
     """select's bundle: every member, its view set and its threshold are what predict applies."""
-    from recipe.ensemble import load_bundle, save_bundle
+    from recipe.decide.ensemble import load_bundle, save_bundle
 
     spec = {"name": "flips", "scales": [1.0], "crop": 0.875, "n": 1, "beta": None, "augment": None}
     x = torch.from_numpy(prepare([images[0]], 32, 1))
     one = load(str(checkpoint))
-    with torch.no_grad():
-        p_plain = one(x)[0]
-    threshold = float(p_plain[1]) + 1e-3  # just above: the threshold flips the decision to class 0
+    views = T.tta_views("flips", scales=(), crop=0.875, n=1, beta=None, augment=None, seed=0)
+    expected = T.predict(one.members[0], [(x, torch.zeros(1, dtype=torch.long))], views)["tta"][0]
+    # a threshold on the other side of p(fine) from 0.5, halfway to 0 or 1: it decides the class
+    # the argmax does not
+    argmax = int(expected.argmax())
+    threshold = (float(expected[1]) + (1.0 if argmax == 1 else 0.0)) / 2
+    decided = CLASSES[1 - argmax]
     bundle = save_bundle(tmp_path / "bundle.pt", [("resize", checkpoint), ("resize@1", checkpoint)],
                          views=spec, threshold=threshold, seed=0, info={"candidate": "resize+resize@1"})
     model, meta = load_bundle(bundle)
     assert model.names == ["resize", "resize@1"] and model.views.name == "flips" and model.threshold == threshold
     assert meta["info"]["candidate"] == "resize+resize@1"
-    views = T.tta_views("flips", scales=(), crop=0.875, n=1, beta=None, augment=None, seed=0)
-    expected = T.predict(one.members[0], [(x, torch.zeros(1, dtype=torch.long))], views)["tta"][0]
     with torch.no_grad():
         got = model(x)[0]
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)  # two identical members = one member
     assert main([str(images[0]), "--model", str(bundle)]) == 0
     (row,) = _lines(capsys.readouterr().out)
-    assert row[1] == ("fine" if float(got[1]) >= threshold else "crack")
-    assert float(row[2]) == pytest.approx(float(got[CLASSES.index(row[1])]), abs=1e-4)
+    assert row[1] == decided  # the threshold's class, not the argmax's
+    assert float(row[2]) == pytest.approx(float(got[CLASSES.index(decided)]), abs=1e-4)
 
 
 def test_unreadable_file_is_reported_and_the_rest_predicted(checkpoint, images, tmp_path, capsys):
@@ -122,19 +125,34 @@ def test_missing_checkpoint_is_one_line(tmp_path, images, capsys):
 
 
 def test_predict_runs_as_a_module(checkpoint, images):
-    r = subprocess.run([sys.executable, "-m", "recipe.predict", str(images[1]), "--model", str(checkpoint)],
+    r = subprocess.run([sys.executable, "-m", "recipe.ship.predict", str(images[1]), "--model", str(checkpoint)],
                        cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     path, label, prob = r.stdout.strip().split("\t")
-    assert path == str(images[1]) and label in CLASSES and 0.5 <= float(prob) <= 1
+    with torch.no_grad():
+        expected = load(str(checkpoint))(torch.from_numpy(prepare([images[1]], 32, 1)))[0]
+    assert path == str(images[1]) and label == CLASSES[int(expected.argmax())]
+    assert float(prob) == pytest.approx(float(expected.max()), abs=1e-4)
+
+
+def deciding_threshold(probs: np.ndarray) -> tuple[float, list[str]]:
+    """A threshold on p(fine) that overrules the argmax on at least one of ``probs``' images, with
+    a margin of half that image's distance to 0 or 1, and the classes it decides: all fine when
+    some image's argmax is crack (half the smallest p(fine)), else all crack (halfway from the
+    largest p(fine) to 1)."""
+    p1 = probs[:, 1]
+    if (p1 < 0.5).any():
+        return float(p1.min()) / 2, [CLASSES[1]] * len(p1)
+    return (float(p1.max()) + 1) / 2, [CLASSES[0]] * len(p1)
 
 
 def log_test_model(tmp_path: Path, checkpoint: Path, images, register_as: str | None = None):
-    """A two-member bundle (flip_h views, threshold 0.4) logged by evaluate's ``log_model`` into
-    a SQLite store at ``tmp_path`` (MLFLOW_TRACKING_URI must point there); its URI and the model."""
+    """A two-member bundle (flip_h views, a threshold from :func:`deciding_threshold` on
+    ``images``) logged by evaluate's ``log_model`` into a SQLite store at ``tmp_path``
+    (MLFLOW_TRACKING_URI must point there); its URI, the model and the classes it decides."""
     import mlflow
 
-    from recipe.ensemble import load_bundle, save_bundle
+    from recipe.decide.ensemble import load_bundle, save_bundle
     from stages.evaluate import log_model
 
     raw = tmp_path / "raw"
@@ -144,13 +162,17 @@ def log_test_model(tmp_path: Path, checkpoint: Path, images, register_as: str | 
     predictions = tmp_path / "predictions.csv"
     predictions.write_text("path,actual\n" + "".join(f"{p.name},fine\n" for p in images))
     spec = {"name": "flip_h", "scales": [1.0], "crop": 0.875, "n": 1, "beta": None, "augment": None}
-    bundle = save_bundle(tmp_path / "bundle.pt", [("resize", checkpoint), ("finetune", checkpoint)], views=spec,
-                         threshold=0.4, seed=0, info={"candidate": "finetune+resize"})
+    members = [("resize", checkpoint), ("finetune", checkpoint)]
+    plain, _ = load_bundle(save_bundle(tmp_path / "probe.pt", members, views=spec, threshold=None, seed=0, info={}))
+    with torch.no_grad():
+        threshold, decided = deciding_threshold(plain(torch.from_numpy(prepare(list(images), 32, 1))).numpy())
+    bundle = save_bundle(tmp_path / "bundle.pt", members, views=spec, threshold=threshold, seed=0,
+                         info={"candidate": "finetune+resize"})
     model, _ = load_bundle(bundle)
     cfg = SimpleNamespace(model=SimpleNamespace(register_as=register_as, max_pixels=25_000_000, max_rows=64))
     experiment = mlflow.create_experiment("t", artifact_location=(tmp_path / "artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment):
-        return log_model(bundle, model, cfg, predictions, raw), model
+        return log_model(bundle, model, cfg, predictions, raw), model, decided
 
 
 def test_logged_mlflow_model_loads_and_predicts(checkpoint, images, tmp_path, monkeypatch, capsys):
@@ -159,7 +181,7 @@ def test_logged_mlflow_model_loads_and_predicts(checkpoint, images, tmp_path, mo
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
-    model_uri, model = log_test_model(tmp_path, checkpoint, images, register_as="cells-test")
+    model_uri, model, decided = log_test_model(tmp_path, checkpoint, images, register_as="cells-test")
     import pandas as pd
 
     x = prepare(list(images), 32, 1)
@@ -170,10 +192,11 @@ def test_logged_mlflow_model_loads_and_predicts(checkpoint, images, tmp_path, mo
     got = pyfunc.predict(files)
     assert list(got.columns) == [*CLASSES, "predicted"]
     np.testing.assert_allclose(got[CLASSES].to_numpy(), expected, atol=1e-5)  # the ensemble and its views
-    assert list(got["predicted"]) == [CLASSES[int(p[1] >= 0.4)] for p in expected]  # and its threshold
+    assert list(got["predicted"]) == decided  # and its threshold,
+    assert decided != [CLASSES[i] for i in expected.argmax(1)]  # which overrules the argmax
     (column,) = pyfunc.metadata.get_input_schema().inputs
     assert column.name == "image" and column.type.name == "binary"
-    assert pyfunc.metadata.metadata["threshold"] == 0.4
+    assert pyfunc.metadata.metadata["threshold"] == model.threshold
     registered = mlflow.pyfunc.load_model("models:/cells-test/1")  # the registry switch
     np.testing.assert_allclose(registered.predict(files)[CLASSES].to_numpy(), expected, atol=1e-5)
     with pytest.raises(mlflow.exceptions.MlflowException, match=r"image 1: cannot read as an image"):
@@ -181,5 +204,5 @@ def test_logged_mlflow_model_loads_and_predicts(checkpoint, images, tmp_path, mo
 
     assert main([str(images[0]), "--model", model_uri]) == 0  # the predict command takes the URI too
     (row,) = _lines(capsys.readouterr().out)
-    assert row[1] == got["predicted"][0]
+    assert row[1] == decided[0]  # the model's threshold, through the URI
     assert float(row[2]) == pytest.approx(float(expected[0][CLASSES.index(row[1])]), abs=1e-4)

@@ -1,6 +1,6 @@
-"""Every schema field is required: defaults live once, in conf/ (recipe/schema.py's contract).
+"""Every schema field is required: defaults live once, in conf/ (the contract of every package's schema.py).
 
-The walk starts from every name recipe.schema defines and goes through field annotations,
+The walk starts from every name the schema modules define and goes through field annotations,
 unions (``X | None``, discriminated ones), ``Annotated``, lists, tuples and dicts, so a model
 reachable only as a nested field is checked too.
 """
@@ -11,7 +11,13 @@ from typing import Annotated, Any, Literal, Union, get_args
 import pytest
 from pydantic import BaseModel, Field
 
-import recipe.schema as schema
+from recipe.core import schema as core_schema
+from recipe.data import schema as data_schema
+from recipe.decide import schema as decide_schema
+from recipe.ship import schema as ship_schema
+from recipe.train import schema as train_schema
+
+SCHEMAS = (core_schema, data_schema, train_schema, decide_schema, ship_schema)
 
 
 def models(root: Any, seen: set[type] | None = None) -> set[type]:
@@ -36,9 +42,14 @@ def defaults(model: type[BaseModel]) -> list[str]:
 
 def everything() -> set[type]:
     found: set[type] = set()
-    for value in vars(schema).values():
-        models(value, found)
-    return {m for m in found if m.__module__ == schema.__name__}
+    for module in SCHEMAS:
+        for value in vars(module).values():
+            models(value, found)
+    return {m for m in found if m.__module__ in {s.__name__ for s in SCHEMAS}}
+
+
+def named(name: str):
+    return next(getattr(s, name) for s in SCHEMAS if hasattr(s, name))
 
 
 def test_the_walk_reaches_nested_models():
@@ -46,13 +57,13 @@ def test_the_walk_reaches_nested_models():
     # reachable only through a field: a model in a list/union inside another model
     for name in ("SoftLabels", "HeadConfig", "OverfitConfig", "SimpleModelConfig", "LrFindRules", "TtaConfig",
                  "EvalMetricsConfig", "LogModelConfig", "Sgdr", "OneCycle", "SgdConfig", "AdamConfig"):
-        assert getattr(schema, name) in found, name
+        assert named(name) in found, name
 
 
 def test_no_schema_field_has_a_default():
     found = sorted(everything(), key=lambda m: m.__name__)
     bad = [d for m in found for d in defaults(m)]
-    assert not bad, "defaults belong in conf/, not in recipe/schema.py: " + "; ".join(bad)
+    assert not bad, "defaults belong in conf/, not in recipe/*/schema.py: " + "; ".join(bad)
 
 
 def test_every_schema_is_strict_and_frozen():
@@ -62,20 +73,20 @@ def test_every_schema_is_strict_and_frozen():
 
 # --- the check itself fails where it should -------------------------------------------------
 
-class _Leaf(schema.Strict):
+class _Leaf(core_schema.Strict):
     name: Literal["leaf"]
     value: int = 3  # a default, nested two levels down
 
 
-class _Other(schema.Strict):
+class _Other(core_schema.Strict):
     name: Literal["other"]
 
 
-class _Holder(schema.Strict):
+class _Holder(core_schema.Strict):
     items: list[Annotated[Union[_Leaf, _Other], Field(discriminator="name")]] | None
 
 
-class _Factory(schema.Strict):
+class _Factory(core_schema.Strict):
     tags: list[str] = Field(default_factory=list)
 
 

@@ -15,11 +15,10 @@ import optuna
 import pytest
 import yaml
 
-from recipe import search as S
-from recipe.errors import ConfigError
-from recipe.search.space import _UNSET, _in_space
-
 from conftest import REPO, copy_project, subprocess_env
+from recipe import search as S
+from recipe.core.errors import ConfigError
+from recipe.search.space import _UNSET, _in_space
 
 
 def write(path: Path, data: dict) -> Path:
@@ -297,7 +296,6 @@ def test_an_unreachable_store_costs_one_warning_not_the_search(tmp_path, monkeyp
 
     import mlflow
     from optuna.distributions import FloatDistribution
-
     from test_tracking import free_port
 
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # the unlogged record goes under the root

@@ -8,16 +8,17 @@ import pandas as pd
 import pytest
 import torch
 
-from recipe import select as S
-from recipe.config import load_section, read_params
-from recipe.errors import ConfigError
-from recipe.models import build_model
-from recipe.optim import cycle_ends
-from recipe.schema import AugmentConfig, SelectConfig, TrainConfig
-from recipe.session import save_checkpoint
-from recipe.sizes import resize_size, train_size
-from recipe.training import Common
 from conftest import REPO, noise_image
+from recipe.core.config import load_section, read_params
+from recipe.core.errors import ConfigError
+from recipe.data.sizes import resize_size, train_size
+from recipe.decide import select as S
+from recipe.decide.schema import SelectConfig
+from recipe.train.models import build_model
+from recipe.train.optim import cycle_ends
+from recipe.train.schema import AugmentConfig, TrainConfig
+from recipe.train.session import save_checkpoint
+from recipe.train.training import Common
 
 CFG = {"name": "resnet18", "weights": None, "mean": [0.5] * 3, "std": [0.25] * 3,
        "head": {"pool": "avg", "dropout": 0.0, "init": "kaiming", "init_gain": 1.0, "prior_bias": False}}
@@ -62,6 +63,21 @@ def test_threshold_search_has_the_known_answer():
     # ties: every cut that is as good; the one nearest 0.5 wins (here all cuts between 0.45 and 0.9 tie at 4/6... and 0.5)
     even = np.stack([1 - np.array([0.1, 0.9]), np.array([0.1, 0.9])], 1)
     assert S.pick_threshold(even, np.array([0, 1]), "accuracy") == 0.5
+    # three cuts tie at 5 of 7 (0.15, 0.35 and 0.75; 0.5 gets 4): the nearest 0.5 is 0.35, neither
+    # the lowest nor the highest of them
+    p1 = np.array([0.1, 0.2, 0.3, 0.4, 0.7, 0.8, 0.9])
+    tied, labels = np.stack([1 - p1, p1], 1), np.array([0, 1, 0, 1, 0, 1, 1])
+    assert [S.thresholded(tied, labels, t)["accuracy"] * 7 for t in (0.15, 0.35, 0.75, 0.5)] == \
+        pytest.approx([5, 5, 5, 4])
+    assert S.pick_threshold(tied, labels, "accuracy") == pytest.approx(0.35)
+    # one positive among six: accuracy's best cut (0.85, 4 of 6 right) calls everything negative;
+    # balanced accuracy's (0.35: recall 1 and 2/5, 0.7) is another cut
+    p1 = np.array([0.1, 0.3, 0.4, 0.6, 0.8, 0.9])
+    rare, labels = np.stack([1 - p1, p1], 1), np.array([0, 0, 1, 0, 0, 0])
+    assert S.pick_threshold(rare, labels, "accuracy") == pytest.approx(0.85)
+    assert S.pick_threshold(rare, labels, "balanced_accuracy") == pytest.approx(0.35)
+    assert S.thresholded(rare, labels, 0.35) == pytest.approx({"accuracy": 0.5, "balanced_accuracy": 0.7})
+    assert S.thresholded(rare, labels, 0.85) == pytest.approx({"accuracy": 4 / 6, "balanced_accuracy": 0.4})
     assert S.pick_threshold(np.full((3, 3), 1 / 3), np.array([0, 1, 2]), "accuracy") is None  # three classes
 
 
@@ -79,12 +95,19 @@ def test_candidates_expand_snapshots_and_skip_what_is_missing(tmp_path):
         S.candidates(singles, [["nope", "resize"]])
 
 
-def _checkpoint(path, seed):
+def _checkpoint(path, seed, classes=("a", "b")):
     torch.manual_seed(seed)
     h = CFG["head"]
     m = build_model(name="resnet18", weights=None, mean=CFG["mean"], std=CFG["std"], classes=2, pool="avg",
                     dropout=0.0, init="kaiming", init_gain=h["init_gain"]).eval()
-    return save_checkpoint(path, m, classes=["a", "b"], size=32, model_config=CFG, stage=path.stem, epoch=1, channels=1)
+    return save_checkpoint(path, m, classes=list(classes), size=32, model_config=CFG, stage=path.stem, epoch=1,
+                           channels=1)
+
+
+def _common() -> Common:
+    params = read_params(REPO / "params.yaml")
+    train = load_section("train", TrainConfig, params).model_copy(update={"image_size": 32, "workers": 1, "batch_size": 4})
+    return Common(seed=0, train=train, model=None, optim=None, augment=load_section("augment", AugmentConfig, params))
 
 
 def test_score_reads_the_valid_split_only_and_identical_members_equal_one(tmp_path):
@@ -106,9 +129,7 @@ def test_score_reads_the_valid_split_only_and_identical_members_equal_one(tmp_pa
     _checkpoint(dirs["resize"] / "model.pt", 2)
     singles, aliases = S.checkpoints(dirs)
     assert list(singles) == ["finetune", "finetune@0", "resize"] and aliases == {"finetune@2": "finetune"}
-    params = read_params(REPO / "params.yaml")
-    train = load_section("train", TrainConfig, params).model_copy(update={"size": 32, "workers": 1, "batch_size": 4})
-    common = Common(seed=0, train=train, model=None, optim=None, augment=load_section("augment", AugmentConfig, params))
+    common = _common()
     cfg = config(view_sets=["none", "flips"], ensembles=[["finetune", "finetune"], ["finetune@snapshots"]])
     cands = S.candidates(singles, cfg.ensembles, aliases)
     assert [c.name for c in cands] == ["finetune", "finetune@0", "resize", "finetune@snapshots"]
@@ -126,6 +147,26 @@ def test_score_reads_the_valid_split_only_and_identical_members_equal_one(tmp_pa
     mean = (S.combine(scores, cands[0], 32, sets[0]) + S.combine(scores, cands[1], 32, sets[0])) / 2
     np.testing.assert_allclose(p, mean, atol=1e-12)
 
+
+def test_score_refuses_a_member_trained_on_other_classes(tmp_path):
+    """Members whose class lists differ from the split's (here the same names in another order,
+    so column 0 would mean another class) are refused before anything is scored."""
+    from recipe.core.errors import DataError
+
+    raw = tmp_path / "raw"
+    rows = []
+    for i in range(4):
+        label = "ab"[i % 2]
+        noise_image(raw / "files" / f"{label}{i}.png", i, size=40)
+        rows.append({"path": f"{label}{i}.png", "label": label, "split": "valid", "group": i})
+    pd.DataFrame(rows).to_csv(tmp_path / "split.csv", index=False)
+    singles = {"finetune": _checkpoint(tmp_path / "finetune" / "model.pt", 0),
+               "resize": _checkpoint(tmp_path / "resize" / "model.pt", 2, classes=("b", "a"))}
+    cfg = config(view_sets=["none"], ensembles=[["finetune", "resize"]])
+    cands = S.candidates(singles, cfg.ensembles)
+    assert [c.name for c in cands] == ["finetune", "resize", "finetune+resize"]
+    with pytest.raises(DataError, match=r"resize/model\.pt: trained on classes \['b', 'a'\], the split has \['a', 'b'\]"):
+        S.score(_common(), cfg, singles=singles, cands=cands, split=tmp_path / "split.csv", raw=raw)
 
 def test_size_rule_from_the_data():
     # ELPV's 300 px cells: 128 then 224, as measured; 8 px digits: 128 and no resize (a 28x upscale)
@@ -148,18 +189,18 @@ def test_sgdr_cycle_ends_are_the_snapshot_epochs():
 
 
 def test_train_size_auto_becomes_a_number_from_split_csv(tmp_path, capsys):
-    from recipe.config import StageParams
+    from recipe.core.config import StageParams
     from stages._training import common_config
 
     params = read_params(REPO / "params.yaml")
-    assert params["train"]["size"] == "auto"  # conf/'s default
+    assert params["train"]["image_size"] == "auto"  # conf/'s default
     rows = [{"path": f"{i}.png", "label": "ab"[i % 2], "split": "train", "group": i, "width": 300, "height": 240 + i}
             for i in range(5)]
     pd.DataFrame(rows).to_csv(tmp_path / "split.csv", index=False)
     p = StageParams("train_head", ["seed", "train", "augment"], params)
     common = common_config(p, tmp_path / "split.csv")
-    assert common.train.size == 128 and "train.size auto: 128 px" in capsys.readouterr().out
-    assert common_config(p).train.size == "auto"  # stages that train at a checkpoint's size leave it
+    assert common.train.image_size == 128 and "train.image_size auto: 128 px" in capsys.readouterr().out
+    assert common_config(p).train.image_size == "auto"  # stages that train at a checkpoint's size leave it
     pd.DataFrame(rows).drop(columns=["width", "height"]).to_csv(tmp_path / "old.csv", index=False)
     with pytest.raises(Exception, match="no width/height columns"):
         common_config(p, tmp_path / "old.csv")

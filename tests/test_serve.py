@@ -16,11 +16,11 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-
-from conftest import subprocess_env
-from recipe.predict import prepare
 from test_predict import CLASSES, log_test_model, make_checkpoint, make_images
 from test_tracking import free_port
+
+from conftest import subprocess_env
+from recipe.ship.predict import prepare
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +50,7 @@ def served(tmp_path_factory, images):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mlflow.set_tracking_uri(uri)
-        model_uri, model = log_test_model(tmp_path, make_checkpoint(tmp_path), images)
+        model_uri, model, decided = log_test_model(tmp_path, make_checkpoint(tmp_path), images)
     port = free_port()
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager",
@@ -69,28 +69,29 @@ def served(tmp_path_factory, images):
             if proc.poll() is not None or time.time() > deadline:
                 raise AssertionError(f"mlflow models serve did not start:\n{(tmp_path / 'serve.log').read_text()[-3000:]}")
             time.sleep(0.5)
-        yield f"{base}/invocations", model
+        yield f"{base}/invocations", model, decided
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
 
 
 def test_a_png_over_http_gets_the_models_probabilities(served, images):
-    url, model = served
+    url, model, decided = served
     status, body = request(url, [p.read_bytes() for p in images])  # a grayscale PNG and an RGB JPEG
     assert status == 200, body
     rows = body["predictions"]
     with torch.no_grad():
         expected = model(torch.from_numpy(prepare(list(images), model.size, model.channels))).numpy()
     np.testing.assert_allclose([[r[c] for c in CLASSES] for r in rows], expected, atol=1e-5)
-    assert [r["predicted"] for r in rows] == [CLASSES[int(p[1] >= 0.4)] for p in expected]  # threshold 0.4
+    assert [r["predicted"] for r in rows] == decided  # the model's threshold,
+    assert decided != [CLASSES[i] for i in expected.argmax(1)]  # which overrules the argmax
 
 
 @pytest.mark.parametrize("bad, why", [(b"\x89PNG\r\n\x1a\nnot really", "cannot read as an image"),
                                       (b"just some text, not an image", "not one of PNG"),
                                       (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n", "not one of PNG")])
 def test_a_corrupt_or_unsupported_file_gets_a_clear_400(served, images, bad, why):
-    url, _ = served
+    url, _, _ = served
     status, body = request(url, [images[0].read_bytes(), bad])
     assert status == 400, body
     assert body["error_code"] == "INVALID_PARAMETER_VALUE"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,10 +14,11 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
+from test_tracking import free_port
 
 from conftest import store_runs, subprocess_env
-from test_tracking import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -62,14 +64,23 @@ def server(tmp_path):
         s.stop()
 
 
+@pytest.fixture
+def proj(tiny_project, tmp_path) -> Path:
+    """This test's own copy of the session's tiny project (outputs, DVC cache, git and the local
+    MLflow store included): `dvc exp run` changes the workspace it runs in, and the session's
+    project is shared read-only."""
+    dest = tmp_path / "proj"
+    shutil.copytree(tiny_project, dest, symlinks=True)
+    return dest
+
+
 def exp_run(proj: Path, name: str, *overrides: str, uri: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "dvc", "exp", "run", "-n", name, *(a for o in overrides for a in ("-S", o))]
     return subprocess.Popen(cmd, cwd=proj, env=subprocess_env(MLFLOW_TRACKING_URI=uri),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_the_pipeline_logs_to_a_server_with_only_the_env_variable(tiny_project, server):
-    proj = tiny_project
+def test_the_pipeline_logs_to_a_server_with_only_the_env_variable(proj, server):
     local_before = len(store_runs(proj))
     proc = exp_run(proj, "on-server", "finetune.epochs=2", uri=server.uri)
     out, _ = proc.communicate(timeout=1200)
@@ -90,8 +101,7 @@ def test_the_pipeline_logs_to_a_server_with_only_the_env_variable(tiny_project, 
     assert len(store_runs(proj)) == local_before  # nothing went to the local store
 
 
-def test_a_server_that_goes_away_mid_run_loses_no_output(tiny_project, server):
-    proj = tiny_project
+def test_a_server_that_goes_away_mid_run_loses_no_output(proj, server):
     metrics = proj / "outputs/finetune/metrics.json"
     resume = proj / "outputs/finetune/resume"
     before = metrics.stat().st_mtime
@@ -104,8 +114,11 @@ def test_a_server_that_goes_away_mid_run_loses_no_output(tiny_project, server):
         urllib.request.urlopen(f"{server.uri}/health", timeout=2)
     out, _ = proc.communicate(timeout=1200)
     assert proc.returncode == 0, out
-    assert metrics.stat().st_mtime > before and json.loads(metrics.read_text())["epochs"] >= 1
-    assert json.loads((proj / "outputs/evaluate/metrics.json").read_text())["test"]["images"] > 0
+    history = pd.read_csv(proj / "outputs/finetune/history.csv")
+    assert metrics.stat().st_mtime > before and json.loads(metrics.read_text())["epochs"] == len(history) >= 1
+    split = pd.read_csv(proj / "outputs/split/split.csv")
+    assert json.loads((proj / "outputs/evaluate/metrics.json").read_text())["test"]["images"] == \
+        int((split["split"] == "test").sum())  # every test image of the split the run ended with
     assert f"warning: MLflow ({server.uri}): could not" in out and "goes on without logging" in out
     assert "MLflow call(s) not logged" in out
     spools = list((proj / "outputs/unlogged").glob("*.jsonl"))

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from recipe.core.errors import DataError
 from recipe.data.loader import Batches
-from recipe.errors import DataError
-from recipe.models import build_model
-from recipe.session import features, fingerprint, load_checkpoint, refresh_bn, save_checkpoint
+from recipe.train.models import build_model
+from recipe.train.session import features, fingerprint, load_checkpoint, refresh_bn, save_checkpoint
 
 CPU = torch.device("cpu")
 CFG = {"name": "resnet18", "weights": None, "mean": [0.5] * 3, "std": [0.25] * 3,
@@ -93,7 +93,7 @@ def test_splits_share_one_channel_count(tmp_path):
     import pandas as pd
     from PIL import Image
 
-    from recipe.session import load_data
+    from recipe.train.session import load_data
 
     files = tmp_path / "raw" / "files"
     files.mkdir(parents=True)
@@ -123,7 +123,7 @@ def _soft_split(tmp_path, columns: dict[str, list[float]]):
 
 
 def test_soft_targets_feed_training_batches_and_labels_feed_the_rest(tmp_path):
-    from recipe.session import batches, load_data
+    from recipe.train.session import batches, load_data
 
     split_csv, raw = _soft_split(tmp_path, {"target_good": [0.25, 2 / 3, 0.0, 1.0]})
     data = load_data(split_csv, raw, size=8, workers=1)
@@ -140,7 +140,7 @@ def test_soft_targets_feed_training_batches_and_labels_feed_the_rest(tmp_path):
 
 
 def test_soft_target_columns_that_name_no_class_are_refused(tmp_path):
-    from recipe.session import load_data
+    from recipe.train.session import load_data
 
     split_csv, raw = _soft_split(tmp_path, {"target_ugly": [0.5] * 4})
     with pytest.raises(DataError, match=r"split columns \['target_ugly'\] name no class"):

@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recipe.errors import DataError
-from recipe.split import leaking_groups, split
+from recipe.core.errors import DataError
+from recipe.data.split import leaking_groups, split
 
 FRACTIONS = {"train": 0.6, "valid": 0.15, "test": 0.25}
 
@@ -84,7 +84,8 @@ def test_small_class_still_reaches_every_split():
 
 
 def test_class_too_small_to_stratify_is_a_clear_error():
-    with pytest.raises(DataError, match=r"class 'b' has 2 usable image\(s\) in 2 duplicate group\(s\); a stratified train/valid/test split needs at least 3"):
+    with pytest.raises(DataError, match=r"class 'b' has 2 usable image\(s\) in 2 duplicate group\(s\); "
+                                        r"a stratified train/valid/test split needs at least 3"):
         split(manifest=manifest({"a": 50, "b": 2}), fractions=FRACTIONS, stratify=True, seed=0)
 
 

@@ -8,9 +8,8 @@ import sys
 import pandas as pd
 import yaml
 
-from recipe.data.sources import ingest
-
 from conftest import REPO, image_folder, subprocess_env
+from recipe.data.sources import ingest
 
 
 def run_stage(cwd, *args):

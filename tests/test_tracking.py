@@ -8,10 +8,10 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import REPO, subprocess_env
 
-from recipe import tracking
-from recipe.paths import outside_exp_copy, project_root
+from conftest import REPO, subprocess_env
+from recipe.core.paths import outside_exp_copy, project_root
+from recipe.track import tracking
 
 
 def test_experiment_copies_log_to_the_real_root():
@@ -185,7 +185,7 @@ def test_mask_uri_hides_passwords_and_secret_query_values(uri, masked):
 
 
 STAGE = """
-from recipe import tracking
+from recipe.track import tracking
 with tracking.stage_run("finetune", {"seed": 1}, experiment="t") as run:
     tracking.log_metrics({"valid_loss": 0.5}, step=1)
     tracking.set_tag("source", "http://user:s3cret@127.0.0.1:9/?token=s3cret")

@@ -1,4 +1,5 @@
-"""The training stages (recipe.finetune, recipe.training) on a few tiny images: what a training stage trains on and writes into its checkpoint."""
+"""The training stages (recipe.train.finetune, recipe.train.training) on a few tiny images: what a
+training stage trains on and writes into its checkpoint."""
 from __future__ import annotations
 
 import copy
@@ -8,15 +9,14 @@ import pytest
 import torch
 
 from conftest import noise_image
-from recipe.config import load_section
+from recipe.core.config import StageParams, load_section
+from recipe.core.errors import DataError
 from recipe.data.loader import ImageSet
-from recipe.errors import DataError
-from recipe.schema import FinetuneConfig, LrFindConfig
-from recipe.session import Data, load_checkpoint, new_model, save_checkpoint
-from recipe import finetune
-from recipe.config import StageParams
-from recipe.evaluate import format_table
-from recipe.training import fit_set, watch
+from recipe.decide.evaluate import format_table
+from recipe.train import finetune
+from recipe.train.schema import FinetuneConfig, LrFindConfig
+from recipe.train.session import Data, load_checkpoint, new_model, save_checkpoint
+from recipe.train.training import fit_set, watch
 from stages._training import common_config as _common_config
 
 
@@ -111,7 +111,7 @@ def test_fit_set_turns_off_early_stopping_only_for_train_valid(params):
     p = copy.deepcopy(params)
     p["train"] = {**p["train"], "patience": 2, "keep": "best"}
     common = common_config(p)
-    one = lambda n: ImageSet(torch.zeros(n, 1, 4, 4, dtype=torch.uint8), torch.zeros(n, dtype=torch.int64),  # noqa: E731
+    one = lambda n: ImageSet(torch.zeros(n, 1, 4, 4, dtype=torch.uint8), torch.zeros(n, dtype=torch.int64),
                              [str(i) for i in range(n)], ["a", "b"])
     data = Data(one(5), one(3), ["a", "b"])
     images, stopping = fit_set(data, "train", common, "finetune")

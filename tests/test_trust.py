@@ -10,18 +10,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import EpsImagePlugin, Image
 
-from recipe.audit import audit
-from recipe.config import load_section
+from conftest import REPO, noise_image
+from recipe.core.config import load_section
+from recipe.core.errors import ConfigError, DataError
+from recipe.data.audit import audit
 from recipe.data.images import FORMATS, ImageRefused, inspect_image
 from recipe.data.loader import decode_all
+from recipe.data.schema import CvConfig
 from recipe.data.sources import ingest, stratified_subset
-from recipe.errors import ConfigError, DataError
-from recipe.schema import CvConfig, SelectConfig, TrainConfig
-
-from conftest import REPO, noise_image
+from recipe.decide.schema import SelectConfig
+from recipe.train.schema import TrainConfig
 
 AUDIT = dict(drop_exact_duplicates=True, conflicting_labels="drop", near_dup_bits=0, max_pixels=89_478_485,
              min_side=8, too_small="flag", size_outlier_factor=8.0, size_outliers="flag", min_per_class=1,
@@ -107,7 +107,7 @@ def test_an_eps_file_named_png_is_not_an_image_and_no_other_decoder_reads_it(tmp
     fake.write_bytes(EPS)
     info = inspect_image(fake, max_pixels=10**6, stats_max_side=64)
     assert info.issue == "not_image" and info.detail == f"not_image: not one of {', '.join(FORMATS)}"
-    from recipe.predict import decode
+    from recipe.ship.predict import decode
 
     for source in (fake, EPS):  # a file for predict, bytes for the served model
         with pytest.raises(ImageRefused, match="not one of PNG, JPEG"):
@@ -193,7 +193,7 @@ def test_values_that_used_to_slip_through_are_one_line_errors(params, section, s
 
 
 def test_cv_folds_100_stops_the_composition_before_dvc_sees_300_stages(tmp_path):
-    from recipe.compose import compose
+    from recipe.core.compose import compose
 
     with pytest.raises(Exception) as err:
         compose(REPO, ["cv.folds=100"], tmp_path / "params.yaml")
@@ -205,10 +205,10 @@ def test_cv_folds_100_stops_the_composition_before_dvc_sees_300_stages(tmp_path)
 def served_model(tmp_path):
     """evaluate's pyfunc model, loaded as MLflow loads it: the bundle and the model_config."""
     from mlflow.pyfunc import PythonModelContext
-
-    from recipe.ensemble import save_bundle
-    from recipe.pyfunc_model import RecipeModel
     from test_predict import make_checkpoint
+
+    from recipe.decide.ensemble import save_bundle
+    from recipe.ship.pyfunc_model import RecipeModel
 
     ckpt = make_checkpoint(tmp_path)
     spec = {"name": "none", "scales": [1.0], "crop": 0.875, "n": 1, "beta": None, "augment": None}

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from conftest import REPO, subprocess_env
-from recipe import tracking
+from recipe.track import tracking
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -47,7 +47,7 @@ DAG = [{"name": "finetune", "params": ["seed", "train", "model", "finetune"]},  
 
 def test_make_ui_serves_the_project_store_on_localhost_only():
     out = subprocess.run(["make", "-n", "ui", "PORT=5123"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    (line,) = [l for l in out.splitlines() if l.startswith("mlflow ")]
+    (line,) = [cmd for cmd in out.splitlines() if cmd.startswith("mlflow ")]
     assert "--host 127.0.0.1" in line and "--port 5123" in line
     assert f"--backend-store-uri sqlite:///{REPO}/mlflow.db" in line
 

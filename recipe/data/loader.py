@@ -25,9 +25,9 @@ import torch
 from PIL import Image
 
 from recipe.data.images import fit_square, load_image
-from recipe.errors import DataError
-from recipe.paths import is_within
-from recipe.split import TARGET_PREFIX
+from recipe.core.errors import DataError
+from recipe.core.paths import is_within
+from recipe.data.split import TARGET_PREFIX
 
 
 @dataclass

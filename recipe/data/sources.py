@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recipe.errors import ConfigError, DataError
-from recipe.paths import is_within
+from recipe.core.errors import ConfigError, DataError
+from recipe.core.paths import is_within
 
 INDEX_COLUMNS = ["path", "label", "origin", "ingest_issue"]
 ELPV_FOUR_CLASS = {0.0: "functional", 1 / 3: "possibly_defective", 2 / 3: "likely_defective", 1.0: "defective"}

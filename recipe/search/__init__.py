@@ -10,7 +10,7 @@ so the report can say whether, and at which trial, the search beat them. A faile
 missing metric fails that trial with a one-line reason and the search goes on; Ctrl-C fails the
 running trial and stops cleanly. At the end: the trials table, the best trial, the trial that
 first beat the default, the ``dvc exp apply`` command, and one MLflow run ``search-<study>`` with
-the history and parameter-importance plots, logged through :mod:`recipe.tracking` (a store that
+the history and parameter-importance plots, logged through :mod:`recipe.track.tracking` (a store that
 cannot be reached costs a warning, not the search).
 
 The sampler is TPE (Bergstra et al. 2011, "Algorithms for Hyper-Parameter Optimization"), a
@@ -28,8 +28,18 @@ plots), :mod:`~recipe.search.mlflow_run` (the MLflow run), ``__main__`` (the com
 ``python -m recipe.search [--space NAME|PATH] [--trials N] [--storage URL] [--study NAME]
 [--seed N] [-S key=value ...] [-q]``
 """
-from recipe.search.config import (SEARCH_DIR, CategoricalDist, Distribution, FloatDist, IntDist, Objective, Sampler,
-                                  SearchConfig, load_search, search_file)
+from recipe.search.config import (
+                                  SEARCH_DIR,
+                                  CategoricalDist,
+                                  Distribution,
+                                  FloatDist,
+                                  IntDist,
+                                  Objective,
+                                  Sampler,
+                                  SearchConfig,
+                                  load_search,
+                                  search_file,
+)
 from recipe.search.mlflow_run import log_search
 from recipe.search.report import Result, plots, summarize, trials_table
 from recipe.search.samplers import SAMPLERS, build_sampler

@@ -12,7 +12,7 @@ import argparse
 import sys
 
 import recipe.search
-from recipe.errors import RecipeError
+from recipe.core.errors import RecipeError
 from recipe.search import Result, load_search, log_search, plots, search, search_file
 
 
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> Result:
                         help="a fixed override for every trial (repeatable)")
     parser.add_argument("-q", "--quiet", action="store_true", help="do not echo dvc's output (it is still logged)")
     args = parser.parse_args(argv)
-    from recipe.paths import project_root
+    from recipe.core.paths import project_root
 
     root = project_root()
     try:

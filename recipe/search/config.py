@@ -16,9 +16,9 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator, model_validator
 
-from recipe.config import validate
-from recipe.errors import ConfigError
-from recipe.schema import Strict
+from recipe.core.config import validate
+from recipe.core.errors import ConfigError
+from recipe.core.schema import Strict
 from recipe.search.samplers import SAMPLERS
 
 SEARCH_DIR = Path("conf/search")

@@ -3,7 +3,7 @@
 Contract: :func:`log_search` logs the best trial's params, ``best_value``, ``default_value``,
 ``trials_to_beat_default``, ``value`` per trial (step = trial number), the search's settings as
 tags, and as artifacts the trials table and the plots. Every call goes through
-:mod:`recipe.tracking` (:func:`recipe.tracking.tracked`), as a stage's do: a store that cannot
+:mod:`recipe.track.tracking` (:func:`recipe.track.tracking.tracked`), as a stage's do: a store that cannot
 be reached costs one warning on stderr and a record in ``outputs/unlogged/`` (or, where that cannot be
 written, a count of the calls dropped), never the search's
 exit status. Returns the run's id, or None when the run could not be opened.
@@ -16,10 +16,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from recipe import tracking
 from recipe.search.config import SearchConfig
 from recipe.search.report import Result
 from recipe.search.study import storage_url
+from recipe.track import tracking
 
 
 def log_search(result: Result, cfg: SearchConfig, root: Path, experiment: str, files: list[Path]) -> str | None:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recipe.config import validate
-from recipe.errors import ConfigError
+from recipe.core.config import validate
+from recipe.core.errors import ConfigError
 from recipe.search.config import CategoricalDist, Distribution, FloatDist, IntDist, SearchConfig
 
 _UNSET = object()
@@ -37,7 +37,7 @@ def compose_config(root: Path, overrides: list[str]) -> tuple[dict, dict]:
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
 
-    from recipe.compose import register_resolver
+    from recipe.core.compose import register_resolver
 
     register_resolver(root)
     try:

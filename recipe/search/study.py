@@ -22,13 +22,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from recipe.errors import ConfigError
+from recipe.core.errors import ConfigError
 from recipe.search.config import SearchConfig
 from recipe.search.report import Result, _show, summarize
 from recipe.search.samplers import build_sampler
 from recipe.search.space import _UNSET, Param, check_space, compose_config, override, suggest
 from recipe.search.trial import TrialFailed, read_objective, run_experiment
-from recipe.tracking import mask_uri
+from recipe.track.tracking import mask_uri
 
 OUT_DIR = Path("outputs/search")  # trial logs, the trials table, the plots (ignored by git, not a DVC output)
 

@@ -2,7 +2,7 @@
 
 Contract: :func:`run_experiment` runs the experiment in the project root with this interpreter
 first on PATH, writes its whole output to the trial's log (and echoes it), every line through
-:func:`recipe.tracking.mask_uri` (no password of a store reaches the log or the terminal), and raises
+:func:`recipe.track.tracking.mask_uri` (no password of a store reaches the log or the terminal), and raises
 :class:`TrialFailed` with a one-line reason (the last error line of dvc's output) when it
 fails; Ctrl-C is passed on to dvc and re-raised. :func:`read_objective` reads the objective's
 dotted key from the metrics file the run wrote, or raises :class:`TrialFailed` when the file or
@@ -22,7 +22,8 @@ import yaml
 
 from recipe.search.config import Objective
 from recipe.search.space import _number
-from recipe.tracking import mask_uri
+from recipe.track.tracking import mask_uri
+
 
 class TrialFailed(Exception):
     """The trial's run or metric is unusable; the message is the one-line reason."""

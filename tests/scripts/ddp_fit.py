@@ -5,10 +5,10 @@ import sys
 import torch
 from torch import nn
 
-from recipe import distributed
-from recipe.fit import fit
-from recipe.optim import make_optimizer, make_schedule
-from recipe.session import batches, seed_everything
+from recipe.core import distributed
+from recipe.train.fit import fit
+from recipe.train.optim import make_optimizer, make_schedule
+from recipe.train.session import batches, seed_everything
 
 
 def flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from recipe import distributed
-from recipe.errors import DataError
+from recipe.core import distributed
+from recipe.core.errors import DataError
 
 
 def main(out: str) -> None:

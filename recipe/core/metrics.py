@@ -1,0 +1,104 @@
+"""Classification metrics from probabilities and labels, and what the mistakes are.
+
+Contract: :func:`classification_metrics` turns probabilities and labels into accuracy, balanced
+accuracy, macro F1, log loss, per-class precision/recall/F1, expected calibration error, top-k
+(when there are more than k classes) and a bootstrap confidence interval for accuracy. Every
+setting comes from ``evaluate.metrics`` in conf/ (no defaults here). Plain numpy; nothing here
+reads files or talks to MLflow.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import torch
+
+
+def confusion(labels: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
+    """``m[true, predicted]`` counts."""
+    m = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(m, (labels, predicted), 1)
+    return m
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int) -> float:
+    """Guo et al. (2017): the confidence-vs-accuracy gap over equal-width confidence bins,
+    weighted by the fraction of samples in each bin."""
+    conf = probs.max(1)
+    correct = probs.argmax(1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        inside = (conf > lo) & (conf <= hi)
+        if inside.any():
+            ece += inside.mean() * abs(correct[inside].mean() - conf[inside].mean())
+    return float(ece)
+
+
+def bootstrap_accuracy(correct: np.ndarray, *, resamples: int, seed: int, level: float) -> tuple[float, float]:
+    """Percentile bootstrap interval of the accuracy (seeded: the same inputs give the same interval)."""
+    rng = np.random.default_rng(seed)
+    n = len(correct)
+    means = np.empty(resamples)
+    for start in range(0, resamples, 256):  # bounded memory: 256 resamples at a time
+        k = min(256, resamples - start)
+        means[start:start + k] = correct[rng.integers(0, n, size=(k, n))].mean(1)
+    alpha = (1 - level) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def classification_metrics(probs: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
+                           classes: list[str], *, ece_bins: int, top_k: Iterable[int], bootstrap: int,
+                           confidence: float, seed: int, predicted: np.ndarray | None = None) -> dict:
+    """``predicted``: the classes decided (a threshold's); the argmax when None. Log loss, ECE and
+    top-k read the probabilities alone."""
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.int64)
+    c = len(classes)
+    pred = probs.argmax(1) if predicted is None else np.asarray(predicted, dtype=np.int64)
+    m = confusion(labels, pred, c)
+    tp = np.diag(m).astype(float)
+    support = m.sum(1)
+    predicted = m.sum(0)
+    precision = np.divide(tp, predicted, out=np.zeros(c), where=predicted > 0)
+    recall = np.divide(tp, support, out=np.zeros(c), where=support > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(c), where=(precision + recall) > 0)
+    present = support > 0
+    eps = 1e-15  # as sklearn's log_loss: a probability of 0 for the true class costs -ln(1e-15)
+    p_true = np.clip(probs[np.arange(len(labels)), labels], eps, 1.0)
+    correct = (pred == labels).astype(float)
+    out = {
+        "images": int(len(labels)),
+        "accuracy": float(correct.mean()),
+        "balanced_accuracy": float(recall[present].mean()),
+        "macro_f1": float(f1[present].mean()),
+        "log_loss": float(-np.log(p_true).mean()),
+        "ece": expected_calibration_error(probs, labels, ece_bins),
+    }
+    for k in top_k:
+        if c > k:
+            topk = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+            out[f"top{k}_accuracy"] = float((topk == labels[:, None]).any(1).mean())
+    if bootstrap:
+        lo, hi = bootstrap_accuracy(correct, resamples=bootstrap, seed=seed, level=confidence)
+        out[f"accuracy_ci{round(100 * confidence)}"] = [lo, hi]
+    out["per_class"] = {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                               "support": int(support[i])} for i, name in enumerate(classes)}
+    out["confusion"] = m.tolist()
+    return out
+
+
+def most_confused(m: np.ndarray, classes: list[str], limit: int) -> list[dict]:
+    """Off-diagonal cells of the confusion matrix, most frequent first (fast.ai's most_confused)."""
+    pairs = [(int(m[i, j]), i, j) for i in range(len(classes)) for j in range(len(classes)) if i != j and m[i, j]]
+    pairs.sort(key=lambda t: (-t[0], t[1], t[2]))
+    return [{"actual": classes[i], "predicted": classes[j], "count": n} for n, i, j in pairs[:limit]]
+
+
+def top_losses(probs: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` largest losses, -ln p(true class), largest first; the most confident
+    mistakes come first."""
+    p_true = np.clip(np.asarray(probs)[np.arange(len(labels)), labels], 1e-15, 1.0)
+    order = np.argsort(np.log(p_true), kind="stable")
+    return order[:k]
+

@@ -1,0 +1,246 @@
+"""Cross-validation over train + valid: folds, out-of-fold predictions, label issues, their policy.
+
+Contract:
+
+- **Folds** (:func:`assign_folds`): the split's train and valid rows (never test) in ``k`` folds,
+  as recipe/data/split.py places splits: whole duplicate groups, stratified on the label (and the
+  split's extra column), largest groups first into the fold furthest below its share, in a seeded
+  order among equals.
+- **A fold's split** (:func:`fold_split`): fold ``i`` is held out (written as the ``test`` split,
+  which no training stage reads); the other folds are split again into ``train`` and ``valid``
+  in the proportion of the main split (0.6 : 0.15 by default), so a fold runs the recipe's
+  stages unchanged, on less data, with its own valid split for its early stopping, its range
+  tests and its best epoch. A fold model never sees its held-out fold, not even to choose.
+- **Out-of-fold predictions** (:func:`oof_predictions`): each fold's model (the last stage of
+  ``cv.stages``) on its held-out fold, plainly (no TTA, argmax): one row per train and valid image.
+- **Figures** (:func:`cv_figures`): accuracy and log loss per fold, their mean and spread (the
+  standard deviation over folds), and the pooled out-of-fold figures.
+- **Label issues** (:func:`label_issues`): confident learning (cleanlab) on the out-of-fold
+  probabilities: the flagged images ranked by label quality (self-confidence), worst first.
+- **The policy** (:func:`apply_policy`): the split the final fit trains on. ``report`` leaves it
+  as it is; ``drop`` removes the flagged train images, ``relabel`` gives them the suggested
+  label (and, with soft targets, that label's hard target). Valid and test rows never change.
+- **Where they meet the audit** (:func:`duplicate_conflicts`): duplicate groups whose labels
+  disagree and which hold a suspect.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from recipe.core.errors import DataError
+from recipe.data.split import TARGET_PREFIX, _groups, _strata
+from recipe.data.split import split as split_rows
+
+FOLD_COLUMNS = ("path", "label", "group", "fold")
+
+
+def assign_folds(table: pd.DataFrame, k: int, *, seed: int, stratify_column: str | None = None) -> pd.DataFrame:
+    """``path, label, group, fold`` for every train and valid row of ``table`` (a split.csv)."""
+    rows = table[table["split"].isin(["train", "valid"])].reset_index(drop=True)
+    if k < 2:
+        raise DataError(f"cv.folds = {k}: cross-validation needs at least 2 folds")
+    column = stratify_column if stratify_column and stratify_column in rows.columns else None
+    groups = _groups(rows, column)
+    per_label = groups.groupby("label").size()
+    short = per_label[per_label < k]
+    if len(short):
+        label = short.index[0]
+        raise DataError(f"cv.folds = {k}: class {label!r} has {short.iloc[0]} duplicate group(s) in train + valid; "
+                        f"every fold needs one: lower cv.folds or add images")
+    rng = np.random.default_rng(seed)
+    assigned: dict[int, int] = {}
+    strata = _strata(groups, k)
+    for key in sorted(strata, key=str):
+        members = groups.loc[strata[key]]
+        order = members.iloc[rng.permutation(len(members))].sort_values("size", ascending=False, kind="stable")
+        filled = np.zeros(k)
+        for gid, size in zip(order.index, order["size"]):
+            best = int(np.argmin(filled))  # the fold furthest below its (equal) share; ties: the lowest
+            assigned[gid] = best
+            filled[best] += size
+    out = rows[["path", "label", "group"]].copy()
+    out["fold"] = rows["group"].map(assigned).astype(int)
+    return out
+
+
+def fold_split(table: pd.DataFrame, folds: pd.DataFrame, fold: int, *, fractions: dict[str, float], seed: int,
+               stratify_column: str | None = None) -> pd.DataFrame:
+    """The split.csv fold ``fold`` trains on: its held-out fold as ``test``, the rest in ``train``
+    and ``valid`` (the main split's proportion, recipe.data.split's placement). The main test split's
+    rows are not in it."""
+    of = dict(zip(folds["path"], folds["fold"]))
+    rows = table[table["path"].isin(of)].copy()
+    held = rows["path"].map(of) == fold
+    rest = rows[~held]
+    share = fractions["valid"] / (fractions["train"] + fractions["valid"])
+    manifest = rest.assign(keep=True)
+    inner, _ = split_rows(manifest=manifest, fractions={"train": 1 - share, "valid": share, "test": 0.0},
+                          stratify=True, seed=seed + fold, stratify_column=stratify_column, keep_groups=True)
+    placed = dict(zip(inner["path"], inner["split"]))
+    rows["split"] = np.where(held, "test", rows["path"].map(placed))
+    return rows.sort_values(["split", "path"]).reset_index(drop=True)
+
+
+def fold_figures(labels: np.ndarray, probs: np.ndarray) -> dict:
+    p = np.clip(probs[np.arange(len(labels)), labels], 1e-15, 1.0)
+    return {"images": int(len(labels)), "accuracy": float((probs.argmax(1) == labels).mean()),
+            "log_loss": float(-np.log(p).mean())}
+
+
+def cv_figures(oof: pd.DataFrame, classes: list[str]) -> dict:
+    """Per fold, mean and spread (standard deviation over folds, ddof=1), and pooled."""
+    probs = oof[[f"p_{c}" for c in classes]].to_numpy(float)
+    labels = oof["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    per = {}
+    for f in sorted(oof["fold"].unique()):
+        m = (oof["fold"] == f).to_numpy()
+        per[str(int(f))] = fold_figures(labels[m], probs[m])
+    acc = np.array([v["accuracy"] for v in per.values()])
+    loss = np.array([v["log_loss"] for v in per.values()])
+
+    def spread(a: np.ndarray) -> float:
+        return float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+    return {"folds": len(per), "accuracy": float(acc.mean()), "accuracy_std": spread(acc),
+            "accuracy_min": float(acc.min()), "accuracy_max": float(acc.max()),
+            "log_loss": float(loss.mean()), "log_loss_std": spread(loss),
+            "pooled": fold_figures(labels, probs), "per_fold": per}
+
+
+def label_issues(oof: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """The images confident learning flags, worst first: path, fold, given and suggested label,
+    self-confidence (the out-of-fold probability of the given label) and the ranking score
+    (cleanlab's label quality: lower is more suspect)."""
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    probs = oof[[f"p_{c}" for c in classes]].to_numpy(float)
+    labels = oof["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    columns = ["rank", "path", "fold", "given_label", "suggested_label", "self_confidence", "ranking_score"]
+    if len(np.unique(labels)) < 2:
+        return pd.DataFrame(columns=columns)
+    ranked = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
+    scores = get_label_quality_scores(labels, probs, method="self_confidence")
+    rows = [{"rank": r + 1, "path": oof["path"].iloc[i], "fold": int(oof["fold"].iloc[i]),
+             "given_label": classes[labels[i]], "suggested_label": classes[int(probs[i].argmax())],
+             "self_confidence": float(probs[i, labels[i]]), "ranking_score": float(scores[i])}
+            for r, i in enumerate(ranked)]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def pair_counts(issues: pd.DataFrame) -> dict[str, int]:
+    """Suspects per (given -> suggested) pair."""
+    counts = issues.groupby(["given_label", "suggested_label"]).size()
+    return {f"{g} as {s}": int(n) for (g, s), n in counts.items()}
+
+
+def soft_spread(issues: pd.DataFrame, table: pd.DataFrame) -> dict | None:
+    """With soft targets (ELPV's annotated defect probability): how the suspects and all the
+    cross-validated images spread over its values, and the share of each value flagged."""
+    cols = [c for c in table.columns if c.startswith(TARGET_PREFIX)]
+    if not cols:
+        return None
+    col = cols[0]
+    cv_rows = table[table["split"].isin(["train", "valid"])]
+    value = dict(zip(cv_rows["path"], cv_rows[col].astype(float).round(4)))
+    all_counts = pd.Series(list(value.values())).value_counts().sort_index()
+    sus = pd.Series([value[p] for p in issues["path"]], dtype=float).value_counts()
+    out = {}
+    for v, n in all_counts.items():
+        k = int(sus.get(v, 0))
+        out[f"{v:g}"] = {"images": int(n), "suspects": k, "flagged_share": k / int(n)}
+    return {"column": col, "values": out}
+
+
+def apply_policy(table: pd.DataFrame, issues: pd.DataFrame, policy: str, max_suspects: int | None
+                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The split the final fit trains on, and ``issues`` with an ``action`` column saying what
+    happened to each suspect (kept, dropped, relabelled; valid ones are never changed)."""
+    issues = issues.copy()
+    out = table.copy()
+    split_of = dict(zip(table["path"], table["split"]))
+    acted = issues["path"].map(split_of).eq("train").to_numpy().copy()
+    if max_suspects is not None:
+        acted &= np.cumsum(acted) <= max_suspects
+    if policy == "report" or not acted.any():
+        issues["action"] = np.where(issues["path"].map(split_of).eq("train"), "kept (report)", "kept (valid)")
+        return out, issues
+    chosen = issues[acted]
+    where = out["path"].isin(set(chosen["path"]))
+    if policy == "drop":
+        out = out[~where].reset_index(drop=True)
+        done = "dropped"
+    else:
+        new = dict(zip(chosen["path"], chosen["suggested_label"]))
+        out.loc[where, "label"] = out.loc[where, "path"].map(new)
+        targets = [c for c in out.columns if c.startswith(TARGET_PREFIX)]
+        for col in targets:
+            positive = col[len(TARGET_PREFIX):]
+            out.loc[where, col] = (out.loc[where, "label"] == positive).astype(float)
+        done = "relabelled"
+    split = issues["path"].map(split_of)
+    issues["action"] = np.where(acted, done, np.where(split.eq("train"), "kept (over max_suspects)", "kept (valid)"))
+    return out, issues
+
+
+def duplicate_conflicts(table: pd.DataFrame, issues: pd.DataFrame) -> list[dict]:
+    """Duplicate groups (the audit's exact and near duplicates, kept together by the split) with
+    more than one label in train + valid and at least one out-of-fold suspect among them."""
+    rows = table[table["split"].isin(["train", "valid"])]
+    suspects = set(issues["path"])
+    out = []
+    for gid, g in rows.groupby("group"):
+        if len(g) < 2 or g["label"].nunique() < 2 or not suspects & set(g["path"]):
+            continue
+        out.append({"group": int(gid), "members": [{"path": p, "label": lab, "suspect": p in suspects}
+                                                   for p, lab in zip(g["path"], g["label"])]})
+    return out
+
+
+def fold_model(folds_dir, fold: int, stage: str):
+    """Where fold ``fold``'s model is: the last training stage it runs (``cv.stages``)."""
+    from pathlib import Path
+
+    return Path(folds_dir) / str(fold) / stage / "model.pt"
+
+
+def oof_predictions(common, *, table: pd.DataFrame, fold_tables: dict[int, pd.DataFrame], models: dict[int, object],
+                    raw) -> pd.DataFrame:
+    """Each fold's model on its held-out fold (the ``test`` rows of its split), plainly: one row
+    per train and valid image (path, label, fold, p_<class>, predicted; the soft target when the
+    split has one)."""
+    from pathlib import Path
+
+    import torch
+
+    from recipe.data.loader import class_names, load_split
+    from recipe.decide.ensemble import load_bundle
+    from recipe.train.fit import autocast
+
+    classes = class_names(table)
+    device = common.start()
+    parts = []
+    for fold, ftable in sorted(fold_tables.items()):
+        model, _ = load_bundle(models[fold])
+        if model.classes != classes:
+            raise DataError(f"{models[fold]}: trained on classes {model.classes}, the split has {classes}")
+        held = load_split(ftable, Path(raw) / "files", split="test", size=model.size, classes=classes,
+                          workers=common.train.workers)
+        model = common.prepare(model, device).eval()
+        model.autocast = lambda: autocast(device, common.train.amp)
+        probs = []
+        with torch.no_grad():
+            for x, _ in common.batches(held, device, train=False):
+                probs.append(model(x).cpu().numpy())
+        p = np.concatenate(probs)
+        part = pd.DataFrame({"path": held.paths, "label": [classes[i] for i in held.labels.tolist()], "fold": fold})
+        for i, c in enumerate(classes):
+            part[f"p_{c}"] = p[:, i]
+        part["predicted"] = [classes[i] for i in p.argmax(1)]
+        parts.append(part)
+    oof = pd.concat(parts, ignore_index=True)
+    targets = [c for c in table.columns if c.startswith(TARGET_PREFIX)]
+    if targets:
+        oof = oof.merge(table[["path", *targets]], on="path", how="left")
+    return oof.sort_values("path").reset_index(drop=True)

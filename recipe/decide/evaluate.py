@@ -1,0 +1,186 @@
+"""evaluate: the model select chose, on the test split, once plainly and once as chosen; the stage table.
+
+Contract: :func:`run` scores select's bundle (:mod:`recipe.decide.ensemble`: one or more members, a
+view set, a threshold) on the test split twice: plainly (its members averaged, no TTA, argmax)
+and as chosen (with its views and threshold). It computes the metrics (:mod:`recipe.core.metrics`),
+writes the predictions, the confusion matrix, the top losses and the per-class gain of the
+choices, and builds the fast.ai lesson's table: accuracy after every stage, valid (as each stage
+reported it) and test. The test split is read here and nowhere before; nothing is chosen on it.
+Nothing here talks to MLflow (``stages/evaluate.py`` logs).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recipe.core.errors import DataError
+from recipe.core.metrics import classification_metrics, most_confused, top_losses
+from recipe.data.loader import ImageSet, class_names, load_split, read_split
+from recipe.decide.ensemble import Ensemble, decide, load_bundle
+from recipe.decide.schema import EvaluateConfig
+from recipe.decide.tta import plain_views, predict
+from recipe.report import plots
+from recipe.train.fit import autocast
+from recipe.train.session import load_checkpoint
+from recipe.train.training import Common
+
+TABLE_STAGES = ("train_head", "finetune", "resize")
+
+
+def probabilities(model: Ensemble, images: ImageSet, common: Common, device) -> tuple[np.ndarray, np.ndarray]:
+    """The ensemble's probabilities (float64) over ``images`` and their labels."""
+    model.autocast = lambda: autocast(device, common.train.amp)
+    out, labels = [], []
+    with torch.no_grad():
+        for x, y in common.batches(images, device, train=False):
+            out.append(model(x).cpu().numpy())
+            labels.append(y.cpu().numpy())
+    model.autocast = None
+    return np.concatenate(out), np.concatenate(labels)
+
+
+def run(common: Common, cfg: EvaluateConfig, *, split: Path, raw: Path, bundle: Path, checkpoints: dict[str, Path],
+        stage_metrics: dict[str, Path], baseline_metrics: Path, out: Path, fold_models: list[Path] = ()
+        ) -> tuple[dict, Ensemble, dict]:
+    """Score the bundle on the test split, plainly and as chosen; write the predictions, the
+    confusion matrix, the top losses and the per-class gain into ``out``. Returns the metrics,
+    the model (CPU, eval mode) and the bundle's metadata."""
+    t0 = time.perf_counter()
+    device = common.start()
+    model, meta = load_bundle(bundle)
+    table = read_split(split)
+    classes = class_names(table)
+    if model.classes != classes:
+        raise DataError(f"{bundle}: trained on classes {model.classes}, the split has {classes}")
+    decoded: dict[int, ImageSet] = {}
+
+    def test_at(px: int):
+        if px not in decoded:
+            decoded[px] = load_split(table, Path(raw) / "files", split="test", size=px, classes=classes,
+                                     workers=common.train.workers)
+        return decoded[px]
+
+    test = test_at(model.size)
+    model = common.prepare(model, device)
+    chosen_views, threshold = model.views, model.threshold
+    p_chosen, labels = probabilities(model, test, common, device)
+    model.views = plain_views()
+    p_plain, _ = probabilities(model, test, common, device)
+    model.views = chosen_views
+    kw = dict(ece_bins=cfg.metrics.ece_bins, top_k=cfg.metrics.top_k, bootstrap=cfg.metrics.bootstrap,
+              confidence=cfg.metrics.confidence, seed=common.seed)
+    plain = classification_metrics(p_plain, labels, classes, **kw)
+    chosen = classification_metrics(p_chosen, labels, classes, predicted=decide(p_chosen, threshold), **kw)
+    gain = {c: chosen["per_class"][c]["recall"] - plain["per_class"][c]["recall"] for c in classes}
+    eval_s = time.perf_counter() - t0
+    name = meta.get("info", {}).get("candidate", "+".join(model.names))
+    label = f"{name} / {chosen_views.name}" + (f" / t={threshold:.3f}" if threshold is not None else "")
+
+    # The fast.ai lesson's table: accuracy after every stage, valid (as each stage reported it)
+    # and test (each checkpoint scored here, plainly).
+    base = json.loads(Path(baseline_metrics).read_text())
+    majority = classes.index(base["majority_class"])
+    rows: dict[str, dict] = {
+        "majority_class": {"size": None, "valid_accuracy": base["majority_accuracy"],
+                           "test_accuracy": float((labels == majority).mean())},
+        "baseline_model": {"size": None, "valid_accuracy": base["simple_accuracy"], "test_accuracy": None},
+    }
+    amp = lambda: autocast(device, common.train.amp)
+    for stage in TABLE_STAGES:
+        path = Path(stage_metrics[stage])
+        if not path.is_file():
+            continue
+        stage_m = json.loads(path.read_text())
+        row = {"size": stage_m.get("size"), "valid_accuracy": stage_m.get("valid_accuracy"), "test_accuracy": None}
+        if stage_m.get("fit_on", "train") != "train":  # the valid images were trained on: not a held-out figure
+            row.update(valid_accuracy=None, fit_on=stage_m["fit_on"])
+        if stage_m.get("passed_on"):
+            row["passed_on"] = stage_m["passed_on"]
+        if cfg.stage_table and Path(checkpoints[stage]).is_file():
+            other, other_meta = load_checkpoint(checkpoints[stage])
+            other = common.prepare(other, device)
+            p = predict(other, common.batches(test_at(other_meta["size"]), device, train=False),
+                        plain_views(), autocast=amp)
+            row["test_accuracy"] = float((p["plain"].argmax(1) == p["labels"]).double().mean())
+        rows[stage] = row
+    if cfg.stage_table and len(fold_models) >= 2:  # cv.folds: the k fold models averaged (select's cv_folds)
+        folds = [load_checkpoint(f) for f in fold_models]
+        ens = common.prepare(Ensemble([(m, meta_["size"]) for m, meta_ in folds], classes=classes,
+                                      channels=folds[0][1].get("channels", 3)), device).eval()
+        p, y = probabilities(ens, test_at(ens.size), common, device)
+        rows["cv_folds"] = {"size": ens.size, "valid_accuracy": None, "test_accuracy": float((p.argmax(1) == y).mean()),
+                            "members": len(folds)}
+    sel = meta.get("info", {})
+    rows["chosen_plain"] = {"size": model.size, "valid_accuracy": None, "test_accuracy": plain["accuracy"]}
+    rows["chosen"] = {"size": model.size, "valid_accuracy": sel.get("valid_accuracy_as_chosen"),
+                      "test_accuracy": chosen["accuracy"]}
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_predictions(out / "predictions.csv", test.paths, labels, p_plain, p_chosen, decide(p_chosen, threshold),
+                       classes)
+    plots.confusion({"plain": np.array(plain["confusion"]), f"as chosen ({label})": np.array(chosen["confusion"])},
+                    classes, out / "confusion.png")
+    worst = top_losses(p_chosen, labels, cfg.top_losses)
+    captions = [f"{classes[labels[i]]} → {classes[decide(p_chosen[i:i + 1], threshold)[0]]}\n"
+                f"p={p_chosen[i].max():.2f} loss={-np.log(max(p_chosen[i, labels[i]], 1e-15)):.2f}" for i in worst]
+    if len(worst):
+        plots.tensor_grid(test.images[torch.as_tensor(worst)].float().numpy() / 255, captions, out / "top_losses.png",
+                          "Top losses (as chosen): actual → predicted, probability of the top class, loss")
+    else:
+        plots.tensor_grid(np.zeros((0, 1, 8, 8)), [], out / "top_losses.png", "Top losses: none requested")
+    plots.tta_gain(gain, out / "tta_gain.png", f"Per-class recall gain of the choices ({label}) over plain")
+    metrics = {
+        "chosen": {"candidate": name, "members": list(model.names), "views": chosen_views.name,
+                   "n_views": len(chosen_views), "threshold": threshold, "size": model.size},
+        "test": {k: v for k, v in plain.items() if k != "confusion"},
+        "test_chosen": {k: v for k, v in chosen.items() if k != "confusion"},
+        "chosen_gain": {"accuracy": chosen["accuracy"] - plain["accuracy"],
+                        "log_loss": chosen["log_loss"] - plain["log_loss"], "per_class_recall": gain},
+        "confusion": {"classes": classes, "plain": plain["confusion"], "chosen": chosen["confusion"]},
+        "most_confused": most_confused(np.array(chosen["confusion"]), classes, cfg.metrics.most_confused),
+        "table": rows,
+        "eval_time_s": round(eval_s, 1),
+        "time_s": round(time.perf_counter() - t0, 1),
+    }
+    model = model.cpu().eval()
+    return metrics, model, meta
+
+
+def _write_predictions(path: Path, paths: list[str], labels, plain, chosen, decided, classes: list[str]) -> None:
+    """One row per test image: DVC's confusion template reads ``actual`` against ``predicted``
+    (plain) or ``predicted_chosen`` (views and threshold); the p_ columns are the chosen model's."""
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "actual", "predicted", "probability", "predicted_chosen", "probability_chosen",
+                    *[f"p_{c}" for c in classes]])
+        for i, p in enumerate(paths):
+            w.writerow([p, classes[labels[i]], classes[plain[i].argmax()], f"{plain[i].max():.6f}",
+                        classes[decided[i]], f"{chosen[i, decided[i]]:.6f}", *[f"{v:.6f}" for v in chosen[i]]])
+
+
+def format_table(rows: dict[str, dict]) -> str:
+    """The stage table as fixed-width text (printed at the end of ``dvc repro``)."""
+    def pct(v):
+        return "" if v is None else f"{100 * v:.2f}%"
+    lines = [f"{'stage':<24}{'size':>6}{'valid acc':>14}{'test acc':>12}"]
+    for name, r in rows.items():
+        valid = f"({r['fit_on']})" if r.get("fit_on") else pct(r["valid_accuracy"])
+        note = "  (passed its input on)" if r.get("passed_on") else ""
+        lines.append(f"{name:<24}{r['size'] or '':>6}{valid:>14}{pct(r['test_accuracy']):>12}{note}")
+    return "\n".join(lines)
+
+
+def dynamics_picture(stage_dirs: dict[str, Path], path: Path) -> Path:
+    """The prediction dynamics of every training stage (each one's ``dynamics.csv``, in
+    ``stage_dirs``' order) in one picture (recipe.report.plots.dynamics)."""
+    stages = []
+    for stage, d in stage_dirs.items():
+        with (Path(d) / "dynamics.csv").open(newline="") as f:
+            stages.append((stage, list(csv.DictReader(f))))
+    return plots.dynamics(stages, path, "prediction dynamics: p(true class) of the watched valid images, epoch by epoch")

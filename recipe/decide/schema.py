@@ -1,0 +1,66 @@
+"""Typed schemas for the params sections the stages read.
+
+No field has a default here: defaults live once, in ``conf/``. Models forbid unknown keys and
+are frozen, so a typo in a config is an error and a stage cannot mutate its own settings.
+
+This module imports no other module of the project (not even lazily): every stage loads it, so
+whatever it imported would become a dependency of every stage in dvc.yaml (tests/test_deps.py).
+Names that a registry owns (TTA view sets, optimizers, schedules) are checked against that
+registry by the code that builds from it, and a test keeps the two in step.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, NonNegativeInt, PositiveInt
+
+from recipe.core.schema import Fraction, Strict
+
+
+class TtaConfig(Strict):
+    scales: list[Annotated[float, Field(gt=0)]]
+    crop: Annotated[float, Field(gt=0, lt=1)]
+    n: PositiveInt
+    beta: Fraction | None
+
+
+class EvalMetricsConfig(Strict):
+    ece_bins: PositiveInt
+    top_k: list[PositiveInt]
+    bootstrap: NonNegativeInt  # resamples for the accuracy interval (0: none)
+    confidence: Annotated[float, Field(gt=0, lt=1)]  # the interval's level
+    most_confused: NonNegativeInt  # class pairs listed
+
+
+class LogModelConfig(Strict):
+    log: bool
+    register_as: str | None
+    max_pixels: PositiveInt  # the served model refuses a larger image before decoding it
+    max_rows: PositiveInt  # images in one request at most
+
+
+class SelectConfig(Strict):
+    criterion: Literal["log_loss", "accuracy"]  # on the valid split
+    tolerance: Annotated[float, Field(ge=0)]  # within this of the best counts as a tie; ties go to the cheaper
+    candidate: str  # auto | a candidate's name (pins the choice)
+    views: str  # auto | a view set's name (pins the TTA choice)
+    view_sets: list[str]  # keys of recipe.decide.tta.VIEW_SETS tried on valid (checked there)
+    tta: TtaConfig  # the settings of the view sets that use them
+    ensembles: list[list[str]]  # each a list of members: a stage's name, or <stage>@snapshots for all its snapshots
+    threshold: Literal["off", "accuracy", "balanced_accuracy"] | Annotated[float, Field(gt=0, lt=1)]
+
+
+class EvaluateConfig(Strict):
+    metrics: EvalMetricsConfig
+    stage_table: bool
+    top_losses: NonNegativeInt
+    model: LogModelConfig
+
+
+class InsideConfig(Strict):
+    """What recipe/decide/inside.py draws of the chosen model (counts of test images and channels)."""
+    activation_images: NonNegativeInt  # test images whose feature maps are drawn
+    activation_channels: PositiveInt  # feature maps per layer and image (the most active channels)
+    gradcam_top_losses: NonNegativeInt  # Grad-CAM tiles over the top losses
+    gradcam_per_class: NonNegativeInt  # Grad-CAM tiles per class over its most confident correct predictions
+

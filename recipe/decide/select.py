@@ -1,0 +1,312 @@
+"""select: the model that ships, chosen on the valid split (the test split is never read here).
+
+Contract:
+
+- **Candidates** (:func:`candidates`): each training stage's checkpoint (``train_head``,
+  ``finetune``, ``resize``), each SGDR snapshot (``finetune@2``: the weights at the end of
+  epoch 2), and the ensembles ``select.ensembles`` lists (a member is a stage, or
+  ``<stage>@snapshots`` for all of its snapshots). An ensemble averages its members'
+  probabilities, each member at its own size (:class:`recipe.decide.ensemble.Ensemble`).
+- **Scoring** (:func:`score`): every candidate with every view set of ``select.view_sets`` on
+  the valid split: log loss, accuracy, and the cost (seconds per image on this machine: each
+  member's measured time per view, times the views). Each member's probabilities are computed
+  once per input size and per distinct view, and every combination is made from them.
+- **The fold ensemble** (:func:`fold_candidate`, with ``cv.folds``): the k fold models of
+  recipe/decide/cv.py, averaged when shipped, but scored on valid out of fold (each valid image by the
+  one member that never saw it), since every other member trained on it or chose by it: a
+  conservative figure for the ensemble, on the same images as every other candidate.
+- **The choice** (:func:`choose`): the best by ``select.criterion``; candidates within
+  ``select.tolerance`` of it tie, and a tie goes to the cheaper (then the one with fewer members,
+  then the earlier in the table). ``select.candidate`` / ``select.views`` pin either part.
+- **The threshold** (:func:`pick_threshold`), two classes only: off, a number, or the one that
+  maximises valid accuracy or balanced accuracy (ties: the one nearest 0.5).
+
+Nothing here talks to MLflow (``stages/select.py`` logs).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recipe.core.errors import ConfigError, DataError
+from recipe.data.loader import ImageSet, class_names, load_split, read_split
+from recipe.decide.ensemble import blend, fit_size, view_probs
+from recipe.decide.schema import SelectConfig
+from recipe.decide.tta import Views, tta_views
+from recipe.train.fit import autocast
+from recipe.train.session import load_checkpoint, load_state
+from recipe.train.training import Common
+
+STAGES = ("train_head", "finetune", "resize")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    members: tuple[str, ...]  # names of single checkpoints
+    # The fold ensemble: (valid image path, member) pairs, the member that never saw that image.
+    # Each of its members trained on (or chose its epoch on) the valid images of the other folds,
+    # so it is scored out of fold: each valid image by the one member that held it out.
+    held_out: tuple[tuple[str, str], ...] | None = None
+
+
+FOLD_CANDIDATE = "cv_folds"
+
+
+def fold_candidate(members: dict[str, Path], folds_csv: Path) -> Candidate | None:
+    """The k fold models (``cv@<fold>``: their checkpoints) as one candidate, scored out of fold
+    (:class:`Candidate`); None without folds."""
+    import pandas as pd
+
+    if len(members) < 2:
+        return None
+    folds = pd.read_csv(folds_csv, keep_default_na=False)
+    held = tuple((p, f"cv@{int(f)}") for p, f in zip(folds["path"], folds["fold"]))
+    return Candidate(FOLD_CANDIDATE, tuple(members), held)
+
+
+@dataclass
+class Scores:
+    """Per (member, input size): each distinct view's valid probabilities, and seconds per image per view."""
+    probs: dict[tuple[str, int], dict[str, np.ndarray]] = field(default_factory=dict)
+    seconds: dict[tuple[str, int], float] = field(default_factory=dict)
+    labels: np.ndarray | None = None
+    paths: list[str] | None = None  # the valid images, in the order of the probabilities
+
+
+def checkpoints(stage_dirs: dict[str, Path]) -> tuple[dict[str, Path], dict[str, str]]:
+    """Every single checkpoint there is: ``<stage>`` (model.pt) and ``<stage>@<epoch>`` (snapshots).
+    A snapshot whose weights are the stage's own model.pt (its best epoch was a cycle's end) is
+    left out: it would be the same candidate twice; the second dict maps it to the stage's name
+    (``<stage>@snapshots`` takes the stage's model in its place)."""
+    found: dict[str, Path] = {}
+    aliases: dict[str, str] = {}
+    for stage in STAGES:
+        folder = Path(stage_dirs[stage])
+        own = None
+        if (folder / "model.pt").is_file():
+            found[stage] = folder / "model.pt"
+            own = load_state(folder / "model.pt")["model"]
+        snaps = sorted((folder / "snapshots").glob("epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+        for p in snaps:
+            weights = load_state(p)["model"]
+            name = f"{stage}@{p.stem.split('_')[1]}"
+            if own is not None and weights.keys() == own.keys() and all(torch.equal(weights[k], own[k]) for k in own):
+                aliases[name] = stage
+                continue
+            found[name] = p
+    return found, aliases
+
+
+def candidates(singles: dict[str, Path], ensembles: list[list[str]],
+               aliases: dict[str, str] | None = None) -> list[Candidate]:
+    """The singles, then each configured ensemble that has at least two distinct members (an
+    ensemble whose snapshots do not exist, or that repeats another's members, is left out)."""
+    out = [Candidate(name, (name,)) for name in singles]
+    seen = {c.members for c in out}
+    for spec in ensembles:
+        members: list[str] = []
+        for item in spec:
+            if item.endswith("@snapshots"):
+                stage = item.split("@")[0]
+                if stage not in STAGES:
+                    raise ConfigError(f"select.ensembles: {item!r}: {stage!r} is not one of {', '.join(STAGES)}")
+                snaps = sorted([n for n in singles if n.startswith(f"{stage}@")]
+                               + [n for n in (aliases or {}) if n.startswith(f"{stage}@")],
+                               key=lambda n: int(n.split("@")[1]))
+                members += [(aliases or {}).get(n, n) for n in snaps]
+            elif item in STAGES or "@" in item:
+                item = (aliases or {}).get(item, item)
+                if item in singles:
+                    members.append(item)
+            else:
+                raise ConfigError(f"select.ensembles: {item!r} is not a stage ({', '.join(STAGES)}), "
+                                  "<stage>@snapshots or <stage>@<epoch>")
+        members = list(dict.fromkeys(members))
+        if len(members) >= 2 and tuple(members) not in seen:
+            seen.add(tuple(members))
+            out.append(Candidate("+".join(spec), tuple(members)))
+    return out
+
+
+def view_sets(cfg: SelectConfig, common: Common) -> list[Views]:
+    names = list(dict.fromkeys(cfg.view_sets + ([cfg.views] if cfg.views != "auto" else [])))
+    return [tta_views(n, scales=cfg.tta.scales, crop=cfg.tta.crop, n=cfg.tta.n, beta=cfg.tta.beta,
+                      augment=common.augmenter() if n == "augment" else None, seed=common.seed) for n in names]
+
+
+def view_spec(cfg: SelectConfig, common: Common, name: str) -> dict:
+    """What a bundle records to rebuild the view set ``name`` (recipe.decide.ensemble.views_from)."""
+    return {"name": name, "scales": list(cfg.tta.scales), "crop": cfg.tta.crop, "n": cfg.tta.n, "beta": cfg.tta.beta,
+            "augment": common.augment.model_dump() if name == "augment" else None}
+
+
+def _union(sets: list[Views]) -> Views:
+    """Every distinct extra view of the sets, once (labels are unique per view)."""
+    extra: dict[str, object] = {}
+    for v in sets:
+        for label, fn in v.extra:
+            extra.setdefault(label, fn)
+    return Views("union", tuple(extra.items()), None)
+
+
+def score(common: Common, cfg: SelectConfig, *, singles: dict[str, Path], cands: list[Candidate], split: Path,
+          raw: Path) -> tuple[list[dict], Scores, list[Views], list[str]]:
+    """Every candidate with every view set on the valid split: the table's rows, and the
+    probabilities they were made from."""
+    device = common.start()
+    table = read_split(split)
+    classes = class_names(table)
+    sets = view_sets(cfg, common)
+    union = _union(sets)
+    metas = {}
+    for name, path in singles.items():
+        meta = {k: v for k, v in load_state(path).items() if k != "model"}
+        if list(meta["classes"]) != classes:
+            raise DataError(f"{path}: trained on classes {meta['classes']}, the split has {classes}")
+        metas[name] = meta
+    decoded: dict[int, ImageSet] = {}
+    scores = Scores()
+    amp = lambda: autocast(device, common.train.amp)
+    need = {(m, max(metas[x]["size"] for x in c.members)) for c in cands for m in c.members}
+    for name in singles:
+        model = None
+        for key in sorted(k for k in need if k[0] == name):
+            size = key[1]
+            if size not in decoded:  # the valid split only: select never reads test
+                decoded[size] = load_split(table, Path(raw) / "files", split="valid", size=size, classes=classes,
+                                           workers=common.train.workers)
+            if model is None:
+                model = common.prepare(load_checkpoint(singles[name])[0], device).eval()
+            per = {label: [] for label in ["plain", *[lbl for lbl, _ in union.extra]]}
+            labels = []
+            with torch.no_grad():  # a warm-up batch first: the first call's set-up is no cost per image
+                x, _ = next(iter(common.batches(decoded[size], device, train=False)))
+                model(fit_size(x, metas[name]["size"]))
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                for x, y in common.batches(decoded[size], device, train=False):
+                    ps = view_probs(model, fit_size(x, metas[name]["size"]), union, amp)
+                    for label, p in zip(per, ps):
+                        per[label].append(p.cpu().numpy())
+                    labels.append(y.cpu().numpy())
+            n = len(decoded[size])
+            scores.seconds[key] = (time.perf_counter() - t0) / (n * len(per))
+            scores.probs[key] = {k: np.concatenate(v) for k, v in per.items()}
+            scores.labels = np.concatenate(labels)
+            scores.paths = list(decoded[size].paths)
+        del model
+    # Members of one architecture at one size cost the same per image: take the fastest of their
+    # timings (the others carry the machine's noise, and the first the warm-up of its shapes).
+    groups: dict[tuple, list] = {}
+    for name, size in scores.seconds:
+        groups.setdefault((metas[name]["model_config"]["name"], metas[name]["size"], size), []).append((name, size))
+    for keys in groups.values():
+        fastest = min(scores.seconds[k] for k in keys)
+        for k in keys:
+            scores.seconds[k] = fastest
+    rows = []
+    for c in cands:
+        size = max(metas[m]["size"] for m in c.members)
+        for v in sets:
+            p = combine(scores, c, size, v)
+            rows.append({"candidate": c.name, "views": v.name, "members": list(c.members), "size": size,
+                         "n_views": len(v), **valid_figures(p, scores.labels),
+                         "seconds_per_image": sum(scores.seconds[(m, size)] for m in c.members) * len(v)})
+    return rows, scores, sets, classes
+
+
+def combine(scores: Scores, cand: Candidate, size: int, views: Views) -> np.ndarray:
+    """The candidate's valid probabilities under ``views``: each member's blend of its views, averaged."""
+    labels = ["plain", *[lbl for lbl, _ in views.extra]]
+    per_member = [blend([scores.probs[(m, size)][lbl] for lbl in labels], views) for m in cand.members]
+    if cand.held_out is not None:  # out of fold: each valid image from the member that held it out
+        of = dict(cand.held_out)
+        index = {m: i for i, m in enumerate(cand.members)}
+        pick = np.array([index[of[p]] for p in scores.paths])
+        return np.stack(per_member)[pick, np.arange(len(pick))]
+    return sum(per_member) / len(per_member)
+
+
+def valid_figures(probs: np.ndarray, labels: np.ndarray) -> dict:
+    p = np.clip(probs[np.arange(len(labels)), labels], 1e-15, 1.0)
+    return {"valid_log_loss": float(-np.log(p).mean()), "valid_accuracy": float((probs.argmax(1) == labels).mean())}
+
+
+def decide_all(rows: list[dict], scores: Scores, cands: list[Candidate], sets: list[Views],
+               singles: dict[str, Path], classes: list[str], cfg: SelectConfig) -> dict:
+    """Everything select decides from the scored rows: each row's cost against the reference
+    (the last stage's model alone, fewest views: what the recipe shipped before select), the
+    chosen row, its candidate and views, the threshold, and the summary select writes."""
+    ref_name = [k for k in singles if "@" not in k][-1]
+    ref = min((r for r in rows if r["candidate"] == ref_name), key=lambda r: r["n_views"])
+    for r in rows:
+        r["cost_ratio"] = r["seconds_per_image"] / ref["seconds_per_image"]
+    chosen = choose(rows, cfg)
+    cand = next(c for c in cands if c.name == chosen["candidate"])
+    views = next(v for v in sets if v.name == chosen["views"])
+    probs = combine(scores, cand, chosen["size"], views)
+    threshold = pick_threshold(probs, scores.labels, cfg.threshold)
+    at = thresholded(probs, scores.labels, threshold)
+    summary = {**chosen, "threshold": threshold,
+               "threshold_rule": cfg.threshold if len(classes) == 2 else "off (more than two classes)",
+               "valid_accuracy_as_chosen": at["accuracy"], "valid_balanced_accuracy_as_chosen": at["balanced_accuracy"],
+               "reference": {"candidate": ref["candidate"], "views": ref["views"],
+                             "seconds_per_image": ref["seconds_per_image"]}}
+    return {"row": chosen, "candidate": cand, "views": views, "threshold": threshold, "summary": summary}
+
+
+def choose(rows: list[dict], cfg: SelectConfig) -> dict:
+    """The row select ships (see the module's contract)."""
+    pool = rows
+    if cfg.candidate != "auto":
+        pool = [r for r in pool if r["candidate"] == cfg.candidate]
+        if not pool:
+            names = ", ".join(dict.fromkeys(r["candidate"] for r in rows))
+            raise ConfigError(f"select.candidate = {cfg.candidate!r}: not a candidate of this run (one of {names})")
+    if cfg.views != "auto":
+        pool = [r for r in pool if r["views"] == cfg.views]
+    if cfg.criterion == "log_loss":
+        best = min(r["valid_log_loss"] for r in pool)
+        tied = [r for r in pool if r["valid_log_loss"] <= best + cfg.tolerance]
+    else:
+        best = max(r["valid_accuracy"] for r in pool)
+        tied = [r for r in pool if r["valid_accuracy"] >= best - cfg.tolerance]
+    return min(tied, key=lambda r: (r["seconds_per_image"], len(r["members"]), rows.index(r)))
+
+
+def pick_threshold(probs: np.ndarray, labels: np.ndarray, rule: str | float) -> float | None:
+    """The decision threshold on ``p[:, 1]`` (two classes): None for ``off`` or more classes, the
+    number itself, or the threshold that maximises ``accuracy`` / ``balanced_accuracy`` on these
+    probabilities (among the midpoints between sorted distinct probabilities; ties: nearest 0.5)."""
+    if rule == "off" or probs.shape[1] != 2:
+        return None
+    if not isinstance(rule, str):
+        return float(rule)
+    p1 = probs[:, 1]
+    u = np.unique(p1)
+    cuts = np.unique(np.concatenate([[0.5], (u[:-1] + u[1:]) / 2]))
+    pred = p1[None, :] >= cuts[:, None]  # (cuts, N)
+    pos = labels == 1
+    if rule == "accuracy":
+        value = (pred == pos[None, :]).mean(1)
+    else:
+        tpr = (pred & pos).sum(1) / max(1, pos.sum())
+        tnr = (~pred & ~pos).sum(1) / max(1, (~pos).sum())
+        value = (tpr + tnr) / 2
+    best = value.max()
+    ok = cuts[value >= best - 1e-12]
+    return float(ok[np.argmin(np.abs(ok - 0.5))])
+
+
+def thresholded(probs: np.ndarray, labels: np.ndarray, threshold: float | None) -> dict:
+    """Valid accuracy and balanced accuracy at a threshold (argmax when None)."""
+    from recipe.decide.ensemble import decide
+
+    pred = decide(probs, threshold)
+    recalls = [float((pred[labels == c] == c).mean()) for c in np.unique(labels)]
+    return {"accuracy": float((pred == labels).mean()), "balanced_accuracy": float(np.mean(recalls))}

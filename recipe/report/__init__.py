@@ -1,0 +1,290 @@
+"""report: the pictures (``recipe.report.plots``) and the one self-contained HTML page for a whole
+run, the page a person opens to see what happened (this module).
+
+Imports: ``recipe.core``, ``recipe.data`` (decoding images for picture grids).
+
+Contract: :func:`write_report` reads the stages' outputs (JSON metrics and PNG pictures, found
+by the directories it is given) and writes a single HTML file with every picture embedded as a
+data URI, so it opens anywhere, offline, and can be attached to an MLflow run or mailed. A
+missing input makes its section say so; it never stops the page from being written.
+
+Sections, in order (each an ``<section id=...>``): summary, stages (the accuracy table), audit,
+split, baseline, lr_find, training, evaluation, confusion, top_losses, inside (the pictures of
+:mod:`recipe.decide.inside`, in ``evaluate/inside/``).
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+SECTIONS = ("summary", "stages", "select", "audit", "split", "cv", "baseline", "lr_find", "training", "dynamics", "evaluation", "confusion",
+            "top_losses", "inside")
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.5em 0;font-size:.9em}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right}
+th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee;margin:.3em 0}
+.pass{color:#17702b;font-weight:600}.fail{color:#b00020;font-weight:600}.missing{color:#888;font-style:italic}
+nav a{margin-right:.8em}code{background:#f4f4f4;padding:0 .2em}
+"""
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _img(path: Path, alt: str) -> str:
+    path = Path(path)
+    if not path.is_file():
+        return f'<p class="missing">{html.escape(alt)}: {html.escape(str(path))} not found</p>'
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></figure>'
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_fmt(x) for x in v)
+    return str(v)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _pct(v: float | None) -> str:
+    return "" if v is None else f"{100 * v:.2f}%"
+
+
+def _missing(what: str) -> str:
+    return f'<p class="missing">{html.escape(what)} not available</p>'
+
+
+def _cv_section(cv: Path) -> str:
+    """The cross-validated figures, the label suspects and where they meet the duplicate groups."""
+    m = _read_json(cv / "metrics.json")
+    if m is None:
+        return _missing("cross-validation metrics")
+    if m.get("folds", 0) < 2:
+        return "<p>Off (<code>cv.folds: 0</code>): set <code>cv.folds</code> to 5 for the cross-validated figures and the label issues.</p>"
+    per = m["per_fold"]
+    li, pol = m["label_issues"], m["policy"]
+    out = (f"<p>{m['folds']} folds over train + valid (the test split untouched), each the recipe up to "
+           f"<code>{html.escape(m['stages'])}</code> on the other folds, with its own valid split: accuracy "
+           f"<b>{_pct(m['accuracy'])} ± {100 * m['accuracy_std']:.2f}</b> (standard deviation over folds; "
+           f"{_pct(m['accuracy_min'])} – {_pct(m['accuracy_max'])}), log loss {m['log_loss']:.4f} ± {m['log_loss_std']:.4f}; "
+           f"pooled out-of-fold accuracy {_pct(m['pooled']['accuracy'])}.</p>"
+           + _table(["fold", "held-out images", "accuracy", "log loss"],
+                    [[f, v["images"], _pct(v["accuracy"]), v["log_loss"]] for f, v in per.items()])
+           + f"<p>Confident learning (cleanlab) on the out-of-fold probabilities flags <b>{li['suspects']}</b> "
+             f"images ({100 * li['share']:.1f}%) as probable label errors; policy <code>{html.escape(pol['name'])}</code>"
+           + (f": {pol['dropped']} dropped and {pol['relabelled']} relabelled among the train images" if pol["name"] != "report" else
+              ": reported, nothing changed") + ".</p>"
+           + _table(["given → suggested", "suspects"], [[k, v] for k, v in li["pairs"].items()]))
+    spread = li.get("soft_spread")
+    if spread:
+        out += (f"<p>The suspects over the annotators' <code>{html.escape(spread['column'])}</code>:</p>"
+                + _table(["annotated value", "images", "suspects", "share flagged"],
+                         [[k, v["images"], v["suspects"], f"{100 * v['flagged_share']:.1f}%"] for k, v in spread["values"].items()]))
+    issues = cv / "label_issues.csv"
+    if issues.is_file():
+        import csv
+
+        with issues.open(newline="") as f:
+            top = [r for r, _ in zip(csv.DictReader(f), range(12))]
+        if top:
+            out += _table(["rank", "image", "given", "suggested", "self-confidence", "action"],
+                          [[r["rank"], r["path"], r["given_label"], r["suggested_label"], float(r["self_confidence"]),
+                            r["action"]] for r in top])
+    out += _img(cv / "label_issues.png", "top suspected label errors")
+    conflicts = m.get("conflicts") or []
+    out += (f"<p>Duplicate groups (the audit's) whose labels disagree and that hold a suspect: {len(conflicts)}.</p>"
+            + (_table(["group", "members (label; * = suspect)"],
+                      [[c["group"], "; ".join(f"{x['path']} ({x['label']}{' *' if x['suspect'] else ''})" for x in c["members"])]
+                       for c in conflicts[:20]]) if conflicts else ""))
+    return out
+
+
+def write_report(path: Path, *, audit: Path, split: Path, baseline: Path, lr_find: Path, stages: dict[str, Path],
+                 select: Path, evaluate: Path, metrics: dict, title: str = "finetune-recipe run",
+                 cv: Path | None = None) -> Path:
+    """``stages`` maps the training stages' names to their output directories; ``metrics`` is
+    the evaluate stage's metrics dict (what it writes to ``metrics.json``)."""
+    parts: dict[str, str] = {}
+    plain, tta = metrics.get("test", {}), metrics.get("test_chosen", {})
+    ch = metrics.get("chosen", {})
+    thr = f", threshold {ch['threshold']:.3f}" if ch.get("threshold") is not None else ""
+
+    parts["summary"] = (
+        f"<p>Chosen on the valid split: <code>{html.escape(str(ch.get('candidate')))}</code> "
+        f"({len(ch.get('members', []))} member(s), input {ch.get('size')} px), views "
+        f"{html.escape(str(ch.get('views')))} ({ch.get('n_views')}){thr}. "
+        f"Scored once on {plain.get('images', '?')} held-out test images: plainly <b>{_pct(plain.get('accuracy'))}</b>, "
+        f"as chosen <b>{_pct(tta.get('accuracy'))}</b>"
+        + (f" (95% bootstrap interval {_pct(tta['accuracy_ci95'][0])} – {_pct(tta['accuracy_ci95'][1])})"
+           if tta.get("accuracy_ci95") else "") + ".</p>")
+
+    table = metrics.get("table") or {}
+    parts["stages"] = (_table(["stage", "size", "valid accuracy", "test accuracy"],
+                              [[k, r.get("size"), f"fit on {r['fit_on']}" if r.get("fit_on") else _pct(r.get("valid_accuracy")),
+                                _pct(r.get("test_accuracy"))] for k, r in table.items()])
+                       + "<p>Valid: as each stage reported it; a stage fit on train + valid has no held-out "
+                         "valid figure. Test: each checkpoint scored by evaluate, plainly; chosen_plain is the "
+                         "chosen model without views or threshold, chosen the model as select chose it.</p>"
+                       ) if table else _missing("stage table")
+
+    sel = _read_json(Path(select) / "metrics.json")
+    rows_csv = Path(select) / "candidates.csv"
+    if sel and rows_csv.is_file():
+        import csv
+
+        with rows_csv.open(newline="") as f:
+            cand = list(csv.DictReader(f))
+        key = "valid_log_loss" if sel.get("criterion") == "log_loss" else "valid_accuracy"
+        cand.sort(key=lambda r: float(r[key]), reverse=key == "valid_accuracy")
+        c = sel["chosen"]
+        parts["select"] = (
+            f"<p>{len(cand)} (candidate, view set) pairs scored on the valid split; "
+            f"{html.escape(sel['criterion'])} chose <code>{html.escape(c['candidate'])}</code> with views "
+            f"{html.escape(c['views'])}" + (f" and threshold {c['threshold']:.3f} ({html.escape(str(c['threshold_rule']))})"
+                                              if c.get("threshold") is not None else "")
+            + f": valid accuracy {_pct(c['valid_accuracy_as_chosen'])}, {c['cost_ratio']:.1f}x the cost per image of "
+            f"{html.escape(c['reference']['candidate'])} alone. The test split played no part.</p>"
+            + _table(["candidate", "views", "size", "valid log loss", "valid accuracy", "cost (x one model)"],
+                     [[r["candidate"], r["views"], r["size"], float(r["valid_log_loss"]), _pct(float(r["valid_accuracy"])),
+                       f"{float(r['cost_ratio']):.1f}"] for r in cand])
+            + _img(Path(select) / "candidates.png", "candidates on valid"))
+    else:
+        parts["select"] = _missing("selection")
+
+    report = _read_json(Path(audit) / "report.json")
+    if report:
+        rows = [[k, v] for k, v in report.items() if not isinstance(v, (dict, list))]
+        rows += [[f"class {k}", v] for k, v in (report.get("classes") or {}).items()]
+        parts["audit"] = (_table(["audit", "value"], rows)
+                          + "".join(_img(Path(audit) / "plots" / f"{n}.png", n)
+                                    for n in ("class_histogram", "sizes", "samples", "duplicates")))
+    else:
+        parts["audit"] = _missing("audit report")
+
+    split_m = _read_json(Path(split) / "metrics.json")
+    if split_m:
+        counts = split_m.get("counts", {})
+        classes = sorted({c for s in counts.values() for c in s})
+        parts["split"] = (_table(["split", *classes, "total"],
+                                 [[s, *[c.get(k, 0) for k in classes], sum(c.values())] for s, c in counts.items()])
+                          + f"<p>Duplicate groups leaking across splits: {split_m.get('leaking_groups')}.</p>"
+                          + _img(Path(split) / "counts.png", "split counts"))
+    else:
+        parts["split"] = _missing("split metrics")
+
+    parts["cv"] = _cv_section(Path(cv)) if cv is not None else _missing("cross-validation")
+
+    base = _read_json(Path(baseline) / "metrics.json")
+    if base:
+        checks = base.get("checks", {})
+        rows = "".join(
+            f"<tr><td>{html.escape(name)}</td><td class=\"{'pass' if c.get('passed') else 'fail'}\">"
+            f"{'passed' if c.get('passed') else 'FAILED'}</td><td style=\"text-align:left\">"
+            f"{html.escape(str(c.get('detail', '')))}</td></tr>" for name, c in checks.items())
+        parts["baseline"] = (f"<table><thead><tr><th>check</th><th>result</th><th>detail</th></tr></thead>"
+                             f"<tbody>{rows}</tbody></table>"
+                             + _table(["model", "valid accuracy"],
+                                      [[f"majority class ({base.get('majority_class')})", _pct(base.get("majority_accuracy"))],
+                                       ["simple net from scratch", _pct(base.get("simple_accuracy"))]])
+                             + _img(Path(baseline) / "batch.png", "a training batch"))
+    else:
+        parts["baseline"] = _missing("baseline metrics")
+
+    sug = _read_json(Path(lr_find) / "suggestion.json")
+    parts["lr_find"] = ((_table(["rule", "learning rate"], [[k, v] for k, v in (sug.get("suggestions") or {}).items()])
+                         + f"<p>Used: {html.escape(str(sug.get('rule')))} = {_fmt(sug.get('lr'))}</p>") if sug else
+                        _missing("lr_find suggestion")) + _img(Path(lr_find) / "curve.png", "lr_find curve")
+
+    training = []
+    for name, d in stages.items():
+        m = _read_json(Path(d) / "metrics.json")
+        if m is None:
+            training.append(f"<h3>{html.escape(name)}</h3>" + _missing(f"{name} metrics"))
+            continue
+        training.append(f"<h3>{html.escape(name)}</h3>"
+                        + _table(["metric", "value"], [[k, v] for k, v in m.items() if not isinstance(v, dict)])
+                        + _img(Path(d) / "history.png", f"{name} history")
+                        + _img(Path(d) / "lr_schedule.png", f"{name} learning-rate schedule"))
+    parts["training"] = "".join(training)
+    parts["dynamics"] = ("<p>A fixed, stratified set of valid images (<code>train.dynamics_images</code>): the "
+                         "probability each gives its true class after every epoch of every training stage. Green "
+                         "rows that stay green: learnt; a row that flips back and forth: jitter; green turning "
+                         "red: forgetting.</p>" + _img(Path(evaluate) / "dynamics.png", "prediction dynamics"))
+
+    if plain:
+        keys = [k for k in ("accuracy", "balanced_accuracy", "macro_f1", "log_loss", "ece", "top3_accuracy",
+                            "top5_accuracy", "accuracy_ci95") if k in plain]
+        per_class = [[c, _fmt(p["precision"]), _fmt(p["recall"]), _fmt(tta["per_class"][c]["recall"]),
+                      f"{100 * metrics['chosen_gain']['per_class_recall'][c]:+.1f}", _fmt(p["f1"]),
+                      _fmt(tta["per_class"][c]["f1"]), p["support"]] for c, p in plain["per_class"].items()]
+        parts["evaluation"] = (_table(["metric", "plain", "as chosen"], [[k, plain[k], tta.get(k)] for k in keys])
+                               + _table(["class", "precision", "recall", "recall (chosen)", "gain (points)",
+                                         "F1", "F1 (chosen)", "images"], per_class)
+                               + _img(Path(evaluate) / "tta_gain.png", "per-class gain of the choices"))
+    else:
+        parts["evaluation"] = _missing("test metrics")
+
+    confused = metrics.get("most_confused") or []
+    parts["confusion"] = (_img(Path(evaluate) / "confusion.png", "confusion matrix")
+                          + (_table(["actual", "predicted", "images"],
+                                    [[p["actual"], p["predicted"], p["count"]] for p in confused])
+                             if confused else "<p>No confusions.</p>"))
+    parts["top_losses"] = ("<p>The most confident mistakes (as chosen): actual → predicted, the probability "
+                           "given to the prediction, and the loss.</p>" + _img(Path(evaluate) / "top_losses.png", "top losses"))
+
+    ins = metrics.get("inside") or {}
+    look = Path(evaluate) / "inside"
+    parts["inside"] = (
+        f"<p>One network, not the ensemble: the chosen model's member trained last "
+        f"(<code>{html.escape(str(ins.get('member', '?')))}</code> at {ins.get('size', '?')} px), without views, "
+        "on a few test images. Its first convolution's filters before (the weights training started from) and "
+        "after, and how far training moved each layer: the relative change ||W_after − W_before|| / ||W_before|| "
+        "of every convolution and linear layer, input side first, coloured by layer group (the head is new and "
+        "left out). A frozen group (before <code>finetune.unfreeze_to</code>) stays at 0; the discriminative "
+        "rates (<code>lr_mult</code>) give earlier groups smaller steps.</p>"
+        + (_table(["layer group", "mean relative weight change"], [[g, v] for g, v in ins["weight_change"].items()])
+           if ins.get("weight_change") else "")
+        + _img(look / "first_conv.png", "first convolution, before and after") + _img(look / "weight_change.png", "weight change per layer")
+        + "<p>Feature maps of the first, middle and last block of the body: per layer, the channels most active "
+          "on each image.</p>" + _img(look / "activations.png", "feature maps")
+        + "<p>Where it looks: Grad-CAM (captum) on the body's last feature map, over the top losses (for the class "
+          "the model predicted) and over the most confident correct predictions of each class (for the true "
+          "class). Red: the regions that raise that class's score most.</p>"
+        + _img(look / "gradcam_top_losses.png", "Grad-CAM over the top losses")
+        + _img(look / "gradcam_correct.png", "Grad-CAM over correct predictions"))
+
+    titles = {"summary": "Summary", "stages": "Accuracy after every stage", "select": "Model selection on valid", "audit": "Data audit",
+              "split": "Split", "cv": "Cross-validation and label issues", "baseline": "Baseline checks", "lr_find": "Learning-rate finder",
+              "training": "Training histories", "dynamics": "Prediction dynamics", "evaluation": "Test metrics",
+              "confusion": "Confusion matrix",
+              "top_losses": "Top losses",
+              "inside": "Inside the model"}
+    nav = "".join(f'<a href="#{s}">{titles[s]}</a>' for s in SECTIONS)
+    body = "".join(f'<section id="{s}"><h2>{titles[s]}</h2>{parts[s]}</section>' for s in SECTIONS)
+    page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+            f"<nav>{nav}</nav>{body}</body></html>\n")  # no clock: identical reruns write identical bytes
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path

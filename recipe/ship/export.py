@@ -1,0 +1,264 @@
+"""Ship the chosen model: BatchNorm folded into the convolutions, one ONNX graph, parity checked.
+
+Contract:
+
+- :func:`fold_bn` returns an eval-mode copy of a model in which every ``Conv2d`` whose output
+  goes straight into a ``BatchNorm2d`` is replaced by ``torch.nn.utils.fusion.fuse_conv_bn_eval``
+  of the pair (PyTorch's own arithmetic) and the BatchNorm by ``Identity``. The pairs are found
+  by running the model once on a small input: a BatchNorm whose input is the very tensor a
+  convolution just returned. ``torch.fx``'s ``fuse`` would be the textbook tool, but it cannot
+  trace EfficientNet-Lite's "same" padding (it branches on the input's shape). A pair is folded
+  only when the BatchNorm gets the convolution's output untouched, each runs once, and the
+  model's output on a probe input does not move. The whole export is checked again on the test
+  split: :func:`parity`.
+- :class:`Decision` wraps an :class:`~recipe.decide.ensemble.Ensemble` (members, each at its size,
+  its TTA views, the threshold) into what is exported: float32 images ``(N, C, size, size)``
+  in [0, 1] in; ``probabilities`` (float32, ``(N, classes)``) and ``predicted`` (int64, the
+  class index the model decides on, its threshold applied) out. An ensemble is one graph: a
+  consumer needs no manifest and no code of ours to get the decision.
+- :func:`export_onnx` writes that graph (``torch.onnx.export``, the ``torch.export`` based
+  exporter, weights inside the one file) with the model's metadata in ``metadata_props``
+  (:data:`META_KEYS`, JSON values): classes, input size and channels, normalisation (applied in
+  the graph), the threshold, the views and members.
+- :func:`parity` compares probabilities and decisions of the checkpoint, the folded model and
+  the ONNX model under ONNX Runtime on a set of images.
+
+Nothing here reads the pipeline's files or talks to MLflow (``stages/export.py`` does).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from recipe.core.errors import ConfigError, DataError
+from recipe.decide.ensemble import Ensemble, decide
+from recipe.ship.onnx_model import FORMAT, OnnxModel
+
+# Views that are random draws (a generator per view) give another picture each call: not a graph.
+RANDOM_VIEWS = ("augment",)
+
+
+def fold_bn(model: nn.Module, *, channels: int, side: int) -> tuple[nn.Module, int]:
+    """An eval-mode copy of ``model`` with each Conv2d -> BatchNorm2d pair folded into one
+    Conv2d (with a bias); the number of pairs folded. ``channels`` and ``side`` shape the probe
+    input the pairs are found and checked with. A pair is a candidate when the BatchNorm's input
+    is the convolution's output untouched (the same tensor, not modified in place since) and each
+    of the two runs once; a candidate is kept only if the model's output on the probe does not
+    move (a convolution whose raw output is also used elsewhere would), else it is undone."""
+    model = copy.deepcopy(model).eval()
+    pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]] = []
+    calls: dict[int, int] = {}
+    last: dict = {}
+
+    def after_conv(conv, _inp, out):
+        calls[id(conv)] = calls.get(id(conv), 0) + 1
+        last.update(conv=conv, out=out, version=out._version)
+
+    def before_bn(bn, inp):
+        calls[id(bn)] = calls.get(id(bn), 0) + 1
+        if last.get("out") is inp[0] and inp[0]._version == last["version"]:  # not an in-place op's result
+            pairs.append((last["conv"], bn))
+        last.clear()
+
+    probe = torch.rand(2, channels, side, side, generator=torch.Generator().manual_seed(0))
+    hooks = [m.register_forward_hook(after_conv) if isinstance(m, nn.Conv2d) else m.register_forward_pre_hook(before_bn)
+             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
+    try:
+        with torch.no_grad():
+            ref = model(probe)
+    finally:
+        for h in hooks:
+            h.remove()
+    parent = {child: (mod, name) for mod in model.modules() for name, child in mod.named_children()}
+    tol = 1e-4 * (1 + float(ref.abs().max()))
+    folded = 0
+    for conv, bn in pairs:
+        if calls[id(conv)] != 1 or calls[id(bn)] != 1:  # a module run twice: folding would change its other use
+            continue
+        swaps = [(parent[conv], conv, fuse_conv_bn_eval(conv, bn)), (parent[bn], bn, nn.Identity())]
+        for (owner, name), _, new in swaps:
+            setattr(owner, name, new)
+        with torch.no_grad():
+            moved = float((model(probe) - ref).abs().max())
+        if moved <= tol:
+            folded += 1
+        else:
+            for (owner, name), old, _ in swaps:
+                setattr(owner, name, old)
+    return model, folded
+
+
+def fold_ensemble(model: Ensemble) -> tuple[Ensemble, int]:
+    """A copy of the ensemble with every member folded (:func:`fold_bn`); the pairs folded."""
+    folded = copy.deepcopy(model).eval()
+    total = 0
+    for i, member in enumerate(folded.members):
+        folded.members[i], n = fold_bn(member, channels=folded.channels, side=min(64, folded.sizes[i]))
+        total += n
+    return folded, total
+
+
+def batchnorms(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+class Decision(nn.Module):
+    """The exported graph: an ensemble's probabilities (float32) and its decision (int64)."""
+
+    def __init__(self, model: Ensemble):
+        super().__init__()
+        if model.views.name in RANDOM_VIEWS:
+            raise ConfigError(f"views {model.views.name!r} are random draws, not a fixed graph: export a model "
+                              "chosen with deterministic views (select.views=flips, for example)")
+        if model.threshold is not None and len(model.classes) != 2:
+            raise ConfigError(f"a decision threshold needs two classes, not {len(model.classes)}")
+        self.model = model
+        self.threshold = model.threshold
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self.model(x)
+        if self.threshold is None:
+            predicted = p.argmax(1)
+        else:
+            predicted = (p[:, 1] >= self.threshold).long()
+        return p.float(), predicted
+
+
+def metadata(model: Ensemble, info: dict | None = None) -> dict[str, str]:
+    """The ONNX model's ``metadata_props``: every value JSON."""
+    def norm(member) -> dict | None:
+        return {"mean": member.mean.flatten().tolist(), "std": member.std.flatten().tolist()} \
+            if hasattr(member, "mean") else None
+
+    values = {
+        "format": FORMAT, "classes": model.classes, "size": model.size, "channels": model.channels,
+        "input": (f"float32 (N, {model.channels}, {model.size}, {model.size}) in [0, 1]: the image decoded to "
+                  f"{'grayscale' if model.channels == 1 else 'RGB'}, its shorter side resized to {model.size} px "
+                  "(bilinear), centre-cropped; normalisation is inside the graph"),
+        "threshold": model.threshold, "views": model.views.name,
+        "members": [{"name": n, "size": s, "normalisation": norm(m)}  # applied inside the graph, per member
+                    for n, s, m in zip(model.names, model.sizes, model.members)],
+        "outputs": "probabilities: float32 (N, classes); predicted: int64 class index (threshold applied)",
+        **(info or {}),
+    }
+    return {k: json.dumps(v) for k, v in values.items()}
+
+
+def export_onnx(model: Ensemble, path: Path, *, opset: int, dynamic_batch: bool, optimize: bool,
+                info: dict | None = None) -> Path:
+    """``model`` (folded or not) as one ONNX file at ``path``, with :func:`metadata`."""
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapped = Decision(model.eval()).eval()
+    x = torch.rand(2 if dynamic_batch else 1, model.channels, model.size, model.size)
+    shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+    program = torch.onnx.export(wrapped, (x,), dynamo=True, opset_version=opset, input_names=["images"],
+                                output_names=["probabilities", "predicted"], dynamic_shapes=shapes,
+                                external_data=False, optimize=optimize, verbose=False)
+    proto = program.model_proto
+    for key, value in metadata(model, info).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    tmp = path.with_suffix(".tmp")
+    onnx.save_model(proto, str(tmp))
+    onnx.checker.check_model(str(tmp))
+    tmp.replace(path)
+    return path
+
+
+def torch_probs(model: Ensemble, images: torch.Tensor, batch_size: int) -> np.ndarray:
+    """The ensemble's probabilities on the CPU, in float32 and channels_last (the layout the
+    stages run in), batch by batch."""
+    model = model.to(memory_format=torch.channels_last)
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            x = images[i:i + batch_size].float().contiguous(memory_format=torch.channels_last)
+            out.append(model(x).numpy())
+    return np.concatenate(out)
+
+
+def parity(checkpoint: Ensemble, folded: Ensemble, onnx_path: Path, images: torch.Tensor, *,
+           batch_size: int) -> dict:
+    """Probabilities and decisions of the checkpoint, the folded model and ONNX Runtime on
+    ``images`` (float, ``(N, C, size, size)`` in [0, 1], at least one): the largest absolute differences from
+    the checkpoint, the number of decisions that differ, and the arrays themselves. Each model
+    makes its pass alone (ONNX Runtime's threads and torch's would share the cores otherwise)."""
+    ref = torch_probs(checkpoint, images, batch_size)
+    fold = torch_probs(folded, images, batch_size)
+    runtime = OnnxModel(onnx_path)
+    runs = [runtime.run(images[i:i + batch_size].numpy()) for i in range(0, len(images), batch_size)]
+    ort, ort_pred = (np.concatenate(parts) for parts in zip(*runs))
+    decided = decide(ref, checkpoint.threshold)
+    return {
+        "images": int(len(ref)),
+        "folded_max_abs_diff": float(np.abs(fold - ref).max()),
+        "onnx_max_abs_diff": float(np.abs(ort - ref).max()),
+        "folded_class_mismatches": int((decide(fold, checkpoint.threshold) != decided).sum()),
+        "onnx_class_mismatches": int((ort_pred != decided).sum()),
+        "probabilities": {"checkpoint": ref, "folded": fold, "onnx": ort}, "predicted": decided,
+        "onnx_predicted": ort_pred,
+    }
+
+
+class ExportError(ConfigError):
+    """The exported model does not match the checkpoint within the tolerance."""
+
+
+def run(cfg, *, bundle: Path, split: Path, raw: Path, out: Path, workers: int, batch_size: int,
+        chosen_accuracy: float | None = None) -> dict:
+    """Fold, export and check select's bundle on the test split; ``out/model.onnx`` and the
+    metrics (what was folded, the parity figures, the sizes). Raises :class:`ExportError` when
+    parity fails. ``chosen_accuracy``: evaluate's test accuracy of the model as chosen, which the
+    ONNX model's is set beside."""
+    from recipe.data.loader import class_names, load_split, read_split
+    from recipe.decide.ensemble import load_bundle
+
+    t0 = time.perf_counter()
+    model, meta = load_bundle(bundle)
+    table = read_split(split)
+    test = load_split(table, Path(raw) / "files", split="test", size=model.size, classes=class_names(table),
+                      workers=workers)
+    images = test.images
+    if images.shape[1] == 1 and model.channels == 3:  # gray test images for a model trained on some colour ones
+        images = images.expand(-1, 3, -1, -1)
+    elif images.shape[1] != model.channels:
+        raise DataError(f"{split}: the test split has {images.shape[1]}-channel images, the model takes "
+                        f"{model.channels}; the exported graph takes exactly the model's channels")
+    images = images.float() / 255
+    folded, pairs = fold_ensemble(model) if cfg.fold_bn else (model, 0)
+    info = {"candidate": meta.get("info", {}).get("candidate", "+".join(model.names))}
+    path = export_onnx(folded, Path(out) / "model.onnx", opset=cfg.opset, dynamic_batch=cfg.dynamic_batch,
+                       optimize=cfg.optimize, info=info)
+    check = parity(model, folded, path, images, batch_size=batch_size)
+    labels = test.labels.numpy()
+    metrics = {
+        "candidate": info["candidate"], "members": model.names, "views": model.views.name,
+        "threshold": model.threshold, "size": model.size, "channels": model.channels,
+        "fold_bn": cfg.fold_bn, "folded_pairs": pairs, "batchnorm_left": batchnorms(folded),
+        "batchnorm_before": batchnorms(model), "opset": cfg.opset, "dynamic_batch": cfg.dynamic_batch,
+        "optimize": cfg.optimize,
+        "parity": {k: v for k, v in check.items() if k not in ("probabilities", "predicted", "onnx_predicted")},
+        "tolerance": cfg.tolerance,
+        "test_accuracy": {"checkpoint": float((check["predicted"] == labels).mean()),
+                          "onnx": float((check["onnx_predicted"] == labels).mean()),  # the graph's own decisions
+                          "evaluate": chosen_accuracy},
+        "bytes": {"bundle": Path(bundle).stat().st_size, "onnx": path.stat().st_size},
+        "time_s": round(time.perf_counter() - t0, 1),
+    }
+    p = metrics["parity"]
+    worst = max(p["folded_max_abs_diff"], p["onnx_max_abs_diff"])
+    if not worst <= cfg.tolerance or p["folded_class_mismatches"] or p["onnx_class_mismatches"]:  # NaN fails too
+        raise ExportError(f"export parity failed on {p['images']} test images: largest probability difference "
+                          f"{worst:.3g} (export.tolerance {cfg.tolerance:g}), decided classes differing: folded "
+                          f"{p['folded_class_mismatches']}, ONNX {p['onnx_class_mismatches']}")
+    return metrics

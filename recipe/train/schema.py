@@ -1,0 +1,308 @@
+"""Typed schemas for the params sections the stages read.
+
+No field has a default here: defaults live once, in ``conf/``. Models forbid unknown keys and
+are frozen, so a typo in a config is an error and a stage cannot mutate its own settings.
+
+This module imports no other module of the project (not even lazily): every stage loads it, so
+whatever it imported would become a dependency of every stage in dvc.yaml (tests/test_deps.py).
+Names that a registry owns (TTA view sets, optimizers, schedules) are checked against that
+registry by the code that builds from it, and a test keeps the two in step.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import AfterValidator, Field, NonNegativeInt, PositiveInt, field_validator
+
+from recipe.core.schema import Fraction, PositiveFloat, Rate, Strict
+
+
+class HeadConfig(Strict):
+    pool: Literal["avg", "avgmax"]
+    dropout: Annotated[float, Field(ge=0, lt=1)]
+    init: Literal["kaiming", "xavier"]
+    init_gain: PositiveFloat
+    prior_bias: bool
+
+
+class ModelConfig(Strict):
+    name: str = Field(min_length=1)
+    weights: str | None  # bundled | DEFAULT | a path | null
+    mean: Annotated[list[float], Field(min_length=3, max_length=3)]
+    std: Annotated[list[PositiveFloat], Field(min_length=3, max_length=3)]
+    adapt_bn: bool  # re-estimate the pretrained body's BatchNorm statistics on the training images (AdaBN)
+    head: HeadConfig
+
+
+class _Optim(Strict):
+    weight_decay: Annotated[float, Field(ge=0)]
+    bn_weight_decay: bool
+    lr_scaling: Literal["none", "linear", "sqrt"]  # recipe.train.optim.LR_SCALING (tests keep them in step)
+    lr_reference_batch: PositiveInt  # the batch size the configured rates are stated for
+    l1: Annotated[float, Field(ge=0)]  # lambda of the L1 term (recipe.train.fit), on the weights that get weight decay
+
+
+class SgdConfig(_Optim):
+    name: Literal["sgd"]
+    momentum: Annotated[float, Field(ge=0, lt=1)]
+    nesterov: bool
+
+    @field_validator("nesterov")
+    @classmethod
+    def _needs_momentum(cls, v: bool, info) -> bool:
+        if v and not info.data.get("momentum"):
+            raise ValueError("Nesterov momentum needs momentum > 0")
+        return v
+
+
+class AdamConfig(_Optim):
+    name: Literal["adam", "adamw"]
+    betas: Annotated[list[Annotated[float, Field(ge=0, lt=1)]], Field(min_length=2, max_length=2)]
+    eps: PositiveFloat
+
+
+class RmspropConfig(_Optim):
+    name: Literal["rmsprop"]
+    alpha: Annotated[float, Field(gt=0, lt=1)]
+    momentum: Annotated[float, Field(ge=0, lt=1)]
+    eps: PositiveFloat
+
+
+class AdagradConfig(_Optim):
+    name: Literal["adagrad"]
+    eps: PositiveFloat
+
+
+class AdadeltaConfig(_Optim):
+    name: Literal["adadelta"]
+    rho: Annotated[float, Field(gt=0, lt=1)]
+    eps: PositiveFloat
+
+
+OptimConfig = Annotated[Union[SgdConfig, AdamConfig, RmspropConfig, AdagradConfig, AdadeltaConfig],
+                        Field(discriminator="name")]
+
+
+class OneCycle(Strict):
+    name: Literal["onecycle"]
+    pct_start: Annotated[float, Field(gt=0, lt=1)]
+    div_factor: PositiveFloat
+    final_div_factor: PositiveFloat
+    cycle_momentum: bool
+
+
+class Sgdr(Strict):
+    name: Literal["sgdr"]
+    cycle_len: PositiveInt  # epochs
+    cycle_mult: PositiveInt
+    eta_min: Fraction
+
+
+class Cosine(Strict):
+    name: Literal["cosine"]
+    eta_min: Fraction
+
+
+class StepSchedule(Strict):
+    name: Literal["step"]
+    step_size: PositiveInt
+    gamma: Annotated[float, Field(gt=0, le=1)]
+
+
+class MultiStep(Strict):
+    name: Literal["multistep"]
+    milestones: list[PositiveInt]
+    gamma: Annotated[float, Field(gt=0, le=1)]
+
+
+class Exponential(Strict):
+    name: Literal["exponential"]
+    gamma: Annotated[float, Field(gt=0, le=1)]
+
+
+class Plateau(Strict):
+    name: Literal["plateau"]
+    factor: Annotated[float, Field(gt=0, lt=1)]
+    patience: NonNegativeInt
+
+
+class Constant(Strict):
+    name: Literal["constant"]
+
+
+ScheduleConfig = Annotated[Union[OneCycle, Sgdr, Cosine, StepSchedule, MultiStep, Exponential, Plateau, Constant],
+                           Field(discriminator="name")]
+
+
+def _ordered(v: tuple[float, float]) -> tuple[float, float]:
+    if v[0] > v[1]:
+        raise ValueError("must be [low, high] with low <= high")
+    return v
+
+
+Span = Annotated[tuple[PositiveFloat, PositiveFloat], Field(strict=False), AfterValidator(_ordered)]  # [low, high] of a random draw
+
+
+class AugmentConfig(Strict):
+    flip_h: Fraction
+    flip_v: Fraction
+    rot90: bool
+    rotate: Annotated[float, Field(ge=0, le=180)]
+    zoom: Annotated[float, Field(ge=1)]
+    translate: Annotated[float, Field(ge=0, le=0.5)]
+    crop_scale: Annotated[float, Field(gt=0, le=1)]
+    crop_aspect: Span  # width/height of every warp's window, log-uniform in [low, high]
+    brightness: Fraction
+    contrast: Fraction
+    blur: Fraction
+    blur_sigma: Span  # px
+    noise: Annotated[float, Field(ge=0)]
+
+
+class AutoSize(Strict):
+    """The bounds of the ``size: auto`` rule (recipe.data.sizes)."""
+    min: Annotated[int, Field(ge=16)]
+    max: Annotated[int, Field(ge=16)]
+    resize_max: Annotated[int, Field(ge=16)]
+
+
+class TrainConfig(Strict):
+    image_size: Annotated[int, Field(ge=16)] | Literal["auto"]
+    auto_size: AutoSize
+    batch_size: PositiveInt
+    device: Literal["auto", "cpu", "cuda", "mps"]
+    amp: bool
+    channels_last: bool
+    workers: NonNegativeInt
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)]
+    clip_grad: PositiveFloat | None
+    patience: PositiveInt | None
+    keep: Literal["best", "last"]
+    dynamics_images: NonNegativeInt  # valid images whose p(true class) every epoch records; 0 = off
+    nproc: PositiveInt  # processes for the training stages (DistributedDataParallel when > 1)
+
+
+class OverfitConfig(Strict):
+    images: Annotated[int, Field(ge=1)]
+    max_steps: PositiveInt  # the check stops as soon as the loss is below max_loss
+    lr: Rate
+    max_loss: PositiveFloat
+
+
+class SimpleModelConfig(Strict):
+    image_size: Annotated[int, Field(ge=16)]
+    width: PositiveInt
+    capacity_width: PositiveInt | None  # the wider net of the capacity check; None: no check
+    capacity_images: PositiveInt  # train images (drawn with the seed, no augmentation) both widths fit
+    capacity_epochs: PositiveInt
+    activation: str  # a key of recipe.train.baseline.ACTIVATIONS (checked there, with the list of names)
+    epochs: PositiveInt
+    lr: Rate
+    schedule: ScheduleConfig
+
+    @field_validator("capacity_width")
+    @classmethod
+    def _wider(cls, v: int | None, info) -> int | None:
+        if v is not None and "width" in info.data and v <= info.data["width"]:
+            raise ValueError(f"must be greater than width ({info.data['width']}), or null to turn the check off")
+        return v
+
+
+class BaselineConfig(Strict):
+    on_fail: Literal["error", "warn"]
+    init_batches: PositiveInt
+    init_tolerance: PositiveFloat
+    zero_input_steps: PositiveInt
+    zero_input_margin: Annotated[float, Field(ge=0)]
+    overfit: OverfitConfig
+    simple: SimpleModelConfig
+    dependency_images: Annotated[int, Field(ge=2)]  # images of the batch the backprop dependency check uses
+    picture_images: PositiveInt
+
+
+class LrFindRules(Strict):
+    """The constants of the suggestion rules (recipe.train.lr_find.suggest's keyword arguments)."""
+    min_points: Annotated[int, Field(ge=2)]  # a curve needs two points for a gradient
+    skip_start: Annotated[float, Field(ge=0, lt=1)]  # fraction of the planned iterations
+    skip_end: NonNegativeInt  # points
+    min_kept: Annotated[int, Field(ge=2)]  # points
+    valley_sections: Annotated[int, Field(ge=2)]  # with valley_offset <= 1 the point stays inside the run
+    valley_offset: Fraction
+    minimum_divisor: PositiveFloat
+    slide_lr_diff: PositiveInt  # points
+    slide_thresh: PositiveFloat  # smoothed loss per point
+
+
+class LrFindConfig(Strict):
+    start_lr: Rate
+    end_lr: Rate
+    iterations: Annotated[int, Field(ge=10)]
+    smoothing: Annotated[float, Field(ge=0, lt=1)]
+    diverge: Annotated[float, Field(gt=1)]
+    suggestion: Literal["valley", "steep", "minimum", "slide"]  # recipe.train.lr_find.RULES (tests keep them in step)
+    rules: LrFindRules
+
+    @field_validator("end_lr")
+    @classmethod
+    def _range(cls, v: float, info) -> float:
+        if "start_lr" in info.data and v <= info.data["start_lr"]:
+            raise ValueError(f"must be greater than start_lr ({info.data['start_lr']:g})")
+        return v
+
+
+Lr = Union[Rate, Literal["auto"]]
+BnPolicy = Literal["train", "frozen", "frozen_all"]
+
+
+class TrainHeadConfig(Strict):
+    lr: Lr
+    precompute_epochs: NonNegativeInt
+    epochs: NonNegativeInt
+    bn: BnPolicy
+    schedule: ScheduleConfig
+
+    @field_validator("epochs")
+    @classmethod
+    def _some(cls, v: int, info) -> int:
+        if v + info.data.get("precompute_epochs", 1) == 0:
+            raise ValueError("precompute_epochs + epochs must be at least 1")
+        return v
+
+
+# What an unfrozen stage trains on. train+valid is the final fit: the valid images join the
+# training set, so nothing is held out from it (no early stopping; the last epoch is kept).
+FitOn = Literal["train", "train+valid"]
+
+
+class FinetuneConfig(Strict):
+    fit_on: FitOn
+    lr: Lr
+    lr_mult: Annotated[float, Field(ge=1)]
+    unfreeze_to: NonNegativeInt  # the first trainable layer group; the model says how many it has
+    epochs: PositiveInt
+    bn: BnPolicy
+    schedule: ScheduleConfig
+    snapshots: bool  # keep the weights at the end of every SGDR cycle (candidates for select)
+
+
+class ResizeConfig(Strict):
+    fit_on: FitOn
+    image_size: Annotated[int, Field(ge=16)] | Literal["auto"] | None
+    factor: Annotated[float, Field(gt=0)] | None
+    refresh_bn: bool
+    head_epochs: NonNegativeInt
+    head_lr: Rate
+    epochs: NonNegativeInt
+    lr: Rate
+    lr_mult: Annotated[float, Field(ge=1)]
+    bn: BnPolicy
+    schedule: ScheduleConfig
+    snapshots: bool
+
+    @field_validator("factor")
+    @classmethod
+    def _one_of(cls, v: float | None, info) -> float | None:
+        if (v is None) == (info.data.get("image_size") is None):
+            raise ValueError("set exactly one of resize.image_size and resize.factor")
+        return v
+
