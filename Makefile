@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 PORT ?= 5000
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro test test-fast params sweep search ui bench clean
+.PHONY: help setup repro test test-fast lint params sweep search ui bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ repro: setup ## run the whole recipe: dvc repro
 
 test: setup ## run the whole test suite, the end-to-end DVC runs included
 	python -m pytest
+
+lint: setup ## ruff: lint and import order (pyproject.toml's [tool.ruff]); CI runs it before the tests
+	python -m ruff check .
 
 test-fast: setup ## the unit tests only (skips tests marked slow)
 	python -m pytest -m "not slow"
