@@ -74,7 +74,8 @@ def quantize(path: Path) -> Path:
 def accuracy_cost(project: Path, model: Ensemble, runtimes: dict, batch_size: int) -> None:
     """Accuracy of each runtime on ``project``'s valid split (what a choice between them rests on)
     and its test split (reported after the fact)."""
-    from recipe.data.loader import class_names, load_split, read_split
+    from recipe.data.loader import load_split
+    from recipe.data.split import class_names, read_split
 
     table = read_split(project / "outputs/split/split.csv")
     for split in ("valid", "test"):

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 
 from recipe.core.errors import DataError
-from recipe.data.loader import class_names, read_split
 from recipe.data.schema import CvConfig
+from recipe.data.split import class_names, read_split
 from recipe.decide import cv
 from recipe.report import plots
 from recipe.track import tracking

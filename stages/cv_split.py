@@ -1,13 +1,13 @@
-"""cv_split: the folds of train + valid (recipe/decide/cv.py), and the split each fold's stages train on."""
+"""cv_split: the folds of train + valid (recipe/data/folds.py), and the split each fold's stages train on."""
 import json
 
 import pandas as pd
 from pydantic import NonNegativeInt
 
 from recipe.core.errors import ConfigError
-from recipe.data.loader import read_split
+from recipe.data.folds import FOLD_COLUMNS, assign_folds, fold_split
 from recipe.data.schema import SplitConfig, SplitDataConfig
-from recipe.decide import cv
+from recipe.data.split import read_split
 from recipe.track import tracking
 from stages._common import run, stage_config
 
@@ -27,16 +27,16 @@ def main(args):
     summary = {"folds": k}
     with tracking.stage_run("cv_split", p.used, experiment=experiment):
         if k >= 2:
-            folds = cv.assign_folds(table, k, seed=split_cfg.seed, stratify_column=column)
+            folds = assign_folds(table, k, seed=split_cfg.seed, stratify_column=column)
             folds.to_csv(out / "folds.csv", index=False)
             for i in range(k):
-                part = cv.fold_split(table, folds, i, fractions=split_cfg.fractions, seed=split_cfg.seed,
+                part = fold_split(table, folds, i, fractions=split_cfg.fractions, seed=split_cfg.seed,
                                      stratify_column=column)
                 part.to_csv(out / f"{i}.csv", index=False)
                 counts = part["split"].value_counts()
                 summary[str(i)] = {s: int(counts.get(s, 0)) for s in ("train", "valid", "test")}
         else:
-            pd.DataFrame(columns=list(cv.FOLD_COLUMNS)).to_csv(out / "folds.csv", index=False)
+            pd.DataFrame(columns=list(FOLD_COLUMNS)).to_csv(out / "folds.csv", index=False)
         tracking.log_artifact(out / "folds.csv")
     print(f"cv_split: {json.dumps(summary)}" if k >= 2 else "cv_split: cross-validation off (cv.folds: 0)")
 

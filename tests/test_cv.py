@@ -14,6 +14,7 @@ import torch
 
 from conftest import REPO, run_cmd
 from recipe.core.errors import DataError
+from recipe.data import folds as folds_mod
 from recipe.data.split import TARGET_PREFIX
 from recipe.decide import cv
 from recipe.decide import select as S
@@ -37,7 +38,7 @@ def table(n_groups: int = 60, seed: int = 0) -> pd.DataFrame:
 
 def test_folds_are_disjoint_cover_train_and_valid_keep_groups_whole_and_stratify():
     t = table()
-    folds = cv.assign_folds(t, 4, seed=3, stratify_column="module_type")
+    folds = folds_mod.assign_folds(t, 4, seed=3, stratify_column="module_type")
     pool = t[t["split"] != "test"]
     assert sorted(folds["path"]) == sorted(pool["path"])  # every train and valid image once, no test image
     assert folds["path"].is_unique
@@ -46,23 +47,23 @@ def test_folds_are_disjoint_cover_train_and_valid_keep_groups_whole_and_stratify
     share = counts.sum(1) / 4
     assert (counts.sub(share, axis=0).abs().max(1) <= 3).all()  # each class within one group (<= 3 images) of its share
     assert counts.shape == (2, 4) and (counts > 0).all().all()
-    again = cv.assign_folds(t, 4, seed=3, stratify_column="module_type")
+    again = folds_mod.assign_folds(t, 4, seed=3, stratify_column="module_type")
     assert again.equals(folds)  # seeded
-    assert not cv.assign_folds(t, 4, seed=4, stratify_column="module_type")["fold"].equals(folds["fold"])
+    assert not folds_mod.assign_folds(t, 4, seed=4, stratify_column="module_type")["fold"].equals(folds["fold"])
 
 
 def test_too_few_groups_for_the_folds_is_a_one_line_error():
     t = table(12)
     with pytest.raises(DataError, match=r"cv.folds = 8: class '[ab]' has \d duplicate group\(s\) in train \+ valid"):
-        cv.assign_folds(t, 8, seed=0)
+        folds_mod.assign_folds(t, 8, seed=0)
 
 
 def test_a_fold_split_holds_its_fold_out_of_train_and_valid():
     t = table()
-    folds = cv.assign_folds(t, 3, seed=0, stratify_column="module_type")
+    folds = folds_mod.assign_folds(t, 3, seed=0, stratify_column="module_type")
     fractions = {"train": 0.6, "valid": 0.15, "test": 0.25}
     for i in range(3):
-        part = cv.fold_split(t, folds, i, fractions=fractions, seed=0, stratify_column="module_type")
+        part = folds_mod.fold_split(t, folds, i, fractions=fractions, seed=0, stratify_column="module_type")
         held = set(folds.loc[folds["fold"] == i, "path"])
         assert set(part.loc[part["split"] == "test", "path"]) == held
         assert not held & set(part.loc[part["split"] != "test", "path"])

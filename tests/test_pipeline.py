@@ -85,7 +85,8 @@ def odd_but_valid(data: Path) -> None:
 def plain_accuracy(proj: Path, checkpoint: Path, split_csv: str, split: str) -> float:
     """A checkpoint's accuracy (its argmax, no views) on one split of ``split_csv``, computed here
     from the model and the images, not read from any stage's output."""
-    from recipe.data.loader import class_names, load_split, read_split
+    from recipe.data.loader import load_split
+    from recipe.data.split import class_names, read_split
     from recipe.decide.ensemble import load_bundle
 
     table = read_split(proj / split_csv)

@@ -27,7 +27,7 @@ from PIL import Image
 from recipe.data.images import fit_square, load_image
 from recipe.core.errors import DataError
 from recipe.core.paths import is_within
-from recipe.data.split import TARGET_PREFIX
+from recipe.data.split import TARGET_PREFIX, class_names, read_split  # noqa: F401 - loader's callers read splits too
 
 
 @dataclass
@@ -56,18 +56,6 @@ class ImageSet:
         targets = None if self.targets is None else torch.cat([self.targets, other.targets])
         return ImageSet(torch.cat([self.images, other.images]), torch.cat([self.labels, other.labels]),
                         self.paths + other.paths, self.classes, targets)
-
-
-def read_split(path: Path) -> pd.DataFrame:
-    table = pd.read_csv(path, keep_default_na=False, dtype={"path": str, "label": str, "split": str})
-    missing = {"path", "label", "split"} - set(table.columns)
-    if missing:
-        raise DataError(f"{path}: missing column(s) {sorted(missing)}")
-    return table
-
-
-def class_names(table: pd.DataFrame) -> list[str]:
-    return sorted(table["label"].unique())
 
 
 def load_split(table: pd.DataFrame, root: Path, *, split: str, size: int, classes: list[str],

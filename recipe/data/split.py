@@ -161,3 +161,15 @@ def _summary(table: pd.DataFrame, fractions: dict[str, float]) -> dict:
         "fractions_actual": {s: round(float((table["split"] == s).sum()) / n, 4) if n else 0.0 for s in SPLITS},
         "counts": {s: {str(k): int(v) for k, v in counts[s].items()} if s in counts.index.get_level_values(0) else {} for s in SPLITS},
     }
+
+
+def read_split(path: Path) -> pd.DataFrame:
+    table = pd.read_csv(path, keep_default_na=False, dtype={"path": str, "label": str, "split": str})
+    missing = {"path", "label", "split"} - set(table.columns)
+    if missing:
+        raise DataError(f"{path}: missing column(s) {sorted(missing)}")
+    return table
+
+
+def class_names(table: pd.DataFrame) -> list[str]:
+    return sorted(table["label"].unique())

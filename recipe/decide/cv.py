@@ -2,15 +2,8 @@
 
 Contract:
 
-- **Folds** (:func:`assign_folds`): the split's train and valid rows (never test) in ``k`` folds,
-  as recipe/data/split.py places splits: whole duplicate groups, stratified on the label (and the
-  split's extra column), largest groups first into the fold furthest below its share, in a seeded
-  order among equals.
-- **A fold's split** (:func:`fold_split`): fold ``i`` is held out (written as the ``test`` split,
-  which no training stage reads); the other folds are split again into ``train`` and ``valid``
-  in the proportion of the main split (0.6 : 0.15 by default), so a fold runs the recipe's
-  stages unchanged, on less data, with its own valid split for its early stopping, its range
-  tests and its best epoch. A fold model never sees its held-out fold, not even to choose.
+- **Folds and each fold's split**: :mod:`recipe.data.folds` (pandas only, so the cv_split stage
+  loads no torch).
 - **Out-of-fold predictions** (:func:`oof_predictions`): each fold's model (the last stage of
   ``cv.stages``) on its held-out fold, plainly (no TTA, argmax): one row per train and valid image.
 - **Figures** (:func:`cv_figures`): accuracy and log loss per fold, their mean and spread (the
@@ -29,57 +22,7 @@ import numpy as np
 import pandas as pd
 
 from recipe.core.errors import DataError
-from recipe.data.split import TARGET_PREFIX, _groups, _strata
-from recipe.data.split import split as split_rows
-
-FOLD_COLUMNS = ("path", "label", "group", "fold")
-
-
-def assign_folds(table: pd.DataFrame, k: int, *, seed: int, stratify_column: str | None = None) -> pd.DataFrame:
-    """``path, label, group, fold`` for every train and valid row of ``table`` (a split.csv)."""
-    rows = table[table["split"].isin(["train", "valid"])].reset_index(drop=True)
-    if k < 2:
-        raise DataError(f"cv.folds = {k}: cross-validation needs at least 2 folds")
-    column = stratify_column if stratify_column and stratify_column in rows.columns else None
-    groups = _groups(rows, column)
-    per_label = groups.groupby("label").size()
-    short = per_label[per_label < k]
-    if len(short):
-        label = short.index[0]
-        raise DataError(f"cv.folds = {k}: class {label!r} has {short.iloc[0]} duplicate group(s) in train + valid; "
-                        f"every fold needs one: lower cv.folds or add images")
-    rng = np.random.default_rng(seed)
-    assigned: dict[int, int] = {}
-    strata = _strata(groups, k)
-    for key in sorted(strata, key=str):
-        members = groups.loc[strata[key]]
-        order = members.iloc[rng.permutation(len(members))].sort_values("size", ascending=False, kind="stable")
-        filled = np.zeros(k)
-        for gid, size in zip(order.index, order["size"]):
-            best = int(np.argmin(filled))  # the fold furthest below its (equal) share; ties: the lowest
-            assigned[gid] = best
-            filled[best] += size
-    out = rows[["path", "label", "group"]].copy()
-    out["fold"] = rows["group"].map(assigned).astype(int)
-    return out
-
-
-def fold_split(table: pd.DataFrame, folds: pd.DataFrame, fold: int, *, fractions: dict[str, float], seed: int,
-               stratify_column: str | None = None) -> pd.DataFrame:
-    """The split.csv fold ``fold`` trains on: its held-out fold as ``test``, the rest in ``train``
-    and ``valid`` (the main split's proportion, recipe.data.split's placement). The main test split's
-    rows are not in it."""
-    of = dict(zip(folds["path"], folds["fold"]))
-    rows = table[table["path"].isin(of)].copy()
-    held = rows["path"].map(of) == fold
-    rest = rows[~held]
-    share = fractions["valid"] / (fractions["train"] + fractions["valid"])
-    manifest = rest.assign(keep=True)
-    inner, _ = split_rows(manifest=manifest, fractions={"train": 1 - share, "valid": share, "test": 0.0},
-                          stratify=True, seed=seed + fold, stratify_column=stratify_column, keep_groups=True)
-    placed = dict(zip(inner["path"], inner["split"]))
-    rows["split"] = np.where(held, "test", rows["path"].map(placed))
-    return rows.sort_values(["split", "path"]).reset_index(drop=True)
+from recipe.data.split import TARGET_PREFIX
 
 
 def fold_figures(labels: np.ndarray, probs: np.ndarray) -> dict:
@@ -214,7 +157,8 @@ def oof_predictions(common, *, table: pd.DataFrame, fold_tables: dict[int, pd.Da
 
     import torch
 
-    from recipe.data.loader import class_names, load_split
+    from recipe.data.loader import load_split
+    from recipe.data.split import class_names
     from recipe.decide.ensemble import load_bundle
     from recipe.train.fit import autocast
 

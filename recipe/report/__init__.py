@@ -119,17 +119,12 @@ def _cv_section(cv: Path) -> str:
     return out
 
 
-def write_report(path: Path, *, audit: Path, split: Path, baseline: Path, lr_find: Path, stages: dict[str, Path],
-                 select: Path, evaluate: Path, metrics: dict, title: str = "finetune-recipe run",
-                 cv: Path | None = None) -> Path:
-    """``stages`` maps the training stages' names to their output directories; ``metrics`` is
-    the evaluate stage's metrics dict (what it writes to ``metrics.json``)."""
-    parts: dict[str, str] = {}
+def _summary_section(metrics: dict) -> str:
+    """The summary's HTML: what select chose and its test accuracy, plainly and as chosen."""
     plain, tta = metrics.get("test", {}), metrics.get("test_chosen", {})
     ch = metrics.get("chosen", {})
     thr = f", threshold {ch['threshold']:.3f}" if ch.get("threshold") is not None else ""
-
-    parts["summary"] = (
+    return (
         f"<p>Chosen on the valid split: <code>{html.escape(str(ch.get('candidate')))}</code> "
         f"({len(ch.get('members', []))} member(s), input {ch.get('size')} px), views "
         f"{html.escape(str(ch.get('views')))} ({ch.get('n_views')}){thr}. "
@@ -138,83 +133,98 @@ def write_report(path: Path, *, audit: Path, split: Path, baseline: Path, lr_fin
         + (f" (95% bootstrap interval {_pct(tta['accuracy_ci95'][0])} – {_pct(tta['accuracy_ci95'][1])})"
            if tta.get("accuracy_ci95") else "") + ".</p>")
 
-    table = metrics.get("table") or {}
-    parts["stages"] = (_table(["stage", "size", "valid accuracy", "test accuracy"],
-                              [[k, r.get("size"), f"fit on {r['fit_on']}" if r.get("fit_on") else _pct(r.get("valid_accuracy")),
-                                _pct(r.get("test_accuracy"))] for k, r in table.items()])
-                       + "<p>Valid: as each stage reported it; a stage fit on train + valid has no held-out "
-                         "valid figure. Test: each checkpoint scored by evaluate, plainly; chosen_plain is the "
-                         "chosen model without views or threshold, chosen the model as select chose it.</p>"
-                       ) if table else _missing("stage table")
 
+def _stages_section(metrics: dict) -> str:
+    """The stages section's HTML: the accuracy after every stage, valid and test."""
+    table = metrics.get("table") or {}
+    return (_table(["stage", "size", "valid accuracy", "test accuracy"],
+                   [[k, r.get("size"), f"fit on {r['fit_on']}" if r.get("fit_on") else _pct(r.get("valid_accuracy")),
+                     _pct(r.get("test_accuracy"))] for k, r in table.items()])
+            + "<p>Valid: as each stage reported it; a stage fit on train + valid has no held-out "
+              "valid figure. Test: each checkpoint scored by evaluate, plainly; chosen_plain is the "
+              "chosen model without views or threshold, chosen the model as select chose it.</p>"
+            ) if table else _missing("stage table")
+
+
+def _select_section(select: Path) -> str:
+    """The select section's HTML: the choice and every (candidate, view set) pair, best first."""
     sel = _read_json(Path(select) / "metrics.json")
     rows_csv = Path(select) / "candidates.csv"
-    if sel and rows_csv.is_file():
-        import csv
+    if not (sel and rows_csv.is_file()):
+        return _missing("selection")
+    import csv
 
-        with rows_csv.open(newline="") as f:
-            cand = list(csv.DictReader(f))
-        key = "valid_log_loss" if sel.get("criterion") == "log_loss" else "valid_accuracy"
-        cand.sort(key=lambda r: float(r[key]), reverse=key == "valid_accuracy")
-        c = sel["chosen"]
-        parts["select"] = (
-            f"<p>{len(cand)} (candidate, view set) pairs scored on the valid split; "
-            f"{html.escape(sel['criterion'])} chose <code>{html.escape(c['candidate'])}</code> with views "
-            f"{html.escape(c['views'])}" + (f" and threshold {c['threshold']:.3f} ({html.escape(str(c['threshold_rule']))})"
-                                              if c.get("threshold") is not None else "")
-            + f": valid accuracy {_pct(c['valid_accuracy_as_chosen'])}, {c['cost_ratio']:.1f}x the cost per image of "
-            f"{html.escape(c['reference']['candidate'])} alone. The test split played no part.</p>"
-            + _table(["candidate", "views", "size", "valid log loss", "valid accuracy", "cost (x one model)"],
-                     [[r["candidate"], r["views"], r["size"], float(r["valid_log_loss"]), _pct(float(r["valid_accuracy"])),
-                       f"{float(r['cost_ratio']):.1f}"] for r in cand])
-            + _img(Path(select) / "candidates.png", "candidates on valid"))
-    else:
-        parts["select"] = _missing("selection")
+    with rows_csv.open(newline="") as f:
+        cand = list(csv.DictReader(f))
+    key = "valid_log_loss" if sel.get("criterion") == "log_loss" else "valid_accuracy"
+    cand.sort(key=lambda r: float(r[key]), reverse=key == "valid_accuracy")
+    c = sel["chosen"]
+    return (
+        f"<p>{len(cand)} (candidate, view set) pairs scored on the valid split; "
+        f"{html.escape(sel['criterion'])} chose <code>{html.escape(c['candidate'])}</code> with views "
+        f"{html.escape(c['views'])}" + (f" and threshold {c['threshold']:.3f} ({html.escape(str(c['threshold_rule']))})"
+                                          if c.get("threshold") is not None else "")
+        + f": valid accuracy {_pct(c['valid_accuracy_as_chosen'])}, {c['cost_ratio']:.1f}x the cost per image of "
+        f"{html.escape(c['reference']['candidate'])} alone. The test split played no part.</p>"
+        + _table(["candidate", "views", "size", "valid log loss", "valid accuracy", "cost (x one model)"],
+                 [[r["candidate"], r["views"], r["size"], float(r["valid_log_loss"]), _pct(float(r["valid_accuracy"])),
+                   f"{float(r['cost_ratio']):.1f}"] for r in cand])
+        + _img(Path(select) / "candidates.png", "candidates on valid"))
 
+
+def _audit_section(audit: Path) -> str:
+    """The audit section's HTML: the audit's numbers and pictures."""
     report = _read_json(Path(audit) / "report.json")
-    if report:
-        rows = [[k, v] for k, v in report.items() if not isinstance(v, (dict, list))]
-        rows += [[f"class {k}", v] for k, v in (report.get("classes") or {}).items()]
-        parts["audit"] = (_table(["audit", "value"], rows)
-                          + "".join(_img(Path(audit) / "plots" / f"{n}.png", n)
-                                    for n in ("class_histogram", "sizes", "samples", "duplicates")))
-    else:
-        parts["audit"] = _missing("audit report")
+    if not report:
+        return _missing("audit report")
+    rows = [[k, v] for k, v in report.items() if not isinstance(v, (dict, list))]
+    rows += [[f"class {k}", v] for k, v in (report.get("classes") or {}).items()]
+    return (_table(["audit", "value"], rows)
+            + "".join(_img(Path(audit) / "plots" / f"{n}.png", n)
+                      for n in ("class_histogram", "sizes", "samples", "duplicates")))
 
+
+def _split_section(split: Path) -> str:
+    """The split section's HTML: images per split and class, and the leaking duplicate groups."""
     split_m = _read_json(Path(split) / "metrics.json")
-    if split_m:
-        counts = split_m.get("counts", {})
-        classes = sorted({c for s in counts.values() for c in s})
-        parts["split"] = (_table(["split", *classes, "total"],
-                                 [[s, *[c.get(k, 0) for k in classes], sum(c.values())] for s, c in counts.items()])
-                          + f"<p>Duplicate groups leaking across splits: {split_m.get('leaking_groups')}.</p>"
-                          + _img(Path(split) / "counts.png", "split counts"))
-    else:
-        parts["split"] = _missing("split metrics")
+    if not split_m:
+        return _missing("split metrics")
+    counts = split_m.get("counts", {})
+    classes = sorted({c for s in counts.values() for c in s})
+    return (_table(["split", *classes, "total"],
+                   [[s, *[c.get(k, 0) for k in classes], sum(c.values())] for s, c in counts.items()])
+            + f"<p>Duplicate groups leaking across splits: {split_m.get('leaking_groups')}.</p>"
+            + _img(Path(split) / "counts.png", "split counts"))
 
-    parts["cv"] = _cv_section(Path(cv)) if cv is not None else _missing("cross-validation")
 
+def _baseline_section(baseline: Path) -> str:
+    """The baseline section's HTML: each check passed or failed, and the numbers to beat."""
     base = _read_json(Path(baseline) / "metrics.json")
-    if base:
-        checks = base.get("checks", {})
-        rows = "".join(
-            f"<tr><td>{html.escape(name)}</td><td class=\"{'pass' if c.get('passed') else 'fail'}\">"
-            f"{'passed' if c.get('passed') else 'FAILED'}</td><td style=\"text-align:left\">"
-            f"{html.escape(str(c.get('detail', '')))}</td></tr>" for name, c in checks.items())
-        parts["baseline"] = (f"<table><thead><tr><th>check</th><th>result</th><th>detail</th></tr></thead>"
-                             f"<tbody>{rows}</tbody></table>"
-                             + _table(["model", "valid accuracy"],
-                                      [[f"majority class ({base.get('majority_class')})", _pct(base.get("majority_accuracy"))],
-                                       ["simple net from scratch", _pct(base.get("simple_accuracy"))]])
-                             + _img(Path(baseline) / "batch.png", "a training batch"))
-    else:
-        parts["baseline"] = _missing("baseline metrics")
+    if not base:
+        return _missing("baseline metrics")
+    checks = base.get("checks", {})
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td class=\"{'pass' if c.get('passed') else 'fail'}\">"
+        f"{'passed' if c.get('passed') else 'FAILED'}</td><td style=\"text-align:left\">"
+        f"{html.escape(str(c.get('detail', '')))}</td></tr>" for name, c in checks.items())
+    return (f"<table><thead><tr><th>check</th><th>result</th><th>detail</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table>"
+            + _table(["model", "valid accuracy"],
+                     [[f"majority class ({base.get('majority_class')})", _pct(base.get("majority_accuracy"))],
+                      ["simple net from scratch", _pct(base.get("simple_accuracy"))]])
+            + _img(Path(baseline) / "batch.png", "a training batch"))
 
+
+def _lr_find_section(lr_find: Path) -> str:
+    """The lr_find section's HTML: each rule's suggested rate, the one used, and the curve."""
     sug = _read_json(Path(lr_find) / "suggestion.json")
-    parts["lr_find"] = ((_table(["rule", "learning rate"], [[k, v] for k, v in (sug.get("suggestions") or {}).items()])
-                         + f"<p>Used: {html.escape(str(sug.get('rule')))} = {_fmt(sug.get('lr'))}</p>") if sug else
-                        _missing("lr_find suggestion")) + _img(Path(lr_find) / "curve.png", "lr_find curve")
+    return ((_table(["rule", "learning rate"], [[k, v] for k, v in (sug.get("suggestions") or {}).items()])
+             + f"<p>Used: {html.escape(str(sug.get('rule')))} = {_fmt(sug.get('lr'))}</p>") if sug else
+            _missing("lr_find suggestion")) + _img(Path(lr_find) / "curve.png", "lr_find curve")
 
+
+def _training_section(stages: dict[str, Path]) -> str:
+    """The training section's HTML: each training stage's numbers, history and rate schedule."""
     training = []
     for name, d in stages.items():
         m = _read_json(Path(d) / "metrics.json")
@@ -225,36 +235,53 @@ def write_report(path: Path, *, audit: Path, split: Path, baseline: Path, lr_fin
                         + _table(["metric", "value"], [[k, v] for k, v in m.items() if not isinstance(v, dict)])
                         + _img(Path(d) / "history.png", f"{name} history")
                         + _img(Path(d) / "lr_schedule.png", f"{name} learning-rate schedule"))
-    parts["training"] = "".join(training)
-    parts["dynamics"] = ("<p>A fixed, stratified set of valid images (<code>train.dynamics_images</code>): the "
-                         "probability each gives its true class after every epoch of every training stage. Green "
-                         "rows that stay green: learnt; a row that flips back and forth: jitter; green turning "
-                         "red: forgetting.</p>" + _img(Path(evaluate) / "dynamics.png", "prediction dynamics"))
+    return "".join(training)
 
-    if plain:
-        keys = [k for k in ("accuracy", "balanced_accuracy", "macro_f1", "log_loss", "ece", "top3_accuracy",
-                            "top5_accuracy", "accuracy_ci95") if k in plain]
-        per_class = [[c, _fmt(p["precision"]), _fmt(p["recall"]), _fmt(tta["per_class"][c]["recall"]),
-                      f"{100 * metrics['chosen_gain']['per_class_recall'][c]:+.1f}", _fmt(p["f1"]),
-                      _fmt(tta["per_class"][c]["f1"]), p["support"]] for c, p in plain["per_class"].items()]
-        parts["evaluation"] = (_table(["metric", "plain", "as chosen"], [[k, plain[k], tta.get(k)] for k in keys])
-                               + _table(["class", "precision", "recall", "recall (chosen)", "gain (points)",
-                                         "F1", "F1 (chosen)", "images"], per_class)
-                               + _img(Path(evaluate) / "tta_gain.png", "per-class gain of the choices"))
-    else:
-        parts["evaluation"] = _missing("test metrics")
 
+def _dynamics_section(evaluate: Path) -> str:
+    """The dynamics section's HTML: how to read the prediction dynamics, and the picture."""
+    return ("<p>A fixed, stratified set of valid images (<code>train.dynamics_images</code>): the "
+            "probability each gives its true class after every epoch of every training stage. Green "
+            "rows that stay green: learnt; a row that flips back and forth: jitter; green turning "
+            "red: forgetting.</p>" + _img(Path(evaluate) / "dynamics.png", "prediction dynamics"))
+
+
+def _evaluation_section(metrics: dict, evaluate: Path) -> str:
+    """The evaluation section's HTML: the test metrics and per-class figures, plainly and as chosen."""
+    plain, tta = metrics.get("test", {}), metrics.get("test_chosen", {})
+    if not plain:
+        return _missing("test metrics")
+    keys = [k for k in ("accuracy", "balanced_accuracy", "macro_f1", "log_loss", "ece", "top3_accuracy",
+                        "top5_accuracy", "accuracy_ci95") if k in plain]
+    per_class = [[c, _fmt(p["precision"]), _fmt(p["recall"]), _fmt(tta["per_class"][c]["recall"]),
+                  f"{100 * metrics['chosen_gain']['per_class_recall'][c]:+.1f}", _fmt(p["f1"]),
+                  _fmt(tta["per_class"][c]["f1"]), p["support"]] for c, p in plain["per_class"].items()]
+    return (_table(["metric", "plain", "as chosen"], [[k, plain[k], tta.get(k)] for k in keys])
+            + _table(["class", "precision", "recall", "recall (chosen)", "gain (points)",
+                      "F1", "F1 (chosen)", "images"], per_class)
+            + _img(Path(evaluate) / "tta_gain.png", "per-class gain of the choices"))
+
+
+def _confusion_section(metrics: dict, evaluate: Path) -> str:
+    """The confusion section's HTML: the matrix and the most confused pairs."""
     confused = metrics.get("most_confused") or []
-    parts["confusion"] = (_img(Path(evaluate) / "confusion.png", "confusion matrix")
-                          + (_table(["actual", "predicted", "images"],
-                                    [[p["actual"], p["predicted"], p["count"]] for p in confused])
-                             if confused else "<p>No confusions.</p>"))
-    parts["top_losses"] = ("<p>The most confident mistakes (as chosen): actual → predicted, the probability "
-                           "given to the prediction, and the loss.</p>" + _img(Path(evaluate) / "top_losses.png", "top losses"))
+    return (_img(Path(evaluate) / "confusion.png", "confusion matrix")
+            + (_table(["actual", "predicted", "images"],
+                      [[p["actual"], p["predicted"], p["count"]] for p in confused])
+               if confused else "<p>No confusions.</p>"))
 
+
+def _top_losses_section(evaluate: Path) -> str:
+    """The top_losses section's HTML: the most confident mistakes."""
+    return ("<p>The most confident mistakes (as chosen): actual → predicted, the probability "
+            "given to the prediction, and the loss.</p>" + _img(Path(evaluate) / "top_losses.png", "top losses"))
+
+
+def _inside_section(metrics: dict, evaluate: Path) -> str:
+    """The inside section's HTML: the pictures of recipe.decide.inside and the weight change per group."""
     ins = metrics.get("inside") or {}
     look = Path(evaluate) / "inside"
-    parts["inside"] = (
+    return (
         f"<p>One network, not the ensemble: the chosen model's member trained last "
         f"(<code>{html.escape(str(ins.get('member', '?')))}</code> at {ins.get('size', '?')} px), without views, "
         "on a few test images. Its first convolution's filters before (the weights training started from) and "
@@ -273,18 +300,44 @@ def write_report(path: Path, *, audit: Path, split: Path, baseline: Path, lr_fin
         + _img(look / "gradcam_top_losses.png", "Grad-CAM over the top losses")
         + _img(look / "gradcam_correct.png", "Grad-CAM over correct predictions"))
 
-    titles = {"summary": "Summary", "stages": "Accuracy after every stage", "select": "Model selection on valid", "audit": "Data audit",
-              "split": "Split", "cv": "Cross-validation and label issues", "baseline": "Baseline checks", "lr_find": "Learning-rate finder",
-              "training": "Training histories", "dynamics": "Prediction dynamics", "evaluation": "Test metrics",
-              "confusion": "Confusion matrix",
-              "top_losses": "Top losses",
-              "inside": "Inside the model"}
-    nav = "".join(f'<a href="#{s}">{titles[s]}</a>' for s in SECTIONS)
-    body = "".join(f'<section id="{s}"><h2>{titles[s]}</h2>{parts[s]}</section>' for s in SECTIONS)
-    page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+
+_TITLES = {"summary": "Summary", "stages": "Accuracy after every stage", "select": "Model selection on valid", "audit": "Data audit",
+           "split": "Split", "cv": "Cross-validation and label issues", "baseline": "Baseline checks", "lr_find": "Learning-rate finder",
+           "training": "Training histories", "dynamics": "Prediction dynamics", "evaluation": "Test metrics",
+           "confusion": "Confusion matrix", "top_losses": "Top losses", "inside": "Inside the model"}
+
+
+def _page(title: str, parts: dict[str, str]) -> str:
+    """The whole HTML page: the title, a link to every section, and the sections in SECTIONS' order."""
+    nav = "".join(f'<a href="#{s}">{_TITLES[s]}</a>' for s in SECTIONS)
+    body = "".join(f'<section id="{s}"><h2>{_TITLES[s]}</h2>{parts[s]}</section>' for s in SECTIONS)
+    return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"
             f"<nav>{nav}</nav>{body}</body></html>\n")  # no clock: identical reruns write identical bytes
+
+
+def write_report(path: Path, *, audit: Path, split: Path, baseline: Path, lr_find: Path, stages: dict[str, Path],
+                 select: Path, evaluate: Path, metrics: dict, title: str = "finetune-recipe run",
+                 cv: Path | None = None) -> Path:
+    """``stages`` maps the training stages' names to their output directories; ``metrics`` is
+    the evaluate stage's metrics dict (what it writes to ``metrics.json``)."""
+    parts = {
+        "summary": _summary_section(metrics),
+        "stages": _stages_section(metrics),
+        "select": _select_section(select),
+        "audit": _audit_section(audit),
+        "split": _split_section(split),
+        "cv": _cv_section(Path(cv)) if cv is not None else _missing("cross-validation"),
+        "baseline": _baseline_section(baseline),
+        "lr_find": _lr_find_section(lr_find),
+        "training": _training_section(stages),
+        "dynamics": _dynamics_section(evaluate),
+        "evaluation": _evaluation_section(metrics, evaluate),
+        "confusion": _confusion_section(metrics, evaluate),
+        "top_losses": _top_losses_section(evaluate),
+        "inside": _inside_section(metrics, evaluate),
+    }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(page, encoding="utf-8")
+    path.write_text(_page(title, parts), encoding="utf-8")
     return path

@@ -220,7 +220,8 @@ def run(cfg, *, bundle: Path, split: Path, raw: Path, out: Path, workers: int, b
     metrics (what was folded, the parity figures, the sizes). Raises :class:`ExportError` when
     parity fails. ``chosen_accuracy``: evaluate's test accuracy of the model as chosen, which the
     ONNX model's is set beside."""
-    from recipe.data.loader import class_names, load_split, read_split
+    from recipe.data.loader import load_split
+    from recipe.data.split import class_names, read_split
     from recipe.decide.ensemble import load_bundle
 
     t0 = time.perf_counter()

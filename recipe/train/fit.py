@@ -68,30 +68,116 @@ def validate(module: nn.Module, batches: Batches, *, loss_fn: Callable, amp: boo
     return {"loss": total / n, "accuracy": correct / n, "probs": torch.cat(probs)}
 
 
+def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of ``module``'s state dict (the best epoch's weights)."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _restore(state: dict, module: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule,
+             phase: str) -> tuple[list[dict], float, int, int, dict | None]:
+    """The history, best, bad, next epoch and best weights of a resume ``state``, once the module,
+    optimizer, schedule and RNG are back where it left them (its rows printed again)."""
+    module.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    history, best, bad, start = state["history"], state["best"], state["bad"], state["epoch"]
+    best_state = state.get("best_model")
+    torch.set_rng_state(state["rng"])
+    for row in history:
+        print_row(row, header=row is history[0], phase=phase)
+    return history, best, bad, start, best_state
+
+
+def _optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler, clip_grad: float | None) -> None:
+    """Nothing: one optimizer step on ``loss`` (zero the gradients, backward, unscale, clip, step)."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    if clip_grad:
+        nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip_grad)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+
+
+def _train_epoch(net: nn.Module, module: nn.Module, train: Batches, epoch: int, *, optimizer: torch.optim.Optimizer,
+                 schedule: Schedule, loss_fn: Callable, amp: bool, clip_grad: float | None, scaler, l1_terms: list,
+                 phase: str) -> tuple[float, int, float, list[dict], float, int]:
+    """One epoch's pass over ``train``, a step per batch: this rank's summed loss and image count,
+    the summed L1 term, each batch's group rates, the last batch's rate and the number of steps."""
+    device = train.device
+    total, seen, l1_total, rates = 0.0, 0, 0.0, []
+    bar = _Progress(len(train), f"{phase} epoch {epoch}")
+    for step, (x, y) in enumerate(train.epoch(epoch)):
+        with autocast(device, amp):
+            loss = loss_fn(net(x).float(), y)
+        value = loss.item()  # the mean over this rank's images
+        if net is not module:  # this rank's share of the global batch; DDP averages over ranks
+            loss = loss * (len(y) * distributed.world_size() / train.global_n)
+        if l1_terms:  # every rank adds the whole term: DDP's mean of the ranks' gradients keeps it once
+            penalty = l1_penalty(l1_terms)
+            loss = loss + penalty
+            l1_total += penalty.item()
+        if not math.isfinite(value):
+            raise Diverged(f"{phase}: loss is {value} at epoch {epoch}, step {step} "
+                           f"(lr {max(current_lrs(optimizer)):.3g}); lower the learning rate")
+        _optimizer_step(loss, optimizer, scaler, clip_grad)
+        lr_used = max(current_lrs(optimizer))  # the rate this batch trained at (before the schedule moves)
+        rates.append(group_rates(optimizer))
+        schedule.step_batch()
+        total += value * len(y)
+        seen += len(y)
+        bar.update(step + 1, value)
+    bar.close()
+    return total, seen, l1_total, rates, lr_used, step + 1
+
+
+def _epoch_row(epoch: int, train_loss: float, result: dict, lr_used: float, t0: float, *, l1_loss: float | None,
+               rates: list[dict], watch: Sequence[int] | None, valid: Batches) -> dict:
+    """The history's row for one epoch (its time measured now, from ``t0``)."""
+    row = {"epoch": epoch, "train_loss": train_loss, "valid_loss": result["loss"],
+           "accuracy": result["accuracy"], "lr": lr_used,
+           "time": time.perf_counter() - t0}
+    if l1_loss is not None:
+        row["l1_loss"] = l1_loss
+    row["rates"] = rates
+    if watch is not None:
+        truth = valid.y[list(watch)].long()
+        row["watched"] = result["probs"][list(watch)].gather(1, truth[:, None])[:, 0].tolist()
+    return row
+
+
+def _track_best(valid_loss: float, best: float, bad: int, best_state: dict | None, module: nn.Module,
+                keep: str) -> tuple[float, int, dict | None]:
+    """The best valid loss, the epochs since it improved and the best weights, after an epoch's ``valid_loss``."""
+    if valid_loss < best:
+        return valid_loss, 0, _snapshot(module) if keep == "best" else None
+    return best, bad + 1, best_state
+
+
 def fit(module: nn.Module, *, train: Batches, valid: Batches, epochs: int, optimizer: torch.optim.Optimizer,
         schedule: Schedule, loss_fn: Callable, train_mode: Callable[[], None] | None = None,
         amp: bool = False, clip_grad: float | None = None, patience: int | None = None,
         keep: str = "best", resume: Path | None = None, fingerprint: str = "",
         phase: str = "train", on_epoch: Callable[[dict], None] | None = None,
         start_loss: float | None = None, watch: Sequence[int] | None = None) -> list[dict]:
+    """The history: one row per epoch trained (see the module's docstring)."""
     device = train.device
     history: list[dict] = []
     best, best_state, bad = math.inf, None, 0
     if start_loss is not None and keep == "best":
         # The weights we start from are a candidate too: a phase that only makes the model
         # worse on the valid set hands on what it was given.
-        best, best_state = start_loss, {k: v.detach().clone() for k, v in module.state_dict().items()}
+        best, best_state = start_loss, _snapshot(module)
     start = 0
     state = _load_resume(resume, fingerprint)
     if state is not None:
-        module.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        history, best, bad, start = state["history"], state["best"], state["bad"], state["epoch"]
-        best_state = state.get("best_model")
-        torch.set_rng_state(state["rng"])
-        for row in history:
-            print_row(row, header=row is history[0], phase=phase)
+        history, best, bad, start, best_state = _restore(state, module, optimizer, schedule, phase)
         if state["done"]:
             return history
         print(f"{phase}: resuming after epoch {start - 1} from {resume}", file=sys.stderr)
@@ -108,62 +194,19 @@ def fit(module: nn.Module, *, train: Batches, valid: Batches, epochs: int, optim
         module.train()
         if train_mode is not None:
             train_mode()
-        total, seen, l1_total, rates = 0.0, 0, 0.0, []
-        bar = _Progress(len(train), f"{phase} epoch {epoch}")
-        for step, (x, y) in enumerate(train.epoch(epoch)):
-            with autocast(device, amp):
-                loss = loss_fn(net(x).float(), y)
-            value = loss.item()  # the mean over this rank's images
-            if net is not module:  # this rank's share of the global batch; DDP averages over ranks
-                loss = loss * (len(y) * distributed.world_size() / train.global_n)
-            if l1_terms:  # every rank adds the whole term: DDP's mean of the ranks' gradients keeps it once
-                penalty = l1_penalty(l1_terms)
-                loss = loss + penalty
-                l1_total += penalty.item()
-            if not math.isfinite(value):
-                raise Diverged(f"{phase}: loss is {value} at epoch {epoch}, step {step} "
-                               f"(lr {max(current_lrs(optimizer)):.3g}); lower the learning rate")
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            if clip_grad:
-                nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip_grad)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            lr_used = max(current_lrs(optimizer))  # the rate this batch trained at (before the schedule moves)
-            rates.append(group_rates(optimizer))
-            schedule.step_batch()
-            total += value * len(y)
-            seen += len(y)
-            bar.update(step + 1, value)
-        bar.close()
+        total, seen, l1_total, rates, lr_used, steps = _train_epoch(
+            net, module, train, epoch, optimizer=optimizer, schedule=schedule, loss_fn=loss_fn, amp=amp,
+            clip_grad=clip_grad, scaler=scaler, l1_terms=l1_terms, phase=phase)
         total, seen = distributed.sum_all(total, seen)  # the epoch's train loss over every rank's images
         result = validate(module, valid, loss_fn=loss_fn, amp=amp)
-        row = {"epoch": epoch, "train_loss": total / seen, "valid_loss": result["loss"],
-               "accuracy": result["accuracy"], "lr": lr_used,
-               "time": time.perf_counter() - t0}
-        if l1_terms:
-            row["l1_loss"] = l1_total / (step + 1)
-        row["rates"] = rates
-        if watch is not None:
-            truth = valid.y[list(watch)].long()
-            row["watched"] = result["probs"][list(watch)].gather(1, truth[:, None])[:, 0].tolist()
+        row = _epoch_row(epoch, total / seen, result, lr_used, t0, l1_loss=l1_total / steps if l1_terms else None,
+                         rates=rates, watch=watch, valid=valid)
         schedule.step_epoch(result["loss"])
         history.append(row)
         print_row(row, header=epoch == 0, phase=phase)
         if on_epoch is not None:
             on_epoch(row)
-        if row["valid_loss"] < best:
-            best, bad = row["valid_loss"], 0
-            best_state = {k: v.detach().clone() for k, v in module.state_dict().items()} if keep == "best" else None
-        else:
-            bad += 1
+        best, bad, best_state = _track_best(row["valid_loss"], best, bad, best_state, module, keep)
         stopped = patience is not None and bad >= patience
         last = epoch + 1 >= epochs or stopped
         if last and keep == "best" and best_state is not None:

@@ -25,7 +25,8 @@ from torch import nn
 
 from recipe.core import distributed
 from recipe.core.errors import ConfigError, DataError
-from recipe.data.loader import Batches, ImageSet, class_names, load_split, read_split
+from recipe.data.loader import Batches, ImageSet, load_split
+from recipe.data.split import class_names, read_split
 from recipe.train.augment import Augment
 from recipe.train.models import Classifier, build_model
 from recipe.train.schema import ModelConfig
