@@ -6,6 +6,7 @@ from pathlib import Path
 
 from recipe.core import distributed as dist
 from recipe.core.config import StageParams
+from recipe.core.layout import TRAINING
 from recipe.core.schema import Seed
 from recipe.data.sizes import median_side, train_size
 from recipe.track import tracking
@@ -43,8 +44,8 @@ def record_training(args, metrics: dict) -> None:
         return
     write_json(args.metrics, metrics)
     log_numbers({f"final.{k}": v for k, v in metrics.items() if not isinstance(v, list)})
-    for path in (args.history, args.metrics, args.history.with_name("lr_schedule.csv"),
-                 args.history.with_name("dynamics.csv")):
+    for path in (args.history, args.metrics, args.history.with_name(TRAINING.lr_schedule),
+                 args.history.with_name(TRAINING.dynamics)):
         tracking.log_artifact(path)
-    for name in (args.history.with_suffix(".png"), args.history.with_name("lr_schedule.png")):
+    for name in (args.history.with_name(TRAINING.history_plot), args.history.with_name(TRAINING.lr_schedule_plot)):
         tracking.log_artifact(name, "plots")

@@ -1,5 +1,6 @@
 """audit: inspect every file in data/raw, write the manifest, the report and the pictures."""
 
+from recipe.core.layout import RAW
 from recipe.core.schema import Seed
 from recipe.data.audit import audit, check_usable, metrics_of
 from recipe.data.schema import AuditConfig
@@ -19,7 +20,7 @@ def main(args):
         args.manifest.parent.mkdir(parents=True, exist_ok=True)
         manifest.to_csv(args.manifest, index=False)
         write_json(args.report, report)
-        plots.audit_pictures(manifest, report, files=args.raw / "files", out=args.plots, seed=seed,
+        plots.audit_pictures(manifest, report, files=args.raw / RAW.files, out=args.plots, seed=seed,
                              per_class=cfg.samples_per_class, max_groups=cfg.max_duplicate_groups)
         tracking.log_metrics(metrics_of(report))
         for path in (args.manifest, args.report):

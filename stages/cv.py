@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 from recipe.core.errors import DataError
+from recipe.core.layout import CV, FOLD_SPLITS, RAW
 from recipe.data.schema import CvConfig
 from recipe.data.split import class_names, read_split
 from recipe.decide import cv
@@ -29,23 +30,24 @@ def main(args):
             _off(args, cfg, table, classes)
         return
     common = common_config(p)
-    folds = pd.read_csv(args.folds / "splits" / "folds.csv", keep_default_na=False)
-    fold_tables = {i: read_split(args.folds / "splits" / f"{i}.csv") for i in range(cfg.folds)}
+    splits = args.folds.parent / CV.fold_splits
+    folds = pd.read_csv(splits / FOLD_SPLITS.folds, keep_default_na=False)
+    fold_tables = {i: read_split(splits / f"{i}.csv") for i in range(cfg.folds)}
     models = {i: cv.fold_model(args.folds, i, cfg.stages) for i in range(cfg.folds)}
     with tracking.stage_run("cv", p.used, experiment=experiment):
         oof = cv.oof_predictions(common, table=table, fold_tables=fold_tables, models=models, raw=args.raw)
         if set(oof["path"]) != set(folds["path"]):
             raise DataError("cv: the out-of-fold predictions do not cover train + valid exactly (rerun cv_split)")
-        oof.to_csv(out / "oof.csv", index=False, float_format="%.6f")
+        oof.to_csv(out / CV.oof, index=False, float_format="%.6f")
         figures = cv.cv_figures(oof, classes)
         issues = cv.label_issues(oof, classes)
         final, issues = cv.apply_policy(table, issues, cfg.policy, cfg.max_suspects)
-        issues.to_csv(out / "label_issues.csv", index=False, float_format="%.6f")
+        issues.to_csv(out / CV.label_issues, index=False, float_format="%.6f")
         if cfg.policy == "report":
-            shutil.copyfile(args.split, out / "split.csv")  # byte for byte: turning cv on does not rerun the final fit
+            shutil.copyfile(args.split, out / CV.split)  # byte for byte: turning cv on does not rerun the final fit
         else:
-            final.to_csv(out / "split.csv", index=False)
-        _grid(issues.head(cfg.grid_images), args.raw, out / "label_issues.png", 160)  # tiles of 160 px
+            final.to_csv(out / CV.split, index=False)
+        _grid(issues.head(cfg.grid_images), args.raw, out / CV.label_issues_plot, 160)  # tiles of 160 px
         spread = cv.soft_spread(issues, table)
         conflicts = cv.duplicate_conflicts(table, issues)
         metrics = {
@@ -65,10 +67,10 @@ def main(args):
         write_json(args.metrics, metrics)
         log_numbers({k: metrics[k] for k in ("accuracy", "accuracy_std", "log_loss", "log_loss_std", "pooled")}, "cv")
         log_numbers({k: v for k, v in metrics["label_issues"].items() if not isinstance(v, dict)}, "label_issues")
-        for name in ("oof.csv", "label_issues.csv", "split.csv"):
+        for name in (CV.oof, CV.label_issues, CV.split):
             tracking.log_artifact(out / name)
         tracking.log_artifact(args.metrics)
-        tracking.log_artifact(out / "label_issues.png", "plots")
+        tracking.log_artifact(out / CV.label_issues_plot, "plots")
     print(f"cv: {cfg.folds} folds: accuracy {100 * figures['accuracy']:.2f}% ± {100 * figures['accuracy_std']:.2f} "
           f"(pooled {100 * figures['pooled']['accuracy']:.2f}%), log loss {figures['log_loss']:.4f} ± "
           f"{figures['log_loss_std']:.4f}; {len(issues)} label suspects; policy {cfg.policy}"
@@ -80,12 +82,12 @@ def _off(args, cfg, table, classes) -> None:
     """cv.folds: 0: empty tables, a titled blank picture, the split as it is."""
     out = args.out
     probs_cols = [f"p_{c}" for c in classes]
-    pd.DataFrame(columns=["path", "label", "fold", *probs_cols, "predicted"]).to_csv(out / "oof.csv", index=False)
+    pd.DataFrame(columns=["path", "label", "fold", *probs_cols, "predicted"]).to_csv(out / CV.oof, index=False)
     pd.DataFrame(columns=["rank", "path", "fold", "given_label", "suggested_label", "self_confidence",
-                          "ranking_score", "action"]).to_csv(out / "label_issues.csv", index=False)
-    plots.tensor_grid(np.zeros((0, 1, 8, 8)), [], out / "label_issues.png",
+                          "ranking_score", "action"]).to_csv(out / CV.label_issues, index=False)
+    plots.tensor_grid(np.zeros((0, 1, 8, 8)), [], out / CV.label_issues_plot,
                       "Label issues: cross-validation is off (cv.folds: 0)")
-    shutil.copyfile(args.split, out / "split.csv")  # the split itself, byte for byte: the final fit does not rerun
+    shutil.copyfile(args.split, out / CV.split)  # the split itself, byte for byte: the final fit does not rerun
     write_json(args.metrics, {"folds": 0, "policy": cfg.policy})
     print("cv: off (cv.folds: 0); the final fit trains on the split as it is")
 
@@ -98,7 +100,7 @@ def _grid(top: pd.DataFrame, raw, path, size: int) -> None:
     if top.empty:
         plots.tensor_grid(np.zeros((0, 1, 8, 8)), [], path, "Label issues: none flagged")
         return
-    images = decode_all([Path(raw) / "files" / p for p in top["path"]], size=size).float().numpy() / 255
+    images = decode_all([Path(raw) / RAW.files / p for p in top["path"]], size=size).float().numpy() / 255
     captions = [f"#{r['rank']} {r['given_label']}\n→ {r['suggested_label']}, p={r['self_confidence']:.2f}"
                 for _, r in top.iterrows()]
     plots.tensor_grid(images, captions, path, "Top suspected label errors, out of fold: #rank given label → "

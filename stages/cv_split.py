@@ -5,6 +5,7 @@ import pandas as pd
 from pydantic import NonNegativeInt
 
 from recipe.core.errors import ConfigError
+from recipe.core.layout import FOLD_SPLITS
 from recipe.data.folds import FOLD_COLUMNS, assign_folds, fold_split
 from recipe.data.schema import SplitConfig, SplitDataConfig
 from recipe.data.split import read_split
@@ -28,7 +29,7 @@ def main(args):
     with tracking.stage_run("cv_split", p.used, experiment=experiment):
         if k >= 2:
             folds = assign_folds(table, k, seed=split_cfg.seed, stratify_column=column)
-            folds.to_csv(out / "folds.csv", index=False)
+            folds.to_csv(out / FOLD_SPLITS.folds, index=False)
             for i in range(k):
                 part = fold_split(table, folds, i, fractions=split_cfg.fractions, seed=split_cfg.seed,
                                      stratify_column=column)
@@ -36,8 +37,8 @@ def main(args):
                 counts = part["split"].value_counts()
                 summary[str(i)] = {s: int(counts.get(s, 0)) for s in ("train", "valid", "test")}
         else:
-            pd.DataFrame(columns=list(FOLD_COLUMNS)).to_csv(out / "folds.csv", index=False)
-        tracking.log_artifact(out / "folds.csv")
+            pd.DataFrame(columns=list(FOLD_COLUMNS)).to_csv(out / FOLD_SPLITS.folds, index=False)
+        tracking.log_artifact(out / FOLD_SPLITS.folds)
     print(f"cv_split: {json.dumps(summary)}" if k >= 2 else "cv_split: cross-validation off (cv.folds: 0)")
 
 

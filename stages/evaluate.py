@@ -10,6 +10,7 @@ import mlflow
 from mlflow.models import infer_signature
 
 import recipe
+from recipe.core.layout import BASELINE, CV, EVALUATE, RAW, SELECT, TRAINING, TRAINING_STAGES
 from recipe.decide import evaluate, inside
 from recipe.decide.schema import EvaluateConfig, InsideConfig
 from recipe.report import write_report
@@ -28,21 +29,21 @@ def main(args):
     cfg = p.section("evaluate", EvaluateConfig)
     look = p.section("inside", InsideConfig)
     data = p.section("data", dict)  # dvc.yaml: data.source, data.task (the report's title)
-    dirs = {"train_head": args.head, "finetune": args.finetune, "resize": args.resize}
+    dirs = {s: getattr(args, s) for s in TRAINING_STAGES}
     with tracking.stage_run("evaluate", p.used, experiment=experiment) as run_:
-        selection = json.loads((args.select / "metrics.json").read_text())
-        cv_metrics = json.loads((args.cv / "metrics.json").read_text())
+        selection = json.loads((args.select / SELECT.metrics).read_text())
+        cv_metrics = json.loads((args.cv / CV.metrics).read_text())
         metrics, model, meta = evaluate.run(
             common, cfg, split=args.split, raw=args.raw, bundle=args.model,
-            checkpoints={s: dirs[s] / "model.pt" for s in evaluate.TABLE_STAGES},
-            stage_metrics={s: dirs[s] / "metrics.json" for s in evaluate.TABLE_STAGES},
-            baseline_metrics=args.baseline / "metrics.json", out=args.out,
+            checkpoints={s: dirs[s] / TRAINING.model for s in TRAINING_STAGES},
+            stage_metrics={s: dirs[s] / TRAINING.metrics for s in TRAINING_STAGES},
+            baseline_metrics=args.baseline / BASELINE.metrics, out=args.out,
             fold_models=[Path(m) for m in cv_metrics.get("members", [])])
-        metrics["inside"] = inside.run(look, model=model, meta=meta, predictions=args.out / "predictions.csv",
-                                         raw=args.raw, out=args.out / "inside", seed=common.seed)
-        write_json(args.out / "metrics.json", metrics)
-        evaluate.dynamics_picture(dirs, args.out / "dynamics.png")
-        report = write_report(args.out / "report.html", audit=args.audit, split=args.split.parent,
+        metrics["inside"] = inside.run(look, model=model, meta=meta, predictions=args.out / EVALUATE.predictions,
+                                         raw=args.raw, out=args.out / EVALUATE.inside, seed=common.seed)
+        write_json(args.out / EVALUATE.metrics, metrics)
+        evaluate.dynamics_picture(dirs, args.out / EVALUATE.dynamics)
+        report = write_report(args.out / EVALUATE.report, audit=args.audit, split=args.split.parent,
                               baseline=args.baseline, lr_find=args.lr_find, stages=dirs, select=args.select,
                               evaluate=args.out, metrics=metrics, title=_title(data, common.seed), cv=args.cv)
         log_numbers({k: metrics[k] for k in ("test", "test_chosen", "chosen_gain", "inside")})
@@ -50,13 +51,13 @@ def main(args):
         tracking.log_table({"stage": list(metrics["table"]),
                           **{col: [r[col] for r in metrics["table"].values()]
                              for col in ("size", "valid_accuracy", "test_accuracy")}}, "stage_table.json")
-        for name in ("metrics.json", "predictions.csv", "report.html"):
+        for name in (EVALUATE.metrics, EVALUATE.predictions, EVALUATE.report):
             tracking.log_artifact(args.out / name)
-        for name in ("confusion.png", "top_losses.png", "tta_gain.png", "dynamics.png"):
+        for name in (EVALUATE.confusion, EVALUATE.top_losses, EVALUATE.tta_gain, EVALUATE.dynamics):
             tracking.log_artifact(args.out / name, "plots")
         for name in inside.PICTURES:
-            tracking.log_artifact(args.out / "inside" / name, "inside")
-        uri = (tracking.guarded("log the model", log_model, args.model, model, cfg, args.out / "predictions.csv",
+            tracking.log_artifact(args.out / EVALUATE.inside / name, "inside")
+        uri = (tracking.guarded("log the model", log_model, args.model, model, cfg, args.out / EVALUATE.predictions,
                                 args.raw) if cfg.model.log else None)
         if uri:
             tracking.set_tag("model_uri", uri)
@@ -86,7 +87,7 @@ def log_model(bundle: Path, model, cfg, predictions: Path, raw: Path) -> str:
 
     with open(predictions, newline="") as f:
         first = [row["path"] for row, _ in zip(csv.DictReader(f), range(2))]
-    example = pd.DataFrame({pyfunc_model.COLUMN: [(Path(raw) / "files" / p).read_bytes() for p in first]})
+    example = pd.DataFrame({pyfunc_model.COLUMN: [(Path(raw) / RAW.files / p).read_bytes() for p in first]})
     impl = pyfunc_model.RecipeModel()
     impl.model = model
     impl.max_pixels, impl.max_rows = cfg.model.max_pixels, cfg.model.max_rows
@@ -103,4 +104,4 @@ def log_model(bundle: Path, model, cfg, predictions: Path, raw: Path) -> str:
 
 
 if __name__ == "__main__":
-    run(main, "split", "raw", "audit", "baseline", "lr_find", "head", "finetune", "resize", "select", "cv", "model", "out")
+    run(main, "split", "raw", "audit", "baseline", "lr_find", *TRAINING_STAGES, "select", "cv", "model", "out")

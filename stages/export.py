@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from recipe.core.layout import EXPORT
 from recipe.ship import export
 from recipe.ship.schema import ExportConfig
 from recipe.track import tracking
@@ -18,10 +19,10 @@ def main(args):
     with tracking.stage_run("export", p.used, experiment=experiment):
         metrics = export.run(cfg, bundle=args.model, split=args.split, raw=args.raw, out=args.out,
                              workers=train.workers, batch_size=train.batch_size, chosen_accuracy=chosen)
-        write_json(args.out / "metrics.json", metrics)
+        write_json(args.out / EXPORT.metrics, metrics)
         log_numbers({k: metrics[k] for k in ("folded_pairs", "batchnorm_left", "parity", "test_accuracy", "bytes")})
-        tracking.log_artifact(args.out / "metrics.json")
-        tracking.log_artifact(args.out / "model.onnx")
+        tracking.log_artifact(args.out / EXPORT.metrics)
+        tracking.log_artifact(args.out / EXPORT.model)
         par = metrics["parity"]
         print(f"export: {metrics['candidate']} ({metrics['views']} views) -> {args.out / 'model.onnx'} "
               f"({metrics['bytes']['onnx'] / 1e6:.1f} MB, opset {cfg.opset}); {metrics['folded_pairs']} Conv+BN "

@@ -1,6 +1,7 @@
 """finetune: unfreeze, discriminative learning rates, SGDR restarts, early stopping."""
 
 from recipe.core import distributed
+from recipe.core.layout import TRAINING
 from recipe.track import tracking
 from recipe.train import finetune
 from recipe.train.schema import FinetuneConfig, LrFindConfig
@@ -16,7 +17,7 @@ def main(args):
     cfg = p.section("finetune", FinetuneConfig)
     lr_find_cfg = p.section("lr_find", LrFindConfig)
     with tracking.stage_run(name, p.used, experiment=experiment):
-        lr_dir = args.model.parent / "lr_find"
+        lr_dir = args.model.parent / TRAINING.lr_find
         metrics = finetune.run(common, cfg, lr_find_cfg, split=args.split, raw=args.raw, checkpoint=args.checkpoint,
                                out=args.model, history_csv=args.history, lr_find_dir=lr_dir, log=log_epoch)
         record_training(args, metrics)

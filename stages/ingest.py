@@ -1,5 +1,6 @@
 """ingest: copy the configured source into data/raw (see recipe.data.sources)."""
 
+from recipe.core.layout import RAW
 from recipe.core.schema import Seed
 from recipe.data.schema import DataConfig
 from recipe.data.sources import ingest
@@ -14,8 +15,8 @@ def main(args):
     with tracking.stage_run("ingest", p.used, experiment=experiment):
         summary = ingest(out=args.out, seed=seed, **data.model_dump(exclude={"stratify_column", "soft_labels"}))
         tracking.log_metrics({"entries": summary["entries"], "entries_kept": summary["entries_kept"]})
-        tracking.log_artifact(str(args.out / "ingest.json"))
-        tracking.log_artifact(str(args.out / "index.csv"))
+        tracking.log_artifact(str(args.out / RAW.summary))
+        tracking.log_artifact(str(args.out / RAW.index))
     print(f"ingest: {summary['entries_kept']} entries from {summary['source']} into {args.out} ({len(summary['classes'])} classes)")
 
 

@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+from recipe.core.layout import CV, FOLD_SPLITS, TRAINING_STAGES
 from recipe.decide import select
 from recipe.decide.ensemble import save_bundle
 from recipe.decide.schema import SelectConfig
@@ -20,13 +21,13 @@ def main(args):
     p, experiment = stage_config("select")
     common = common_config(p)
     cfg = p.section("select", SelectConfig)
-    dirs = {"train_head": args.head, "finetune": args.finetune, "resize": args.resize}
+    dirs = {s: getattr(args, s) for s in TRAINING_STAGES}
     with tracking.stage_run("select", p.used, experiment=experiment):
         singles, aliases = select.checkpoints(dirs)
         cands = select.candidates(singles, cfg.ensembles, aliases)
-        cv_m = json.loads((args.cv / "metrics.json").read_text())
+        cv_m = json.loads((args.cv / CV.metrics).read_text())
         folds = {f"cv@{i}": Path(m) for i, m in enumerate(cv_m.get("members", []))}  # cv.folds >= 2
-        fold_cand = select.fold_candidate(folds, args.cv / "folds" / "splits" / "folds.csv")
+        fold_cand = select.fold_candidate(folds, args.cv / CV.fold_splits / FOLD_SPLITS.folds)
         if fold_cand is not None:
             singles = {**singles, **folds}
             cands.append(fold_cand)
@@ -85,4 +86,4 @@ def describe(s: dict) -> str:
 
 
 if __name__ == "__main__":
-    run(main, "split", "raw", "head", "finetune", "resize", "cv", "model", "metrics", "table", "plot")
+    run(main, "split", "raw", *TRAINING_STAGES, "cv", "model", "metrics", "table", "plot")

@@ -1,4 +1,5 @@
-"""Typed schemas for the params sections the stages read.
+"""The base of the typed schemas (``Strict``), the types every package's schema uses, and the
+sections every stage reads (the seed, tracking).
 
 No field has a default here: defaults live once, in ``conf/``. Models forbid unknown keys and
 are frozen, so a typo in a config is an error and a stage cannot mutate its own settings.

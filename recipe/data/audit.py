@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recipe.core.layout import RAW
 from recipe.data.images import ImageInfo, inspect_image
 from recipe.core.errors import DataError
 from recipe.data.neardup import group_ids, hex_to_uint64, near_pairs
@@ -66,11 +67,11 @@ def audit(
     workers: int,
 ) -> tuple[pd.DataFrame, dict]:
     raw = Path(raw)
-    index = pd.read_csv(raw / "index.csv", dtype={"path": str, "label": str, "ingest_issue": str}, keep_default_na=False)
-    declared = json.loads((raw / "ingest.json").read_text()).get("classes", [])
+    index = pd.read_csv(raw / RAW.index, dtype={"path": str, "label": str, "ingest_issue": str}, keep_default_na=False)
+    declared = json.loads((raw / RAW.summary).read_text()).get("classes", [])
     to_read = sorted({p for p, issue in zip(index["path"], index["ingest_issue"]) if not issue})
     infos = dict(zip(to_read, inspect_all(
-        [raw / "files" / p for p in to_read], max_pixels=max_pixels, stats_max_side=stats_max_side, workers=workers
+        [raw / RAW.files / p for p in to_read], max_pixels=max_pixels, stats_max_side=stats_max_side, workers=workers
     )))
     blank = asdict(ImageInfo(bytes=0, sha256=""))
     info_rows = [asdict(infos[p]) if p in infos else blank for p in index["path"]]

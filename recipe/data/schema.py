@@ -3,8 +3,10 @@
 No field has a default here: defaults live once, in ``conf/``. Models forbid unknown keys and
 are frozen, so a typo in a config is an error and a stage cannot mutate its own settings.
 
-This module imports no other module of the project (not even lazily): every stage loads it, so
-whatever it imported would become a dependency of every stage in dvc.yaml (tests/test_deps.py).
+The schemas of the sections the data package's stages read. This module imports only the schema
+modules of the packages below data (tests/test_layers.py), so a change here reruns the stages
+that load ``recipe.data``, not every stage.
+
 Names that a registry owns (TTA view sets, optimizers, schedules) are checked against that
 registry by the code that builds from it, and a test keeps the two in step.
 """

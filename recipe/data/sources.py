@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recipe.core.layout import RAW
 from recipe.core.errors import ConfigError, DataError
 from recipe.core.paths import is_within
 
@@ -66,8 +67,8 @@ def ingest(*, source: str, out: Path, seed: int, limit: int | None, **options) -
         rows = [r for r in rows if r["ingest_issue"] or id(r) in keep]
     index = pd.DataFrame(rows)
     index = index[INDEX_COLUMNS + [c for c in index.columns if c not in INDEX_COLUMNS]]
-    copied = _sync(index, listing.files, Path(out) / "files")
-    index.to_csv(Path(out) / "index.csv", index=False)
+    copied = _sync(index, listing.files, Path(out) / RAW.files)
+    index.to_csv(Path(out) / RAW.index, index=False)
     summary = {
         "source": source,
         "classes": sorted(listing.classes),
@@ -81,7 +82,7 @@ def ingest(*, source: str, out: Path, seed: int, limit: int | None, **options) -
         summary["formula_like_names"] = formula_like
         print(f"ingest: note: {formula_like} label(s) or file name(s) start with = + - @ (a spreadsheet reads them "
               f"as formulas); they are kept as given, so open the CSVs under outputs/ with a text import, not a double click")
-    (Path(out) / "ingest.json").write_text(json.dumps(summary, indent=2))
+    (Path(out) / RAW.summary).write_text(json.dumps(summary, indent=2))
     if not copied:
         raise DataError(f"ingest: the source holds no image that could be copied ({len(index)} entries; see {Path(out) / 'index.csv'})")
     return summary

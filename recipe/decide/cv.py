@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from recipe.core.errors import DataError
+from recipe.core.layout import RAW, TRAINING
 from recipe.data.split import TARGET_PREFIX
 
 
@@ -145,7 +146,7 @@ def fold_model(folds_dir, fold: int, stage: str):
     """Where fold ``fold``'s model is: the last training stage it runs (``cv.stages``)."""
     from pathlib import Path
 
-    return Path(folds_dir) / str(fold) / stage / "model.pt"
+    return Path(folds_dir) / str(fold) / stage / TRAINING.model
 
 
 def oof_predictions(common, *, table: pd.DataFrame, fold_tables: dict[int, pd.DataFrame], models: dict[int, object],
@@ -169,7 +170,7 @@ def oof_predictions(common, *, table: pd.DataFrame, fold_tables: dict[int, pd.Da
         model, _ = load_bundle(models[fold])
         if model.classes != classes:
             raise DataError(f"{models[fold]}: trained on classes {model.classes}, the split has {classes}")
-        held = load_split(ftable, Path(raw) / "files", split="test", size=model.size, classes=classes,
+        held = load_split(ftable, Path(raw) / RAW.files, split="test", size=model.size, classes=classes,
                           workers=common.train.workers)
         model = common.prepare(model, device).eval()
         model.autocast = lambda: autocast(device, common.train.amp)

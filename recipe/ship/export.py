@@ -38,6 +38,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from recipe.core.errors import ConfigError, DataError
+from recipe.core.layout import EXPORT, RAW
 from recipe.decide.ensemble import Ensemble, decide
 from recipe.ship.onnx_model import FORMAT, OnnxModel
 
@@ -227,7 +228,7 @@ def run(cfg, *, bundle: Path, split: Path, raw: Path, out: Path, workers: int, b
     t0 = time.perf_counter()
     model, meta = load_bundle(bundle)
     table = read_split(split)
-    test = load_split(table, Path(raw) / "files", split="test", size=model.size, classes=class_names(table),
+    test = load_split(table, Path(raw) / RAW.files, split="test", size=model.size, classes=class_names(table),
                       workers=workers)
     images = test.images
     if images.shape[1] == 1 and model.channels == 3:  # gray test images for a model trained on some colour ones
@@ -238,7 +239,7 @@ def run(cfg, *, bundle: Path, split: Path, raw: Path, out: Path, workers: int, b
     images = images.float() / 255
     folded, pairs = fold_ensemble(model) if cfg.fold_bn else (model, 0)
     info = {"candidate": meta.get("info", {}).get("candidate", "+".join(model.names))}
-    path = export_onnx(folded, Path(out) / "model.onnx", opset=cfg.opset, dynamic_batch=cfg.dynamic_batch,
+    path = export_onnx(folded, Path(out) / EXPORT.model, opset=cfg.opset, dynamic_batch=cfg.dynamic_batch,
                        optimize=cfg.optimize, info=info)
     check = parity(model, folded, path, images, batch_size=batch_size)
     labels = test.labels.numpy()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from recipe.core import distributed
+from recipe.core.layout import LR_FIND, TRAINING
 from recipe.data.loader import Batches
 from recipe.train import lr_find
 from recipe.train.models import Classifier, freeze_to, set_bn_mode, spread_lrs
@@ -55,12 +56,12 @@ def run(common: Common, cfg: FinetuneConfig, lr_find_cfg: LrFindConfig, *, split
     lrs = spread_lrs(lr, cfg.lr_mult, len(model.groups))
     opt = common.optimizer(model, lrs)
     sched = make_schedule(opt, epochs=cfg.epochs, steps_per_epoch=len(tb), **cfg.schedule.model_dump())
-    resume = out.parent / "resume"
+    resume = out.parent / TRAINING.resume
     history = History(log, watch(data.valid, common.train.dynamics_images, common.seed))
     snaps = {}
-    clear_snapshots(out.parent / "snapshots", resume)
+    clear_snapshots(out.parent / TRAINING.snapshots, resume)
     if cfg.snapshots:  # the weights at each SGDR cycle's end, in out's folder: snapshots/epoch_<n>.pt
-        snaps = dict(snapshot=snapshotter(model, data, folder=out.parent / "snapshots", size=meta["size"],
+        snaps = dict(snapshot=snapshotter(model, data, folder=out.parent / TRAINING.snapshots, size=meta["size"],
                                           stage="finetune", model_config=meta["model_config"]),
                      snapshot_at=tuple(cycle_ends(cfg.schedule.model_dump(), cfg.epochs)))
     train_phase(model, name="unfrozen", **snaps, train=tb, valid=common.batches(data.valid, device, train=False),
@@ -82,6 +83,6 @@ def auto_lr(model: Classifier, common: Common, cfg: LrFindConfig, train: Batches
     whole = copy.copy(train)
     whole.shard = None
     result = lr_find.sweep(model, model, common, cfg, whole, spread_lrs(1.0, lr_mult, len(model.groups)), train_mode)
-    lr_find.write(result, cfg.suggestion, curve_csv=out_dir / "curve.csv", plot=out_dir / "curve.png",
-                  suggestion=out_dir / "suggestion.json")
+    lr_find.write(result, cfg.suggestion, curve_csv=out_dir / LR_FIND.curve, plot=out_dir / LR_FIND.plot,
+                  suggestion=out_dir / LR_FIND.suggestion)
     return result["summary"]["lr"]

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from recipe.core import distributed
+from recipe.core.layout import TRAINING
 from recipe.data.sizes import median_side, resize_size
 from recipe.report import plots
 from recipe.train.fit import validate
@@ -50,8 +51,8 @@ def run(common: Common, cfg: ResizeConfig, *, unfreeze_to: int, split: Path, raw
     device = common.start()
     model, meta = load_checkpoint(checkpoint)
     model = common.prepare(model, device)
-    resume = out.parent / "resume"
-    clear_snapshots(out.parent / "snapshots", resume)
+    resume = out.parent / TRAINING.resume
+    clear_snapshots(out.parent / TRAINING.snapshots, resume)
     size = target_size(cfg, common.train, from_size=meta["size"], split=split)
     given = load_data(split, raw, size=meta["size"], workers=common.train.workers)
     same_classes(meta, given, checkpoint)
@@ -88,7 +89,7 @@ def run(common: Common, cfg: ResizeConfig, *, unfreeze_to: int, split: Path, raw
         sched = make_schedule(opt, epochs=epochs, steps_per_epoch=len(tb), **cfg.schedule.model_dump())
         snaps = {}
         if cfg.snapshots and name == "unfrozen":
-            snaps = dict(snapshot=snapshotter(model, data, folder=out.parent / "snapshots", size=size, stage="resize",
+            snaps = dict(snapshot=snapshotter(model, data, folder=out.parent / TRAINING.snapshots, size=size, stage="resize",
                                               model_config=meta["model_config"]),
                          snapshot_at=tuple(cycle_ends(cfg.schedule.model_dump(), epochs)))
         train_phase(model, name=name, epochs=epochs, optimizer=opt, schedule=sched, **snaps,
@@ -112,7 +113,7 @@ def _pass_on(checkpoint: Path, out: Path, history_csv: Path | None, bar: dict, s
         if history_csv is not None:  # no training: an empty history and its picture
             History(None).write(history_csv)
             plots.history([], history_csv.with_suffix(".png"), f"resize: skipped ({why})")
-            plots.lr_schedule([], history_csv.with_name("lr_schedule.png"), f"resize: skipped ({why})")
+            plots.lr_schedule([], history_csv.with_name(TRAINING.lr_schedule_plot), f"resize: skipped ({why})")
     m = {"passed_on": why, "valid_loss": bar["loss"], "valid_accuracy": bar["accuracy"], "size": size,
          "time_s": round(time.perf_counter() - t0, 1)}
     if resized is not None:

@@ -25,6 +25,7 @@ from torch import nn
 
 from recipe.core import distributed
 from recipe.core.errors import ConfigError, DataError
+from recipe.core.layout import RAW
 from recipe.data.loader import Batches, ImageSet, load_split
 from recipe.data.split import class_names, read_split
 from recipe.train.augment import Augment
@@ -71,7 +72,7 @@ def load_data(split_csv: Path, raw: Path, *, size: int, workers: int, splits: tu
     classes = class_names(table)
     if len(classes) < 2:
         raise DataError(f"{split_csv}: {len(classes)} class(es); a classifier needs at least 2")
-    sets = {s: load_split(table, Path(raw) / "files", split=s, size=size, classes=classes, workers=workers)
+    sets = {s: load_split(table, Path(raw) / RAW.files, split=s, size=size, classes=classes, workers=workers)
             for s in splits}
     # Each split is 1-channel only if all its images are grayscale; one channel count for all of them.
     if len({s.images.shape[1] for s in sets.values()}) > 1:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from recipe.core.layout import TRAINING
 from recipe.train.models import freeze_to, set_bn_mode
 from recipe.train.optim import make_schedule
 from recipe.train.schema import TrainHeadConfig
@@ -26,7 +27,7 @@ def run(common: Common, cfg: TrainHeadConfig, *, split: Path, raw: Path, suggest
     model = pretrained(common, data, device)
     train_bn = cfg.bn == "train"
     freeze_to(model, model.head_group, train_bn=train_bn)
-    resume = out.parent / "resume"
+    resume = out.parent / TRAINING.resume
     key = fingerprint("train_head", cfg, common, lr, files=(split,))
     history = History(log, watch(data.valid, common.train.dynamics_images, common.seed))
     loss_fn = common.loss()

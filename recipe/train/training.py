@@ -21,6 +21,7 @@ from torch import nn
 
 from recipe.core import distributed
 from recipe.core.errors import ConfigError, DataError
+from recipe.core.layout import TRAINING
 from recipe.data.loader import ImageSet
 from recipe.report import plots
 from recipe.train.augment import Augment
@@ -145,7 +146,7 @@ class History:
             w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
             w.writeheader()
             w.writerows(self.rows)
-        with (path.parent / "lr_schedule.csv").open("w", newline="") as f:
+        with (path.parent / TRAINING.lr_schedule).open("w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["phase", "epoch", "step", "group", "lr"])
             step = 0
@@ -153,7 +154,7 @@ class History:
                 for rates in r.get("rates", []):
                     w.writerows([r["phase"], r["epoch"], step, g, lr] for g, lr in rates.items())
                     step += 1
-        with (path.parent / "dynamics.csv").open("w", newline="") as f:
+        with (path.parent / TRAINING.dynamics).open("w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["phase", "epoch", "image", "path", "label", "p_true"])
             for r in self.rows:
@@ -200,7 +201,7 @@ def finish(model: Classifier, data: Data, common: Common, device, *, out: Path, 
                     stage=stage, epoch=len(history.rows), channels=data.train.images.shape[1])
     history.write(history_csv)
     plots.history(history.rows, history_csv.with_suffix(".png"), f"{stage} at {size} px")
-    plots.lr_schedule(history.rows, history_csv.with_name("lr_schedule.png"), f"{stage}: learning rate per batch")
+    plots.lr_schedule(history.rows, history_csv.with_name(TRAINING.lr_schedule_plot), f"{stage}: learning rate per batch")
     shutil.rmtree(resume_dir, ignore_errors=True)  # finished: a rerun starts over
     return metrics
 
