@@ -44,6 +44,95 @@ def probabilities(model: Ensemble, images: ImageSet, common: Common, device) -> 
     return np.concatenate(out), np.concatenate(labels)
 
 
+def _scores(model: Ensemble, test: ImageSet, common: Common, cfg: EvaluateConfig, device,
+            classes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict, dict]:
+    """The probabilities as chosen and plainly, the labels, and the metrics plainly and as chosen."""
+    chosen_views, threshold = model.views, model.threshold
+    p_chosen, labels = probabilities(model, test, common, device)
+    model.views = plain_views()
+    p_plain, _ = probabilities(model, test, common, device)
+    model.views = chosen_views
+    kw = dict(ece_bins=cfg.metrics.ece_bins, top_k=cfg.metrics.top_k, bootstrap=cfg.metrics.bootstrap,
+              confidence=cfg.metrics.confidence, seed=common.seed)
+    plain = classification_metrics(p_plain, labels, classes, **kw)
+    chosen = classification_metrics(p_chosen, labels, classes, predicted=decide(p_chosen, threshold), **kw)
+    return p_chosen, p_plain, labels, plain, chosen
+
+
+def _stage_row(path: Path, checkpoints: dict[str, Path], stage: str, cfg: EvaluateConfig, common: Common, device, test_at,
+               amp) -> dict:
+    """One training stage's row of the table: its size, its valid accuracy as it reported it, its checkpoint's test accuracy."""
+    stage_m = json.loads(path.read_text())
+    row = {"size": stage_m.get("size"), "valid_accuracy": stage_m.get("valid_accuracy"), "test_accuracy": None}
+    if stage_m.get("fit_on", "train") != "train":  # the valid images were trained on: not a held-out figure
+        row.update(valid_accuracy=None, fit_on=stage_m["fit_on"])
+    if stage_m.get("passed_on"):
+        row["passed_on"] = stage_m["passed_on"]
+    if cfg.stage_table and Path(checkpoints[stage]).is_file():
+        other, other_meta = load_checkpoint(checkpoints[stage])
+        other = common.prepare(other, device)
+        p = predict(other, common.batches(test_at(other_meta["size"]), device, train=False),
+                    plain_views(), autocast=amp)
+        row["test_accuracy"] = float((p["plain"].argmax(1) == p["labels"]).double().mean())
+    return row
+
+
+def _folds_row(fold_models: list[Path], classes: list[str], common: Common, device, test_at) -> dict:
+    """The cv_folds row of the table: the k fold models averaged (select's cv_folds), scored on test."""
+    folds = [load_checkpoint(f) for f in fold_models]
+    ens = common.prepare(Ensemble([(m, meta_["size"]) for m, meta_ in folds], classes=classes,
+                                  channels=folds[0][1].get("channels", 3)), device).eval()
+    p, y = probabilities(ens, test_at(ens.size), common, device)
+    return {"size": ens.size, "valid_accuracy": None, "test_accuracy": float((p.argmax(1) == y).mean()),
+            "members": len(folds)}
+
+
+def _stage_table(cfg: EvaluateConfig, common: Common, device, test_at, *, baseline_metrics: Path, classes: list[str],
+                 labels: np.ndarray, stage_metrics: dict[str, Path], checkpoints: dict[str, Path],
+                 fold_models: list[Path], size: int, info: dict, plain: dict, chosen: dict) -> dict[str, dict]:
+    """The fast.ai lesson's table, one row per stage: accuracy after every stage, valid (as each
+    stage reported it) and test (each checkpoint scored here, plainly)."""
+    base = json.loads(Path(baseline_metrics).read_text())
+    majority = classes.index(base["majority_class"])
+    rows: dict[str, dict] = {
+        "majority_class": {"size": None, "valid_accuracy": base["majority_accuracy"],
+                           "test_accuracy": float((labels == majority).mean())},
+        "baseline_model": {"size": None, "valid_accuracy": base["simple_accuracy"], "test_accuracy": None},
+    }
+    amp = lambda: autocast(device, common.train.amp)
+    for stage in TABLE_STAGES:
+        path = Path(stage_metrics[stage])
+        if not path.is_file():
+            continue
+        rows[stage] = _stage_row(path, checkpoints, stage, cfg, common, device, test_at, amp)
+    if cfg.stage_table and len(fold_models) >= 2:  # cv.folds: the k fold models averaged (select's cv_folds)
+        rows["cv_folds"] = _folds_row(fold_models, classes, common, device, test_at)
+    rows["chosen_plain"] = {"size": size, "valid_accuracy": None, "test_accuracy": plain["accuracy"]}
+    rows["chosen"] = {"size": size, "valid_accuracy": info.get("valid_accuracy_as_chosen"),
+                      "test_accuracy": chosen["accuracy"]}
+    return rows
+
+
+def _write_pictures(out: Path, test: ImageSet, labels: np.ndarray, p_plain: np.ndarray, p_chosen: np.ndarray,
+                    threshold: float | None, classes: list[str], plain: dict, chosen: dict, gain: dict[str, float],
+                    label: str, top: int) -> None:
+    """Nothing: writes the predictions, the confusion matrices, the top losses and the per-class gain into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    _write_predictions(out / "predictions.csv", test.paths, labels, p_plain, p_chosen, decide(p_chosen, threshold),
+                       classes)
+    plots.confusion({"plain": np.array(plain["confusion"]), f"as chosen ({label})": np.array(chosen["confusion"])},
+                    classes, out / "confusion.png")
+    worst = top_losses(p_chosen, labels, top)
+    captions = [f"{classes[labels[i]]} → {classes[decide(p_chosen[i:i + 1], threshold)[0]]}\n"
+                f"p={p_chosen[i].max():.2f} loss={-np.log(max(p_chosen[i, labels[i]], 1e-15)):.2f}" for i in worst]
+    if len(worst):
+        plots.tensor_grid(test.images[torch.as_tensor(worst)].float().numpy() / 255, captions, out / "top_losses.png",
+                          "Top losses (as chosen): actual → predicted, probability of the top class, loss")
+    else:
+        plots.tensor_grid(np.zeros((0, 1, 8, 8)), [], out / "top_losses.png", "Top losses: none requested")
+    plots.tta_gain(gain, out / "tta_gain.png", f"Per-class recall gain of the choices ({label}) over plain")
+
+
 def run(common: Common, cfg: EvaluateConfig, *, split: Path, raw: Path, bundle: Path, checkpoints: dict[str, Path],
         stage_metrics: dict[str, Path], baseline_metrics: Path, out: Path, fold_models: list[Path] = ()
         ) -> tuple[dict, Ensemble, dict]:
@@ -68,73 +157,16 @@ def run(common: Common, cfg: EvaluateConfig, *, split: Path, raw: Path, bundle: 
     test = test_at(model.size)
     model = common.prepare(model, device)
     chosen_views, threshold = model.views, model.threshold
-    p_chosen, labels = probabilities(model, test, common, device)
-    model.views = plain_views()
-    p_plain, _ = probabilities(model, test, common, device)
-    model.views = chosen_views
-    kw = dict(ece_bins=cfg.metrics.ece_bins, top_k=cfg.metrics.top_k, bootstrap=cfg.metrics.bootstrap,
-              confidence=cfg.metrics.confidence, seed=common.seed)
-    plain = classification_metrics(p_plain, labels, classes, **kw)
-    chosen = classification_metrics(p_chosen, labels, classes, predicted=decide(p_chosen, threshold), **kw)
+    p_chosen, p_plain, labels, plain, chosen = _scores(model, test, common, cfg, device, classes)
     gain = {c: chosen["per_class"][c]["recall"] - plain["per_class"][c]["recall"] for c in classes}
     eval_s = time.perf_counter() - t0
     name = meta.get("info", {}).get("candidate", "+".join(model.names))
     label = f"{name} / {chosen_views.name}" + (f" / t={threshold:.3f}" if threshold is not None else "")
-
-    # The fast.ai lesson's table: accuracy after every stage, valid (as each stage reported it)
-    # and test (each checkpoint scored here, plainly).
-    base = json.loads(Path(baseline_metrics).read_text())
-    majority = classes.index(base["majority_class"])
-    rows: dict[str, dict] = {
-        "majority_class": {"size": None, "valid_accuracy": base["majority_accuracy"],
-                           "test_accuracy": float((labels == majority).mean())},
-        "baseline_model": {"size": None, "valid_accuracy": base["simple_accuracy"], "test_accuracy": None},
-    }
-    amp = lambda: autocast(device, common.train.amp)
-    for stage in TABLE_STAGES:
-        path = Path(stage_metrics[stage])
-        if not path.is_file():
-            continue
-        stage_m = json.loads(path.read_text())
-        row = {"size": stage_m.get("size"), "valid_accuracy": stage_m.get("valid_accuracy"), "test_accuracy": None}
-        if stage_m.get("fit_on", "train") != "train":  # the valid images were trained on: not a held-out figure
-            row.update(valid_accuracy=None, fit_on=stage_m["fit_on"])
-        if stage_m.get("passed_on"):
-            row["passed_on"] = stage_m["passed_on"]
-        if cfg.stage_table and Path(checkpoints[stage]).is_file():
-            other, other_meta = load_checkpoint(checkpoints[stage])
-            other = common.prepare(other, device)
-            p = predict(other, common.batches(test_at(other_meta["size"]), device, train=False),
-                        plain_views(), autocast=amp)
-            row["test_accuracy"] = float((p["plain"].argmax(1) == p["labels"]).double().mean())
-        rows[stage] = row
-    if cfg.stage_table and len(fold_models) >= 2:  # cv.folds: the k fold models averaged (select's cv_folds)
-        folds = [load_checkpoint(f) for f in fold_models]
-        ens = common.prepare(Ensemble([(m, meta_["size"]) for m, meta_ in folds], classes=classes,
-                                      channels=folds[0][1].get("channels", 3)), device).eval()
-        p, y = probabilities(ens, test_at(ens.size), common, device)
-        rows["cv_folds"] = {"size": ens.size, "valid_accuracy": None, "test_accuracy": float((p.argmax(1) == y).mean()),
-                            "members": len(folds)}
-    sel = meta.get("info", {})
-    rows["chosen_plain"] = {"size": model.size, "valid_accuracy": None, "test_accuracy": plain["accuracy"]}
-    rows["chosen"] = {"size": model.size, "valid_accuracy": sel.get("valid_accuracy_as_chosen"),
-                      "test_accuracy": chosen["accuracy"]}
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_predictions(out / "predictions.csv", test.paths, labels, p_plain, p_chosen, decide(p_chosen, threshold),
-                       classes)
-    plots.confusion({"plain": np.array(plain["confusion"]), f"as chosen ({label})": np.array(chosen["confusion"])},
-                    classes, out / "confusion.png")
-    worst = top_losses(p_chosen, labels, cfg.top_losses)
-    captions = [f"{classes[labels[i]]} → {classes[decide(p_chosen[i:i + 1], threshold)[0]]}\n"
-                f"p={p_chosen[i].max():.2f} loss={-np.log(max(p_chosen[i, labels[i]], 1e-15)):.2f}" for i in worst]
-    if len(worst):
-        plots.tensor_grid(test.images[torch.as_tensor(worst)].float().numpy() / 255, captions, out / "top_losses.png",
-                          "Top losses (as chosen): actual → predicted, probability of the top class, loss")
-    else:
-        plots.tensor_grid(np.zeros((0, 1, 8, 8)), [], out / "top_losses.png", "Top losses: none requested")
-    plots.tta_gain(gain, out / "tta_gain.png", f"Per-class recall gain of the choices ({label}) over plain")
+    rows = _stage_table(cfg, common, device, test_at, baseline_metrics=baseline_metrics, classes=classes, labels=labels,
+                        stage_metrics=stage_metrics, checkpoints=checkpoints, fold_models=fold_models, size=model.size,
+                        info=meta.get("info", {}), plain=plain, chosen=chosen)
+    _write_pictures(Path(out), test, labels, p_plain, p_chosen, threshold, classes, plain, chosen, gain, label,
+                    cfg.top_losses)
     metrics = {
         "chosen": {"candidate": name, "members": list(model.names), "views": chosen_views.name,
                    "n_views": len(chosen_views), "threshold": threshold, "size": model.size},

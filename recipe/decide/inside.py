@@ -387,6 +387,53 @@ def confident_correct(pred: dict, per_class: int, n_classes: int) -> list[list[i
     return out
 
 
+def _weight_pictures(before: Classifier, net: Classifier, rows: list[dict], name: str, start: str,
+                     out: Path) -> tuple[str, nn.Conv2d]:
+    """The first convolution's name and module, once its before/after picture and the weight-change picture are written."""
+    conv_name, conv = first_conv(net)
+    w0 = dict(before.named_modules())[conv_name].weight.detach().float().cpu().numpy()
+    first_conv_picture(w0, conv.weight.detach().float().cpu().numpy(), conv_name, out / "first_conv.png")
+    weight_change_picture(rows, out / "weight_change.png",
+                          f"How far training moved each layer of {name} (from the {start} weights; forward order, "
+                          "input side at the top)\nthe head is left out: it is new, so it has no 'before'")
+    return conv_name, conv
+
+
+def _picked_images(pred: dict, cfg: InsideConfig, n_classes: int) -> tuple[list[int], list[list[int]], list[int], list[int]]:
+    """The indices of the top losses, the confident correct ones per class, the feature maps' images, and all of them once."""
+    worst = top_losses(pred["probs"], pred["labels"], cfg.gradcam_top_losses).tolist()
+    correct = confident_correct(pred, cfg.gradcam_per_class, n_classes)
+    # The feature maps' images: one per class in turn (most confident correct first), then any.
+    spread = [c[j] for j in range(max([len(c) for c in correct] + [0])) for c in correct if j < len(c)]
+    shown = (spread + [k for k in range(len(pred["paths"])) if k not in spread])[:cfg.activation_images]
+    needed = list(dict.fromkeys(worst + [k for c in correct for k in c] + shown))
+    return worst, correct, shown, needed
+
+
+def _decoded(model: Ensemble, pred: dict, needed: list[int], raw: Path, size: int) -> torch.Tensor:
+    """The ``needed`` test images as the member gets them: decoded at the bundle's size, then fit to ``size``."""
+    files = [Path(raw) / "files" / pred["paths"][k] for k in needed]
+    decoded = decode_all(files, size=model.size) if files else torch.zeros(0, model.channels, model.size, model.size,
+                                                                           dtype=torch.uint8)
+    return fit_size(decoded.float() / 255, size)
+
+
+def _gradcam_correct(net: Classifier, x: torch.Tensor, correct: list[list[int]], flat: list[int], pred: dict,
+                     classes: list[str], name: str, size: int, out: Path) -> None:
+    """Nothing: writes the Grad-CAM picture over each class's most confident correct predictions."""
+    cams_ok = gradcam(net, x, [pred["labels"][k] for k in flat])
+    ncols = max([len(c) for c in correct] + [1])
+    tiles: list[tuple | None] = []  # one row per class; None: a blank tile where a class has fewer
+    for c, ks in enumerate(correct):
+        for j in range(ncols):
+            k = ks[j] if j < len(ks) else None
+            tiles.append(None if k is None else (x[flat.index(k)].numpy(), cams_ok[flat.index(k)],
+                                                 f"{classes[c]}, p={pred['probs'][k, c]:.2f}"))
+    gradcam_picture(tiles if flat else [], out / "gradcam_correct.png",
+                    f"Grad-CAM of {name} ({size} px) over the most confident correct predictions of each class "
+                    "(as chosen); the map is for the true class", ncols=ncols, row_labels=classes if flat else None)
+
+
 def run(cfg: InsideConfig, *, model: Ensemble, meta: dict, predictions: Path, raw: Path, out: Path,
         seed: int) -> dict:
     """Write :data:`PICTURES` into ``out``; return the numbers (``metrics.json``'s ``inside``)."""
@@ -400,25 +447,12 @@ def run(cfg: InsideConfig, *, model: Ensemble, meta: dict, predictions: Path, ra
 
     before = initial_model(mm["model_config"], classes, seed)
     rows = weight_change(before, net)
-    conv_name, conv = first_conv(net)
-    w0 = dict(before.named_modules())[conv_name].weight.detach().float().cpu().numpy()
-    first_conv_picture(w0, conv.weight.detach().float().cpu().numpy(), conv_name, out / "first_conv.png")
     start = "pretrained" if mm["model_config"]["weights"] is not None else f"random init, seed {seed}"
-    weight_change_picture(rows, out / "weight_change.png",
-                          f"How far training moved each layer of {name} (from the {start} weights; forward order, "
-                          "input side at the top)\nthe head is left out: it is new, so it has no 'before'")
+    conv_name, _ = _weight_pictures(before, net, rows, name, start, out)
 
     pred = read_predictions(predictions, classes)
-    worst = top_losses(pred["probs"], pred["labels"], cfg.gradcam_top_losses).tolist()
-    correct = confident_correct(pred, cfg.gradcam_per_class, len(classes))
-    # The feature maps' images: one per class in turn (most confident correct first), then any.
-    spread = [c[j] for j in range(max([len(c) for c in correct] + [0])) for c in correct if j < len(c)]
-    shown = (spread + [k for k in range(len(pred["paths"])) if k not in spread])[:cfg.activation_images]
-    needed = list(dict.fromkeys(worst + [k for c in correct for k in c] + shown))
-    files = [Path(raw) / "files" / pred["paths"][k] for k in needed]
-    decoded = decode_all(files, size=model.size) if files else torch.zeros(0, model.channels, model.size, model.size,
-                                                                           dtype=torch.uint8)
-    x_all = fit_size(decoded.float() / 255, size)
+    worst, correct, shown, needed = _picked_images(pred, cfg, len(classes))
+    x_all = _decoded(model, pred, needed, raw, size)
     at = {k: j for j, k in enumerate(needed)}
 
     def batch(ks: list[int]) -> torch.Tensor:
@@ -443,18 +477,7 @@ def run(cfg: InsideConfig, *, model: Ensemble, meta: dict, predictions: Path, ra
                     "prediction as chosen (net: this network alone, no views); the map is for the predicted class")
 
     flat = [k for c in correct for k in c]
-    x = batch(flat)
-    cams_ok = gradcam(net, x, [pred["labels"][k] for k in flat])
-    ncols = max([len(c) for c in correct] + [1])
-    tiles: list[tuple | None] = []  # one row per class; None: a blank tile where a class has fewer
-    for c, ks in enumerate(correct):
-        for j in range(ncols):
-            k = ks[j] if j < len(ks) else None
-            tiles.append(None if k is None else (x[flat.index(k)].numpy(), cams_ok[flat.index(k)],
-                                                 f"{classes[c]}, p={pred['probs'][k, c]:.2f}"))
-    gradcam_picture(tiles if flat else [], out / "gradcam_correct.png",
-                    f"Grad-CAM of {name} ({size} px) over the most confident correct predictions of each class "
-                    "(as chosen); the map is for the true class", ncols=ncols, row_labels=classes if flat else None)
+    _gradcam_correct(net, batch(flat), correct, flat, pred, classes, name, size, out)
     first = next((r["change"] for r in rows if r["layer"] == conv_name), None)
     return {"member": name, "size": size, "start": start, "layers": len(rows),
             "weight_change": group_means(rows), "first_conv_change": first,

@@ -154,6 +154,63 @@ def _union(sets: list[Views]) -> Views:
     return Views("union", tuple(extra.items()), None)
 
 
+def _member_metas(singles: dict[str, Path], classes: list[str]) -> dict[str, dict]:
+    """Each single checkpoint's metadata (all but its weights); one trained on other classes is refused."""
+    metas = {}
+    for name, path in singles.items():
+        meta = {k: v for k, v in load_state(path).items() if k != "model"}
+        if list(meta["classes"]) != classes:
+            raise DataError(f"{path}: trained on classes {meta['classes']}, the split has {classes}")
+        metas[name] = meta
+    return metas
+
+
+def _timed_view_probs(common: Common, model, images: ImageSet, member_size: int, union: Views, device,
+                      amp) -> tuple[float, dict[str, np.ndarray], np.ndarray]:
+    """The seconds per image per view (after a warm-up batch), each view's probabilities over ``images``, their labels."""
+    per = {label: [] for label in ["plain", *[lbl for lbl, _ in union.extra]]}
+    labels = []
+    with torch.no_grad():  # a warm-up batch first: the first call's set-up is no cost per image
+        x, _ = next(iter(common.batches(images, device, train=False)))
+        model(fit_size(x, member_size))
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for x, y in common.batches(images, device, train=False):
+            ps = view_probs(model, fit_size(x, member_size), union, amp)
+            for label, p in zip(per, ps):
+                per[label].append(p.cpu().numpy())
+            labels.append(y.cpu().numpy())
+    n = len(images)
+    seconds = (time.perf_counter() - t0) / (n * len(per))
+    return seconds, {k: np.concatenate(v) for k, v in per.items()}, np.concatenate(labels)
+
+
+def _fastest_per_architecture(scores: Scores, metas: dict[str, dict]) -> None:
+    """Nothing: sets the timing of every member of one architecture at one size to the fastest of theirs."""
+    # Members of one architecture at one size cost the same per image: take the fastest of their
+    # timings (the others carry the machine's noise, and the first the warm-up of its shapes).
+    groups: dict[tuple, list] = {}
+    for name, size in scores.seconds:
+        groups.setdefault((metas[name]["model_config"]["name"], metas[name]["size"], size), []).append((name, size))
+    for keys in groups.values():
+        fastest = min(scores.seconds[k] for k in keys)
+        for k in keys:
+            scores.seconds[k] = fastest
+
+
+def _table_rows(cands: list[Candidate], sets: list[Views], scores: Scores, metas: dict[str, dict]) -> list[dict]:
+    """One row per (candidate, view set): its members, size, valid figures and seconds per image."""
+    rows = []
+    for c in cands:
+        size = max(metas[m]["size"] for m in c.members)
+        for v in sets:
+            p = combine(scores, c, size, v)
+            rows.append({"candidate": c.name, "views": v.name, "members": list(c.members), "size": size,
+                         "n_views": len(v), **valid_figures(p, scores.labels),
+                         "seconds_per_image": sum(scores.seconds[(m, size)] for m in c.members) * len(v)})
+    return rows
+
+
 def score(common: Common, cfg: SelectConfig, *, singles: dict[str, Path], cands: list[Candidate], split: Path,
           raw: Path) -> tuple[list[dict], Scores, list[Views], list[str]]:
     """Every candidate with every view set on the valid split: the table's rows, and the
@@ -163,12 +220,7 @@ def score(common: Common, cfg: SelectConfig, *, singles: dict[str, Path], cands:
     classes = class_names(table)
     sets = view_sets(cfg, common)
     union = _union(sets)
-    metas = {}
-    for name, path in singles.items():
-        meta = {k: v for k, v in load_state(path).items() if k != "model"}
-        if list(meta["classes"]) != classes:
-            raise DataError(f"{path}: trained on classes {meta['classes']}, the split has {classes}")
-        metas[name] = meta
+    metas = _member_metas(singles, classes)
     decoded: dict[int, ImageSet] = {}
     scores = Scores()
     amp = lambda: autocast(device, common.train.amp)
@@ -182,42 +234,12 @@ def score(common: Common, cfg: SelectConfig, *, singles: dict[str, Path], cands:
                                            workers=common.train.workers)
             if model is None:
                 model = common.prepare(load_checkpoint(singles[name])[0], device).eval()
-            per = {label: [] for label in ["plain", *[lbl for lbl, _ in union.extra]]}
-            labels = []
-            with torch.no_grad():  # a warm-up batch first: the first call's set-up is no cost per image
-                x, _ = next(iter(common.batches(decoded[size], device, train=False)))
-                model(fit_size(x, metas[name]["size"]))
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                for x, y in common.batches(decoded[size], device, train=False):
-                    ps = view_probs(model, fit_size(x, metas[name]["size"]), union, amp)
-                    for label, p in zip(per, ps):
-                        per[label].append(p.cpu().numpy())
-                    labels.append(y.cpu().numpy())
-            n = len(decoded[size])
-            scores.seconds[key] = (time.perf_counter() - t0) / (n * len(per))
-            scores.probs[key] = {k: np.concatenate(v) for k, v in per.items()}
-            scores.labels = np.concatenate(labels)
+            scores.seconds[key], scores.probs[key], scores.labels = _timed_view_probs(
+                common, model, decoded[size], metas[name]["size"], union, device, amp)
             scores.paths = list(decoded[size].paths)
         del model
-    # Members of one architecture at one size cost the same per image: take the fastest of their
-    # timings (the others carry the machine's noise, and the first the warm-up of its shapes).
-    groups: dict[tuple, list] = {}
-    for name, size in scores.seconds:
-        groups.setdefault((metas[name]["model_config"]["name"], metas[name]["size"], size), []).append((name, size))
-    for keys in groups.values():
-        fastest = min(scores.seconds[k] for k in keys)
-        for k in keys:
-            scores.seconds[k] = fastest
-    rows = []
-    for c in cands:
-        size = max(metas[m]["size"] for m in c.members)
-        for v in sets:
-            p = combine(scores, c, size, v)
-            rows.append({"candidate": c.name, "views": v.name, "members": list(c.members), "size": size,
-                         "n_views": len(v), **valid_figures(p, scores.labels),
-                         "seconds_per_image": sum(scores.seconds[(m, size)] for m in c.members) * len(v)})
-    return rows, scores, sets, classes
+    _fastest_per_architecture(scores, metas)
+    return _table_rows(cands, sets, scores, metas), scores, sets, classes
 
 
 def combine(scores: Scores, cand: Candidate, size: int, views: Views) -> np.ndarray:

@@ -240,6 +240,42 @@ class SimpleNet(nn.Module):
 
 # --- the stage ------------------------------------------------------------------------------
 
+def _batch_picture(common: Common, cfg: BaselineConfig, data: Data, device: torch.device, picture: Path) -> None:
+    """Nothing: writes what the network sees, one augmented training batch after every transform, to ``picture``."""
+    x, y = next(iter(common.batches(data.train, device, train=True).epoch(0)))
+    k = min(cfg.picture_images, len(y))
+    plots.tensor_grid(x[:k].float().cpu().numpy(), [data.classes[i] for i in y[:k].tolist()], picture,
+                      f"A training batch as the network gets it ({common.train.image_size} px, after augmentation)")
+
+
+def _zero_input(model: Classifier, plain_train: Batches, common: Common, cfg: BaselineConfig, data: Data,
+                device: torch.device) -> tuple[Check, dict]:
+    """The input-independent baseline on cached features (:func:`check_zero_input`): real images vs all-zero images."""
+    f_train = features(model, plain_train)
+    f_valid = features(model, common.batches(data.valid, device, train=False))
+    zero = features(model, common.batches((torch.zeros_like(data.train.images[:1]), data.train.labels[:1]),
+                                          device, train=False))
+    feat = lambda f, labels, train: batches((f, labels), batch_size=common.train.batch_size, train=train,
+                                            seed=common.seed, device=device)
+    return check_zero_input(
+        model.head, feat(f_train, data.train.labels, True), feat(zero.expand(len(f_train), -1), data.train.labels, True),
+        feat(f_valid, data.valid.labels, False), feat(zero.expand(len(f_valid), -1), data.valid.labels, False),
+        steps=cfg.zero_input_steps, lr=cfg.simple.lr, margin=cfg.zero_input_margin)
+
+
+def _overfit(model: Classifier, common: Common, cfg: BaselineConfig, data: Data, device: torch.device,
+             split: Path) -> tuple[Check, dict]:
+    """The overfit-one-batch check (:func:`check_overfit`) on ``cfg.overfit.images`` train images drawn with the seed."""
+    gen = torch.Generator().manual_seed(common.seed)
+    idx = torch.randperm(len(data.train), generator=gen)[: cfg.overfit.images]
+    xb = data.train.images[idx].to(device).float().div(255)
+    yb = data.train.labels[idx].to(device)
+    paths = [data.train.paths[i] for i in idx.tolist()]
+    return check_overfit(model, xb, yb, max_steps=cfg.overfit.max_steps, lr=cfg.overfit.lr,
+                         max_loss=cfg.overfit.max_loss, paths=paths, classes=data.classes,
+                         lookalikes=other_label_lookalikes(read_split(split), paths))
+
+
 def run(common: Common, cfg: BaselineConfig, *, split: Path, raw: Path, picture: Path) -> dict:
     """The baseline stage: every check above and the numbers to beat, as one metrics dict."""
     t0 = time.perf_counter()
@@ -250,12 +286,7 @@ def run(common: Common, cfg: BaselineConfig, *, split: Path, raw: Path, picture:
     data.train.targets = None
     priors = data.priors
     model = pretrained(common, data, device)
-
-    # What the network sees: one augmented training batch, after every transform.
-    x, y = next(iter(common.batches(data.train, device, train=True).epoch(0)))
-    k = min(cfg.picture_images, len(y))
-    plots.tensor_grid(x[:k].float().cpu().numpy(), [data.classes[i] for i in y[:k].tolist()], picture,
-                      f"A training batch as the network gets it ({common.train.image_size} px, after augmentation)")
+    _batch_picture(common, cfg, data, device, picture)
 
     checks, numbers = [], {}
     plain_train = common.batches(data.train, device, train=False)
@@ -271,17 +302,7 @@ def run(common: Common, cfg: BaselineConfig, *, split: Path, raw: Path, picture:
     checks.append(check)
     numbers.update(n)
 
-    # Input-independent baseline on cached features: real images vs all-zero images.
-    f_train = features(model, plain_train)
-    f_valid = features(model, common.batches(data.valid, device, train=False))
-    zero = features(model, common.batches((torch.zeros_like(data.train.images[:1]), data.train.labels[:1]),
-                                          device, train=False))
-    feat = lambda f, labels, train: batches((f, labels), batch_size=common.train.batch_size, train=train,
-                                            seed=common.seed, device=device)
-    check, n = check_zero_input(
-        model.head, feat(f_train, data.train.labels, True), feat(zero.expand(len(f_train), -1), data.train.labels, True),
-        feat(f_valid, data.valid.labels, False), feat(zero.expand(len(f_valid), -1), data.valid.labels, False),
-        steps=cfg.zero_input_steps, lr=cfg.simple.lr, margin=cfg.zero_input_margin)
+    check, n = _zero_input(model, plain_train, common, cfg, data, device)
     checks.append(check)
     numbers.update(n)
 
@@ -296,15 +317,7 @@ def run(common: Common, cfg: BaselineConfig, *, split: Path, raw: Path, picture:
     if check is not None:
         checks.append(check)
 
-    # Overfit one batch (last: it changes the model).
-    gen = torch.Generator().manual_seed(common.seed)
-    idx = torch.randperm(len(data.train), generator=gen)[: cfg.overfit.images]
-    xb = data.train.images[idx].to(device).float().div(255)
-    yb = data.train.labels[idx].to(device)
-    paths = [data.train.paths[i] for i in idx.tolist()]
-    check, n = check_overfit(model, xb, yb, max_steps=cfg.overfit.max_steps, lr=cfg.overfit.lr,
-                             max_loss=cfg.overfit.max_loss, paths=paths, classes=data.classes,
-                             lookalikes=other_label_lookalikes(read_split(split), paths))
+    check, n = _overfit(model, common, cfg, data, device, split)  # last: it changes the model
     checks.append(check)
     numbers.update(n)
     metrics = {"checks": {c.name: c.as_dict() for c in checks}, **numbers,
