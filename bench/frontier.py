@@ -31,6 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from recipe.core.config import load_section, read_params
+from recipe.core.layout import TRAINING_STAGES
 from recipe.decide import select as S
 from recipe.decide.ensemble import decide
 from recipe.decide.schema import SelectConfig
@@ -58,7 +59,7 @@ def measure(proj: Path) -> list[dict]:
         valid_rows = [{**r, "members": r["members"].split("+"), "valid_log_loss": float(r["valid_log_loss"])}
                       for r in csv.DictReader(f)]
     sel = json.loads((out / "select/metrics.json").read_text())
-    dirs = {s: out / s for s in S.STAGES}
+    dirs = {s: out / s for s in TRAINING_STAGES}
     singles, aliases = S.checkpoints(dirs)
     cands = S.candidates(singles, cfg.ensembles, aliases)
     table = pd.read_csv(out / "split/split.csv", keep_default_na=False, dtype={"path": str, "label": str})

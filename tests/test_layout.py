@@ -67,7 +67,7 @@ def test_no_module_spells_a_layout_name_in_a_path():
     names = {v for d in layout.BY_STAGE.values() for v in asdict(d).values() if "." in v}
     bad = []
     for path in sorted([*(REPO / "recipe").rglob("*.py"), *(REPO / "stages").rglob("*.py")]):
-        if path.name == "layout.py":
+        if path.name == "layout.py" or "search" in path.parts:  # the search writes outputs/search/, no stage's folder
             continue
         text = path.read_text(encoding="utf-8")
         for name in names:

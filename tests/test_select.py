@@ -11,6 +11,7 @@ import torch
 from conftest import REPO, noise_image
 from recipe.core.config import load_section, read_params
 from recipe.core.errors import ConfigError
+from recipe.core.layout import TRAINING_STAGES
 from recipe.data.sizes import resize_size, train_size
 from recipe.decide import select as S
 from recipe.decide.schema import SelectConfig
@@ -121,7 +122,7 @@ def test_score_reads_the_valid_split_only_and_identical_members_equal_one(tmp_pa
         rows.append({"path": f"missing{i}.png", "label": "ab"[i % 2], "split": "test", "group": 100 + i})
     rows.append({"path": "t.png", "label": "a", "split": "train", "group": 200})
     pd.DataFrame(rows).to_csv(tmp_path / "split.csv", index=False)
-    dirs = {s: tmp_path / s for s in S.STAGES}
+    dirs = {s: tmp_path / s for s in TRAINING_STAGES}
     _checkpoint(dirs["finetune"] / "model.pt", 0)
     (dirs["finetune"] / "snapshots").mkdir()
     shutil.copy(dirs["finetune"] / "model.pt", dirs["finetune"] / "snapshots" / "epoch_2.pt")  # = model.pt

@@ -104,13 +104,24 @@ class Evaluate:
 
 
 @dataclass(frozen=True)
+class Inside:
+    """evaluate's ``inside/``: the pictures inside the chosen model (recipe.decide.inside)."""
+    first_conv: str = "first_conv.png"
+    weight_change: str = "weight_change.png"
+    activations: str = "activations.png"
+    gradcam_top_losses: str = "gradcam_top_losses.png"
+    gradcam_correct: str = "gradcam_correct.png"
+
+
+@dataclass(frozen=True)
 class Export:
     model: str = "model.onnx"
     metrics: str = "metrics.json"
 
 
 RAW, AUDIT, SPLIT, BASELINE, LR_FIND = Raw(), Audit(), Split(), Baseline(), LrFind()
-TRAINING, CV, FOLD_SPLITS, SELECT, EVALUATE, EXPORT = Training(), Cv(), FoldSplits(), Select(), Evaluate(), Export()
+TRAINING, CV, FOLD_SPLITS, SELECT, EVALUATE, INSIDE, EXPORT = (Training(), Cv(), FoldSplits(), Select(), Evaluate(),
+                                                             Inside(), Export())
 
 # dvc.yaml's stage name -> the files its folder holds (the per-fold copies: cv_<stage>@<k>)
 BY_STAGE = {"ingest": RAW, "audit": AUDIT, "split": SPLIT, "baseline": BASELINE, "lr_find": LR_FIND,

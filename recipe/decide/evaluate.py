@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from recipe.core.errors import DataError
+from recipe.core.layout import EVALUATE, RAW, TRAINING, TRAINING_STAGES
 from recipe.core.metrics import classification_metrics, most_confused, top_losses
 from recipe.data.loader import ImageSet, class_names, load_split, read_split
 from recipe.decide.ensemble import Ensemble, decide, load_bundle
@@ -28,8 +29,6 @@ from recipe.report import plots
 from recipe.train.fit import autocast
 from recipe.train.session import load_checkpoint
 from recipe.train.training import Common
-
-TABLE_STAGES = ("train_head", "finetune", "resize")
 
 
 def probabilities(model: Ensemble, images: ImageSet, common: Common, device) -> tuple[np.ndarray, np.ndarray]:
@@ -100,7 +99,7 @@ def _stage_table(cfg: EvaluateConfig, common: Common, device, test_at, *, baseli
         "baseline_model": {"size": None, "valid_accuracy": base["simple_accuracy"], "test_accuracy": None},
     }
     amp = lambda: autocast(device, common.train.amp)
-    for stage in TABLE_STAGES:
+    for stage in TRAINING_STAGES:
         path = Path(stage_metrics[stage])
         if not path.is_file():
             continue
@@ -118,19 +117,19 @@ def _write_pictures(out: Path, test: ImageSet, labels: np.ndarray, p_plain: np.n
                     label: str, top: int) -> None:
     """Nothing: writes the predictions, the confusion matrices, the top losses and the per-class gain into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    _write_predictions(out / "predictions.csv", test.paths, labels, p_plain, p_chosen, decide(p_chosen, threshold),
+    _write_predictions(out / EVALUATE.predictions, test.paths, labels, p_plain, p_chosen, decide(p_chosen, threshold),
                        classes)
     plots.confusion({"plain": np.array(plain["confusion"]), f"as chosen ({label})": np.array(chosen["confusion"])},
-                    classes, out / "confusion.png")
+                    classes, out / EVALUATE.confusion)
     worst = top_losses(p_chosen, labels, top)
     captions = [f"{classes[labels[i]]} → {classes[decide(p_chosen[i:i + 1], threshold)[0]]}\n"
                 f"p={p_chosen[i].max():.2f} loss={-np.log(max(p_chosen[i, labels[i]], 1e-15)):.2f}" for i in worst]
     if len(worst):
-        plots.tensor_grid(test.images[torch.as_tensor(worst)].float().numpy() / 255, captions, out / "top_losses.png",
+        plots.tensor_grid(test.images[torch.as_tensor(worst)].float().numpy() / 255, captions, out / EVALUATE.top_losses,
                           "Top losses (as chosen): actual → predicted, probability of the top class, loss")
     else:
-        plots.tensor_grid(np.zeros((0, 1, 8, 8)), [], out / "top_losses.png", "Top losses: none requested")
-    plots.tta_gain(gain, out / "tta_gain.png", f"Per-class recall gain of the choices ({label}) over plain")
+        plots.tensor_grid(np.zeros((0, 1, 8, 8)), [], out / EVALUATE.top_losses, "Top losses: none requested")
+    plots.tta_gain(gain, out / EVALUATE.tta_gain, f"Per-class recall gain of the choices ({label}) over plain")
 
 
 def run(common: Common, cfg: EvaluateConfig, *, split: Path, raw: Path, bundle: Path, checkpoints: dict[str, Path],
@@ -150,7 +149,7 @@ def run(common: Common, cfg: EvaluateConfig, *, split: Path, raw: Path, bundle: 
 
     def test_at(px: int):
         if px not in decoded:
-            decoded[px] = load_split(table, Path(raw) / "files", split="test", size=px, classes=classes,
+            decoded[px] = load_split(table, Path(raw) / RAW.files, split="test", size=px, classes=classes,
                                      workers=common.train.workers)
         return decoded[px]
 
@@ -213,6 +212,6 @@ def dynamics_picture(stage_dirs: dict[str, Path], path: Path) -> Path:
     ``stage_dirs``' order) in one picture (recipe.report.plots.dynamics)."""
     stages = []
     for stage, d in stage_dirs.items():
-        with (Path(d) / "dynamics.csv").open(newline="") as f:
+        with (Path(d) / TRAINING.dynamics).open(newline="") as f:
             stages.append((stage, list(csv.DictReader(f))))
     return plots.dynamics(stages, path, "prediction dynamics: p(true class) of the watched valid images, epoch by epoch")

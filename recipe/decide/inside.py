@@ -29,7 +29,7 @@ its metadata and evaluate's ``predictions.csv``, and writes five pictures into `
 init train_head started from when nothing drew random numbers between its seed and its model.
 
 One network is inspected, not the ensemble: the bundle's member trained last (the latest stage
-of ``recipe.decide.evaluate.TABLE_STAGES``, then the latest epoch; on ELPV the chosen ``resize`` at
+of ``recipe.core.layout.TRAINING_STAGES``, then the latest epoch; on ELPV the chosen ``resize`` at
 224 px), without TTA views, in eval mode, on the CPU. Its images are what the ensemble feeds it:
 the test images decoded at the bundle's size, resized to the member's (``ensemble.fit_size``);
 the member normalises them itself (its mean/std buffers). A few images only: every count is in
@@ -41,6 +41,7 @@ from __future__ import annotations
 import csv
 import math
 import time
+from dataclasses import astuple
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -48,17 +49,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from recipe.core.layout import INSIDE, RAW, TRAINING_STAGES
 from recipe.core.metrics import top_losses
 from recipe.data.loader import decode_all
 from recipe.decide.ensemble import Ensemble, fit_size
-from recipe.decide.evaluate import TABLE_STAGES
 from recipe.decide.schema import InsideConfig
 from recipe.report import plots  # (it puts matplotlib on the Agg backend before any figure is drawn)
 from recipe.train.models import Classifier
 from recipe.train.schema import ModelConfig
 from recipe.train.session import new_model
 
-PICTURES = ("first_conv.png", "weight_change.png", "activations.png", "gradcam_top_losses.png", "gradcam_correct.png")
+PICTURES = tuple(astuple(INSIDE))  # the file names, in the report's order
 
 
 # --- which network, and where it started ------------------------------------------------------
@@ -74,7 +75,7 @@ def last_trained(meta: dict) -> int:
     def key(i: int) -> tuple[int, int]:
         m = member_meta(meta, i)
         stage = str(m.get("stage", "")).split("@")[0]
-        return (TABLE_STAGES.index(stage) if stage in TABLE_STAGES else -1, int(m.get("epoch", -1)))
+        return (TRAINING_STAGES.index(stage) if stage in TRAINING_STAGES else -1, int(m.get("epoch", -1)))
     return max(range(len(meta["members"])), key=key)
 
 
@@ -392,8 +393,8 @@ def _weight_pictures(before: Classifier, net: Classifier, rows: list[dict], name
     """The first convolution's name and module, once its before/after picture and the weight-change picture are written."""
     conv_name, conv = first_conv(net)
     w0 = dict(before.named_modules())[conv_name].weight.detach().float().cpu().numpy()
-    first_conv_picture(w0, conv.weight.detach().float().cpu().numpy(), conv_name, out / "first_conv.png")
-    weight_change_picture(rows, out / "weight_change.png",
+    first_conv_picture(w0, conv.weight.detach().float().cpu().numpy(), conv_name, out / INSIDE.first_conv)
+    weight_change_picture(rows, out / INSIDE.weight_change,
                           f"How far training moved each layer of {name} (from the {start} weights; forward order, "
                           "input side at the top)\nthe head is left out: it is new, so it has no 'before'")
     return conv_name, conv
@@ -412,7 +413,7 @@ def _picked_images(pred: dict, cfg: InsideConfig, n_classes: int) -> tuple[list[
 
 def _decoded(model: Ensemble, pred: dict, needed: list[int], raw: Path, size: int) -> torch.Tensor:
     """The ``needed`` test images as the member gets them: decoded at the bundle's size, then fit to ``size``."""
-    files = [Path(raw) / "files" / pred["paths"][k] for k in needed]
+    files = [Path(raw) / RAW.files / pred["paths"][k] for k in needed]
     decoded = decode_all(files, size=model.size) if files else torch.zeros(0, model.channels, model.size, model.size,
                                                                            dtype=torch.uint8)
     return fit_size(decoded.float() / 255, size)
@@ -429,7 +430,7 @@ def _gradcam_correct(net: Classifier, x: torch.Tensor, correct: list[list[int]],
             k = ks[j] if j < len(ks) else None
             tiles.append(None if k is None else (x[flat.index(k)].numpy(), cams_ok[flat.index(k)],
                                                  f"{classes[c]}, p={pred['probs'][k, c]:.2f}"))
-    gradcam_picture(tiles if flat else [], out / "gradcam_correct.png",
+    gradcam_picture(tiles if flat else [], out / INSIDE.gradcam_correct,
                     f"Grad-CAM of {name} ({size} px) over the most confident correct predictions of each class "
                     "(as chosen); the map is for the true class", ncols=ncols, row_labels=classes if flat else None)
 
@@ -466,13 +467,13 @@ def run(cfg: InsideConfig, *, model: Ensemble, meta: dict, predictions: Path, ra
     maps = [a.numpy() for a in activations(net, x, [m for _, m in picked])] if len(x) else []
     activations_picture(x.numpy(), maps, [label for label, _ in picked],
                         [f"{classes[pred['labels'][k]]}" for k in shown], cfg.activation_channels,
-                        out / "activations.png")
+                        out / INSIDE.activations)
 
     x = batch(worst)
     cams = gradcam(net, x, [pred["decided"][k] for k in worst])
     caps = [f"{classes[pred['labels'][k]]} → {classes[pred['decided'][k]]}, "
             f"p={pred['probs'][k, pred['decided'][k]]:.2f} (net {p_net[at[k], pred['decided'][k]]:.2f})" for k in worst]
-    gradcam_picture(list(zip(x.numpy(), cams, caps)), out / "gradcam_top_losses.png",
+    gradcam_picture(list(zip(x.numpy(), cams, caps)), out / INSIDE.gradcam_top_losses,
                     f"Grad-CAM of {name} ({size} px) over the top losses as chosen: actual → predicted, p of the "
                     "prediction as chosen (net: this network alone, no views); the map is for the predicted class")
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from recipe.core.errors import ConfigError, DataError
+from recipe.core.layout import RAW, TRAINING, TRAINING_STAGES
 from recipe.data.loader import ImageSet, class_names, load_split, read_split
 from recipe.decide.ensemble import blend, fit_size, view_probs
 from recipe.decide.schema import SelectConfig
@@ -40,8 +41,6 @@ from recipe.decide.tta import Views, tta_views
 from recipe.train.fit import autocast
 from recipe.train.session import load_checkpoint, load_state
 from recipe.train.training import Common
-
-STAGES = ("train_head", "finetune", "resize")
 
 
 @dataclass(frozen=True)
@@ -85,13 +84,13 @@ def checkpoints(stage_dirs: dict[str, Path]) -> tuple[dict[str, Path], dict[str,
     (``<stage>@snapshots`` takes the stage's model in its place)."""
     found: dict[str, Path] = {}
     aliases: dict[str, str] = {}
-    for stage in STAGES:
+    for stage in TRAINING_STAGES:
         folder = Path(stage_dirs[stage])
         own = None
-        if (folder / "model.pt").is_file():
-            found[stage] = folder / "model.pt"
-            own = load_state(folder / "model.pt")["model"]
-        snaps = sorted((folder / "snapshots").glob("epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+        if (folder / TRAINING.model).is_file():
+            found[stage] = folder / TRAINING.model
+            own = load_state(folder / TRAINING.model)["model"]
+        snaps = sorted((folder / TRAINING.snapshots).glob("epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
         for p in snaps:
             weights = load_state(p)["model"]
             name = f"{stage}@{p.stem.split('_')[1]}"
@@ -113,18 +112,18 @@ def candidates(singles: dict[str, Path], ensembles: list[list[str]],
         for item in spec:
             if item.endswith("@snapshots"):
                 stage = item.split("@")[0]
-                if stage not in STAGES:
-                    raise ConfigError(f"select.ensembles: {item!r}: {stage!r} is not one of {', '.join(STAGES)}")
+                if stage not in TRAINING_STAGES:
+                    raise ConfigError(f"select.ensembles: {item!r}: {stage!r} is not one of {', '.join(TRAINING_STAGES)}")
                 snaps = sorted([n for n in singles if n.startswith(f"{stage}@")]
                                + [n for n in (aliases or {}) if n.startswith(f"{stage}@")],
                                key=lambda n: int(n.split("@")[1]))
                 members += [(aliases or {}).get(n, n) for n in snaps]
-            elif item in STAGES or "@" in item:
+            elif item in TRAINING_STAGES or "@" in item:
                 item = (aliases or {}).get(item, item)
                 if item in singles:
                     members.append(item)
             else:
-                raise ConfigError(f"select.ensembles: {item!r} is not a stage ({', '.join(STAGES)}), "
+                raise ConfigError(f"select.ensembles: {item!r} is not a stage ({', '.join(TRAINING_STAGES)}), "
                                   "<stage>@snapshots or <stage>@<epoch>")
         members = list(dict.fromkeys(members))
         if len(members) >= 2 and tuple(members) not in seen:
@@ -230,7 +229,7 @@ def score(common: Common, cfg: SelectConfig, *, singles: dict[str, Path], cands:
         for key in sorted(k for k in need if k[0] == name):
             size = key[1]
             if size not in decoded:  # the valid split only: select never reads test
-                decoded[size] = load_split(table, Path(raw) / "files", split="valid", size=size, classes=classes,
+                decoded[size] = load_split(table, Path(raw) / RAW.files, split="valid", size=size, classes=classes,
                                            workers=common.train.workers)
             if model is None:
                 model = common.prepare(load_checkpoint(singles[name])[0], device).eval()

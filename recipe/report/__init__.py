@@ -1,7 +1,7 @@
 """report: the pictures (``recipe.report.plots``) and the one self-contained HTML page for a whole
 run, the page a person opens to see what happened (this module).
 
-Imports: ``recipe.core``, ``recipe.data`` (decoding images for picture grids).
+Imports: ``recipe.core`` (the file names, recipe.core.layout), ``recipe.data`` (decoding images for picture grids).
 
 Contract: :func:`write_report` reads the stages' outputs (JSON metrics and PNG pictures, found
 by the directories it is given) and writes a single HTML file with every picture embedded as a
@@ -19,6 +19,8 @@ import html
 import json
 from pathlib import Path
 from typing import Any
+
+from recipe.core.layout import AUDIT, BASELINE, CV, EVALUATE, INSIDE, LR_FIND, SELECT, SPLIT, TRAINING
 
 SECTIONS = ("summary", "stages", "select", "audit", "split", "cv", "baseline", "lr_find", "training", "dynamics", "evaluation", "confusion",
             "top_losses", "inside")
@@ -76,7 +78,7 @@ def _missing(what: str) -> str:
 
 def _cv_section(cv: Path) -> str:
     """The cross-validated figures, the label suspects and where they meet the duplicate groups."""
-    m = _read_json(cv / "metrics.json")
+    m = _read_json(cv / CV.metrics)
     if m is None:
         return _missing("cross-validation metrics")
     if m.get("folds", 0) < 2:
@@ -100,7 +102,7 @@ def _cv_section(cv: Path) -> str:
         out += (f"<p>The suspects over the annotators' <code>{html.escape(spread['column'])}</code>:</p>"
                 + _table(["annotated value", "images", "suspects", "share flagged"],
                          [[k, v["images"], v["suspects"], f"{100 * v['flagged_share']:.1f}%"] for k, v in spread["values"].items()]))
-    issues = cv / "label_issues.csv"
+    issues = cv / CV.label_issues
     if issues.is_file():
         import csv
 
@@ -110,7 +112,7 @@ def _cv_section(cv: Path) -> str:
             out += _table(["rank", "image", "given", "suggested", "self-confidence", "action"],
                           [[r["rank"], r["path"], r["given_label"], r["suggested_label"], float(r["self_confidence"]),
                             r["action"]] for r in top])
-    out += _img(cv / "label_issues.png", "top suspected label errors")
+    out += _img(cv / CV.label_issues_plot, "top suspected label errors")
     conflicts = m.get("conflicts") or []
     out += (f"<p>Duplicate groups (the audit's) whose labels disagree and that hold a suspect: {len(conflicts)}.</p>"
             + (_table(["group", "members (label; * = suspect)"],
@@ -148,8 +150,8 @@ def _stages_section(metrics: dict) -> str:
 
 def _select_section(select: Path) -> str:
     """The select section's HTML: the choice and every (candidate, view set) pair, best first."""
-    sel = _read_json(Path(select) / "metrics.json")
-    rows_csv = Path(select) / "candidates.csv"
+    sel = _read_json(Path(select) / SELECT.metrics)
+    rows_csv = Path(select) / SELECT.candidates
     if not (sel and rows_csv.is_file()):
         return _missing("selection")
     import csv
@@ -169,12 +171,12 @@ def _select_section(select: Path) -> str:
         + _table(["candidate", "views", "size", "valid log loss", "valid accuracy", "cost (x one model)"],
                  [[r["candidate"], r["views"], r["size"], float(r["valid_log_loss"]), _pct(float(r["valid_accuracy"])),
                    f"{float(r['cost_ratio']):.1f}"] for r in cand])
-        + _img(Path(select) / "candidates.png", "candidates on valid"))
+        + _img(Path(select) / SELECT.candidates_plot, "candidates on valid"))
 
 
 def _audit_section(audit: Path) -> str:
     """The audit section's HTML: the audit's numbers and pictures."""
-    report = _read_json(Path(audit) / "report.json")
+    report = _read_json(Path(audit) / AUDIT.report)
     if not report:
         return _missing("audit report")
     rows = [[k, v] for k, v in report.items() if not isinstance(v, (dict, list))]
@@ -186,7 +188,7 @@ def _audit_section(audit: Path) -> str:
 
 def _split_section(split: Path) -> str:
     """The split section's HTML: images per split and class, and the leaking duplicate groups."""
-    split_m = _read_json(Path(split) / "metrics.json")
+    split_m = _read_json(Path(split) / SPLIT.metrics)
     if not split_m:
         return _missing("split metrics")
     counts = split_m.get("counts", {})
@@ -194,12 +196,12 @@ def _split_section(split: Path) -> str:
     return (_table(["split", *classes, "total"],
                    [[s, *[c.get(k, 0) for k in classes], sum(c.values())] for s, c in counts.items()])
             + f"<p>Duplicate groups leaking across splits: {split_m.get('leaking_groups')}.</p>"
-            + _img(Path(split) / "counts.png", "split counts"))
+            + _img(Path(split) / SPLIT.counts, "split counts"))
 
 
 def _baseline_section(baseline: Path) -> str:
     """The baseline section's HTML: each check passed or failed, and the numbers to beat."""
-    base = _read_json(Path(baseline) / "metrics.json")
+    base = _read_json(Path(baseline) / BASELINE.metrics)
     if not base:
         return _missing("baseline metrics")
     checks = base.get("checks", {})
@@ -212,29 +214,29 @@ def _baseline_section(baseline: Path) -> str:
             + _table(["model", "valid accuracy"],
                      [[f"majority class ({base.get('majority_class')})", _pct(base.get("majority_accuracy"))],
                       ["simple net from scratch", _pct(base.get("simple_accuracy"))]])
-            + _img(Path(baseline) / "batch.png", "a training batch"))
+            + _img(Path(baseline) / BASELINE.batch, "a training batch"))
 
 
 def _lr_find_section(lr_find: Path) -> str:
     """The lr_find section's HTML: each rule's suggested rate, the one used, and the curve."""
-    sug = _read_json(Path(lr_find) / "suggestion.json")
+    sug = _read_json(Path(lr_find) / LR_FIND.suggestion)
     return ((_table(["rule", "learning rate"], [[k, v] for k, v in (sug.get("suggestions") or {}).items()])
              + f"<p>Used: {html.escape(str(sug.get('rule')))} = {_fmt(sug.get('lr'))}</p>") if sug else
-            _missing("lr_find suggestion")) + _img(Path(lr_find) / "curve.png", "lr_find curve")
+            _missing("lr_find suggestion")) + _img(Path(lr_find) / LR_FIND.plot, "lr_find curve")
 
 
 def _training_section(stages: dict[str, Path]) -> str:
     """The training section's HTML: each training stage's numbers, history and rate schedule."""
     training = []
     for name, d in stages.items():
-        m = _read_json(Path(d) / "metrics.json")
+        m = _read_json(Path(d) / TRAINING.metrics)
         if m is None:
             training.append(f"<h3>{html.escape(name)}</h3>" + _missing(f"{name} metrics"))
             continue
         training.append(f"<h3>{html.escape(name)}</h3>"
                         + _table(["metric", "value"], [[k, v] for k, v in m.items() if not isinstance(v, dict)])
-                        + _img(Path(d) / "history.png", f"{name} history")
-                        + _img(Path(d) / "lr_schedule.png", f"{name} learning-rate schedule"))
+                        + _img(Path(d) / TRAINING.history_plot, f"{name} history")
+                        + _img(Path(d) / TRAINING.lr_schedule_plot, f"{name} learning-rate schedule"))
     return "".join(training)
 
 
@@ -243,7 +245,7 @@ def _dynamics_section(evaluate: Path) -> str:
     return ("<p>A fixed, stratified set of valid images (<code>train.dynamics_images</code>): the "
             "probability each gives its true class after every epoch of every training stage. Green "
             "rows that stay green: learnt; a row that flips back and forth: jitter; green turning "
-            "red: forgetting.</p>" + _img(Path(evaluate) / "dynamics.png", "prediction dynamics"))
+            "red: forgetting.</p>" + _img(Path(evaluate) / EVALUATE.dynamics, "prediction dynamics"))
 
 
 def _evaluation_section(metrics: dict, evaluate: Path) -> str:
@@ -259,13 +261,13 @@ def _evaluation_section(metrics: dict, evaluate: Path) -> str:
     return (_table(["metric", "plain", "as chosen"], [[k, plain[k], tta.get(k)] for k in keys])
             + _table(["class", "precision", "recall", "recall (chosen)", "gain (points)",
                       "F1", "F1 (chosen)", "images"], per_class)
-            + _img(Path(evaluate) / "tta_gain.png", "per-class gain of the choices"))
+            + _img(Path(evaluate) / EVALUATE.tta_gain, "per-class gain of the choices"))
 
 
 def _confusion_section(metrics: dict, evaluate: Path) -> str:
     """The confusion section's HTML: the matrix and the most confused pairs."""
     confused = metrics.get("most_confused") or []
-    return (_img(Path(evaluate) / "confusion.png", "confusion matrix")
+    return (_img(Path(evaluate) / EVALUATE.confusion, "confusion matrix")
             + (_table(["actual", "predicted", "images"],
                       [[p["actual"], p["predicted"], p["count"]] for p in confused])
                if confused else "<p>No confusions.</p>"))
@@ -274,13 +276,13 @@ def _confusion_section(metrics: dict, evaluate: Path) -> str:
 def _top_losses_section(evaluate: Path) -> str:
     """The top_losses section's HTML: the most confident mistakes."""
     return ("<p>The most confident mistakes (as chosen): actual → predicted, the probability "
-            "given to the prediction, and the loss.</p>" + _img(Path(evaluate) / "top_losses.png", "top losses"))
+            "given to the prediction, and the loss.</p>" + _img(Path(evaluate) / EVALUATE.top_losses, "top losses"))
 
 
 def _inside_section(metrics: dict, evaluate: Path) -> str:
     """The inside section's HTML: the pictures of recipe.decide.inside and the weight change per group."""
     ins = metrics.get("inside") or {}
-    look = Path(evaluate) / "inside"
+    look = Path(evaluate) / EVALUATE.inside
     return (
         f"<p>One network, not the ensemble: the chosen model's member trained last "
         f"(<code>{html.escape(str(ins.get('member', '?')))}</code> at {ins.get('size', '?')} px), without views, "
@@ -291,14 +293,15 @@ def _inside_section(metrics: dict, evaluate: Path) -> str:
         "rates (<code>lr_mult</code>) give earlier groups smaller steps.</p>"
         + (_table(["layer group", "mean relative weight change"], [[g, v] for g, v in ins["weight_change"].items()])
            if ins.get("weight_change") else "")
-        + _img(look / "first_conv.png", "first convolution, before and after") + _img(look / "weight_change.png", "weight change per layer")
+        + _img(look / INSIDE.first_conv, "first convolution, before and after")
+        + _img(look / INSIDE.weight_change, "weight change per layer")
         + "<p>Feature maps of the first, middle and last block of the body: per layer, the channels most active "
-          "on each image.</p>" + _img(look / "activations.png", "feature maps")
+          "on each image.</p>" + _img(look / INSIDE.activations, "feature maps")
         + "<p>Where it looks: Grad-CAM (captum) on the body's last feature map, over the top losses (for the class "
           "the model predicted) and over the most confident correct predictions of each class (for the true "
           "class). Red: the regions that raise that class's score most.</p>"
-        + _img(look / "gradcam_top_losses.png", "Grad-CAM over the top losses")
-        + _img(look / "gradcam_correct.png", "Grad-CAM over correct predictions"))
+        + _img(look / INSIDE.gradcam_top_losses, "Grad-CAM over the top losses")
+        + _img(look / INSIDE.gradcam_correct, "Grad-CAM over correct predictions"))
 
 
 _TITLES = {"summary": "Summary", "stages": "Accuracy after every stage", "select": "Model selection on valid", "audit": "Data audit",
