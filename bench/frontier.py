@@ -35,8 +35,8 @@ from recipe.core.layout import TRAINING_STAGES
 from recipe.decide import select as S
 from recipe.decide.ensemble import decide
 from recipe.decide.schema import SelectConfig
+from recipe.train.learner import Common
 from recipe.train.schema import AugmentConfig, TrainConfig
-from recipe.train.training import Common
 
 LEVELS = ("single", "+tta", "+snapshots", "+ensembles", "+threshold")
 TRAINING = ("ingest", "audit", "split", "baseline", "lr_find", "train_head", "finetune", "resize")

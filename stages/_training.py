@@ -10,13 +10,13 @@ from recipe.core.layout import TRAINING
 from recipe.core.schema import Seed
 from recipe.data.sizes import median_side, train_size
 from recipe.track import tracking
+from recipe.train.learner import Common
 from recipe.train.schema import AugmentConfig, ModelConfig, OptimConfig, TrainConfig
-from recipe.train.training import Common
 from stages._common import log_numbers, write_json
 
 
 def common_config(p: StageParams, split: Path | None = None) -> Common:
-    """The shared sections a model stage lists in dvc.yaml, validated (see recipe.train.training.Common);
+    """The shared sections a model stage lists in dvc.yaml, validated (see recipe.train.learner.Common);
     ``model`` and ``optim`` are None for a stage that does not list them. With ``split`` (the
     stages that train at ``train.image_size``), ``train.image_size: auto`` becomes its number (recipe.data.sizes)."""
     train = p.section("train", TrainConfig)
@@ -39,7 +39,7 @@ def log_epoch(row: dict, step: int) -> None:
 def record_training(args, metrics: dict) -> None:
     """What train_head, finetune and resize write and log once they have trained: the metrics
     file, the final numbers (``final.*``), the history, the rate schedule and the prediction
-    dynamics (recipe.train.training.History), and their pictures."""
+    dynamics (recipe.train.learner.History), and their pictures."""
     if not dist.is_main():  # under DDP rank 0 writes and logs
         return
     write_json(args.metrics, metrics)

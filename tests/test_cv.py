@@ -195,8 +195,8 @@ def test_out_of_fold_predictions_refuse_a_fold_model_trained_on_other_classes(tm
 
     from conftest import noise_image
     from recipe.core.config import load_section, read_params
+    from recipe.train.learner import Common
     from recipe.train.schema import AugmentConfig, TrainConfig
-    from recipe.train.training import Common
 
     raw = tmp_path / "raw"
     rows = []

@@ -45,7 +45,7 @@ def optim_cfg(name: str) -> dict:
 
 
 def optimizer_from_conf(model: Classifier, cfg: dict, lrs: list[float]) -> torch.optim.Optimizer:
-    """As recipe.train.training.Common.optimizer does."""
+    """As recipe.train.learner.Common.optimizer does."""
     cfg = {k: v for k, v in cfg.items() if k not in ("lr_scaling", "lr_reference_batch")}  # Common applies them
     groups = param_groups(model, lrs, weight_decay=cfg.pop("weight_decay"), bn_weight_decay=cfg.pop("bn_weight_decay"),
                           l1=cfg.pop("l1", 0.0))
@@ -315,7 +315,7 @@ def test_every_schedule_preset_builds_and_steps(name):
 
 # --- the registries -------------------------------------------------------------------------
 
-# per group, the tag, or applied by recipe.train.training.Common (lr_scaling)
+# per group, the tag, or applied by recipe.train.learner.Common (lr_scaling)
 COMMON_OPTIM_KEYS = {"name", "weight_decay", "bn_weight_decay", "lr_scaling", "lr_reference_batch", "l1"}
 
 

@@ -15,11 +15,11 @@ from recipe.core.layout import TRAINING_STAGES
 from recipe.data.sizes import resize_size, train_size
 from recipe.decide import select as S
 from recipe.decide.schema import SelectConfig
+from recipe.train.learner import Common
 from recipe.train.models import build_model
 from recipe.train.optim import cycle_ends
 from recipe.train.schema import AugmentConfig, TrainConfig
 from recipe.train.session import save_checkpoint
-from recipe.train.training import Common
 
 CFG = {"name": "resnet18", "weights": None, "mean": [0.5] * 3, "std": [0.25] * 3,
        "head": {"pool": "avg", "dropout": 0.0, "init": "kaiming", "init_gain": 1.0, "prior_bias": False}}

@@ -1,4 +1,4 @@
-"""The training stages (recipe.train.finetune, recipe.train.training) on a few tiny images: what a
+"""The training stages (recipe.train.finetune, recipe.train.learner) on a few tiny images: what a
 training stage trains on and writes into its checkpoint."""
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from recipe.core.errors import DataError
 from recipe.data.loader import ImageSet
 from recipe.decide.evaluate import format_table
 from recipe.train import finetune
+from recipe.train.learner import fit_set, watch
 from recipe.train.schema import FinetuneConfig, LrFindConfig
 from recipe.train.session import Data, load_checkpoint, new_model, save_checkpoint
-from recipe.train.training import fit_set, watch
 from stages._training import common_config as _common_config
 
 

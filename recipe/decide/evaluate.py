@@ -27,8 +27,8 @@ from recipe.decide.schema import EvaluateConfig
 from recipe.decide.tta import plain_views, predict
 from recipe.report import plots
 from recipe.train.fit import autocast
+from recipe.train.learner import Common
 from recipe.train.session import load_checkpoint
-from recipe.train.training import Common
 
 
 def probabilities(model: Ensemble, images: ImageSet, common: Common, device) -> tuple[np.ndarray, np.ndarray]:

@@ -39,8 +39,8 @@ from recipe.decide.ensemble import blend, fit_size, view_probs
 from recipe.decide.schema import SelectConfig
 from recipe.decide.tta import Views, tta_views
 from recipe.train.fit import autocast
+from recipe.train.learner import Common
 from recipe.train.session import load_checkpoint, load_state
-from recipe.train.training import Common
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,11 @@ from recipe.core.errors import ConfigError, RecipeError
 from recipe.data.loader import Batches, read_split
 from recipe.report import plots
 from recipe.train.fit import fit, validate
+from recipe.train.learner import Common, pretrained
 from recipe.train.models import Classifier, freeze_to
 from recipe.train.optim import make_schedule
 from recipe.train.schema import BaselineConfig, SimpleModelConfig
 from recipe.train.session import Data, batches, features, load_data
-from recipe.train.training import Common, pretrained
 
 
 class CheckFailed(RecipeError):

@@ -3,7 +3,7 @@
 Rates spread geometrically from ``lr / lr_mult`` (earliest trainable group) to ``lr`` (head);
 ``lr: auto`` runs the range test on the unfrozen model first, keeping the groups' ratios
 (its curve goes to ``lr_find_dir``; under DDP rank 0 alone runs it, see :func:`auto_lr`).
-``fit_on: train+valid`` is the final fit (see :func:`recipe.train.training.fit_set`).
+``fit_on: train+valid`` is the final fit (see :func:`recipe.train.learner.fit_set`).
 """
 from __future__ import annotations
 
@@ -14,25 +14,21 @@ from pathlib import Path
 from typing import Callable
 
 from recipe.core import distributed
-from recipe.core.layout import LR_FIND, TRAINING
+from recipe.core.layout import LR_FIND
 from recipe.data.loader import Batches
 from recipe.train import lr_find
-from recipe.train.models import Classifier, freeze_to, set_bn_mode, spread_lrs
-from recipe.train.optim import cycle_ends, make_schedule
-from recipe.train.schema import FinetuneConfig, LrFindConfig
-from recipe.train.session import fingerprint, load_checkpoint, load_data
-from recipe.train.training import (
+from recipe.train.learner import (
     Common,
     History,
+    Learner,
     Log,
-    clear_snapshots,
-    finish,
     fit_set,
     same_classes,
-    snapshotter,
-    train_phase,
     watch,
 )
+from recipe.train.models import Classifier, freeze_to, set_bn_mode, spread_lrs
+from recipe.train.schema import FinetuneConfig, LrFindConfig
+from recipe.train.session import fingerprint, load_checkpoint, load_data
 
 
 def run(common: Common, cfg: FinetuneConfig, lr_find_cfg: LrFindConfig, *, split: Path, raw: Path, checkpoint: Path,
@@ -54,25 +50,14 @@ def run(common: Common, cfg: FinetuneConfig, lr_find_cfg: LrFindConfig, *, split
     if lr == "auto":  # the range test on the unfrozen model, keeping the groups' ratios
         lr = distributed.on_main(lambda: auto_lr(model, common, lr_find_cfg, tb, cfg.lr_mult, train_mode, lr_find_dir))
     lrs = spread_lrs(lr, cfg.lr_mult, len(model.groups))
-    opt = common.optimizer(model, lrs)
-    sched = make_schedule(opt, epochs=cfg.epochs, steps_per_epoch=len(tb), **cfg.schedule.model_dump())
-    resume = out.parent / TRAINING.resume
-    history = History(log, watch(data.valid, common.train.dynamics_images, common.seed))
-    snaps = {}
-    clear_snapshots(out.parent / TRAINING.snapshots, resume)
-    if cfg.snapshots:  # the weights at each SGDR cycle's end, in out's folder: snapshots/epoch_<n>.pt
-        snaps = dict(snapshot=snapshotter(model, data, folder=out.parent / TRAINING.snapshots, size=meta["size"],
-                                          stage="finetune", model_config=meta["model_config"]),
-                     snapshot_at=tuple(cycle_ends(cfg.schedule.model_dump(), cfg.epochs)))
-    train_phase(model, name="unfrozen", **snaps, train=tb, valid=common.batches(data.valid, device, train=False),
-                 epochs=cfg.epochs, optimizer=opt, schedule=sched, train_mode=train_mode, loss_fn=common.loss(),
-                 amp=common.train.amp, clip_grad=common.train.clip_grad, **stopping, history=history, resume_dir=resume,
-                 key=fingerprint("finetune", cfg, common, lr, files=(split, checkpoint)))
+    learn = Learner(common, device, model, data, stage="finetune", out=out, size=meta["size"],
+                    history=History(log, watch(data.valid, common.train.dynamics_images, common.seed)),
+                    key=fingerprint("finetune", cfg, common, lr, files=(split, checkpoint)), model_config=meta["model_config"])
+    learn.clear_snapshots()
+    learn.phase("unfrozen", train=tb, epochs=cfg.epochs, lrs=lrs, schedule=cfg.schedule.model_dump(), train_mode=train_mode,
+                stopping=stopping, snapshots=cfg.snapshots)  # snapshots: the weights at each SGDR cycle's end
     return {"lr": lr, "lrs": lrs, "lr_scale": common.lr_scale(), "lrs_used": [x * common.lr_scale() for x in lrs],
-            "fit_on": cfg.fit_on, "train_images": len(train_set),
-            **finish(model, data, common, device, out=out, history=history, history_csv=history_csv,
-                      size=meta["size"], stage="finetune", resume_dir=resume, t0=t0,
-                      model_config=meta["model_config"])}
+            "fit_on": cfg.fit_on, "train_images": len(train_set), **learn.finish(history_csv, t0)}
 
 
 def auto_lr(model: Classifier, common: Common, cfg: LrFindConfig, train: Batches, lr_mult: float,

@@ -38,10 +38,10 @@ from torch import nn
 from recipe.core.errors import DataError
 from recipe.data.loader import Batches
 from recipe.report import plots
+from recipe.train.learner import Common, pretrained
 from recipe.train.models import Classifier, freeze_to
 from recipe.train.schema import LrFindConfig
 from recipe.train.session import batches, features, load_data
-from recipe.train.training import Common, pretrained
 
 # The rules' names: suggest() gives one rate for each; the schema checks lr_find.suggestion against them.
 RULES = ("valley", "steep", "minimum", "slide")

@@ -10,7 +10,7 @@ that already carry their own ``lr`` (discriminative rates) and ``weight_decay``;
 (``step_batch``) and after every epoch (``step_epoch(valid_loss)``), whichever the schedule is
 driven by. All of them are PyTorch's own optimizers and schedulers; the names are the recipe's.
 :func:`lr_scale` is ``optim.lr_scaling``'s factor for the rates at a batch size (:data:`LR_SCALING`);
-recipe.train.training.Common.optimizer applies it, once, to every rate a training stage builds with.
+recipe.train.learner.Common.optimizer applies it, once, to every rate a training stage builds with.
 """
 from __future__ import annotations
 

@@ -20,22 +20,19 @@ from recipe.core.layout import TRAINING
 from recipe.data.sizes import median_side, resize_size
 from recipe.report import plots
 from recipe.train.fit import validate
-from recipe.train.models import freeze_to, set_bn_mode, spread_lrs
-from recipe.train.optim import cycle_ends, make_schedule
-from recipe.train.schema import ResizeConfig, TrainConfig
-from recipe.train.session import fingerprint, load_checkpoint, load_data, refresh_bn
-from recipe.train.training import (
+from recipe.train.learner import (
     Common,
     History,
+    Learner,
     Log,
     clear_snapshots,
-    finish,
     fit_set,
     same_classes,
-    snapshotter,
-    train_phase,
     watch,
 )
+from recipe.train.models import freeze_to, set_bn_mode, spread_lrs
+from recipe.train.schema import ResizeConfig, TrainConfig
+from recipe.train.session import fingerprint, load_checkpoint, load_data, refresh_bn
 
 
 def target_size(cfg: ResizeConfig, train: TrainConfig, *, from_size: int, split: Path) -> int | None:
@@ -77,25 +74,18 @@ def run(common: Common, cfg: ResizeConfig, *, unfreeze_to: int, split: Path, raw
     metrics.update(fit_on=cfg.fit_on, train_images=len(train_set), lr_scale=common.lr_scale(),  # Common.optimizer's
                    head_lr_used=cfg.head_lr * common.lr_scale(), lr_used=cfg.lr * common.lr_scale())  # factor
     tb = common.batches(train_set, device, train=True)
-    key = fingerprint("resize", cfg, common, unfreeze_to, files=(split, checkpoint))
-    kw = dict(train=tb, valid=plain, loss_fn=common.loss(), amp=common.train.amp, clip_grad=common.train.clip_grad,
-              **stopping, history=history, resume_dir=resume, key=key)
+    learn = Learner(common, device, model, data, stage="resize", out=out, size=size, history=history,
+                    key=fingerprint("resize", cfg, common, unfreeze_to, files=(split, checkpoint)),
+                    model_config=meta["model_config"])
     for name, epochs, first, lrs in (("frozen", cfg.head_epochs, model.head_group, [cfg.head_lr] * len(model.groups)),
                                      ("unfrozen", cfg.epochs, unfreeze_to, spread_lrs(cfg.lr, cfg.lr_mult, len(model.groups)))):
         if not epochs:
             continue
         freeze_to(model, first, train_bn=cfg.bn == "train")
-        opt = common.optimizer(model, lrs)
-        sched = make_schedule(opt, epochs=epochs, steps_per_epoch=len(tb), **cfg.schedule.model_dump())
-        snaps = {}
-        if cfg.snapshots and name == "unfrozen":
-            snaps = dict(snapshot=snapshotter(model, data, folder=out.parent / TRAINING.snapshots, size=size, stage="resize",
-                                              model_config=meta["model_config"]),
-                         snapshot_at=tuple(cycle_ends(cfg.schedule.model_dump(), epochs)))
-        train_phase(model, name=name, epochs=epochs, optimizer=opt, schedule=sched, **snaps,
-                     train_mode=lambda first=first: set_bn_mode(model, policy=cfg.bn, first_trainable=first), **kw)
-    result = finish(model, data, common, device, out=out, history=history, history_csv=history_csv,
-                    size=size, stage="resize", resume_dir=resume, t0=t0, model_config=meta["model_config"])
+        learn.phase(name, train=tb, valid=plain, epochs=epochs, lrs=lrs, schedule=cfg.schedule.model_dump(),
+                    train_mode=lambda first=first: set_bn_mode(model, policy=cfg.bn, first_trainable=first),
+                    stopping=stopping, snapshots=cfg.snapshots and name == "unfrozen")
+    result = learn.finish(history_csv, t0)
     if cfg.fit_on == "train" and result["valid_loss"] >= bar["loss"]:
         print(f"resize: valid loss {result['valid_loss']:.4f} at {size} px does not beat the given model's "
               f"{bar['loss']:.4f} at {meta['size']} px; the given model is passed on")
@@ -112,7 +102,7 @@ def _pass_on(checkpoint: Path, out: Path, history_csv: Path | None, bar: dict, s
         shutil.copyfile(checkpoint, out)
         if history_csv is not None:  # no training: an empty history and its picture
             History(None).write(history_csv)
-            plots.history([], history_csv.with_suffix(".png"), f"resize: skipped ({why})")
+            plots.history([], history_csv.with_name(TRAINING.history_plot), f"resize: skipped ({why})")
             plots.lr_schedule([], history_csv.with_name(TRAINING.lr_schedule_plot), f"resize: skipped ({why})")
     m = {"passed_on": why, "valid_loss": bar["loss"], "valid_accuracy": bar["accuracy"], "size": size,
          "time_s": round(time.perf_counter() - t0, 1)}

@@ -1,10 +1,15 @@
-"""What the training stages (train_head, finetune, resize) and baseline share.
+"""The training context the training stages share: :class:`Learner` (fastai's ``Learner``: one
+object holding a stage's config, device, model, data, loss, history and resume state), and the
+pieces it is built from.
 
 Contract: :class:`Common` holds the config sections every model stage reads and turns them into
 the objects a stage needs (seeded start, loss, augmenter, batches, optimizer over the model's
-layer groups). :func:`train_phase` is one resumable ``fit()`` whose epochs continue the stage's
-numbering; :func:`finish` scores the final model on valid, writes the checkpoint, the history and
-its picture. Nothing here imports MLflow: ``log(row, step)`` callbacks carry every epoch out.
+layer groups). :class:`Learner` runs one stage: :meth:`Learner.phase` is one resumable ``fit()``
+whose epochs continue the stage's numbering (with its optimizer, schedule, early stopping and
+SGDR snapshots), :meth:`Learner.finish` scores the final model on valid and writes the
+checkpoint, the history and its pictures. train_head, finetune and resize are a Learner each;
+baseline, lr_find, select and evaluate use :class:`Common` alone. Nothing here imports MLflow:
+``log(row, step)`` callbacks carry every epoch out.
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ from recipe.report import plots
 from recipe.train.augment import Augment
 from recipe.train.fit import fit, validate
 from recipe.train.models import Classifier, param_groups
-from recipe.train.optim import lr_scale, make_optimizer
+from recipe.train.optim import cycle_ends, lr_scale, make_optimizer, make_schedule
 from recipe.train.schema import AugmentConfig, ModelConfig, OptimConfig, TrainConfig
 from recipe.train.session import Data, batches, new_model, pick_device, refresh_bn, save_checkpoint, seed_everything
 
@@ -200,11 +205,74 @@ def finish(model: Classifier, data: Data, common: Common, device, *, out: Path, 
     save_checkpoint(out, model, classes=data.classes, size=size, model_config=model_config or common.model.model_dump(),
                     stage=stage, epoch=len(history.rows), channels=data.train.images.shape[1])
     history.write(history_csv)
-    plots.history(history.rows, history_csv.with_suffix(".png"), f"{stage} at {size} px")
+    plots.history(history.rows, history_csv.with_name(TRAINING.history_plot), f"{stage} at {size} px")
     plots.lr_schedule(history.rows, history_csv.with_name(TRAINING.lr_schedule_plot), f"{stage}: learning rate per batch")
     shutil.rmtree(resume_dir, ignore_errors=True)  # finished: a rerun starts over
     return metrics
 
+
+
+@dataclass
+class Learner:
+    """One training stage's context, in one place (fastai's ``Learner``): its config sections,
+    device, model, data, loss, the stage's folder (``out``: its model.pt), the image size, the
+    history of its phases and its resume state. train_head, finetune and resize build one, run
+    :meth:`phase` once per phase and end with :meth:`finish`: what they share is written here once.
+    """
+    common: Common
+    device: torch.device
+    model: Classifier
+    data: Data
+    stage: str
+    out: Path  # the stage's model.pt; its folder holds the rest (recipe.core.layout.TRAINING)
+    size: int
+    history: History
+    key: str  # the resume fingerprint: a resume state from other settings is not used
+    model_config: dict | None = None  # a checkpoint's, for stages that start from one
+
+    @property
+    def folder(self) -> Path:
+        return self.out.parent
+
+    @property
+    def resume(self) -> Path:
+        return self.folder / TRAINING.resume
+
+    def batches(self, images, *, train: bool, augment: bool = True):
+        return self.common.batches(images, self.device, train=train, augment=augment)
+
+    def clear_snapshots(self) -> None:
+        """A fresh run (no resume state) starts with no snapshots: see :func:`clear_snapshots`."""
+        clear_snapshots(self.folder / TRAINING.snapshots, self.resume)
+
+    def phase(self, name: str, *, train, epochs: int, lrs: list[float], schedule: dict, module=None, valid=None,
+              train_mode: Callable[[], None] | None = None, stopping: dict | None = None,
+              snapshots: bool = False) -> list[dict]:
+        """``epochs`` of ``module`` (default: the model) on ``train`` at ``lrs`` (one per layer group,
+        through Common.optimizer) under ``schedule``; valid batches by default the valid split's;
+        early stopping by ``stopping`` (default: train.patience and train.keep); with ``snapshots``
+        the weights at each SGDR cycle's end go to the folder's snapshots/."""
+        opt = self.common.optimizer(self.model, lrs)
+        sched = make_schedule(opt, epochs=epochs, steps_per_epoch=len(train), **schedule)
+        snaps = {}
+        if snapshots:
+            snaps = dict(snapshot=snapshotter(self.model, self.data, folder=self.folder / TRAINING.snapshots,
+                                              size=self.size, stage=self.stage, model_config=self.model_config),
+                         snapshot_at=tuple(cycle_ends(schedule, epochs)))
+        train_cfg = self.common.train
+        stopping = stopping if stopping is not None else {"patience": train_cfg.patience, "keep": train_cfg.keep}
+        extra = {"train_mode": train_mode} if train_mode is not None else {}
+        return train_phase(module if module is not None else self.model, name=name, **snaps, train=train,
+                           valid=valid if valid is not None else self.batches(self.data.valid, train=False),
+                           epochs=epochs, optimizer=opt, schedule=sched, **extra, loss_fn=self.common.loss(),
+                           amp=train_cfg.amp, clip_grad=train_cfg.clip_grad, **stopping, history=self.history,
+                           resume_dir=self.resume, key=self.key)
+
+    def finish(self, history_csv: Path, t0: float) -> dict:
+        """Score on valid, write the checkpoint, the history and its pictures (see :func:`finish`)."""
+        return finish(self.model, self.data, self.common, self.device, out=self.out, history=self.history,
+                      history_csv=history_csv, size=self.size, stage=self.stage, resume_dir=self.resume, t0=t0,
+                      model_config=self.model_config)
 
 
 def snapshotter(model: Classifier, data: Data, *, folder: Path, size: int, stage: str,
