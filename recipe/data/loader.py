@@ -27,7 +27,7 @@ from PIL import Image
 from recipe.data.images import fit_square, load_image
 from recipe.core.errors import DataError
 from recipe.core.paths import is_within
-from recipe.data.split import TARGET_PREFIX, class_names, read_split  # noqa: F401 - loader's callers read splits too
+from recipe.data.split import TARGET_PREFIX
 
 
 @dataclass

@@ -21,7 +21,8 @@ import torch
 from recipe.core.errors import DataError
 from recipe.core.layout import EVALUATE, RAW, TRAINING, TRAINING_STAGES
 from recipe.core.metrics import classification_metrics, most_confused, top_losses
-from recipe.data.loader import ImageSet, class_names, load_split, read_split
+from recipe.data.loader import ImageSet, load_split
+from recipe.data.split import class_names, read_split
 from recipe.decide.ensemble import Ensemble, decide, load_bundle
 from recipe.decide.schema import EvaluateConfig
 from recipe.decide.tta import plain_views, predict

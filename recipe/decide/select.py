@@ -34,7 +34,8 @@ import torch
 
 from recipe.core.errors import ConfigError, DataError
 from recipe.core.layout import RAW, TRAINING, TRAINING_STAGES
-from recipe.data.loader import ImageSet, class_names, load_split, read_split
+from recipe.data.loader import ImageSet, load_split
+from recipe.data.split import class_names, read_split
 from recipe.decide.ensemble import blend, fit_size, view_probs
 from recipe.decide.schema import SelectConfig
 from recipe.decide.tta import Views, tta_views

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from recipe.core.errors import ConfigError, RecipeError
-from recipe.data.loader import Batches, read_split
+from recipe.data.loader import Batches
+from recipe.data.split import read_split
 from recipe.report import plots
 from recipe.train.fit import fit, validate
 from recipe.train.learner import Common, pretrained
