@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import build_tiny_project, run_cmd, subprocess_env
+from conftest import run_cmd, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -49,11 +50,12 @@ def leaked_paths(proj: Path, needles: list[str]) -> dict[str, list[str]]:
     return found
 
 
-def test_a_pulled_clone_elsewhere_reruns_nothing(tmp_path):
-    first_parent = tmp_path / "first"
-    first_parent.mkdir()
-    python, env = own_venv(first_parent)
-    first = build_tiny_project(first_parent / "proj", python=python, env=env)
+def test_a_pulled_clone_elsewhere_reruns_nothing(tiny_project, tmp_path):
+    # The first checkout: the session's tiny project (built where it lives, by the interpreter that
+    # runs the tests), copied here so it stays read-only for the other tests.
+    first = tmp_path / "first" / "proj"
+    shutil.copytree(tiny_project, first, symlinks=True)
+    python, env = sys.executable, subprocess_env()
     run_cmd(python, "-m", "dvc", "remote", "add", "-d", "local", str(tmp_path / "remote"), cwd=first, env=env)
     run_cmd("git", "commit", "-qam", "remote", cwd=first, env=env)
     run_cmd(python, "-m", "dvc", "push", cwd=first, env=env)
@@ -78,6 +80,6 @@ def test_a_pulled_clone_elsewhere_reruns_nothing(tmp_path):
     diff = subprocess.run(["git", "diff", "--", "dvc.lock"], cwd=clone, capture_output=True, text=True, check=True).stdout
     assert not diff, f"the clone's repro changed dvc.lock:\n{diff}"
 
-    for proj, venv in ((first, first_parent / "venv"), (clone, second_parent / "venv")):
-        needles = sorted({str(proj), os.path.realpath(proj), str(venv), os.path.realpath(venv), "site-packages"})
+    for proj, (built_at, venv) in ((first, (tiny_project, Path(sys.prefix))), (clone, (clone, second_parent / "venv"))):
+        needles = sorted({str(built_at), os.path.realpath(built_at), str(venv), os.path.realpath(venv), "site-packages"})
         assert not leaked_paths(proj, needles), f"outputs of {proj} name a machine path: {leaked_paths(proj, needles)}"

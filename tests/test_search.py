@@ -15,7 +15,7 @@ import optuna
 import pytest
 import yaml
 
-from conftest import REPO, copy_project, subprocess_env
+from conftest import REPO, subprocess_env
 from recipe import search as S
 from recipe.core.errors import ConfigError
 from recipe.search.space import _UNSET, _in_space
@@ -330,10 +330,12 @@ def test_an_unreachable_store_costs_one_warning_not_the_search(tmp_path, monkeyp
 # --- the real thing -----------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_search_runs_dvc_experiments_that_reuse_early_stages(tmp_path):
+def test_search_runs_dvc_experiments_that_reuse_early_stages(tiny_project, tmp_path):
     """Two trials on the tiny config (ELPV, 48 images) whose space is finetune.lr alone: the
-    second reruns only the late stages. About 2 minutes on 2 idle cores."""
-    proj = copy_project(tmp_path / "proj")
+    second reruns only the late stages. A copy of the session's tiny project, whose pipeline has
+    run already: trial 0 (the defaults) reruns only what its overrides change."""
+    proj = tmp_path / "proj"
+    shutil.copytree(tiny_project, proj, symlinks=True)
     write(proj / "conf/search/e2e.yaml", {
         "extends": "tiny", "study": "e2e", "trials": 2,
         # the evaluate stage made cheap: it runs in every trial and the objective does not read it
