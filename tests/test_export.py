@@ -322,12 +322,7 @@ def test_the_export_gate_fails_on_a_decision_that_differs_within_the_tolerance(m
         _gate(monkeypatch, tmp_path, checkpoints, **figures)
 
 
-@pytest.mark.parametrize("which", [
-    "folded_max_abs_diff",
-    pytest.param("onnx_max_abs_diff", marks=pytest.mark.xfail(
-        strict=True, reason="recipe/ship/export.py run(): max(folded, nan) is the folded figure, so a NaN in the ONNX "
-                            "model's probabilities passes the gate (needs a code fix)")),
-])
+@pytest.mark.parametrize("which", ["folded_max_abs_diff", "onnx_max_abs_diff"])
 def test_the_export_gate_fails_on_nan(monkeypatch, tmp_path, checkpoints, which):
     with pytest.raises(E.ExportError, match="largest probability difference nan"):
         _gate(monkeypatch, tmp_path, checkpoints, **{which: float("nan")})

@@ -258,7 +258,8 @@ def run(cfg, *, bundle: Path, split: Path, raw: Path, out: Path, workers: int, b
         "time_s": round(time.perf_counter() - t0, 1),
     }
     p = metrics["parity"]
-    worst = max(p["folded_max_abs_diff"], p["onnx_max_abs_diff"])
+    # np.max, not max(): a NaN in either is the worst figure (max(x, nan) is x)
+    worst = float(np.max([p["folded_max_abs_diff"], p["onnx_max_abs_diff"]]))
     if not worst <= cfg.tolerance or p["folded_class_mismatches"] or p["onnx_class_mismatches"]:  # NaN fails too
         raise ExportError(f"export parity failed on {p['images']} test images: largest probability difference "
                           f"{worst:.3g} (export.tolerance {cfg.tolerance:g}), decided classes differing: folded "
