@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 PORT ?= 5000
 
 .DEFAULT_GOAL := help
-.PHONY: help setup repro test test-fast lint params sweep search ui bench clean
+.PHONY: help setup repro test test-fast lint params sweep seeds compare search ui bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,6 +40,15 @@ sweep: setup ## queue a grid and run it: SWEEP="-S 'finetune.lr=choice(0.0001,0.
 	@test -n "$(SWEEP)" || { echo "make sweep: set SWEEP, e.g. SWEEP=\"-S 'finetune.lr=choice(0.0001,0.001)'\""; exit 2; }
 	dvc exp run --queue $(SWEEP)
 	dvc queue start -j $(or $(JOBS),2)
+
+seeds: setup ## the current settings (and SET="-S key=value ...") over N seeds (N=3: 42 1 2; or SEEDS="1 2"), then compare
+	for s in $(or $(SEEDS),$(wordlist 1,$(or $(N),3),42 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19)); do \
+	  dvc exp run --queue -S seed=$$s $(SET) || exit 1; done
+	dvc exp run --run-all -j $(or $(JOBS),1)
+	python -m recipe.compare
+
+compare: setup ## HEAD and every DVC experiment, grouped by setting: mean, spread, paired tests (outputs/compare/)
+	python -m recipe.compare $(ARGS)
 
 search: setup ## Bayesian search, one dvc exp run per trial (SPACE=tiny TRIALS=8; conf/search/)
 	python -m recipe.search --space $(or $(SPACE),default) $(if $(TRIALS),--trials $(TRIALS))

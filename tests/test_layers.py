@@ -21,6 +21,7 @@ ALLOWED = {
     "decide": {"core", "data", "report", "train"},
     "ship": {"core", "track", "data", "report", "train", "decide"},
     "search": {"core", "track"},
+    "compare": {"core", "track"},
 }
 
 
