@@ -24,14 +24,14 @@ $(VENV)/.installed: pyproject.toml
 repro: setup ## run the whole recipe: dvc repro
 	dvc repro
 
-test: setup ## run the whole test suite, the end-to-end DVC runs included
-	python -m pytest
+test: setup ## run the whole test suite, the end-to-end DVC runs included (two processes; JOBS=1 for one)
+	python -m pytest -n $(or $(JOBS),2) --dist loadfile
 
 lint: setup ## ruff: lint and import order (pyproject.toml's [tool.ruff]); CI runs it before the tests
 	python -m ruff check .
 
 test-fast: setup ## the unit tests only (skips tests marked slow)
-	python -m pytest -m "not slow"
+	python -m pytest -m "not slow" -n $(or $(JOBS),2) --dist loadfile
 
 params: setup ## recompose params.yaml from conf/ (as dvc exp run -S does)
 	python -m recipe.core.compose

@@ -18,7 +18,9 @@ How it is measured, in one run:
   better), the pipeline's minutes, the size rule's sizes and what select chose; then the cost
   per image of every candidate select scored, as a ratio to one model (its candidates.csv).
 
-Usage: ``python bench/digits.py [--work DIR]`` (default: a new temporary folder).
+Usage: ``python bench/digits.py [--work DIR] [--side 8|32] [--seed N] [-S key=value ...]`` (default: a
+new temporary folder, the 8x8 originals, seed 42). ``--side 32`` writes 32x32 nearest-neighbour
+copies (each pixel a 4x4 block): the same information, in the size a photo pipeline expects.
 """
 from __future__ import annotations
 
@@ -58,6 +60,10 @@ def logistic(train_x, train_y, test_x, test_y) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", type=Path, help="an empty or absent folder (default: a temporary one)")
+    ap.add_argument("--side", type=int, default=8, choices=(8, 32),
+                    help="8: the originals; 32: 32x32 nearest-neighbour copies (each pixel a 4x4 block)")
+    ap.add_argument("--seed", type=int, default=42, help="the recipe's seed (-S seed=N)")
+    ap.add_argument("-S", dest="overrides", action="append", default=[], help="another override, key=value")
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="digits-bench-"))
     sys.path.insert(0, str(REPO))
@@ -66,8 +72,11 @@ def main() -> None:
 
     data = work / "digits"
     write_digits(data)
+    if args.side != 8:
+        for png in data.rglob("*.png"):
+            Image.open(png).resize((args.side, args.side), Image.NEAREST).save(png)
     proj = copy_project(work / "proj")
-    compose(proj, ["data=folder", f"data.path={data}"], proj / "params.yaml")
+    compose(proj, ["data=folder", f"data.path={data}", f"seed={args.seed}", *args.overrides], proj / "params.yaml")
     t0 = time.perf_counter()
     run = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=proj, capture_output=True, text=True)
     minutes = (time.perf_counter() - t0) / 60
@@ -95,9 +104,12 @@ def main() -> None:
     ref_same = logistic(*pixels("fit"), *pixels("test"))
     plain, chosen = m["test"]["accuracy"], m["test_chosen"]["accuracy"]
     resize = json.loads((out / "resize/metrics.json").read_text())
-    print(f"digits, default pipeline (data=folder, data.path only): {minutes:.1f} min of dvc repro, "
+    extra = f", seed {args.seed}" + "".join(f", {o}" for o in args.overrides)
+    ft = json.loads((out / "finetune/metrics.json").read_text())
+    print(f"digits at {args.side} px, default pipeline (data=folder, data.path only{extra}): {minutes:.1f} min of dvc repro, "
           f"train.image_size {json.loads((out / 'train_head/metrics.json').read_text())['size']} px, "
           f"resize: {resize.get('passed_on') or resize['size']}")
+    print(f"finetune: unfreeze_to {ft.get('unfreeze_to')} ({ft.get('unfreeze_rule', 'pinned')})")
     print(f"select chose {sel['candidate']} / {sel['views']} (valid accuracy {100 * sel['valid_accuracy_as_chosen']:.2f}%)")
     print(f"test accuracy: recipe {100 * plain:.2f}% plain, {100 * chosen:.2f}% as chosen ({m['test']['images']} images)")
     print(f"logistic regression on raw pixels: {100 * ref_same:.2f}% on the pipeline's split, "

@@ -13,7 +13,8 @@ def main(args):
     common = common_config(p, args.split)
     cfg = p.section("baseline", BaselineConfig)
     with tracking.stage_run("baseline", p.used, experiment=experiment):
-        metrics = baseline.run(common, cfg, split=args.split, raw=args.raw, picture=args.picture)
+        metrics = baseline.run(common, cfg, split=args.split, raw=args.raw, picture=args.picture,
+                               candidates=args.candidates)
         write_json(args.metrics, metrics)
         log_numbers(metrics)
         tracking.log_artifact(str(args.metrics))
@@ -26,4 +27,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    run(main, "split", "raw", "metrics", "picture")
+    run(main, "split", "raw", "metrics", "picture", "candidates")

@@ -69,9 +69,23 @@ def main(args):
         print(f"Test split: {100 * metrics['test']['accuracy']:.2f}% plain, "
               f"{100 * metrics['test_chosen']['accuracy']:.2f}% as chosen")
         print(evaluate.format_table(metrics["table"]))
+        print(baseline_margin(s, metrics))
         print(f"report: {report}" + (f"\nMLflow model: {uri}" if uri else ""))
         if run_ is not None:
             print(f"MLflow run: {run_.info.run_id}")
+
+
+def baseline_margin(chosen: dict, metrics: dict) -> str:
+    """One line: how far above the best simple baseline (chosen on valid by select) the shipped model stands."""
+    b = chosen.get("best_baseline")
+    if not b:
+        return "No simple baseline was scored (baseline.pixels.side: null and no train_head)."
+    test = metrics["table"].get(b["candidate"], {}).get("test_accuracy")
+    line = (f"Above the best simple baseline ({b['candidate']}): valid {100 * chosen['valid_accuracy_as_chosen']:.2f}% "
+            f"against {100 * b['valid_accuracy']:.2f}%")
+    if test is not None:
+        line += f"; test {100 * metrics['test_chosen']['accuracy']:.2f}% against {100 * test:.2f}%"
+    return line
 
 
 def _title(data: dict, seed: int) -> str:

@@ -1,9 +1,10 @@
 """export: the chosen model with BatchNorm folded, as one ONNX graph, checked against the checkpoint on test."""
 from __future__ import annotations
 
+import csv
 import json
 
-from recipe.core.layout import EXPORT
+from recipe.core.layout import EVALUATE, EXPORT
 from recipe.ship import export
 from recipe.ship.schema import ExportConfig
 from recipe.track import tracking
@@ -16,9 +17,12 @@ def main(args):
     cfg = p.section("export", ExportConfig)
     train = p.section("train", TrainConfig)
     chosen = json.loads(args.evaluate.read_text())["test_chosen"]["accuracy"]
+    with (args.evaluate.parent / EVALUATE.predictions).open(newline="", encoding="utf-8") as f:
+        evaluated = {row["path"]: row["predicted_chosen"] for row in csv.DictReader(f)}
     with tracking.stage_run("export", p.used, experiment=experiment):
         metrics = export.run(cfg, bundle=args.model, split=args.split, raw=args.raw, out=args.out,
-                             workers=train.workers, batch_size=train.batch_size, chosen_accuracy=chosen)
+                             workers=train.workers, batch_size=train.batch_size, chosen_accuracy=chosen,
+                             evaluated=evaluated)
         write_json(args.out / EXPORT.metrics, metrics)
         log_numbers({k: metrics[k] for k in ("folded_pairs", "batchnorm_left", "parity", "test_accuracy", "bytes")})
         tracking.log_artifact(args.out / EXPORT.metrics)
@@ -26,9 +30,9 @@ def main(args):
         par = metrics["parity"]
         print(f"export: {metrics['candidate']} ({metrics['views']} views) -> {args.out / 'model.onnx'} "
               f"({metrics['bytes']['onnx'] / 1e6:.1f} MB, opset {cfg.opset}); {metrics['folded_pairs']} Conv+BN "
-              f"pairs folded; on {par['images']} test images the largest probability difference is "
-              f"{par['onnx_max_abs_diff']:.2g} (ONNX Runtime) and {par['folded_max_abs_diff']:.2g} (folded), "
-              f"every decided class the same")
+              f"pairs folded; on {par['images']} of {par['of_test_images']} test images the largest probability "
+              f"difference is {par['onnx_max_abs_diff']:.2g} (ONNX Runtime) and {par['folded_max_abs_diff']:.2g} "
+              f"(folded), every decided class the same; on all {par['of_test_images']}, ONNX decides as evaluate did")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """finetune: unfreeze, discriminative learning rates, SGDR restarts, early stopping."""
+import json
 
 from recipe.core import distributed
 from recipe.core.layout import TRAINING
@@ -18,12 +19,15 @@ def main(args):
     lr_find_cfg = p.section("lr_find", LrFindConfig)
     with tracking.stage_run(name, p.used, experiment=experiment):
         lr_dir = args.model.parent / TRAINING.lr_find
+        head = json.loads((args.checkpoint.parent / TRAINING.metrics).read_text())
+        base = json.loads(args.baseline.read_text())
         metrics = finetune.run(common, cfg, lr_find_cfg, split=args.split, raw=args.raw, checkpoint=args.checkpoint,
-                               out=args.model, history_csv=args.history, lr_find_dir=lr_dir, log=log_epoch)
+                               out=args.model, history_csv=args.history, lr_find_dir=lr_dir, log=log_epoch,
+                               head_valid=head.get("valid_accuracy"), pixels_valid=base.get("pixels_accuracy"))
         record_training(args, metrics)
         if lr_dir.is_dir() and distributed.is_main():  # finetune.lr: auto ran a range test on the unfrozen model
             tracking.log_artifacts(str(lr_dir), "lr_find")
 
 
 if __name__ == "__main__":
-    run(main, "split", "raw", "checkpoint", "model", "history", "metrics", distributed=True)
+    run(main, "split", "raw", "checkpoint", "baseline", "model", "history", "metrics", distributed=True)

@@ -1,7 +1,8 @@
 """resize: progressive resizing, continuing from the fine-tuned model at a larger image size."""
-from pydantic import NonNegativeInt
+import json
 
 from recipe.core import distributed
+from recipe.core.layout import TRAINING
 from recipe.track import tracking
 from recipe.train import resize
 from recipe.train.schema import ResizeConfig
@@ -15,7 +16,8 @@ def main(args):
     common = common_config(p)
     distributed.launch(common.train.nproc, "stages.resize")  # train.nproc > 1: again, under torchrun
     cfg = p.section("resize", ResizeConfig)
-    unfreeze_to = p.section("finetune", dict[str, NonNegativeInt])["unfreeze_to"]  # dvc.yaml: finetune.unfreeze_to
+    # as deep as finetune went: its decision (finetune.unfreeze_to, or what auto decided) is in its metrics
+    unfreeze_to = json.loads((args.checkpoint.parent / TRAINING.metrics).read_text())["unfreeze_to"]
     with tracking.stage_run(name, p.used, experiment=experiment):
         metrics = resize.run(common, cfg, unfreeze_to=unfreeze_to, split=args.split, raw=args.raw,
                              checkpoint=args.checkpoint, out=args.model, history_csv=args.history, log=log_epoch)

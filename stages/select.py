@@ -24,6 +24,8 @@ def main(args):
     dirs = {s: getattr(args, s) for s in TRAINING_STAGES}
     with tracking.stage_run("select", p.used, experiment=experiment):
         singles, aliases = select.checkpoints(dirs)
+        # the simple baselines first (logistic regression on the pixels): scored like any candidate
+        singles = {**{p.stem: p for p in sorted(args.baseline.glob("*.pt"))}, **singles}
         cands = select.candidates(singles, cfg.ensembles, aliases)
         cv_m = json.loads((args.cv / CV.metrics).read_text())
         folds = {f"cv@{i}": Path(m) for i, m in enumerate(cv_m.get("members", []))}  # cv.folds >= 2
@@ -80,10 +82,16 @@ def format_rows(rows: list[dict], chosen: dict, criterion: str, limit: int = 12)
 
 def describe(s: dict) -> str:
     thr = f", threshold {s['threshold']:.3f} ({s['threshold_rule']})" if s["threshold"] is not None else ""
-    return (f"select: chose {s['candidate']} with views {s['views']}{thr}: valid log loss {s['valid_log_loss']:.4f}, "
+    text = (f"select: chose {s['candidate']} with views {s['views']}{thr}: valid log loss {s['valid_log_loss']:.4f}, "
             f"accuracy {100 * s['valid_accuracy_as_chosen']:.2f}%, {s['cost_ratio']:.1f}x the cost of "
             f"{s['reference']['candidate']} alone")
+    b = s.get("best_baseline")
+    if b:
+        text += (f"\nselect: the best simple baseline on valid, {b['candidate']}: log loss {b['valid_log_loss']:.4f}, "
+                 f"accuracy {100 * b['valid_accuracy']:.2f}% (no views); the chosen model, as chosen, stands "
+                 f"{100 * (s['valid_accuracy_as_chosen'] - b['valid_accuracy']):+.2f} points of accuracy above it")
+    return text
 
 
 if __name__ == "__main__":
-    run(main, "split", "raw", *TRAINING_STAGES, "cv", "model", "metrics", "table", "plot")
+    run(main, "split", "raw", *TRAINING_STAGES, "cv", "model", "metrics", "table", "plot", "baseline")

@@ -99,8 +99,24 @@ def build_tiny_project(dest: Path, python: str = sys.executable, env: dict | Non
 
 @pytest.fixture(scope="session")
 def tiny_project(tmp_path_factory) -> Path:
-    """:func:`build_tiny_project` once per session (shared: use it read-only)."""
-    return build_tiny_project(tmp_path_factory.mktemp("tiny") / "proj")
+    """:func:`build_tiny_project` once per test run, shared by every test that reads it (copy it
+    before changing anything: ``shutil.copytree(tiny_project, dest, symlinks=True)``). Under
+    pytest-xdist (``make test``: two processes) the first worker to ask builds it in the run's
+    shared temporary folder, under a file lock, and the other waits and reuses it."""
+    import os
+
+    from filelock import FileLock
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build_tiny_project(tmp_path_factory.mktemp("tiny") / "proj")
+    shared = tmp_path_factory.getbasetemp().parent  # one folder for all the workers of this run
+    proj, built = shared / "tiny" / "proj", shared / "tiny.built"
+    with FileLock(str(shared / "tiny.lock")):
+        if not built.exists():
+            proj.parent.mkdir(parents=True, exist_ok=True)
+            build_tiny_project(proj)
+            built.touch()
+    return proj
 
 
 def store_runs(proj: Path) -> list:

@@ -229,7 +229,7 @@ def test_export_run_writes_the_model_and_its_parity_figures(tmp_path, checkpoint
     split = tmp_path / "split.csv"
     split.write_text("\n".join(rows) + "\n")
     bundle = _bundle(tmp_path, checkpoints)
-    cfg = SimpleNamespace(fold_bn=True, opset=18, dynamic_batch=True, optimize=True, tolerance=1e-4)
+    cfg = SimpleNamespace(fold_bn=True, opset=18, dynamic_batch=True, optimize=True, tolerance=1e-4, parity_images=None)
     metrics = E.run(cfg, bundle=bundle, split=split, raw=raw, out=tmp_path / "out", workers=1, batch_size=4,
                     chosen_accuracy=0.5)
     assert (tmp_path / "out" / "model.onnx").is_file()
@@ -237,7 +237,8 @@ def test_export_run_writes_the_model_and_its_parity_figures(tmp_path, checkpoint
     assert metrics["test_accuracy"]["onnx"] == metrics["test_accuracy"]["checkpoint"]
     json.dumps(metrics)  # the stage writes it as JSON
     with pytest.raises(E.ExportError, match="export parity failed on 6 test images"):
-        E.run(SimpleNamespace(fold_bn=True, opset=18, dynamic_batch=False, optimize=False, tolerance=1e-12), bundle=bundle,
+        E.run(SimpleNamespace(fold_bn=True, opset=18, dynamic_batch=False, optimize=False, tolerance=1e-12, parity_images=None),
+              bundle=bundle,
               split=split, raw=raw, out=tmp_path / "out2", workers=1, batch_size=4)
 
 
@@ -271,7 +272,7 @@ def test_export_run_gives_gray_test_images_to_a_colour_model_and_refuses_other_c
     cuts = (np.sort(p[:, 1])[1:] + np.sort(p[:, 1])[:-1]) / 2
     t = next(float(c) for c in cuts if ((p[:, 1] >= c) == labels).mean() != (p.argmax(1) == labels).mean())
     bundle = save_bundle(tmp_path / "bundle.pt", [("rgb", colour)], views=None, threshold=t, seed=0, info={})
-    cfg = SimpleNamespace(fold_bn=True, opset=18, dynamic_batch=True, optimize=False, tolerance=1e-4)
+    cfg = SimpleNamespace(fold_bn=True, opset=18, dynamic_batch=True, optimize=False, tolerance=1e-4, parity_images=None)
     m = E.run(cfg, bundle=bundle, split=split, raw=raw, out=tmp_path / "out", workers=1, batch_size=4)
     assert m["channels"] == 3 and OnnxModel(tmp_path / "out" / "model.onnx").channels == 3
     assert m["parity"]["images"] == 6 and m["parity"]["onnx_class_mismatches"] == 0
@@ -287,7 +288,7 @@ def _gate(monkeypatch, tmp_path, checkpoints, **figures) -> dict:
     ``figures`` overrides a check that passes (largest differences 1e-6, no decision differing)."""
     from types import SimpleNamespace
 
-    def fake_parity(checkpoint, folded, onnx_path, images, *, batch_size):
+    def fake_parity(checkpoint, folded, onnx_path, images, *, batch_size, onnx=None):
         n = len(images)
         return {"images": n, "folded_max_abs_diff": 1e-6, "onnx_max_abs_diff": 1e-6, "folded_class_mismatches": 0,
                 "onnx_class_mismatches": 0, "probabilities": {}, "predicted": np.zeros(n, int),
@@ -300,15 +301,18 @@ def _gate(monkeypatch, tmp_path, checkpoints, **figures) -> dict:
 
     monkeypatch.setattr(E, "parity", fake_parity)
     monkeypatch.setattr(E, "export_onnx", fake_export)
+    monkeypatch.setattr(E, "onnx_probs", lambda path, images, batch_size: (np.zeros((len(images), 2), np.float32),
+                                                                           np.zeros(len(images), int)))
     split, raw, _, _ = _test_split(tmp_path, "L", n=4)
-    cfg = SimpleNamespace(fold_bn=False, opset=18, dynamic_batch=True, optimize=False, tolerance=1e-4)
+    cfg = SimpleNamespace(fold_bn=False, opset=18, dynamic_batch=True, optimize=False, tolerance=1e-4, parity_images=None)
     return E.run(cfg, bundle=checkpoints[0], split=split, raw=raw, out=tmp_path / "out", workers=1, batch_size=4)
 
 
 def test_the_export_gate_passes_close_figures(monkeypatch, tmp_path, checkpoints):
     m = _gate(monkeypatch, tmp_path, checkpoints)
     assert m["parity"] == {"images": 4, "folded_max_abs_diff": 1e-6, "onnx_max_abs_diff": 1e-6,
-                           "folded_class_mismatches": 0, "onnx_class_mismatches": 0}
+                           "folded_class_mismatches": 0, "onnx_class_mismatches": 0, "of_test_images": 4,
+                           "onnx_decisions_differing_all": 0}
 
 
 @pytest.mark.parametrize("figures, says", [
@@ -326,3 +330,29 @@ def test_the_export_gate_fails_on_a_decision_that_differs_within_the_tolerance(m
 def test_the_export_gate_fails_on_nan(monkeypatch, tmp_path, checkpoints, which):
     with pytest.raises(E.ExportError, match="largest probability difference nan"):
         _gate(monkeypatch, tmp_path, checkpoints, **{which: float("nan")})
+
+
+def test_parity_on_a_sample_and_every_decision_against_evaluates(tmp_path, checkpoints):
+    """export.parity_images: the full comparison on a seeded sample; the ONNX graph's decisions on
+    every test image are checked against evaluate's record, and one that differs fails the stage."""
+    from types import SimpleNamespace
+
+    split, raw, files, labels = _test_split(tmp_path, "L", n=6)
+    bundle = _bundle(tmp_path, checkpoints)
+    full = E.run(SimpleNamespace(fold_bn=True, opset=18, dynamic_batch=True, optimize=False, tolerance=1e-4,
+                                 parity_images=None), bundle=bundle, split=split, raw=raw, out=tmp_path / "full",
+                 workers=1, batch_size=4)
+    assert E.sample(6, 3).tolist() == sorted(set(E.sample(6, 3).tolist())) and len(E.sample(6, 3)) == 3
+    assert E.sample(6, None).tolist() == E.sample(6, 9).tolist() == list(range(6))
+    ort = OnnxModel(tmp_path / "full" / "model.onnx")
+    _, decided = ort.run(torch.from_numpy(prepare(files, ort.size, 1)).numpy())
+    evaluated = {f"img{i}.png": ["crack", "fine"][int(d)] for i, d in enumerate(decided)}
+    cfg = SimpleNamespace(fold_bn=True, opset=18, dynamic_batch=True, optimize=False, tolerance=1e-4, parity_images=3)
+    m = E.run(cfg, bundle=bundle, split=split, raw=raw, out=tmp_path / "sample", workers=1, batch_size=4,
+              evaluated=evaluated)
+    assert (m["parity"]["images"], m["parity"]["of_test_images"], m["parity"]["onnx_decisions_differing_all"]) == (3, 6, 0)
+    assert m["test_accuracy"]["onnx"] == full["test_accuracy"]["onnx"] == float((decided == labels).mean())
+    assert m["test_accuracy"]["checkpoint"] is None  # not scored on every image
+    flipped = {**evaluated, "img5.png": {"crack": "fine", "fine": "crack"}[evaluated["img5.png"]]}
+    with pytest.raises(E.ExportError, match="on all 6: ONNX against evaluate 1"):
+        E.run(cfg, bundle=bundle, split=split, raw=raw, out=tmp_path / "bad", workers=1, batch_size=4, evaluated=flipped)

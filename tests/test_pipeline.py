@@ -314,10 +314,35 @@ def test_nothing_changed_skips_audit_and_split(project):
     assert "Stage 'export' didn't change, skipping" in out
 
 
+def test_temp_experiment_lands_in_the_root_store_under_its_own_parent(project):
+    proj = project["proj"]
+    sh("git", "add", "-A", cwd=proj)
+    sh("git", "commit", "-qm", "lock", "--allow-empty", cwd=proj)
+    before = {r.info.run_id for r in store_runs(proj)}
+    # a setting of the last stage: export reruns in the temporary copy, every other stage is restored
+    # (before test_new_data_reruns_the_data_stages changes the data, which would rerun them all)
+    dvc("exp", "run", "--temp", "-n", "looser-export", "-S", "export.tolerance=0.001", cwd=proj)
+    new = [r for r in store_runs(proj) if r.info.run_id not in before]
+    parents = [r for r in new if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].data.tags["dvc_exp_name"] == "looser-export"
+    split_runs = [r for r in new if r.info.run_name == "split"]
+    assert len(split_runs) == 1 and split_runs[0].data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+    assert split_runs[0].data.tags.get("recipe.reused") == "true"  # restored, and still every number it had
+    export_runs = [r for r in new if r.info.run_name == "export"]
+    assert len(export_runs) == 1 and export_runs[0].data.params["export.tolerance"] == "0.001"
+    assert "recipe.reused" not in export_runs[0].data.tags
+    # every kept image is placed: the fixture's 29, and bad_new.png once test_new_data_reruns_the_data_stages
+    # has added it (this test must not depend on that one having run)
+    kept = 29 + (project["data"] / "bad" / "bad_new.png").exists()
+    assert sum(v for k, v in split_runs[0].data.metrics.items() if k.startswith("count.")) == kept
+    assert not list((proj / ".dvc" / "tmp").rglob("mlflow.db"))
+    shown = dvc("exp", "show", "--json", cwd=proj)
+    assert "looser-export" in shown
+
+
 def test_new_data_reruns_the_data_stages(project):
     """A new file in the source: ingest copies it, and audit and split run again (DVC reruns what
-    depends on them; ``dvc repro split`` stops there to keep the suite short, and the next test's
-    experiment reruns everything after a new split anyway)."""
+    depends on them; ``dvc repro split`` stops there to keep the suite short)."""
     noise_image(project["data"] / "bad" / "bad_new.png", 4242)
     out = dvc("repro", "split", cwd=project["proj"])
     assert "Running stage 'audit'" in out and "Running stage 'split'" in out
@@ -325,22 +350,3 @@ def test_new_data_reruns_the_data_stages(project):
     assert report["classes"]["bad"] == 12
 
 
-def test_temp_experiment_lands_in_the_root_store_under_its_own_parent(project):
-    proj = project["proj"]
-    sh("git", "add", "-A", cwd=proj)
-    sh("git", "commit", "-qm", "lock", "--allow-empty", cwd=proj)
-    before = {r.info.run_id for r in store_runs(proj)}
-    dvc("exp", "run", "--temp", "-n", "seed-seven", "-S", "split.seed=7", cwd=proj)
-    new = [r for r in store_runs(proj) if r.info.run_id not in before]
-    parents = [r for r in new if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parents) == 1 and parents[0].data.tags["dvc_exp_name"] == "seed-seven"
-    split_runs = [r for r in new if r.info.run_name == "split"]
-    assert len(split_runs) == 1 and split_runs[0].data.tags["mlflow.parentRunId"] == parents[0].info.run_id
-    assert split_runs[0].data.params["split.seed"] == "7"
-    # every kept image is placed: the fixture's 29, and bad_new.png once test_new_data_reruns_the_data_stages
-    # has added it (this test must not depend on that one having run)
-    kept = 29 + (project["data"] / "bad" / "bad_new.png").exists()
-    assert sum(v for k, v in split_runs[0].data.metrics.items() if k.startswith("count.")) == kept
-    assert not list((proj / ".dvc" / "tmp").rglob("mlflow.db"))
-    shown = dvc("exp", "show", "--json", cwd=proj)
-    assert "seed-seven" in shown

@@ -205,3 +205,81 @@ def test_train_size_auto_becomes_a_number_from_split_csv(tmp_path, capsys):
     pd.DataFrame(rows).drop(columns=["width", "height"]).to_csv(tmp_path / "old.csv", index=False)
     with pytest.raises(Exception, match="no width/height columns"):
         common_config(p, tmp_path / "old.csv")
+
+
+def test_identical_weights_are_one_model_scored_once_and_one_member(tmp_path):
+    """resize passed finetune's model on (a byte copy): the ensemble finetune+resize is finetune
+    alone, scored and shipped with one member; resize stays a candidate, made from finetune's scores."""
+    dirs = {s: tmp_path / s for s in TRAINING_STAGES}
+    _checkpoint(dirs["train_head"] / "model.pt", 0)
+    _checkpoint(dirs["finetune"] / "model.pt", 1)
+    (dirs["resize"]).mkdir()
+    shutil.copy(dirs["finetune"] / "model.pt", dirs["resize"] / "model.pt")
+    (dirs["resize"] / "snapshots").mkdir()
+    shutil.copy(dirs["train_head"] / "model.pt", dirs["resize"] / "snapshots" / "epoch_0.pt")  # = train_head's
+    singles, aliases = S.checkpoints(dirs)
+    assert list(singles) == ["train_head", "finetune"]
+    assert aliases == {"resize": "finetune", "resize@0": "train_head"}
+    cands = S.candidates(singles, [["finetune", "resize"], ["train_head", "finetune", "resize"], ["resize@snapshots"]],
+                         aliases)
+    by = {c.name: c.members for c in cands}
+    assert by == {"train_head": ("train_head",), "finetune": ("finetune",), "resize": ("finetune",),
+                  "train_head+finetune+resize": ("train_head", "finetune")}
+    rows = [{"candidate": c.name, "views": "none", "members": list(c.members), "valid_log_loss": 0.3,
+             "valid_accuracy": 0.9, "seconds_per_image": 0.01 * len(c.members)} for c in cands]
+    assert S.choose(rows[1:3], config())["candidate"] == "finetune"  # the tie goes to the earlier: the same model
+
+
+def _bright_or_dark(raw, name: str, label: str, seed: int) -> None:
+    """A 24 px gray image: class b is bright, class a dark, both noisy (pixels tell them apart)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    base = 190 if label == "b" else 60
+    pixels = np.clip(base + rng.normal(0, 25, (24, 24)), 0, 255).astype(np.uint8)
+    (raw / "files").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels, "L").save(raw / "files" / name)
+
+
+def test_select_ships_a_planted_pixels_baseline_that_beats_the_networks(tmp_path):
+    """Logistic regression on the pixels (fitted by recipe.train.pixels) separates bright from dark;
+    two random networks do not: select ships the baseline, says it is the best baseline, and the
+    bundle exports to ONNX and predicts like any other model."""
+    from types import SimpleNamespace
+
+    from recipe.decide.ensemble import load_bundle, save_bundle
+    from recipe.ship import export as E
+    from recipe.train.pixels import fit_pixels
+    from recipe.train.session import load_data
+
+    raw, rows = tmp_path / "raw", []
+    for i, split in enumerate(["train"] * 16 + ["valid"] * 10 + ["test"] * 6):
+        label = "ab"[i % 2]
+        _bright_or_dark(raw, f"{split}{i}.png", label, i)
+        rows.append({"path": f"{split}{i}.png", "label": label, "split": split, "group": i})
+    pd.DataFrame(rows).to_csv(tmp_path / "split.csv", index=False)
+    common = _common()
+    data = load_data(tmp_path / "split.csv", raw, size=32, workers=1)
+    numbers = fit_pixels(common, data, torch.device("cpu"), side=4, strengths=[0.1, 1.0], out=tmp_path / "pixels.pt",
+                         size=32)
+    assert numbers["pixels_accuracy"] == 1.0 and numbers["pixels_C"] in (0.1, 1.0)
+    dirs = {s: tmp_path / s for s in TRAINING_STAGES}
+    _checkpoint(dirs["finetune"] / "model.pt", 0)
+    _checkpoint(dirs["resize"] / "model.pt", 1)
+    singles, aliases = S.checkpoints(dirs)
+    singles = {"pixels": tmp_path / "pixels.pt", **singles}
+    cfg = config(view_sets=["none", "flip_h"], ensembles=[["finetune", "resize"]])
+    cands = S.candidates(singles, cfg.ensembles, aliases)
+    out, scores, sets, classes = S.score(common, cfg, singles=singles, cands=cands, split=tmp_path / "split.csv",
+                                         raw=raw)
+    d = S.decide_all(out, scores, cands, sets, singles, classes, cfg)
+    assert d["candidate"].name == "pixels"
+    assert d["summary"]["best_baseline"]["candidate"] == "pixels" and d["summary"]["valid_accuracy_as_chosen"] == 1.0
+    bundle = save_bundle(tmp_path / "bundle.pt", [("pixels", singles["pixels"])], views=None, threshold=None, seed=0,
+                         info={"candidate": "pixels"})
+    model, _ = load_bundle(bundle)
+    export_cfg = SimpleNamespace(fold_bn=True, opset=18, dynamic_batch=True, optimize=False, tolerance=1e-4,
+                                 parity_images=None)
+    m = E.run(export_cfg, bundle=bundle, split=tmp_path / "split.csv", raw=raw, out=tmp_path / "export", workers=1,
+              batch_size=4)
+    assert m["test_accuracy"]["onnx"] == 1.0 and m["parity"]["onnx_max_abs_diff"] < 1e-4

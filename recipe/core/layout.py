@@ -42,6 +42,7 @@ class Split:
 class Baseline:
     metrics: str = "metrics.json"
     batch: str = "batch.png"
+    candidates: str = "candidates"  # the simple baselines as checkpoints select scores: pixels.pt
 
 
 @dataclass(frozen=True)

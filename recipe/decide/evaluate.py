@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from recipe.core.errors import DataError
-from recipe.core.layout import EVALUATE, RAW, TRAINING, TRAINING_STAGES
+from recipe.core.layout import BASELINE, EVALUATE, RAW, TRAINING, TRAINING_STAGES
 from recipe.core.metrics import classification_metrics, most_confused, top_losses
 from recipe.data.loader import ImageSet, load_split
 from recipe.data.split import class_names, read_split
@@ -69,12 +69,16 @@ def _stage_row(path: Path, checkpoints: dict[str, Path], stage: str, cfg: Evalua
     if stage_m.get("passed_on"):
         row["passed_on"] = stage_m["passed_on"]
     if cfg.stage_table and Path(checkpoints[stage]).is_file():
-        other, other_meta = load_checkpoint(checkpoints[stage])
-        other = common.prepare(other, device)
-        p = predict(other, common.batches(test_at(other_meta["size"]), device, train=False),
-                    plain_views(), autocast=amp)
-        row["test_accuracy"] = float((p["plain"].argmax(1) == p["labels"]).double().mean())
+        row["test_accuracy"] = _test_accuracy(checkpoints[stage], common, device, test_at, amp)
     return row
+
+
+def _test_accuracy(checkpoint: Path, common: Common, device, test_at, amp) -> float:
+    """A checkpoint's plain test accuracy (argmax, no views), at its own size."""
+    other, other_meta = load_checkpoint(checkpoint)
+    other = common.prepare(other, device)
+    p = predict(other, common.batches(test_at(other_meta["size"]), device, train=False), plain_views(), autocast=amp)
+    return float((p["plain"].argmax(1) == p["labels"]).double().mean())
 
 
 def _folds_row(fold_models: list[Path], classes: list[str], common: Common, device, test_at) -> dict:
@@ -100,6 +104,11 @@ def _stage_table(cfg: EvaluateConfig, common: Common, device, test_at, *, baseli
         "baseline_model": {"size": None, "valid_accuracy": base["simple_accuracy"], "test_accuracy": None},
     }
     amp = lambda: autocast(device, common.train.amp)
+    pixels = Path(baseline_metrics).parent / BASELINE.candidates / "pixels.pt"
+    if "pixels_accuracy" in base and pixels.is_file():  # logistic regression on the pixels, a candidate of select's
+        rows["pixels"] = {"size": base.get("pixels_side"), "valid_accuracy": base["pixels_accuracy"],
+                          "test_accuracy": _test_accuracy(pixels, common, device, test_at, amp) if cfg.stage_table
+                          else None}
     for stage in TRAINING_STAGES:
         path = Path(stage_metrics[stage])
         if not path.is_file():

@@ -445,6 +445,11 @@ def run(cfg: InsideConfig, *, model: Ensemble, meta: dict, predictions: Path, ra
     net, size, mm = model.members[i].cpu().eval(), model.sizes[i], member_meta(meta, i)
     name = model.names[i]
     classes = model.classes
+    if not any(isinstance(m, nn.Conv2d) for m in net.modules()):  # the pixels baseline: no layers to look into
+        why = f"{name} is logistic regression on the pixels: no convolution, no feature map to look inside"
+        for picture in PICTURES:
+            plots.tensor_grid(np.zeros((0, 1, 8, 8)), [], out / picture, why)
+        return {"member": name, "size": size, "skipped": why, "time_s": round(time.perf_counter() - t0, 1)}
 
     before = initial_model(mm["model_config"], classes, seed)
     rows = weight_change(before, net)

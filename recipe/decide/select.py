@@ -5,7 +5,8 @@ Contract:
 - **Candidates** (:func:`candidates`): each training stage's checkpoint (``train_head``,
   ``finetune``, ``resize``), each SGDR snapshot (``finetune@2``: the weights at the end of
   epoch 2), and the ensembles ``select.ensembles`` lists (a member is a stage, or
-  ``<stage>@snapshots`` for all of its snapshots). An ensemble averages its members'
+  ``<stage>@snapshots`` for all of its snapshots). Checkpoints with identical weights are one
+  model (:func:`checkpoints`): scored once, and one member of any ensemble. An ensemble averages its members'
   probabilities, each member at its own size (:class:`recipe.decide.ensemble.Ensemble`).
 - **Scoring** (:func:`score`): every candidate with every view set of ``select.view_sets`` on
   the valid split: log loss, accuracy, and the cost (seconds per image on this machine: each
@@ -25,6 +26,7 @@ Nothing here talks to MLflow (``stages/select.py`` logs).
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,27 +80,38 @@ class Scores:
     paths: list[str] | None = None  # the valid images, in the order of the probabilities
 
 
+def weights_fingerprint(state: dict) -> str:
+    """A hash of a checkpoint's weights (every tensor's bytes, names and dtypes) and input size:
+    two checkpoints with the same fingerprint are one model."""
+    h = hashlib.sha256(str(state.get("size")).encode())
+    for key in sorted(state["model"]):
+        t = state["model"][key].detach().cpu().contiguous()
+        h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def checkpoints(stage_dirs: dict[str, Path]) -> tuple[dict[str, Path], dict[str, str]]:
-    """Every single checkpoint there is: ``<stage>`` (model.pt) and ``<stage>@<epoch>`` (snapshots).
-    A snapshot whose weights are the stage's own model.pt (its best epoch was a cycle's end) is
-    left out: it would be the same candidate twice; the second dict maps it to the stage's name
-    (``<stage>@snapshots`` takes the stage's model in its place)."""
+    """Every distinct checkpoint there is: ``<stage>`` (model.pt) and ``<stage>@<epoch>`` (snapshots),
+    in stage order. A checkpoint whose weights and size are an earlier one's (a snapshot that is its
+    stage's best epoch; resize's model when resize passed finetune's on) is the same model: it is
+    left out, and the second dict maps its name to the earlier one's, so it is scored once and
+    an ensemble never holds it twice."""
     found: dict[str, Path] = {}
     aliases: dict[str, str] = {}
+    seen: dict[str, str] = {}
     for stage in TRAINING_STAGES:
         folder = Path(stage_dirs[stage])
-        own = None
-        if (folder / TRAINING.model).is_file():
-            found[stage] = folder / TRAINING.model
-            own = load_state(folder / TRAINING.model)["model"]
+        paths = [(stage, folder / TRAINING.model)] if (folder / TRAINING.model).is_file() else []
         snaps = sorted((folder / TRAINING.snapshots).glob("epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
-        for p in snaps:
-            weights = load_state(p)["model"]
-            name = f"{stage}@{p.stem.split('_')[1]}"
-            if own is not None and weights.keys() == own.keys() and all(torch.equal(weights[k], own[k]) for k in own):
-                aliases[name] = stage
-                continue
-            found[name] = p
+        paths += [(f"{stage}@{p.stem.split('_')[1]}", p) for p in snaps]
+        for name, path in paths:
+            fp = weights_fingerprint(load_state(path))
+            if fp in seen:
+                aliases[name] = seen[fp]
+            else:
+                seen[fp] = name
+                found[name] = path
     return found, aliases
 
 
@@ -108,6 +121,8 @@ def candidates(singles: dict[str, Path], ensembles: list[list[str]],
     ensemble whose snapshots do not exist, or that repeats another's members, is left out)."""
     out = [Candidate(name, (name,)) for name in singles]
     seen = {c.members for c in out}
+    # a stage whose model is an earlier checkpoint's stays a candidate under its name, scored from that one
+    out += [Candidate(name, (target,)) for name, target in (aliases or {}).items() if "@" not in name]
     for spec in ensembles:
         members: list[str] = []
         for item in spec:
@@ -279,7 +294,23 @@ def decide_all(rows: list[dict], scores: Scores, cands: list[Candidate], sets: l
                "valid_accuracy_as_chosen": at["accuracy"], "valid_balanced_accuracy_as_chosen": at["balanced_accuracy"],
                "reference": {"candidate": ref["candidate"], "views": ref["views"],
                              "seconds_per_image": ref["seconds_per_image"]}}
+    summary["best_baseline"] = best_baseline(rows, cfg)
     return {"row": chosen, "candidate": cand, "views": views, "threshold": threshold, "summary": summary}
+
+
+BASELINES = ("pixels", "train_head")  # the simple models: a linear model on the pixels, the head on frozen features
+
+
+def best_baseline(rows: list[dict], cfg: SelectConfig) -> dict | None:
+    """The best simple baseline (:data:`BASELINES`, no views) by the criterion on valid, or None."""
+    pool = [r for r in rows if r["candidate"] in BASELINES and r["views"] == "none"]
+    if not pool:
+        return None
+    if cfg.criterion == "log_loss":
+        best = min(pool, key=lambda r: r["valid_log_loss"])
+    else:
+        best = max(pool, key=lambda r: r["valid_accuracy"])
+    return {k: best[k] for k in ("candidate", "valid_log_loss", "valid_accuracy")}
 
 
 def choose(rows: list[dict], cfg: SelectConfig) -> dict:

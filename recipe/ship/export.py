@@ -188,17 +188,32 @@ def torch_probs(model: Ensemble, images: torch.Tensor, batch_size: int) -> np.nd
     return np.concatenate(out)
 
 
-def parity(checkpoint: Ensemble, folded: Ensemble, onnx_path: Path, images: torch.Tensor, *,
-           batch_size: int) -> dict:
-    """Probabilities and decisions of the checkpoint, the folded model and ONNX Runtime on
-    ``images`` (float, ``(N, C, size, size)`` in [0, 1], at least one): the largest absolute differences from
-    the checkpoint, the number of decisions that differ, and the arrays themselves. Each model
-    makes its pass alone (ONNX Runtime's threads and torch's would share the cores otherwise)."""
-    ref = torch_probs(checkpoint, images, batch_size)
-    fold = torch_probs(folded, images, batch_size)
+def onnx_probs(onnx_path: Path, images: torch.Tensor, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """ONNX Runtime's probabilities and decided classes over ``images``, batch by batch."""
     runtime = OnnxModel(onnx_path)
     runs = [runtime.run(images[i:i + batch_size].numpy()) for i in range(0, len(images), batch_size)]
     ort, ort_pred = (np.concatenate(parts) for parts in zip(*runs))
+    return ort, ort_pred
+
+
+def sample(n: int, k: int | None, seed: int = 0) -> np.ndarray:
+    """``k`` of ``n`` indices drawn without replacement with ``seed``, sorted (all of them when
+    ``k`` is None or at least ``n``)."""
+    if k is None or k >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False))
+
+
+def parity(checkpoint: Ensemble, folded: Ensemble, onnx_path: Path, images: torch.Tensor, *,
+           batch_size: int, onnx: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """Probabilities and decisions of the checkpoint, the folded model and ONNX Runtime on
+    ``images`` (float, ``(N, C, size, size)`` in [0, 1], at least one): the largest absolute differences from
+    the checkpoint, the number of decisions that differ, and the arrays themselves. Each model
+    makes its pass alone (ONNX Runtime's threads and torch's would share the cores otherwise).
+    ``onnx``: ONNX Runtime's output on these images, when the caller has it already."""
+    ref = torch_probs(checkpoint, images, batch_size)
+    fold = torch_probs(folded, images, batch_size)
+    ort, ort_pred = onnx if onnx is not None else onnx_probs(onnx_path, images, batch_size)
     decided = decide(ref, checkpoint.threshold)
     return {
         "images": int(len(ref)),
@@ -211,16 +226,32 @@ def parity(checkpoint: Ensemble, folded: Ensemble, onnx_path: Path, images: torc
     }
 
 
+def _decisions(evaluated: dict[str, str] | None, paths, classes: list[str]) -> np.ndarray | None:
+    """evaluate's decided class index for each of ``paths``; None without evaluate's record."""
+    if evaluated is None:
+        return None
+    missing = [p for p in paths if p not in evaluated]
+    if missing:
+        raise DataError(f"evaluate's predictions lack {len(missing)} test image(s), e.g. {missing[0]}: rerun evaluate")
+    return np.array([classes.index(evaluated[p]) for p in paths])
+
+
 class ExportError(ConfigError):
     """The exported model does not match the checkpoint within the tolerance."""
 
 
 def run(cfg, *, bundle: Path, split: Path, raw: Path, out: Path, workers: int, batch_size: int,
-        chosen_accuracy: float | None = None) -> dict:
+        chosen_accuracy: float | None = None, evaluated: dict[str, str] | None = None) -> dict:
     """Fold, export and check select's bundle on the test split; ``out/model.onnx`` and the
     metrics (what was folded, the parity figures, the sizes). Raises :class:`ExportError` when
     parity fails. ``chosen_accuracy``: evaluate's test accuracy of the model as chosen, which the
-    ONNX model's is set beside."""
+    ONNX model's is set beside; ``evaluated``: evaluate's decided class per test image (path ->
+    class name, its predictions.csv), which the ONNX graph's decisions on every test image must equal.
+
+    The full comparison (probabilities of the checkpoint, the folded model and ONNX Runtime) runs
+    on ``cfg.parity_images`` test images drawn with seed 0 (all when None): two PyTorch passes
+    over the whole test split cost more than the export itself. ONNX Runtime scores every test
+    image once, for its accuracy and its decisions."""
     from recipe.data.loader import load_split
     from recipe.data.split import class_names, read_split
     from recipe.decide.ensemble import load_bundle
@@ -241,18 +272,27 @@ def run(cfg, *, bundle: Path, split: Path, raw: Path, out: Path, workers: int, b
     info = {"candidate": meta.get("info", {}).get("candidate", "+".join(model.names))}
     path = export_onnx(folded, Path(out) / EXPORT.model, opset=cfg.opset, dynamic_batch=cfg.dynamic_batch,
                        optimize=cfg.optimize, info=info)
-    check = parity(model, folded, path, images, batch_size=batch_size)
+    ort_all = onnx_probs(path, images, batch_size)
+    idx = sample(len(images), cfg.parity_images)
+    check = parity(model, folded, path, images[torch.as_tensor(idx)], batch_size=batch_size,
+                   onnx=(ort_all[0][idx], ort_all[1][idx]))
     labels = test.labels.numpy()
+    full = len(idx) == len(images)
+    against = check["predicted"] if full else _decisions(evaluated, test.paths, class_names(table))
+    mismatches = None if against is None else int((ort_all[1] != np.asarray(against)).sum())
     metrics = {
         "candidate": info["candidate"], "members": model.names, "views": model.views.name,
         "threshold": model.threshold, "size": model.size, "channels": model.channels,
         "fold_bn": cfg.fold_bn, "folded_pairs": pairs, "batchnorm_left": batchnorms(folded),
         "batchnorm_before": batchnorms(model), "opset": cfg.opset, "dynamic_batch": cfg.dynamic_batch,
         "optimize": cfg.optimize,
-        "parity": {k: v for k, v in check.items() if k not in ("probabilities", "predicted", "onnx_predicted")},
+        "parity": {**{k: v for k, v in check.items() if k not in ("probabilities", "predicted", "onnx_predicted")},
+                   "of_test_images": int(len(images)),
+                   # the ONNX graph's decisions on every test image against the checkpoint's (all compared) or evaluate's
+                   "onnx_decisions_differing_all": mismatches},
         "tolerance": cfg.tolerance,
-        "test_accuracy": {"checkpoint": float((check["predicted"] == labels).mean()),
-                          "onnx": float((check["onnx_predicted"] == labels).mean()),  # the graph's own decisions
+        "test_accuracy": {"checkpoint": float((check["predicted"] == labels[idx]).mean()) if full else None,
+                          "onnx": float((ort_all[1] == labels).mean()),  # the graph's own decisions, every test image
                           "evaluate": chosen_accuracy},
         "bytes": {"bundle": Path(bundle).stat().st_size, "onnx": path.stat().st_size},
         "time_s": round(time.perf_counter() - t0, 1),
@@ -260,8 +300,11 @@ def run(cfg, *, bundle: Path, split: Path, raw: Path, out: Path, workers: int, b
     p = metrics["parity"]
     # np.max, not max(): a NaN in either is the worst figure (max(x, nan) is x)
     worst = float(np.max([p["folded_max_abs_diff"], p["onnx_max_abs_diff"]]))
-    if not worst <= cfg.tolerance or p["folded_class_mismatches"] or p["onnx_class_mismatches"]:  # NaN fails too
+    if (not worst <= cfg.tolerance or p["folded_class_mismatches"] or p["onnx_class_mismatches"]
+            or p["onnx_decisions_differing_all"]):  # NaN fails too
         raise ExportError(f"export parity failed on {p['images']} test images: largest probability difference "
                           f"{worst:.3g} (export.tolerance {cfg.tolerance:g}), decided classes differing: folded "
-                          f"{p['folded_class_mismatches']}, ONNX {p['onnx_class_mismatches']}")
+                          f"{p['folded_class_mismatches']}, ONNX {p['onnx_class_mismatches']}; on all "
+                          f"{len(images)}: ONNX against {'the checkpoint' if full else 'evaluate'} "
+                          f"{p['onnx_decisions_differing_all']}")
     return metrics

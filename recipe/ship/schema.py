@@ -25,4 +25,5 @@ class ExportConfig(Strict):
     dynamic_batch: bool  # any batch size; false: a graph for one image at a time
     optimize: bool  # the exporter's own graph optimisation (onnxscript: constant folding, dead code)
     tolerance: Annotated[float, Field(gt=0)]  # largest |p_exported - p_checkpoint| on the test split
+    parity_images: Annotated[int, Field(ge=1)] | None  # the sample compared in full; None: every test image
 

