@@ -13,8 +13,8 @@ from scipy.stats import binomtest
 
 from recipe.compare.__main__ import main
 from recipe.compare.groups import compare, group_runs, name_groups, reference_of, summarize
-from recipe.compare.runs import Run, collect, fingerprints
-from recipe.compare.stats import group_interval, mcnemar, per_image, score
+from recipe.compare.runs import Run, collect, fingerprints, stale
+from recipe.compare.stats import class_list, image_bootstrap, mcnemar, paired, per_image, score, t_interval
 
 STATS = {"resamples": 400, "seed": 0, "level": 0.95}
 NOT_SETTINGS = ["seed", "split.seed", "tracking"]
@@ -36,11 +36,12 @@ def predictions(n: int, right: int, *, right_chosen: int | None = None, prefix: 
 
 def run(name: str, seed: int, right: int, *, n: int = 100, code: str = "c1", data: str = "d1", prefix: str = "img",
         problem: str | None = None, **settings) -> Run:
+    """A hand-made run: ``right`` of ``n`` test images right plainly, ``right - 2`` as chosen."""
     params = {"seed": seed, "split.seed": seed, "tracking.experiment": "x", "finetune.epochs": 7, **settings}
     return Run(name=name, rev=f"{abs(hash(name)):040x}"[:40], params=params, code=code, data=data, problem=problem,
-               figures={"test_accuracy": right / n, "test_accuracy_chosen": right / n, "minutes": 10.0 + seed,
+               figures={"test_accuracy": right / n, "test_accuracy_chosen": (right - 2) / n, "minutes": 10.0 + seed,
                         "valid_accuracy_chosen": 0.9},
-               predictions=None if problem else predictions(n, right, prefix=prefix))
+               predictions=None if problem else predictions(n, right, right_chosen=right - 2, prefix=prefix))
 
 
 def test_score_mcnemar_and_intervals_have_known_answers():
@@ -50,11 +51,12 @@ def test_score_mcnemar_and_intervals_have_known_answers():
     a = np.array([True] * 2 + [False] * 8 + [True] * 5)
     b = np.array([False] * 2 + [True] * 8 + [True] * 5)
     assert mcnemar(a, b) == (2, 8, pytest.approx(binomtest(2, 10, 0.5).pvalue))
-    perfect = per_image(predictions(50, 50))
-    assert group_interval([perfect, perfect], "test_accuracy", **STATS) == (1.0, 1.0)
     half = per_image(predictions(400, 200))
-    low, high = group_interval([half], "test_accuracy", **STATS)
+    low, high = image_bootstrap(half, "test_accuracy", **STATS)
     assert low < 0.5 < high and high - low == pytest.approx(2 * 1.96 * 0.025, abs=0.02)  # binomial standard error
+    low, high = t_interval([0.80, 0.90, 1.00], 0.95)  # mean 0.9, s 0.1, t(2, 0.975) = 4.303
+    assert (low, high) == (pytest.approx(0.9 - 4.303 * 0.1 / 3 ** 0.5, abs=1e-4), pytest.approx(0.9 + 4.303 * 0.1 / 3 ** 0.5,
+                                                                                                abs=1e-4))
 
 
 def test_groups_means_and_what_is_left_out():
@@ -63,20 +65,24 @@ def test_groups_means_and_what_is_left_out():
             run("again-42", 42, 70),  # the same setting and seed as ref-42: one result computed twice
             run("other-code", 42, 85, code="c2"), run("half", 3, 0, problem="not finished: no evaluate stage")]
     runs[0].name = "HEAD (abc1234)"
+    runs.append(run("split-7", 42, 60, **{"split.seed": 7}))  # another split of seed 42: another sample
     groups, left_out = group_runs(runs, NOT_SETTINGS)
-    reference = reference_of(groups, None)
+    reference, why = reference_of(groups, None, runs[0])
     name_groups(groups, reference)
+    assert why == "the group of HEAD's run"
     assert [g.name for g in groups] == ["reference", "finetune.epochs=15", "code c2"]
-    assert [r.name for r in reference.runs] == ["HEAD (abc1234)", "ref-1", "ref-2"]
+    assert [r.name for r in reference.runs] == ["HEAD (abc1234)", "ref-1", "ref-2", "split-7"]
     assert {r.name: why.split(":")[0] for r, why in left_out} == {
-        "again-42": "the same setting, code, data and seed as HEAD (abc1234)", "half": "not finished"}
+        "again-42": "the same setting, code, data and seeds as HEAD (abc1234)", "half": "not finished"}
     for g in groups:
         summarize(g, **STATS)
-    acc = reference.summary["test_accuracy"]
-    assert (acc["n"], acc["mean"], acc["std"]) == (3, pytest.approx(0.9), pytest.approx(0.1))
-    assert acc["low"] < 0.9 < acc["high"] and acc["high"] <= 1.0
-    assert reference.summary["minutes"]["mean"] == pytest.approx(10 + 45 / 3)
-    assert np.isnan(groups[2].summary["test_accuracy"]["std"])  # one run: no spread
+    acc, chosen = reference.summary["test_accuracy"], reference.summary["test_accuracy_chosen"]
+    assert (acc["n"], acc["mean"], acc["std"]) == (4, pytest.approx(0.825), pytest.approx(np.std([.8, .9, 1, .6], ddof=1)))
+    assert (acc["low"], acc["high"], acc["interval"]) == (*map(pytest.approx, t_interval([.8, .9, 1, .6], .95)), "t")
+    assert chosen["mean"] == pytest.approx(0.805)  # the chosen figures are their own, not the plain ones
+    assert reference.summary["minutes"]["mean"] == pytest.approx(10 + (42 + 1 + 2 + 42) / 4)
+    single = groups[2].summary["test_accuracy"]
+    assert np.isnan(single["std"]) and single["interval"] == "images" and single["low"] < 0.85 < single["high"]
 
 
 def test_paired_comparison_per_seed_on_the_same_images_only():
@@ -94,7 +100,8 @@ def test_paired_comparison_per_seed_on_the_same_images_only():
     assert first["test_accuracy_p"] == pytest.approx(binomtest(0, 15, 0.5).pvalue)
     assert 0 < first["test_accuracy_low"] <= 0.15 <= first["test_accuracy_high"]
     diff, low, high = c.mean["test_accuracy"]
-    assert diff == pytest.approx((0.15 + 0.12) / 2) and 0 < low <= diff <= high
+    assert diff == pytest.approx((0.15 + 0.12) / 2) and (low, high) == tuple(map(pytest.approx, t_interval([.15, .12], .95)))
+    assert c.mean["test_accuracy_chosen"][0] == pytest.approx((0.15 + 0.12) / 2)
     assert any("seed 2: not the same test images" in n for n in c.notes)
     assert any("seed 3" in n and "no run of this seed" in n for n in c.notes)
 
@@ -140,14 +147,17 @@ def test_the_command_on_experiments_in_git(tmp_path, monkeypatch, capsys):
         sha = _commit(repo, files, name)
         subprocess.run(["git", "update-ref", f"refs/exps/{head[:2]}/{head[2:]}/{name}", sha], cwd=repo, check=True)
         subprocess.run(["git", "reset", "-q", "--hard", head], cwd=repo, check=True)
-    subprocess.run(["git", "update-ref", "refs/exps/celery/stash", head], cwd=repo, check=True)  # the queue's: no result
+    for ref in ("refs/exps/celery/stash", "refs/exps/exec/EXEC_BASELINE", f"refs/exps/temp/{head[2:]}/x",
+                f"refs/exps/celery/{head[2:]}/y"):  # the queue's and DVC's own refs: no results
+        subprocess.run(["git", "update-ref", ref, head], cwd=repo, check=True)
     assert {r.name for r in collect(repo)} == {f"HEAD ({head[:7]})", "seed-1", "long-42", "audit-only"}
     monkeypatch.chdir(repo)
     assert main(["--no-mlflow"]) == 0
     out = repo / "outputs/compare"
     text = (out / "compare.md").read_text()
     assert "| reference | 2 (42, 1) | 85.00% ± 7.07" in text
-    assert "finetune.epochs=15" in text and "One run only" in text
+    assert "finetune.epochs=15" in text and "One run only, no spread over seeds (the interval is the test images' alone): " \
+        "finetune.epochs=15." in text
     assert "audit-only" in text and "not finished: its dvc.lock has no evaluate stage" in text
     groups = pd.read_csv(out / "groups.csv")
     minutes = groups[(groups.group == "reference") & (groups.figure == "minutes")]
@@ -157,6 +167,11 @@ def test_the_command_on_experiments_in_git(tmp_path, monkeypatch, capsys):
     assert (out / "frontier.png").stat().st_size > 10_000
     assert main(["--rev", "no-such-branch", "--no-mlflow"]) == 2
     assert "no-such-branch" in capsys.readouterr().err
+    # the other group as the reference: named anew against it, and the sign of the difference turns
+    assert main(["--no-mlflow", "--reference", "finetune.epochs=15", "--out", "other"]) == 0
+    text = (repo / "other/compare.md").read_text()
+    assert "| reference | 1 (42) |" in text and "| finetune.epochs=7 | 2 (42, 1) |" in text
+    assert "| finetune.epochs=7 | 42 | test_accuracy | -15.00 pts |" in text
 
 
 def test_the_compare_run_lands_in_mlflow_with_its_files(tmp_path, monkeypatch):
@@ -193,3 +208,28 @@ def test_fingerprints_follow_the_code_and_the_data():
     assert fingerprints(lock) == (code, data)
     lock["stages"]["split"]["deps"][0]["md5"] = "y.dir"
     assert fingerprints(lock)[0] != code and fingerprints(lock)[1] == data
+
+
+def test_pairs_number_the_classes_of_both_runs_alike():
+    """Three classes; the reference never predicts "c" and the other has a probability column for a
+    class "0a" that sorts first: per-run numbering would shift every class and unpair them."""
+    a = pd.DataFrame({"path": ["x", "y", "z", "w"], "actual": ["a", "b", "c", "c"], "predicted": ["a", "b", "b", "b"],
+                      "predicted_chosen": ["a", "b", "b", "b"], "p_a": 0.3, "p_b": 0.4, "p_c": 0.3})
+    b = a.assign(predicted=["a", "b", "c", "b"], predicted_chosen=["a", "b", "c", "c"], p_0a=0.0)
+    classes = class_list(a, b)
+    ia, ib = per_image(a, classes), per_image(b, classes)
+    assert np.array_equal(ia.actual, ib.actual)
+    p = paired(ia, ib, "test_accuracy_chosen", **STATS)
+    assert p.difference == pytest.approx(0.5) and (p.only_a, p.only_b) == (0, 2)
+    assert score("test_balanced_accuracy", ia.actual, ib.predicted["test_balanced_accuracy"], ia.classes) == \
+        pytest.approx((1 + 1 + 0.5) / 3)
+
+
+def test_a_commit_whose_params_or_code_are_not_what_its_lock_ran_is_stale():
+    lock = {"stages": {"finetune": {"params": {"params.yaml": {"finetune": {"epochs": 7}}},
+                                    "deps": [{"path": "recipe/train", "md5": "a.dir"}]},
+                       "resize": {"deps": [{"path": "recipe/train", "md5": "a.dir"}]}}}
+    assert stale(lock, {"finetune.epochs": 7}) is None
+    assert "params.yaml's finetune.epochs = 15, stage finetune ran with 7" in stale(lock, {"finetune.epochs": 15})
+    lock["stages"]["resize"]["deps"][0]["md5"] = "b.dir"
+    assert "recipe/train differs between stages" in stale(lock, {"finetune.epochs": 7})

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 from pydantic import Field
 
-from recipe.compare.groups import compare, group_runs, name_groups, reference_of, summarize
+from recipe.compare.groups import compare, group_runs, name_groups, reference_of, settings_of, summarize
 from recipe.compare.output import frontier, log_to_mlflow, markdown, tables
 from recipe.compare.runs import collect
 from recipe.core.config import read_params, validate
@@ -47,13 +47,16 @@ def run(root: Path, cfg: CompareConfig, *, revs: list[str], experiments: bool, o
     stats = {"resamples": cfg.resamples, "seed": cfg.bootstrap_seed, "level": cfg.level}
     for g in groups:
         summarize(g, **stats)
-    reference = reference_of(groups, None)
+    head = next((r for r in runs if r.is_head), None)
+    head_settings = settings_of(head, cfg.not_settings) if head is not None else None
+    reference, why = reference_of(groups, None, head, head_settings)
     name_groups(groups, reference)
-    if cfg.reference is not None:
-        reference = reference_of(groups, cfg.reference)
+    if cfg.reference is not None:  # by the name it has against the default reference; then named anew
+        reference, why = reference_of(groups, cfg.reference)
+        name_groups(groups, reference)
     comparisons = [compare(reference, g, **stats) for g in groups if g is not reference]
     out.mkdir(parents=True, exist_ok=True)
-    text = markdown(groups, comparisons, left_out, cfg.level, command)
+    text = markdown(groups, comparisons, left_out, cfg.level, command, reference=reference, why=why)
     (out / "compare.md").write_text(text, encoding="utf-8")
     files = [out / "compare.md"]
     for name, frame in tables(groups, comparisons, left_out).items():

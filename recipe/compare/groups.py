@@ -16,12 +16,13 @@ from typing import Any
 import numpy as np
 
 from recipe.compare.runs import Run
-from recipe.compare.stats import PREDICTED, Images, group_interval, interval_of_values, paired, paired_mean, per_image
+from recipe.compare.stats import PREDICTED, Images, class_list, interval, paired, paired_mean, per_image
 
-TEST_FIGURES = tuple(PREDICTED)  # bootstrapped over seeds and test images
+TEST_FIGURES = tuple(PREDICTED)  # one run: an interval from its test images
 OTHER_FIGURES = ("test_log_loss", "test_log_loss_chosen", "valid_accuracy", "valid_accuracy_chosen",
                  "valid_balanced_accuracy_chosen", "valid_log_loss", "valid_log_loss_chosen", "minutes",
-                 "cv_accuracy")  # bootstrapped over the runs only: no per-image record
+                 "cv_accuracy")  # no per-image record: an interval with two runs or more only
+SEED_KEYS = ("seed", "split.seed")  # a run's seeds: the same setting with other seeds is another sample
 PAIRED_FIGURES = ("test_accuracy", "test_accuracy_chosen")
 
 
@@ -48,6 +49,11 @@ def ignored(key: str, not_settings: list[str]) -> bool:
     return any(key == n or key.startswith(n + ".") for n in not_settings)
 
 
+def seeds_of(run: Run) -> tuple:
+    """The run's seeds (``seed``, ``split.seed``): two runs of one setting pair, or repeat, by these."""
+    return tuple(run.params.get(k) for k in SEED_KEYS)
+
+
 def settings_of(run: Run, not_settings: list[str]) -> dict[str, Any]:
     return {k: v for k, v in run.params.items() if not ignored(k, not_settings)}
 
@@ -60,25 +66,31 @@ def group_runs(runs: list[Run], not_settings: list[str]) -> tuple[list[Group], l
         settings = settings_of(run, not_settings)
         key = json.dumps([sorted(settings.items(), key=str), run.code, run.data], default=str)
         group = groups.setdefault(key, Group("", settings, run.code, run.data))
-        twin = next((r for r in group.runs if r.seed == run.seed), None)
+        twin = next((r for r in group.runs if seeds_of(r) == seeds_of(run)), None)
         if twin is not None:
-            left_out.append((run, f"the same setting, code, data and seed as {twin.name}: counted once"))
+            left_out.append((run, f"the same setting, code, data and seeds as {twin.name}: counted once"))
         else:
             group.runs.append(run)
     return list(groups.values()), left_out
 
 
-def reference_of(groups: list[Group], wanted: str | None) -> Group:
-    """The group named ``wanted``, else the one holding HEAD, else the largest."""
+def reference_of(groups: list[Group], wanted: str | None, head: Run | None = None,
+                 head_settings: dict[str, Any] | None = None) -> tuple[Group, str]:
+    """The group named ``wanted``; else the one with HEAD's settings, code and data; else the
+    largest. Returns it and why it was picked, in words."""
     if wanted is not None:
         for g in groups:
             if g.name == wanted:
-                return g
+                return g, f"chosen by name ({wanted})"
         raise ValueError(f"compare: reference {wanted!r} is no group's name (groups: {[g.name for g in groups]})")
     for g in groups:
-        if any(r.name.startswith("HEAD") for r in g.runs):
-            return g
-    return max(groups, key=lambda g: len(g.runs))
+        if head is not None and any(r.rev == head.rev for r in g.runs):
+            return g, "the group of HEAD's run"
+    if head is not None:
+        for g in groups:
+            if g.code == head.code and g.data == head.data and g.settings == head_settings:
+                return g, "the group with HEAD's settings, code and data (HEAD's own run did not finish)"
+    return max(groups, key=lambda g: len(g.runs)), "the largest group (no group has HEAD's settings, code and data)"
 
 
 def name_groups(groups: list[Group], reference: Group) -> None:
@@ -109,35 +121,36 @@ def _short(value: Any) -> str:
 
 
 def summarize(group: Group, *, resamples: int, seed: int, level: float) -> None:
-    images = [per_image(r.predictions) for r in group.runs]
+    """Each figure's n, mean, std (ddof 1) and interval (:func:`recipe.compare.stats.interval`)."""
     for figure in (*TEST_FIGURES, *OTHER_FIGURES):
-        values = [r.figures[figure] for r in group.runs if figure in r.figures and np.isfinite(r.figures[figure])]
-        if not values:
+        runs = [r for r in group.runs if figure in r.figures and np.isfinite(r.figures[figure])]
+        if not runs:
             continue
-        if figure in TEST_FIGURES:
-            low, high = group_interval(images, figure, resamples=resamples, seed=seed, level=level)
-        else:
-            low, high = interval_of_values(values, resamples=resamples, seed=seed, level=level)
+        values = [r.figures[figure] for r in runs]
+        one = per_image(runs[0].predictions) if len(runs) == 1 and figure in TEST_FIGURES else None
+        low, high, how = interval(values, one, figure, resamples=resamples, seed=seed, level=level)
         group.summary[figure] = {"n": len(values), "mean": float(np.mean(values)),
                                  "std": float(np.std(values, ddof=1)) if len(values) > 1 else float("nan"),
-                                 "low": low, "high": high}
+                                 "low": low, "high": high, "interval": how}
 
 
 def compare(a: Group, b: Group, *, resamples: int, seed: int, level: float) -> Comparison:
     """B against A, seed by seed, on the same test images only."""
     out = Comparison(a.name, b.name)
-    by_seed = {r.seed: r for r in a.runs}
+    by_seed = {seeds_of(r): r for r in a.runs}
     pairs: list[tuple[Images, Images]] = []
     for run in b.runs:
-        if run.seed not in by_seed:
+        ref = by_seed.get(seeds_of(run))
+        if ref is None:
             out.notes.append(f"{run.name} (seed {run.seed}): the reference has no run of this seed, not paired")
             continue
-        ia, ib = per_image(by_seed[run.seed].predictions), per_image(run.predictions)
+        classes = class_list(ref.predictions, run.predictions)  # one numbering for both runs
+        ia, ib = per_image(ref.predictions, classes), per_image(run.predictions, classes)
         if ia.paths != ib.paths or not np.array_equal(ia.actual, ib.actual):
             out.notes.append(f"seed {run.seed}: not the same test images (another split or dataset), not paired")
             continue
         pairs.append((ia, ib))
-        row: dict[str, Any] = {"seed": run.seed, "a": by_seed[run.seed].name, "b": run.name}
+        row: dict[str, Any] = {"seed": run.seed, "a": ref.name, "b": run.name}
         for figure in PAIRED_FIGURES:
             p = paired(ia, ib, figure, resamples=resamples, seed=seed, level=level)
             row.update({f"{figure}_diff": p.difference, f"{figure}_low": p.low, f"{figure}_high": p.high,

@@ -47,12 +47,14 @@ def cell(figure: str, s: dict[str, float] | None) -> str:
 
 
 def markdown(groups: list[Group], comparisons: list[Comparison], left_out: list[tuple[Run, str]],
-             level: float, command: str) -> str:
+             level: float, command: str, *, reference: Group, why: str) -> str:
     pct = f"{100 * level:g}%"
     lines = [f"# Runs compared\n\nMade by `{command}`. Each cell: mean over the group's runs ± their standard "
-             f"deviation (ddof 1), then the {pct} bootstrap interval of the mean (test figures: runs and test "
-             "images resampled; the rest: runs only). \"stage minutes\": the stages' `time_s` summed (baseline, "
-             "training, select, evaluate, export, cv).\n", "## Groups\n",
+             f"deviation (ddof 1), then the {pct} interval of the mean: Student's t on the runs' values with two "
+             "runs or more (each seed has its own split, so their spread holds the test split's sampling too); "
+             "with one run, a bootstrap of its test images (test figures only). \"stage minutes\": the stages' "
+             "`time_s` summed (baseline, train_head, finetune, resize, select, evaluate, export, cv's own step; "
+             "not lr_find, the data stages or cross-validation's fold stages).\n", "## Groups\n",
              "| group | runs (seeds) | " + " | ".join(title for _, title in COLUMNS) + " |",
              "|---|---|" + "---:|" * len(COLUMNS)]
     for g in groups:
@@ -63,10 +65,8 @@ def markdown(groups: list[Group], comparisons: list[Comparison], left_out: list[
     if singles:
         lines.append(f"\nOne run only, no spread over seeds (the interval is the test images' alone): "
                      f"{'; '.join(singles)}.")
-    reference = next((g for g in groups if g.name == "reference"), None)
-    if reference is not None:
-        lines.append("\nThe reference's settings: the committed defaults at its code "
-                     f"`{reference.code}` and data `{reference.data}` (fingerprints of dvc.lock's md5s).")
+    lines.append(f"\nThe reference: {why}; code `{reference.code}`, data `{reference.data}` (fingerprints of "
+                 "dvc.lock's md5s). Every other group is named by what it changes.")
     lines += _pairs_markdown(comparisons, pct)
     lines += ["\n## Runs\n", "| run | commit | group | seed | test plain | test as chosen | valid as chosen | minutes |",
               "|---|---|---|---:|---:|---:|---:|---:|"]

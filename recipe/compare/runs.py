@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ class Run:
     code: str = ""  # fingerprint of the code deps in dvc.lock
     data: str = ""  # fingerprint of the ingested data in dvc.lock
     problem: str | None = None
+    is_head: bool = False
 
     @property
     def seed(self) -> Any:
@@ -64,10 +66,12 @@ def experiment_refs(root: Path) -> list[tuple[str, str]]:
     found = []
     for line in out.splitlines():
         ref, sha = line.split()
-        parts = ref.split("/")
-        if len(parts) == 5 and parts[2] not in ("celery", "exec"):
-            found.append((parts[-1], sha))
-    return sorted(found)
+        parts = ref.split("/")  # refs/exps/<baseline[:2]>/<baseline[2:]>/<name>
+        if len(parts) == 5 and re.fullmatch(r"[0-9a-f]{2}", parts[2]) and re.fullmatch(r"[0-9a-f]{38}", parts[3]):
+            found.append((parts[-1], parts[2] + parts[3], sha))
+    names = [n for n, _, _ in found]
+    # one name under two baselines: each told apart by its baseline's commit
+    return sorted((n if names.count(n) == 1 else f"{n} (on {base[:7]})", sha) for n, base, sha in found)
 
 
 def show(root: Path, rev: str, path: str) -> str | None:
@@ -78,9 +82,18 @@ def show(root: Path, rev: str, path: str) -> str | None:
 
 
 def read_run(root: Path, rev: str, name: str) -> Run:
-    """The run at commit ``rev``; ``problem`` set (and figures left empty) when it is not finished."""
+    """The run at commit ``rev``; ``problem`` set (and figures left empty) when it is not finished,
+    is stale (its params.yaml or code are not what its dvc.lock ran) or cannot be read."""
     sha = git(root, "rev-parse", rev).strip()
     run = Run(name=name, rev=sha)
+    try:
+        return _read(root, sha, run)
+    except (KeyError, ValueError, TypeError, yaml.YAMLError, pd.errors.ParserError) as exc:
+        run.problem = f"unreadable: {type(exc).__name__}: {str(exc)[:200]}"
+        return run
+
+
+def _read(root: Path, sha: str, run: Run) -> Run:
     params_text, lock_text = show(root, sha, "params.yaml"), show(root, sha, "dvc.lock")
     if params_text is None or lock_text is None:
         run.problem = "no params.yaml or dvc.lock in its commit"
@@ -90,6 +103,9 @@ def read_run(root: Path, rev: str, name: str) -> Run:
     run.code, run.data = fingerprints(lock)
     if "evaluate" not in lock.get("stages", {}):
         run.problem = "not finished: its dvc.lock has no evaluate stage"
+        return run
+    run.problem = stale(lock, run.params)
+    if run.problem:
         return run
     metrics = {}
     for stage in ("evaluate", "select", *TIMED):
@@ -101,8 +117,25 @@ def read_run(root: Path, rev: str, name: str) -> Run:
         return run
     candidates = show(root, sha, "outputs/select/candidates.csv")
     run.figures = figures(metrics, pd.read_csv(io.StringIO(candidates)) if candidates else None)
-    run.predictions = pd.read_csv(io.StringIO(predictions))
+    # class names stay strings: "NA", "None" or "01" are names, not missing values or numbers
+    run.predictions = pd.read_csv(io.StringIO(predictions), dtype=str, keep_default_na=False)
     return run
+
+
+def stale(lock: dict, params: dict[str, Any]) -> str | None:
+    """Why the commit's results are not its params' and code's: a params value a stage ran with
+    (dvc.lock) that params.yaml no longer holds, or one code path with two md5s in two stages
+    (a stage not rerun after a change); None when they agree."""
+    seen: dict[str, str] = {}
+    for name, stage in lock.get("stages", {}).items():
+        for key, value in flatten((stage.get("params") or {}).get("params.yaml") or {}).items():
+            if key in params and params[key] != value:
+                return f"stale: params.yaml's {key} = {params[key]!r}, stage {name} ran with {value!r}"
+        for dep in stage.get("deps", []):
+            if dep["path"].startswith(CODE_ROOTS):
+                if seen.setdefault(dep["path"], dep.get("md5", "")) != dep.get("md5", ""):
+                    return f"stale: {dep['path']} differs between stages (a stage was not rerun after a change)"
+    return None
 
 
 def fingerprints(lock: dict) -> tuple[str, str]:
@@ -152,12 +185,13 @@ def collect(root: Path, revs: list[str] | None = None, experiments: bool = True)
     if experiments:
         wanted += experiment_refs(root)
     runs, seen = [], set()
-    for name, rev in wanted:
+    for i, (name, rev) in enumerate(wanted):
         try:
             sha = git(root, "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}").strip()
         except FileNotFoundError:
             raise FileNotFoundError(f"{rev!r} is no commit, branch or tag of this repository") from None
         if sha not in seen:
             seen.add(sha)
-            runs.append(read_run(root, sha, name if name != "HEAD" else f"HEAD ({sha[:7]})"))
+            runs.append(read_run(root, sha, name if i else f"HEAD ({sha[:7]})"))
+            runs[-1].is_head = i == 0
     return runs

@@ -1,13 +1,16 @@
-"""Figures from one run's test predictions, their bootstrap intervals, and paired tests.
+"""Figures from one run's test predictions, their intervals, and paired tests.
 
-- :func:`per_image`: a run's test predictions as arrays (true class, plain and chosen prediction,
-  the chosen probability of the true class).
-- :func:`group_interval`: the interval of a group's mean figure by a two-stage bootstrap: draw the
-  runs with replacement, then each drawn run's test images with replacement (so the interval holds
-  both the seeds' spread and the test split's sampling). With one run it is the test images' alone.
+- :func:`per_image`: a run's test predictions as arrays (true class, plain and chosen prediction),
+  numbered from a class list two runs can share.
+- :func:`interval`: the interval of a group's mean figure. With two runs or more, Student's t on
+  the runs' values (mean ± t·s/√k): each seed has its own split, so the spread between runs holds
+  the test split's sampling as well as training's noise, and resampling a few runs (a percentile
+  bootstrap of 2 or 3 values) would be far too narrow. With one run, a percentile bootstrap of
+  its test images (the only spread there is).
 - :func:`paired`: two runs on the same test images: the difference, McNemar's exact test (the
   images one gets right and the other wrong), and a paired bootstrap interval of the difference.
-- :func:`paired_mean`: the mean of per-seed differences and its two-stage paired interval.
+- :func:`paired_mean`: the mean of per-seed differences, with Student's t on them (two seeds or
+  more) or the one seed's paired bootstrap.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
+from scipy.stats import t as student_t
 
 # figure name -> column of predictions.csv holding the prediction it scores
 PREDICTED = {"test_accuracy": "predicted", "test_accuracy_chosen": "predicted_chosen",
@@ -32,12 +36,21 @@ class Images:
     classes: int
 
 
-def per_image(predictions: pd.DataFrame) -> Images:
+def class_list(*frames: pd.DataFrame) -> list[str]:
+    """Every class named in the frames (probability columns ``p_<class>``, true and predicted labels), sorted."""
+    names: set[str] = set()
+    for f in frames:
+        names |= {c[2:] for c in f.columns if c.startswith("p_")}
+        for col in ("actual", "predicted", "predicted_chosen"):
+            names |= set(f[col].astype(str))
+    return sorted(names)
+
+
+def per_image(predictions: pd.DataFrame, classes: list[str] | None = None) -> Images:
+    """The run's test images sorted by path, each class numbered by its place in ``classes`` (by
+    default this run's own :func:`class_list`; pass one list for runs that are compared)."""
     frame = predictions.sort_values("path", kind="stable")
-    # the class list from the probability columns (p_<class>: every class, predicted or not), so two
-    # runs of one dataset number their classes alike
-    names = sorted({c[2:] for c in frame.columns if c.startswith("p_")} | set(frame["actual"].astype(str))
-                   | set(frame["predicted"].astype(str)) | set(frame["predicted_chosen"].astype(str)))
+    names = classes if classes is not None else class_list(frame)
     code = {n: i for i, n in enumerate(names)}
     actual = frame["actual"].astype(str).map(code).to_numpy()
     predicted = {k: frame[c].astype(str).map(code).to_numpy() for k, c in PREDICTED.items()}
@@ -59,28 +72,34 @@ def _bounds(values: np.ndarray, level: float) -> tuple[float, float]:
     return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
 
 
-def group_interval(runs: list[Images], figure: str, *, resamples: int, seed: int, level: float) -> tuple[float, float]:
-    """Two-stage percentile bootstrap of the mean of ``figure`` over ``runs``."""
-    rng = np.random.default_rng(seed)
-    means = np.empty(resamples)
-    for b in range(resamples):
-        drawn = rng.integers(0, len(runs), size=len(runs)) if len(runs) > 1 else [0]
-        values = []
-        for i in drawn:
-            r = runs[i]
-            idx = rng.integers(0, len(r.actual), size=len(r.actual))
-            values.append(score(figure, r.actual[idx], r.predicted[figure][idx], r.classes))
-        means[b] = np.mean(values)
-    return _bounds(means, level)
-
-
-def interval_of_values(values: list[float], *, resamples: int, seed: int, level: float) -> tuple[float, float]:
-    """Percentile bootstrap of a mean over runs (for figures with no per-image record: valid, minutes)."""
+def t_interval(values: list[float], level: float) -> tuple[float, float]:
+    """mean ± t(k-1)·s/√k over ``values`` (two or more)."""
     a = np.asarray(values, dtype=float)
-    if len(a) < 2:
-        return float(a.mean()), float(a.mean())
+    half = float(student_t.ppf((1 + level) / 2, len(a) - 1) * a.std(ddof=1) / np.sqrt(len(a)))
+    return float(a.mean()) - half, float(a.mean()) + half
+
+
+def image_bootstrap(run: Images, figure: str, *, resamples: int, seed: int, level: float) -> tuple[float, float]:
+    """Percentile bootstrap of one run's ``figure`` over its test images."""
     rng = np.random.default_rng(seed)
-    return _bounds(a[rng.integers(0, len(a), size=(resamples, len(a)))].mean(1), level)
+    n = len(run.actual)
+    values = np.empty(resamples)
+    for b in range(resamples):
+        idx = rng.integers(0, n, size=n)
+        values[b] = score(figure, run.actual[idx], run.predicted[figure][idx], run.classes)
+    return _bounds(values, level)
+
+
+def interval(values: list[float], run: Images | None, figure: str, *, resamples: int, seed: int,
+             level: float) -> tuple[float, float, str]:
+    """The interval of the mean of ``values`` (one per run), and how it was made: Student's t with
+    two runs or more; with one, the image bootstrap of ``run`` when there is one (a test figure),
+    else none (low = high = the value)."""
+    if len(values) >= 2:
+        return (*t_interval(values, level), "t")
+    if run is not None:
+        return (*image_bootstrap(run, figure, resamples=resamples, seed=seed, level=level), "images")
+    return float(values[0]), float(values[0]), "none"
 
 
 def mcnemar(a_correct: np.ndarray, b_correct: np.ndarray) -> tuple[int, int, float]:
@@ -118,19 +137,15 @@ def paired(a: Images, b: Images, figure: str, *, resamples: int, seed: int, leve
 
 def paired_mean(pairs: list[tuple[Images, Images]], figure: str, *, resamples: int, seed: int,
                 level: float) -> tuple[float, float, float]:
-    """Mean over seeds of B minus A, and its interval: draw the seeds, then each seed's images."""
-    rng = np.random.default_rng(seed)
-
-    def diff(a: Images, b: Images, idx: np.ndarray) -> float:
+    """Mean over seeds of B minus A, and its interval: Student's t on the per-seed differences with
+    two seeds or more, the paired bootstrap of the images with one."""
+    diffs = []
+    for a, b in pairs:
         classes = max(a.classes, b.classes)
-        return (score(figure, a.actual[idx], b.predicted[figure][idx], classes)
-                - score(figure, a.actual[idx], a.predicted[figure][idx], classes))
-
-    point = float(np.mean([diff(a, b, np.arange(len(a.actual))) for a, b in pairs]))
-    means = np.empty(resamples)
-    for r in range(resamples):
-        drawn = rng.integers(0, len(pairs), size=len(pairs)) if len(pairs) > 1 else [0]
-        means[r] = np.mean([diff(*pairs[i], rng.integers(0, len(pairs[i][0].actual), size=len(pairs[i][0].actual)))
-                            for i in drawn])
-    low, high = _bounds(means, level)
-    return point, low, high
+        diffs.append(score(figure, a.actual, b.predicted[figure], classes) - score(figure, a.actual, a.predicted[figure],
+                                                                                  classes))
+    if len(diffs) >= 2:
+        low, high = t_interval(diffs, level)
+        return float(np.mean(diffs)), low, high
+    p = paired(*pairs[0], figure, resamples=resamples, seed=seed, level=level)
+    return p.difference, p.low, p.high
