@@ -230,6 +230,9 @@ def test_a_commit_whose_params_or_code_are_not_what_its_lock_ran_is_stale():
                                     "deps": [{"path": "recipe/train", "md5": "a.dir"}]},
                        "resize": {"deps": [{"path": "recipe/train", "md5": "a.dir"}]}}}
     assert stale(lock, {"finetune.epochs": 7}) is None
+    lock["stages"]["finetune"]["params"]["params.yaml"]["optim"] = {"eps": "1e-08"}  # how YAML reads DVC's 1e-08
+    assert stale(lock, {"finetune.epochs": 7, "optim.eps": 1.0e-08}) is None
+    assert "optim.eps" in stale(lock, {"finetune.epochs": 7, "optim.eps": 1.0e-07})
     assert "params.yaml's finetune.epochs = 15, stage finetune ran with 7" in stale(lock, {"finetune.epochs": 15})
     lock["stages"]["resize"]["deps"][0]["md5"] = "b.dir"
     assert "recipe/train differs between stages" in stale(lock, {"finetune.epochs": 7})

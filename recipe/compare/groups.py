@@ -129,6 +129,8 @@ def summarize(group: Group, *, resamples: int, seed: int, level: float) -> None:
         values = [r.figures[figure] for r in runs]
         one = per_image(runs[0].predictions) if len(runs) == 1 and figure in TEST_FIGURES else None
         low, high, how = interval(values, one, figure, resamples=resamples, seed=seed, level=level)
+        # t's interval knows no bounds: an accuracy stays within [0, 1], a loss or a time above 0
+        low, high = max(low, 0.0), min(high, 1.0) if "accuracy" in figure else high
         group.summary[figure] = {"n": len(values), "mean": float(np.mean(values)),
                                  "std": float(np.std(values, ddof=1)) if len(values) > 1 else float("nan"),
                                  "low": low, "high": high, "interval": how}

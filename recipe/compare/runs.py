@@ -122,6 +122,20 @@ def _read(root: Path, sha: str, run: Run) -> Run:
     return run
 
 
+def same_value(a: Any, b: Any) -> bool:
+    """Equal as params: DVC writes 1.0e-08 to dvc.lock as ``1e-08``, which YAML 1.1 reads as a string."""
+    if a == b:
+        return True
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return False
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return False
+
+
 def stale(lock: dict, params: dict[str, Any]) -> str | None:
     """Why the commit's results are not its params' and code's: a params value a stage ran with
     (dvc.lock) that params.yaml no longer holds, or one code path with two md5s in two stages
@@ -129,7 +143,7 @@ def stale(lock: dict, params: dict[str, Any]) -> str | None:
     seen: dict[str, str] = {}
     for name, stage in lock.get("stages", {}).items():
         for key, value in flatten((stage.get("params") or {}).get("params.yaml") or {}).items():
-            if key in params and params[key] != value:
+            if key in params and not same_value(params[key], value):
                 return f"stale: params.yaml's {key} = {params[key]!r}, stage {name} ran with {value!r}"
         for dep in stage.get("deps", []):
             if dep["path"].startswith(CODE_ROOTS):
