@@ -78,7 +78,8 @@ def test_groups_means_and_what_is_left_out():
         summarize(g, **STATS)
     acc, chosen = reference.summary["test_accuracy"], reference.summary["test_accuracy_chosen"]
     assert (acc["n"], acc["mean"], acc["std"]) == (4, pytest.approx(0.825), pytest.approx(np.std([.8, .9, 1, .6], ddof=1)))
-    assert (acc["low"], acc["high"], acc["interval"]) == (*map(pytest.approx, t_interval([.8, .9, 1, .6], .95)), "t")
+    low, high = t_interval([.8, .9, 1, .6], .95)
+    assert (acc["low"], acc["high"], acc["interval"]) == (pytest.approx(low), 1.0, "t") and high > 1  # clipped
     assert chosen["mean"] == pytest.approx(0.805)  # the chosen figures are their own, not the plain ones
     assert reference.summary["minutes"]["mean"] == pytest.approx(10 + (42 + 1 + 2 + 42) / 4)
     single = groups[2].summary["test_accuracy"]
