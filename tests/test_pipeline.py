@@ -192,7 +192,7 @@ def test_select_chooses_on_valid_and_evaluate_scores_the_choice_on_test(project)
     sel = json.loads((proj / "outputs/select/metrics.json").read_text())
     table = pd.read_csv(proj / "outputs/select/candidates.csv")
     assert sel["candidates"] == len(table) and set(table["views"]) == set(project["params"]["select"]["view_sets"])
-    assert {"train_head", "finetune", "resize", "finetune+resize"} <= set(table["candidate"])
+    assert {"pixels", "train_head", "finetune", "resize", "finetune+resize"} <= set(table["candidate"])  # the baseline too
     chosen = sel["chosen"]  # the lowest valid log loss; ties to the cheaper
     assert chosen["valid_log_loss"] == pytest.approx(table["valid_log_loss"].min())
     assert chosen["threshold_rule"] == "accuracy" and 0 < chosen["threshold"] < 1  # two classes
@@ -202,7 +202,7 @@ def test_select_chooses_on_valid_and_evaluate_scores_the_choice_on_test(project)
     for key in ("test", "test_chosen"):
         assert m[key]["images"] == n_test
         assert {"accuracy", "balanced_accuracy", "macro_f1", "log_loss", "ece", "accuracy_ci95", "per_class"} <= set(m[key])
-    assert list(m["table"]) == ["majority_class", "baseline_model", "train_head", "finetune", "resize", "chosen_plain",
+    assert list(m["table"]) == ["majority_class", "baseline_model", "pixels", "train_head", "finetune", "resize", "chosen_plain",
                                 "chosen"]
     for stage in ("train_head", "finetune", "resize"):  # each checkpoint scored on the test split, plainly
         assert m["table"][stage]["test_accuracy"] == pytest.approx(
@@ -231,8 +231,11 @@ def test_select_chooses_on_valid_and_evaluate_scores_the_choice_on_test(project)
     assert {"report.html", "metrics.json", "predictions.csv"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {f"inside/{n}" for n in ("first_conv.png", "weight_change.png", "activations.png", "gradcam_top_losses.png",
                                      "gradcam_correct.png")} == {a.path for a in client.list_artifacts(run.info.run_id, "inside")}
-    assert m["inside"]["weight_change"]["early"] == 0 < m["inside"]["weight_change"]["late"]  # unfreeze_to: 1
-    assert run.data.metrics["inside.layers"] == m["inside"]["layers"]
+    if m["chosen"]["candidate"] == "pixels":  # these noise images: the pixels baseline may win, no layers to look into
+        assert "logistic regression on the pixels" in m["inside"]["skipped"]
+    else:
+        assert m["inside"]["weight_change"]["early"] == 0 < m["inside"]["weight_change"]["late"]  # unfreeze_to: 1
+        assert run.data.metrics["inside.layers"] == m["inside"]["layers"]
     mlflow.set_tracking_uri(f"sqlite:///{proj}/mlflow.db")
     try:
         model = mlflow.pyfunc.load_model(run.data.tags["model_uri"])
@@ -259,7 +262,9 @@ def test_export_writes_an_onnx_model_that_gives_evaluates_probabilities(project)
     assert m["parity"]["images"] == len(predictions) and m["batchnorm_left"] == 0
     # every BatchNorm of the chosen model's members follows a convolution: all of them are folded
     bns = batchnorms(load_bundle(proj / "outputs/select/model.pt")[0])
-    assert m["folded_pairs"] == m["batchnorm_before"] == bns > 0
+    assert m["folded_pairs"] == m["batchnorm_before"] == bns
+    # on these noise images the pixels baseline (no BatchNorm) may win select; a network has some
+    assert bns > 0 or m["candidate"] == "pixels"
     # the checkpoint's decisions (threshold applied) are evaluate's as chosen
     assert m["test_accuracy"]["checkpoint"] == pytest.approx(
         (predictions["predicted_chosen"] == predictions["actual"]).mean())
@@ -289,6 +294,7 @@ def test_killed_training_stage_resumes_to_the_same_metrics(project):
     resume = proj / "outputs/finetune/resume/unfrozen.pt"
     cmd = [sys.executable, "-m", "stages.finetune", "--split", "outputs/split/split.csv", "--raw", "data/raw",
            "--checkpoint", "outputs/train_head/model.pt", "--model", "outputs/finetune/model.pt",
+           "--baseline", "outputs/baseline/metrics.json",
            "--history", "outputs/finetune/history.csv", "--metrics", "outputs/finetune/metrics.json"]
     proc = subprocess.Popen(cmd, cwd=proj, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 300
@@ -314,35 +320,10 @@ def test_nothing_changed_skips_audit_and_split(project):
     assert "Stage 'export' didn't change, skipping" in out
 
 
-def test_temp_experiment_lands_in_the_root_store_under_its_own_parent(project):
-    proj = project["proj"]
-    sh("git", "add", "-A", cwd=proj)
-    sh("git", "commit", "-qm", "lock", "--allow-empty", cwd=proj)
-    before = {r.info.run_id for r in store_runs(proj)}
-    # a setting of the last stage: export reruns in the temporary copy, every other stage is restored
-    # (before test_new_data_reruns_the_data_stages changes the data, which would rerun them all)
-    dvc("exp", "run", "--temp", "-n", "looser-export", "-S", "export.tolerance=0.001", cwd=proj)
-    new = [r for r in store_runs(proj) if r.info.run_id not in before]
-    parents = [r for r in new if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parents) == 1 and parents[0].data.tags["dvc_exp_name"] == "looser-export"
-    split_runs = [r for r in new if r.info.run_name == "split"]
-    assert len(split_runs) == 1 and split_runs[0].data.tags["mlflow.parentRunId"] == parents[0].info.run_id
-    assert split_runs[0].data.tags.get("recipe.reused") == "true"  # restored, and still every number it had
-    export_runs = [r for r in new if r.info.run_name == "export"]
-    assert len(export_runs) == 1 and export_runs[0].data.params["export.tolerance"] == "0.001"
-    assert "recipe.reused" not in export_runs[0].data.tags
-    # every kept image is placed: the fixture's 29, and bad_new.png once test_new_data_reruns_the_data_stages
-    # has added it (this test must not depend on that one having run)
-    kept = 29 + (project["data"] / "bad" / "bad_new.png").exists()
-    assert sum(v for k, v in split_runs[0].data.metrics.items() if k.startswith("count.")) == kept
-    assert not list((proj / ".dvc" / "tmp").rglob("mlflow.db"))
-    shown = dvc("exp", "show", "--json", cwd=proj)
-    assert "looser-export" in shown
-
-
 def test_new_data_reruns_the_data_stages(project):
     """A new file in the source: ingest copies it, and audit and split run again (DVC reruns what
-    depends on them; ``dvc repro split`` stops there to keep the suite short)."""
+    depends on them; ``dvc repro split`` stops there to keep the suite short, and the next test's
+    experiment reruns everything after a new split anyway)."""
     noise_image(project["data"] / "bad" / "bad_new.png", 4242)
     out = dvc("repro", "split", cwd=project["proj"])
     assert "Running stage 'audit'" in out and "Running stage 'split'" in out
@@ -350,3 +331,22 @@ def test_new_data_reruns_the_data_stages(project):
     assert report["classes"]["bad"] == 12
 
 
+def test_temp_experiment_lands_in_the_root_store_under_its_own_parent(project):
+    proj = project["proj"]
+    sh("git", "add", "-A", cwd=proj)
+    sh("git", "commit", "-qm", "lock", "--allow-empty", cwd=proj)
+    before = {r.info.run_id for r in store_runs(proj)}
+    dvc("exp", "run", "--temp", "-n", "seed-seven", "-S", "split.seed=7", cwd=proj)
+    new = [r for r in store_runs(proj) if r.info.run_id not in before]
+    parents = [r for r in new if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].data.tags["dvc_exp_name"] == "seed-seven"
+    split_runs = [r for r in new if r.info.run_name == "split"]
+    assert len(split_runs) == 1 and split_runs[0].data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+    assert split_runs[0].data.params["split.seed"] == "7"
+    # every kept image is placed: the fixture's 29, and bad_new.png once test_new_data_reruns_the_data_stages
+    # has added it (this test must not depend on that one having run)
+    kept = 29 + (project["data"] / "bad" / "bad_new.png").exists()
+    assert sum(v for k, v in split_runs[0].data.metrics.items() if k.startswith("count.")) == kept
+    assert not list((proj / ".dvc" / "tmp").rglob("mlflow.db"))
+    shown = dvc("exp", "show", "--json", cwd=proj)
+    assert "seed-seven" in shown
