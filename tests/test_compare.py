@@ -134,14 +134,19 @@ def _run_files(seed: int, right: int, epochs: int = 7, finished: bool = True) ->
     return files
 
 
-def test_the_command_on_experiments_in_git(tmp_path, monkeypatch, capsys):
+def _repo(tmp_path, *, resamples: int, level: float):
+    """An empty git repository with a conf/compare.yaml of these bootstrap settings."""
     repo = tmp_path / "proj"
-    repo.mkdir()
+    (repo / "conf").mkdir(parents=True)
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    (repo / "conf").mkdir()
     (repo / "conf/compare.yaml").write_text(yaml.safe_dump({
-        "not_settings": NOT_SETTINGS, "reference": None, "resamples": 200, "level": 0.9, "bootstrap_seed": 0,
+        "not_settings": NOT_SETTINGS, "reference": None, "resamples": resamples, "level": level, "bootstrap_seed": 0,
         "out": "outputs/compare"}))
+    return repo
+
+
+def test_the_command_on_experiments_in_git(tmp_path, monkeypatch, capsys):
+    repo = _repo(tmp_path, resamples=200, level=0.9)
     head = _commit(repo, _run_files(42, 80), "head")
     for name, files in [("seed-1", _run_files(1, 90)), ("long-42", _run_files(42, 95, epochs=15)),
                         ("audit-only", _run_files(5, 0, finished=False))]:
@@ -178,13 +183,7 @@ def test_the_command_on_experiments_in_git(tmp_path, monkeypatch, capsys):
 def test_the_compare_run_lands_in_mlflow_with_its_files(tmp_path, monkeypatch):
     import mlflow
 
-    repo = tmp_path / "proj"
-    repo.mkdir()
-    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    (repo / "conf").mkdir()
-    (repo / "conf/compare.yaml").write_text(yaml.safe_dump({
-        "not_settings": NOT_SETTINGS, "reference": None, "resamples": 100, "level": 0.95, "bootstrap_seed": 0,
-        "out": "outputs/compare"}))
+    repo = _repo(tmp_path, resamples=100, level=0.95)
     _commit(repo, {**_run_files(42, 80), "params.yaml": yaml.safe_dump({"seed": 42, "tracking": {"experiment": "e"}})},
             "head")
     monkeypatch.chdir(repo)
