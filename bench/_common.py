@@ -26,7 +26,7 @@ from recipe.train.augment import Augment
 from recipe.train.fit import fit
 from recipe.train.models import param_groups
 from recipe.train.optim import make_optimizer, make_schedule
-from recipe.train.schema import AdamConfig, AugmentConfig, ModelConfig
+from recipe.train.schema import AdamConfig, AugmentConfig, NetConfig
 from recipe.train.session import batches, new_model
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -38,7 +38,7 @@ def _conf(path: str) -> dict:
     return yaml.safe_load((CONF / path).read_text())
 
 
-MODEL_CFG = ModelConfig.model_validate(_conf("model/efficientnet_lite0.yaml"))
+MODEL_CFG = NetConfig.model_validate(_conf("model/efficientnet_lite0.yaml"))  # ModelConfig is a union: NetConfig or TimmConfig
 # The top_down preset with the draws' ranges conf/config.yaml sets for every preset.
 TOP_DOWN = Augment(**AugmentConfig.model_validate({**_conf("augment/top_down.yaml"),
                                                    **_conf("config.yaml")["augment"]}).model_dump())

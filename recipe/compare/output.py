@@ -8,9 +8,7 @@ markdown never shows a mean without its run count; a group of one run is said to
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -151,7 +149,8 @@ def log_to_mlflow(root: Path, experiment: str, out: Path, groups: list[Group], f
     from recipe.track import tracking
 
     with tracking.tracked("compare") as tracker:
-        run = tracking.guarded("open the compare run", _start_run, root, experiment)
+        run = tracking.guarded("open the compare run", tracking.start_top_run, root, experiment, "compare",
+                               {"recipe.kind": "compare"})
         status = "FAILED"
         try:
             for i, g in enumerate(groups):
@@ -165,14 +164,3 @@ def log_to_mlflow(root: Path, experiment: str, out: Path, groups: list[Group], f
             if tracker.live:
                 tracking.guarded("end the compare run", mlflow.end_run, status)
     return None if run is None else run.info.run_id
-
-
-def _start_run(root: Path, experiment: str) -> Any:
-    import mlflow
-
-    from recipe.track import tracking
-
-    location = None if os.environ.get("MLFLOW_TRACKING_URI") else (root / "mlartifacts").as_uri()
-    mlflow.set_tracking_uri(tracking.tracking_uri(root))
-    experiment_id = tracking._experiment_id(mlflow, experiment, location)
-    return mlflow.start_run(experiment_id=experiment_id, run_name="compare", tags={"recipe.kind": "compare"})

@@ -40,12 +40,12 @@ def fit_size(x: torch.Tensor, size: int) -> torch.Tensor:
     return out.contiguous(memory_format=fmt)
 
 
-def view_probs(model: nn.Module, x: torch.Tensor, views: Views, autocast=None) -> list[torch.Tensor]:
-    """Softmax probabilities (float64) of the plain batch and of each extra view, in order."""
+def view_probs(model: nn.Module, x: torch.Tensor, views: Views, autocast=None, plain: bool = True) -> list[torch.Tensor]:
+    """Softmax probabilities (float64) of the plain batch (unless ``plain`` is false) and of each extra view, in order."""
     fmt = (torch.channels_last if x.dim() == 4 and not x.is_contiguous()
            and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
     out = []
-    for view in (None, *[v for _, v in views.extra]):
+    for view in ((None,) if plain else ()) + tuple(v for _, v in views.extra):
         xv = x if view is None else view(x).contiguous(memory_format=fmt)
         with autocast() if autocast else nullcontext():
             logits = model(xv)
@@ -82,11 +82,17 @@ class Ensemble(nn.Module):
         self.autocast = None  # a context factory (recipe.train.fit.autocast) for GPU runs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        total = None
+        return self.with_plain(x)[0]
+
+    def with_plain(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The probabilities with the views, and plainly (each member's first view): one pass for both."""
+        total = plain = None
         for model, size in zip(self.members, self.sizes):
-            p = blend(view_probs(model, fit_size(x, size), self.views, self.autocast), self.views)
+            per_view = view_probs(model, fit_size(x, size), self.views, self.autocast)
+            p = blend(per_view, self.views)
             total = p if total is None else total + p
-        return total / len(self.members)
+            plain = per_view[0] if plain is None else plain + per_view[0]
+        return total / len(self.members), plain / len(self.members)
 
     def decide(self, probs):
         return decide(probs, self.threshold)

@@ -34,33 +34,39 @@ from recipe.train.session import load_checkpoint
 
 def probabilities(model: Ensemble, images: ImageSet, common: Common, device) -> tuple[np.ndarray, np.ndarray]:
     """The ensemble's probabilities (float64) over ``images`` and their labels."""
+    p, _, labels = probabilities_with_plain(model, images, common, device)
+    return p, labels
+
+
+def probabilities_with_plain(model: Ensemble, images: ImageSet, common: Common,
+                             device) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The ensemble's probabilities (float64) over ``images`` with its views and plainly (from the
+    same pass: the plain view is the first of every member's), and their labels."""
     model.autocast = lambda: autocast(device, common.train.amp)
-    out, labels = [], []
+    out, plain, labels = [], [], []
     with torch.no_grad():
         for x, y in common.batches(images, device, train=False):
-            out.append(model(x).cpu().numpy())
+            p, q = model.with_plain(x)
+            out.append(p.cpu().numpy())
+            plain.append(q.cpu().numpy())
             labels.append(y.cpu().numpy())
     model.autocast = None
-    return np.concatenate(out), np.concatenate(labels)
+    return np.concatenate(out), np.concatenate(plain), np.concatenate(labels)
 
 
 def _scores(model: Ensemble, test: ImageSet, common: Common, cfg: EvaluateConfig, device,
             classes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict, dict]:
     """The probabilities as chosen and plainly, the labels, and the metrics plainly and as chosen."""
-    chosen_views, threshold = model.views, model.threshold
-    p_chosen, labels = probabilities(model, test, common, device)
-    model.views = plain_views()
-    p_plain, _ = probabilities(model, test, common, device)
-    model.views = chosen_views
+    p_chosen, p_plain, labels = probabilities_with_plain(model, test, common, device)
     kw = dict(ece_bins=cfg.metrics.ece_bins, top_k=cfg.metrics.top_k, bootstrap=cfg.metrics.bootstrap,
               confidence=cfg.metrics.confidence, seed=common.seed)
     plain = classification_metrics(p_plain, labels, classes, **kw)
-    chosen = classification_metrics(p_chosen, labels, classes, predicted=decide(p_chosen, threshold), **kw)
+    chosen = classification_metrics(p_chosen, labels, classes, predicted=decide(p_chosen, model.threshold), **kw)
     return p_chosen, p_plain, labels, plain, chosen
 
 
 def _stage_row(path: Path, checkpoints: dict[str, Path], stage: str, cfg: EvaluateConfig, common: Common, device, test_at,
-               amp) -> dict:
+               amp, known: dict[str, float]) -> dict:
     """One training stage's row of the table: its size, its valid accuracy as it reported it, its checkpoint's test accuracy."""
     stage_m = json.loads(path.read_text())
     row = {"size": stage_m.get("size"), "valid_accuracy": stage_m.get("valid_accuracy"), "test_accuracy": None}
@@ -69,7 +75,8 @@ def _stage_row(path: Path, checkpoints: dict[str, Path], stage: str, cfg: Evalua
     if stage_m.get("passed_on"):
         row["passed_on"] = stage_m["passed_on"]
     if cfg.stage_table and Path(checkpoints[stage]).is_file():
-        row["test_accuracy"] = _test_accuracy(checkpoints[stage], common, device, test_at, amp)
+        row["test_accuracy"] = known[stage] if stage in known else _test_accuracy(checkpoints[stage], common, device,
+                                                                                  test_at, amp)
     return row
 
 
@@ -93,9 +100,11 @@ def _folds_row(fold_models: list[Path], classes: list[str], common: Common, devi
 
 def _stage_table(cfg: EvaluateConfig, common: Common, device, test_at, *, baseline_metrics: Path, classes: list[str],
                  labels: np.ndarray, stage_metrics: dict[str, Path], checkpoints: dict[str, Path],
-                 fold_models: list[Path], size: int, info: dict, plain: dict, chosen: dict) -> dict[str, dict]:
+                 fold_models: list[Path], size: int, info: dict, plain: dict, chosen: dict,
+                 known: dict[str, float]) -> dict[str, dict]:
     """The fast.ai lesson's table, one row per stage: accuracy after every stage, valid (as each
-    stage reported it) and test (each checkpoint scored here, plainly)."""
+    stage reported it) and test (each checkpoint scored here, plainly; ``known``: the test accuracy
+    of a checkpoint already scored plainly, the chosen model when it is one checkpoint)."""
     base = json.loads(Path(baseline_metrics).read_text())
     majority = classes.index(base["majority_class"])
     rows: dict[str, dict] = {
@@ -107,13 +116,14 @@ def _stage_table(cfg: EvaluateConfig, common: Common, device, test_at, *, baseli
     pixels = Path(baseline_metrics).parent / BASELINE.candidates / "pixels.pt"
     if "pixels_accuracy" in base and pixels.is_file():  # logistic regression on the pixels, a candidate of select's
         rows["pixels"] = {"size": base.get("pixels_side"), "valid_accuracy": base["pixels_accuracy"],
-                          "test_accuracy": _test_accuracy(pixels, common, device, test_at, amp) if cfg.stage_table
-                          else None}
+                          "test_accuracy": (known["pixels"] if "pixels" in known else
+                                            _test_accuracy(pixels, common, device, test_at, amp))
+                          if cfg.stage_table else None}
     for stage in TRAINING_STAGES:
         path = Path(stage_metrics[stage])
         if not path.is_file():
             continue
-        rows[stage] = _stage_row(path, checkpoints, stage, cfg, common, device, test_at, amp)
+        rows[stage] = _stage_row(path, checkpoints, stage, cfg, common, device, test_at, amp, known)
     if cfg.stage_table and len(fold_models) >= 2:  # cv.folds: the k fold models averaged (select's cv_folds)
         rows["cv_folds"] = _folds_row(fold_models, classes, common, device, test_at)
     rows["chosen_plain"] = {"size": size, "valid_accuracy": None, "test_accuracy": plain["accuracy"]}
@@ -173,7 +183,9 @@ def run(common: Common, cfg: EvaluateConfig, *, split: Path, raw: Path, bundle: 
     label = f"{name} / {chosen_views.name}" + (f" / t={threshold:.3f}" if threshold is not None else "")
     rows = _stage_table(cfg, common, device, test_at, baseline_metrics=baseline_metrics, classes=classes, labels=labels,
                         stage_metrics=stage_metrics, checkpoints=checkpoints, fold_models=fold_models, size=model.size,
-                        info=meta.get("info", {}), plain=plain, chosen=chosen)
+                        info=meta.get("info", {}), plain=plain, chosen=chosen,
+                        # the chosen model alone, plainly, is its one checkpoint's row: not scored twice
+                        known={model.names[0]: plain["accuracy"]} if len(model.names) == 1 else {})
     _write_pictures(Path(out), test, labels, p_plain, p_chosen, threshold, classes, plain, chosen, gain, label,
                     cfg.top_losses)
     metrics = {

@@ -47,6 +47,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from pydantic import TypeAdapter
 from torch import nn
 
 from recipe.core.layout import INSIDE, RAW, TRAINING_STAGES
@@ -84,7 +85,7 @@ def initial_model(model_config: dict, classes: list[str], seed: int) -> Classifi
     pretrained weights (or, with ``weights: null``, the seed's random init); eval mode, CPU."""
     with torch.random.fork_rng():  # manual_seed reseeds CUDA too: both restored after
         torch.manual_seed(seed)
-        model = new_model(ModelConfig.model_validate(model_config), classes, None)
+        model = new_model(TypeAdapter(ModelConfig).validate_python(model_config), classes, None)
     return model.eval()
 
 

@@ -8,10 +8,12 @@ Contract:
   ``<stage>@snapshots`` for all of its snapshots). Checkpoints with identical weights are one
   model (:func:`checkpoints`): scored once, and one member of any ensemble. An ensemble averages its members'
   probabilities, each member at its own size (:class:`recipe.decide.ensemble.Ensemble`).
-- **Scoring** (:func:`score`): every candidate with every view set of ``select.view_sets`` on
-  the valid split: log loss, accuracy, and the cost (seconds per image on this machine: each
-  member's measured time per view, times the views). Each member's probabilities are computed
-  once per input size and per distinct view, and every combination is made from them.
+- **Scoring** (:func:`score`): every candidate plainly (no views), then the best
+  ``select.views_for`` of them by the criterion (and a pinned one) with every view set of
+  ``select.view_sets``, on the valid split: log loss, accuracy, and the cost (seconds per image
+  on this machine: each member's measured time per view, times the views). Each member's
+  probabilities are computed once per input size and per distinct view, and every combination
+  is made from them. (ELPV, seed 42: views for the best 3 of 12 cost what they cost before for 12.)
 - **The fold ensemble** (:func:`fold_candidate`, with ``cv.folds``): the k fold models of
   recipe/decide/cv.py, averaged when shipped, but scored on valid out of fold (each valid image by the
   one member that never saw it), since every other member trained on it or chose by it: a
@@ -40,7 +42,7 @@ from recipe.data.loader import ImageSet, load_split
 from recipe.data.split import class_names, read_split
 from recipe.decide.ensemble import blend, fit_size, view_probs
 from recipe.decide.schema import SelectConfig
-from recipe.decide.tta import Views, tta_views
+from recipe.decide.tta import Views, plain_views, tta_views
 from recipe.train.fit import autocast
 from recipe.train.learner import Common
 from recipe.train.session import load_checkpoint, load_state
@@ -181,9 +183,10 @@ def _member_metas(singles: dict[str, Path], classes: list[str]) -> dict[str, dic
 
 
 def _timed_view_probs(common: Common, model, images: ImageSet, member_size: int, union: Views, device,
-                      amp) -> tuple[float, dict[str, np.ndarray], np.ndarray]:
-    """The seconds per image per view (after a warm-up batch), each view's probabilities over ``images``, their labels."""
-    per = {label: [] for label in ["plain", *[lbl for lbl, _ in union.extra]]}
+                      amp, plain: bool = True) -> tuple[float, dict[str, np.ndarray], np.ndarray]:
+    """The seconds per image per view (after a warm-up batch), each view's probabilities over
+    ``images`` (the plain one unless ``plain`` is false), their labels."""
+    per = {label: [] for label in ["plain", *[lbl for lbl, _ in union.extra]][(0 if plain else 1):]}
     labels = []
     with torch.no_grad():  # a warm-up batch first: the first call's set-up is no cost per image
         x, _ = next(iter(common.batches(images, device, train=False)))
@@ -191,7 +194,7 @@ def _timed_view_probs(common: Common, model, images: ImageSet, member_size: int,
     t0 = time.perf_counter()
     with torch.no_grad():
         for x, y in common.batches(images, device, train=False):
-            ps = view_probs(model, fit_size(x, member_size), union, amp)
+            ps = view_probs(model, fit_size(x, member_size), union, amp, plain=plain)
             for label, p in zip(per, ps):
                 per[label].append(p.cpu().numpy())
             labels.append(y.cpu().numpy())
@@ -213,12 +216,16 @@ def _fastest_per_architecture(scores: Scores, metas: dict[str, dict]) -> None:
             scores.seconds[k] = fastest
 
 
-def _table_rows(cands: list[Candidate], sets: list[Views], scores: Scores, metas: dict[str, dict]) -> list[dict]:
-    """One row per (candidate, view set): its members, size, valid figures and seconds per image."""
+def _table_rows(cands: list[Candidate], sets: list[Views], scores: Scores, metas: dict[str, dict],
+                top: list[Candidate] | None = None) -> list[dict]:
+    """One row per (candidate, view set): its members, size, valid figures and seconds per image;
+    a candidate not in ``top`` (when given) only without views."""
     rows = []
     for c in cands:
         size = max(metas[m]["size"] for m in c.members)
         for v in sets:
+            if top is not None and v.extra and c not in top:
+                continue
             p = combine(scores, c, size, v)
             rows.append({"candidate": c.name, "views": v.name, "members": list(c.members), "size": size,
                          "n_views": len(v), **valid_figures(p, scores.labels),
@@ -228,7 +235,8 @@ def _table_rows(cands: list[Candidate], sets: list[Views], scores: Scores, metas
 
 def score(common: Common, cfg: SelectConfig, *, singles: dict[str, Path], cands: list[Candidate], split: Path,
           raw: Path) -> tuple[list[dict], Scores, list[Views], list[str]]:
-    """Every candidate with every view set on the valid split: the table's rows, and the
+    """Every candidate plainly, and the best ``select.views_for`` of them (by the criterion, plainly;
+    a pinned candidate too) with every view set, on the valid split: the table's rows, and the
     probabilities they were made from."""
     device = common.start()
     table = read_split(split)
@@ -239,22 +247,49 @@ def score(common: Common, cfg: SelectConfig, *, singles: dict[str, Path], cands:
     decoded: dict[int, ImageSet] = {}
     scores = Scores()
     amp = lambda: autocast(device, common.train.amp)
-    need = {(m, max(metas[x]["size"] for x in c.members)) for c in cands for m in c.members}
-    for name in singles:
-        model = None
-        for key in sorted(k for k in need if k[0] == name):
-            size = key[1]
-            if size not in decoded:  # the valid split only: select never reads test
-                decoded[size] = load_split(table, Path(raw) / RAW.files, split="valid", size=size, classes=classes,
-                                           workers=common.train.workers)
-            if model is None:
-                model = common.prepare(load_checkpoint(singles[name])[0], device).eval()
-            scores.seconds[key], scores.probs[key], scores.labels = _timed_view_probs(
-                common, model, decoded[size], metas[name]["size"], union, device, amp)
-            scores.paths = list(decoded[size].paths)
-        del model
+
+    def images_at(size: int) -> ImageSet:
+        if size not in decoded:  # the valid split only: select never reads test
+            decoded[size] = load_split(table, Path(raw) / RAW.files, split="valid", size=size, classes=classes,
+                                       workers=common.train.workers)
+        return decoded[size]
+
+    def member_keys(chosen: list[Candidate]) -> set[tuple[str, int]]:
+        return {(m, max(metas[x]["size"] for x in c.members)) for c in chosen for m in c.members}
+
+    def scored(keys: set[tuple[str, int]], views: Views, plain: bool) -> None:
+        for name in singles:
+            model = None
+            for key in sorted(k for k in keys if k[0] == name):
+                if model is None:
+                    model = common.prepare(load_checkpoint(singles[name])[0], device).eval()
+                seconds, probs, scores.labels = _timed_view_probs(common, model, images_at(key[1]),
+                                                                  metas[name]["size"], views, device, amp, plain=plain)
+                scores.probs.setdefault(key, {}).update(probs)
+                if plain:
+                    scores.seconds[key] = seconds
+                scores.paths = list(decoded[key[1]].paths)
+            del model
+
+    scored(member_keys(cands), _union([]), plain=True)  # every candidate plainly
     _fastest_per_architecture(scores, metas)
-    return _table_rows(cands, sets, scores, metas), scores, sets, classes
+    plain_rows = _table_rows(cands, [plain_views()], scores, metas)
+    top = _best_plain(cands, plain_rows, cfg)
+    if union.extra:
+        scored(member_keys(top), Views("extra", union.extra, None), plain=False)  # their extra views
+    return _table_rows(cands, sets, scores, metas, top=top), scores, sets, classes
+
+
+def _best_plain(cands: list[Candidate], plain_rows: list[dict], cfg: SelectConfig) -> list[Candidate]:
+    """The candidates that get every view set: the best ``cfg.views_for`` by the criterion, plainly
+    (all of them when None), and a pinned one."""
+    if cfg.criterion == "log_loss":
+        order = sorted(range(len(plain_rows)), key=lambda i: (plain_rows[i]["valid_log_loss"], i))
+    else:
+        order = sorted(range(len(plain_rows)), key=lambda i: (-plain_rows[i]["valid_accuracy"], i))
+    names = [plain_rows[i]["candidate"] for i in order]
+    keep = set(names if cfg.views_for is None else names[: cfg.views_for]) | {cfg.candidate}
+    return [c for c in cands if c.name in keep]
 
 
 def combine(scores: Scores, cand: Candidate, size: int, views: Views) -> np.ndarray:

@@ -10,11 +10,9 @@ exit status. Returns the run's id, or None when the run could not be opened.
 """
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from pathlib import Path
-from typing import Any
 
 from recipe.search.config import SearchConfig
 from recipe.search.report import Result
@@ -37,7 +35,7 @@ def log_search(result: Result, cfg: SearchConfig, root: Path, experiment: str, f
                      "dvc_exp_apply": result.apply})
     with tracking.tracked(f"search-{cfg.study}") as tracker:
         # After a failed call the rest are not sent but kept, with their values, in outputs/unlogged/.
-        run = tracking.guarded("open the search's run", _start_run, root, experiment, f"search-{cfg.study}", tags)
+        run = tracking.guarded("open the search's run", tracking.start_top_run, root, experiment, f"search-{cfg.study}", tags)
         status = "FAILED"
         try:
             if best is not None:  # no '@' in MLflow names
@@ -58,14 +56,3 @@ def log_search(result: Result, cfg: SearchConfig, root: Path, experiment: str, f
             if tracker.live:  # after a failure the store is not asked again
                 tracking.guarded("end the search's run", mlflow.end_run, status)
         return None if run is None else run.info.run_id
-
-
-def _start_run(root: Path, experiment: str, name: str, tags: dict[str, str]) -> Any:
-    import mlflow
-
-    # A team server decides where artifacts go; the embedded store keeps them beside mlflow.db.
-    # (Read the variable before set_tracking_uri, which sets it itself.)
-    location = None if os.environ.get("MLFLOW_TRACKING_URI") else (root / "mlartifacts").as_uri()
-    mlflow.set_tracking_uri(tracking.tracking_uri(root))
-    experiment_id = tracking._experiment_id(mlflow, experiment, location)
-    return mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags)

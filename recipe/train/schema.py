@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import AfterValidator, Field, NonNegativeInt, PositiveInt, field_validator
+from pydantic import AfterValidator, Discriminator, Field, NonNegativeInt, PositiveInt, Tag, field_validator
 
 from recipe.core.schema import Fraction, PositiveFloat, Rate, Strict
 
@@ -27,13 +27,41 @@ class HeadConfig(Strict):
     prior_bias: bool
 
 
-class ModelConfig(Strict):
+Channels = Annotated[list[float], Field(min_length=3, max_length=3)]  # one value per channel, of inputs in [0, 1]
+
+
+class NetConfig(Strict):
+    """A model the recipe names itself: the Lite models, a torchvision model, ``pixels_<side>``."""
     name: str = Field(min_length=1)
     weights: str | None  # bundled | DEFAULT | a path | null
-    mean: Annotated[list[float], Field(min_length=3, max_length=3)]
+    mean: Channels
     std: Annotated[list[PositiveFloat], Field(min_length=3, max_length=3)]
     adapt_bn: bool  # re-estimate the pretrained body's BatchNorm statistics on the training images (AdaBN)
     head: HeadConfig
+
+
+class TimmConfig(Strict):
+    """``name: timm``: the timm model ``arch``; mean and std null take the ones of its pretrained config."""
+    name: Literal["timm"]
+    arch: str = Field(min_length=1)  # a name of timm.list_models() (convnext_nano, resnet50d, ...)
+    weights: str | None  # hub (timm's download) | a path | null
+    mean: Channels | None
+    std: Annotated[list[PositiveFloat], Field(min_length=3, max_length=3)] | None
+    adapt_bn: bool
+    head: HeadConfig
+
+
+def _model_kind(v) -> str:
+    # A section with an arch is a timm one: {name: resnet18, arch: ...} fails on name ("Input should be 'timm'").
+    if isinstance(v, dict):
+        return "timm" if v.get("name") == "timm" or "arch" in v else "net"
+    return "timm" if isinstance(v, TimmConfig) else "net"
+
+
+# Two schemas, so that every other model's section (and the model_config its checkpoints carry) stays
+# exactly what it was: no arch key, mean and std required.
+ModelConfig = Annotated[Union[Annotated[NetConfig, Tag("net")], Annotated[TimmConfig, Tag("timm")]],
+                        Discriminator(_model_kind)]
 
 
 class _Optim(Strict):
@@ -197,6 +225,7 @@ class SimpleModelConfig(Strict):
     capacity_width: PositiveInt | None  # the wider net of the capacity check; None: no check
     capacity_images: PositiveInt  # train images (drawn with the seed, no augmentation) both widths fit
     capacity_epochs: PositiveInt
+    capacity_fitted: PositiveFloat | None  # both losses under this: both memorised the set, the check passes
     activation: str  # a key of recipe.train.baseline.ACTIVATIONS (checked there, with the list of names)
     epochs: PositiveInt
     lr: Rate

@@ -98,7 +98,7 @@ def new_model(model_cfg: ModelConfig, classes: list[str], priors: list[float] | 
     h = model_cfg.head
     return build_model(name=model_cfg.name, weights=model_cfg.weights, mean=model_cfg.mean, std=model_cfg.std,
                        classes=len(classes), pool=h.pool, dropout=h.dropout, init=h.init, init_gain=h.init_gain,
-                       priors=priors if h.prior_bias else None)
+                       priors=priors if h.prior_bias else None, arch=getattr(model_cfg, "arch", None))  # only TimmConfig has an arch
 
 
 def save_checkpoint(path: Path, model: Classifier, *, classes: list[str], size: int, model_config: dict,
@@ -131,7 +131,7 @@ def model_from_state(state: dict) -> Classifier:
     h = cfg["head"]
     model = build_model(name=cfg["name"], weights=None, mean=cfg["mean"], std=cfg["std"],
                         classes=len(state["classes"]), pool=h["pool"], dropout=h["dropout"], init=h["init"],
-                        init_gain=h["init_gain"], priors=None)
+                        init_gain=h["init_gain"], priors=None, arch=cfg.get("arch"))
     model.load_state_dict(state["model"])
     return model.eval()
 
