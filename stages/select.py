@@ -35,13 +35,15 @@ def main(args):
             cands.append(fold_cand)
         rows, scores, sets, classes = select.score(common, cfg, singles=singles, cands=cands, split=args.split,
                                                    raw=args.raw)
-        d = select.decide_all(rows, scores, cands, sets, singles, classes, cfg)
+        d = select.decide_all(rows, scores, cands, sets, singles, classes, cfg,
+                              priors=select.train_priors(args.split, classes))
         cand, views, threshold, summary, chosen = d["candidate"], d["views"], d["threshold"], d["summary"], d["row"]
         save_bundle(args.model, [(m, singles[m]) for m in cand.members],
                     views=select.view_spec(cfg, common, views.name) if views.name != "none" else None,
-                    threshold=threshold, seed=common.seed,
+                    threshold=threshold, seed=common.seed, adjust=d["logit_adjust"],
                     info={"candidate": cand.name, "views": views.name, "criterion": cfg.criterion,
-                          "valid_accuracy_as_chosen": summary["valid_accuracy_as_chosen"]})
+                          "valid_accuracy_as_chosen": summary["valid_accuracy_as_chosen"],
+                          "logit_adjust": summary["logit_adjust"]})
         metrics = {"criterion": cfg.criterion, "chosen": summary, "candidates": len(rows),
                    "time_s": round(time.perf_counter() - t0, 1)}
         write_json(args.metrics, metrics)
@@ -56,6 +58,9 @@ def main(args):
         tracking.log_artifact(args.plot, "plots")
         print(format_rows(rows, chosen, cfg.criterion))
         print(describe(summary))
+        recalls = summary["valid_recall_as_chosen"]
+        worst = sorted(recalls, key=recalls.get)[:5]
+        print("select: valid recall as chosen, lowest first: " + ", ".join(f"{c} {100 * recalls[c]:.1f}%" for c in worst))
 
 
 def _write_table(path, rows: list[dict]) -> None:
@@ -69,19 +74,21 @@ def _write_table(path, rows: list[dict]) -> None:
 
 def format_rows(rows: list[dict], chosen: dict, criterion: str, limit: int = 12) -> str:
     """The best ``limit`` rows by the criterion, as fixed-width text."""
-    key = (lambda r: r["valid_log_loss"]) if criterion == "log_loss" else (lambda r: -r["valid_accuracy"])
-    top = sorted(rows, key=key)[:limit]
-    lines = [f"{'candidate':<36}{'views':>10}{'size':>6}{'valid loss':>12}{'valid acc':>11}{'cost':>7}"]
+    top = select.better_first(rows, criterion)[:limit]
+    lines = [f"{'candidate':<36}{'views':>10}{'size':>6}{'valid loss':>12}{'valid acc':>11}{'balanced':>10}"
+             f"{'worst cls':>10}{'cost':>7}"]
     for r in top:
         mark = " <" if r is chosen else ""
         lines.append(f"{r['candidate'][:35]:<36}{r['views']:>10}{r['size']:>6}{r['valid_log_loss']:>12.4f}"
-                     f"{100 * r['valid_accuracy']:>10.2f}%{r['cost_ratio']:>6.1f}x{mark}")
+                     f"{100 * r['valid_accuracy']:>10.2f}%{100 * r['valid_balanced_accuracy']:>9.2f}%"
+                     f"{100 * r['valid_worst_recall']:>9.2f}%{r['cost_ratio']:>6.1f}x{mark}")
     return f"select: the best {len(top)} of {len(rows)} (candidate, views) pairs on valid; cost against one model\n" + \
         "\n".join(lines)
 
 
 def describe(s: dict) -> str:
     thr = f", threshold {s['threshold']:.3f} ({s['threshold_rule']})" if s["threshold"] is not None else ""
+    thr += f", logit adjustment tau {s['logit_adjust']:g}" if s.get("logit_adjust") else ""
     text = (f"select: chose {s['candidate']} with views {s['views']}{thr}: valid log loss {s['valid_log_loss']:.4f}, "
             f"accuracy {100 * s['valid_accuracy_as_chosen']:.2f}%, {s['cost_ratio']:.1f}x the cost of "
             f"{s['reference']['candidate']} alone")

@@ -6,7 +6,7 @@ from recipe.data.schema import SplitConfig, SplitDataConfig
 from recipe.data.split import split
 from recipe.report import plots
 from recipe.track import tracking
-from stages._common import run, stage_config, write_json
+from stages._common import log_numbers, run, stage_config, write_json
 
 
 def main(args):
@@ -22,9 +22,7 @@ def main(args):
         table.to_csv(args.split, index=False)
         write_json(args.metrics, summary)
         plots.split_counts(summary["counts"], args.plot)
-        tracking.log_metrics({"images": summary["images"], "leaking_groups": summary["leaking_groups"],
-                            **{f"fraction.{k}": v for k, v in summary["fractions_actual"].items()},
-                            **{f"count.{s}.{label}": n for s, c in summary["counts"].items() for label, n in c.items()}})
+        log_numbers(summary)  # the metrics file's numbers, under its names (as record logs a reused split)
         tracking.log_artifact(str(args.split))
         tracking.log_artifact(str(args.metrics))
         tracking.log_artifact(str(args.plot), "plots")

@@ -11,6 +11,12 @@ import yaml
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+# Under pytest-xdist (make test: two processes) each test process, and every stage it starts,
+# gets its share of the cores for torch's OpenMP threads: two processes of two threads each on two
+# cores wait on each other's spinning threads. Set before anything imports torch.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _WORKERS))
 # The ranges of the augmentation's random draws, as conf/ sets them for every preset.
 AUGMENT_RANGES = {k: tuple(v) for k, v in yaml.safe_load((REPO / "params.yaml").read_text())["augment"].items()
                   if k in ("blur_sigma", "crop_aspect")}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -52,3 +53,17 @@ def test_digits_through_the_pipeline_with_the_data_path_only(tmp_path):
     m = json.loads((proj / "outputs/evaluate/metrics.json").read_text())
     assert m["test_chosen"]["accuracy"] > 2 * m["table"]["majority_class"]["test_accuracy"]
     assert len(pd.read_csv(proj / "outputs/evaluate/predictions.csv")) == m["test"]["images"]
+
+
+def test_long_tailed_digits_keep_about_180_times_r_to_the_k(tmp_path):
+    from sklearn.datasets import load_digits
+
+    from recipe.data.digits import long_tail_rows, write_digits
+
+    _, y = load_digits(return_X_y=True)
+    counts = np.bincount(y[long_tail_rows(y, 0.75)])
+    expected = [min(int((y == k).sum()), round(180 * 0.75 ** k)) for k in range(10)]
+    assert counts.tolist() == expected and counts[9] == 14
+    assert (long_tail_rows(y, 0.75) == long_tail_rows(y, 0.75)).all()  # seeded
+    n = write_digits(tmp_path / "lt", long_tail=0.75)
+    assert n == sum(expected) and len(list((tmp_path / "lt" / "9").glob("*.png"))) == 14

@@ -283,6 +283,34 @@ def test_export_writes_an_onnx_model_that_gives_evaluates_probabilities(project)
     assert "model.onnx" in {a.path for a in client.list_artifacts(runs["export"].info.run_id)}
 
 
+def test_temp_experiment_lands_in_the_root_store_under_its_own_parent(project):
+    proj = project["proj"]
+    sh("git", "add", "-A", cwd=proj)
+    sh("git", "commit", "-qm", "lock", "--allow-empty", cwd=proj)
+    before = {r.info.run_id for r in store_runs(proj)}
+    # only export's params change: every stage before it is reused from the workspace's outputs
+    dvc("exp", "run", "--temp", "-n", "tolerance", "-S", "export.tolerance=0.001", cwd=proj)
+    new = [r for r in store_runs(proj) if r.info.run_id not in before]
+    parents = [r for r in new if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].data.tags["dvc_exp_name"] == "tolerance"
+    children = {r.info.run_name: r for r in new if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
+    assert len(children) == len(new) - 1  # every run of the execution is a child of its one parent
+    assert children["export"].data.params["export.tolerance"] == "0.001"
+    assert "recipe.reused" not in children["export"].data.tags
+    split_runs = [r for r in new if r.info.run_name == "split"]
+    assert len(split_runs) == 1 and split_runs[0].data.tags["recipe.reused"] == "true"  # logged by record
+    assert split_runs[0].data.tags["mlflow.parentRunId"] == parents[0].info.run_id
+    assert split_runs[0].data.params["split.seed"] == str(project["params"]["split"]["seed"])
+    assert {"audit", "split", "train_head", "finetune", "resize", "select", "evaluate"} <= set(children)
+    # every kept image is placed: the fixture's 29, and bad_new.png had test_new_data_reruns_the_data_stages
+    # added it (this test runs before it, on the workspace the first repro left: only export reruns)
+    kept = 29 + (project["data"] / "bad" / "bad_new.png").exists()
+    assert sum(v for k, v in split_runs[0].data.metrics.items() if k.startswith("counts.")) == kept
+    assert not list((proj / ".dvc" / "tmp").rglob("mlflow.db"))
+    shown = dvc("exp", "show", "--json", cwd=proj)
+    assert "tolerance" in shown
+
+
 def test_killed_training_stage_resumes_to_the_same_metrics(project):
     """SIGKILL finetune once its first epoch is saved; the rerun resumes and ends where an
     uninterrupted run ended."""
@@ -329,24 +357,3 @@ def test_new_data_reruns_the_data_stages(project):
     assert "Running stage 'audit'" in out and "Running stage 'split'" in out
     report = json.loads((project["proj"] / "outputs/audit/report.json").read_text())
     assert report["classes"]["bad"] == 12
-
-
-def test_temp_experiment_lands_in_the_root_store_under_its_own_parent(project):
-    proj = project["proj"]
-    sh("git", "add", "-A", cwd=proj)
-    sh("git", "commit", "-qm", "lock", "--allow-empty", cwd=proj)
-    before = {r.info.run_id for r in store_runs(proj)}
-    dvc("exp", "run", "--temp", "-n", "seed-seven", "-S", "split.seed=7", cwd=proj)
-    new = [r for r in store_runs(proj) if r.info.run_id not in before]
-    parents = [r for r in new if "mlflow.parentRunId" not in r.data.tags]
-    assert len(parents) == 1 and parents[0].data.tags["dvc_exp_name"] == "seed-seven"
-    split_runs = [r for r in new if r.info.run_name == "split"]
-    assert len(split_runs) == 1 and split_runs[0].data.tags["mlflow.parentRunId"] == parents[0].info.run_id
-    assert split_runs[0].data.params["split.seed"] == "7"
-    # every kept image is placed: the fixture's 29, and bad_new.png once test_new_data_reruns_the_data_stages
-    # has added it (this test must not depend on that one having run)
-    kept = 29 + (project["data"] / "bad" / "bad_new.png").exists()
-    assert sum(v for k, v in split_runs[0].data.metrics.items() if k.startswith("count.")) == kept
-    assert not list((proj / ".dvc" / "tmp").rglob("mlflow.db"))
-    shown = dvc("exp", "show", "--json", cwd=proj)
-    assert "seed-seven" in shown

@@ -206,3 +206,31 @@ def test_logged_mlflow_model_loads_and_predicts(checkpoint, images, tmp_path, mo
     (row,) = _lines(capsys.readouterr().out)
     assert row[1] == decided[0]  # the model's threshold, through the URI
     assert float(row[2]) == pytest.approx(float(expected[0][CLASSES.index(row[1])]), abs=1e-4)
+
+
+def test_predict_to_a_csv_over_a_folder_in_batches(checkpoint, tmp_path, capsys):
+    """--csv: one row per image (path, prediction, a probability column per class); a folder means
+    every image under it, in sorted order; rows come batch by batch and equal the model's own
+    probabilities; a non-image file under the folder is left out and said, a broken image skipped."""
+    import csv
+
+    folder = tmp_path / "shots"
+    for i in range(5):
+        noise_image(folder / ("sub" if i % 2 else "") / f"{i}.png", 10 + i, size=40, mode="L")
+    (folder / "README.txt").write_text("not an image")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    out = tmp_path / "out" / "predictions.csv"
+    assert main([str(folder), "--model", str(checkpoint), "--csv", str(out), "--batch-size", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "1 file(s) under the folders are not images by their extension" in err and "README.txt" in err
+    assert f"error: {folder / 'broken.png'}: cannot read as an image" in err
+    rows = list(csv.DictReader(out.open()))
+    images = sorted(p for p in folder.rglob("*.png") if p.name != "broken.png")
+    assert [r["path"] for r in rows] == [str(p) for p in images]
+    assert list(rows[0]) == ["path", "prediction", *CLASSES]
+    model = load(str(checkpoint))
+    with torch.no_grad():
+        probs = model(torch.from_numpy(prepare(images, 32, 1))).numpy()
+    for r, p in zip(rows, probs):
+        assert r["prediction"] == CLASSES[int(p.argmax())]
+        assert [float(r[c]) for c in CLASSES] == pytest.approx(p.tolist(), abs=1e-6)

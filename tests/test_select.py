@@ -295,3 +295,65 @@ def test_select_ships_a_planted_pixels_baseline_that_beats_the_networks(tmp_path
     m = E.run(export_cfg, bundle=bundle, split=tmp_path / "split.csv", raw=raw, out=tmp_path / "export", workers=1,
               batch_size=4)
     assert m["test_accuracy"]["onnx"] == 1.0 and m["parity"]["onnx_max_abs_diff"] < 1e-4
+
+
+# --- long tails: criteria that weigh every class alike, and the post-hoc logit adjustment --------------
+
+def _long_tail(seed: int = 0, n: int = 3000):
+    """Three classes with train priors 0.7 / 0.2 / 0.1 and a valid split in which they are equally
+    common; the model's probabilities are the balanced posteriors q times the priors, renormalised
+    (what a network fitted on the train shares learns): dividing by the priors (tau 1) recovers q."""
+    rng = np.random.default_rng(seed)
+    priors = np.array([0.7, 0.2, 0.1])
+    labels = rng.integers(0, 3, n)
+    logits = rng.normal(0, 1.0, (n, 3))
+    logits[np.arange(n), labels] += 1.5
+    q = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    p = q * priors
+    return p / p.sum(1, keepdims=True), labels, priors
+
+
+def test_the_logit_adjustment_finds_the_known_tau_and_the_criteria_weigh_classes_alike():
+    probs, labels, priors = _long_tail()
+    taus = [0.0, 0.5, 1.0, 1.5, 2.0]
+    tau, by = S.pick_logit_adjust(probs, labels, np.log(priors), taus, "balanced_accuracy")
+    assert tau == 1.0 and set(by) == set(taus)
+    assert by[1.0] > by[0.0] + 0.05  # the rare classes are recalled again
+    np.testing.assert_allclose(S.adjusted(probs, np.log(priors), 1.0).sum(1), 1.0)
+    assert S.pick_logit_adjust(probs, labels, np.log(priors), [0.0, 1.0], "macro_f1")[0] == 1.0
+    # valid_figures: balanced accuracy is the mean of the classes' recalls; the worst recall is the rare class's
+    f = S.valid_figures(probs, labels)
+    recall, _ = S.per_class(probs.argmax(1), labels, 3)
+    assert f["valid_balanced_accuracy"] == pytest.approx(recall.mean()) and f["valid_worst_recall"] == recall.min()
+    assert recall.argmin() == 2  # the rarest class in train is the one the unadjusted model misses most
+    rows = [row("a", "none", 0.30, 0.90, 1.0), row("b", "none", 0.35, 0.85, 1.0)]
+    rows[0].update(valid_balanced_accuracy=0.70, valid_macro_f1=0.72)
+    rows[1].update(valid_balanced_accuracy=0.80, valid_macro_f1=0.70)
+    assert S.choose(rows, config()) is rows[0] and S.choose(rows, config(criterion="accuracy")) is rows[0]
+    assert S.choose(rows, config(criterion="balanced_accuracy")) is rows[1]
+    assert S.choose(rows, config(criterion="macro_f1")) is rows[0]
+
+
+def test_an_adjusted_bundle_predicts_the_adjusted_probabilities(tmp_path):
+    """The tau select chose travels in the bundle: the ensemble's probabilities are the adjusted
+    ones (recipe.decide.select.adjusted), the plain ones are not adjusted."""
+    from recipe.decide.ensemble import load_bundle, save_bundle
+
+    torch.manual_seed(0)
+    m = build_model(name="resnet18", weights=None, mean=[0.5] * 3, std=[0.25] * 3, classes=3, pool="avg",
+                    dropout=0.0, init="kaiming", init_gain=1.0).eval()
+    cfg = {"name": "resnet18", "weights": None, "mean": [0.5] * 3, "std": [0.25] * 3,
+           "head": {"pool": "avg", "dropout": 0.0, "init": "kaiming", "init_gain": 1.0, "prior_bias": False}}
+    ckpt = save_checkpoint(tmp_path / "m.pt", m, classes=["a", "b", "c"], size=32, model_config=cfg, stage="m",
+                           epoch=1, channels=1)
+    adjust = (1.5 * np.log([0.7, 0.2, 0.1])).tolist()
+    plain, _ = load_bundle(save_bundle(tmp_path / "plain.pt", [("m", ckpt)], views=None, threshold=None, seed=0, info={}))
+    model, _ = load_bundle(save_bundle(tmp_path / "adj.pt", [("m", ckpt)], views=None, threshold=None, seed=0, info={},
+                                       adjust=adjust))
+    x = torch.rand(6, 1, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        p = plain(x).numpy()
+        q, unadjusted = (t.numpy() for t in model.with_plain(x))
+    np.testing.assert_allclose(q, S.adjusted(p, np.log([0.7, 0.2, 0.1]), 1.5), atol=1e-12)
+    np.testing.assert_allclose(unadjusted, p, atol=1e-15)
+    assert not np.allclose(q, p, atol=1e-3)

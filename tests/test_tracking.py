@@ -141,7 +141,10 @@ def test_record_adds_reused_stages_and_fills_the_parent(store, monkeypatch):
         pass
     stages = [{"name": "audit", "params": ["audit", "seed"]}, {"name": "finetune", "params": ["finetune.lr"]}]
     params = {"seed": 1, "audit": {"near_dup_bits": 4}, "finetune": {"lr": 0.01, "lr_mult": 9}}
-    metrics = {"audit": {"kept": 29, "issues": {"zero_byte": 1}, "mode": "L"}, "finetune": {"valid_loss": 0.25}}
+    # an image mode's ";" is no character of an MLflow metric name: it once failed record's batch,
+    # and every reused stage after it went unlogged
+    metrics = {"audit": {"kept": 29, "issues": {"zero_byte": 1}, "mode": "L", "modes": {"I;16": 1}},
+               "finetune": {"valid_loss": 0.25}}
     done = tracking.record_execution(stages, params, experiment="t", metrics=metrics)
     assert done["ran"] == ["finetune"] and done["reused"] == ["audit"]
     all_runs = runs(store)
@@ -150,11 +153,12 @@ def test_record_adds_reused_stages_and_fills_the_parent(store, monkeypatch):
     assert audit.data.tags["mlflow.parentRunId"] == parent.info.run_id == done["parent"]
     assert audit.data.tags[tracking.TAG_REUSED] == "true" and audit.info.status == "FINISHED"
     assert audit.data.params == {"audit.near_dup_bits": "4", "seed": "1"}
-    assert audit.data.metrics == {"kept": 29.0, "issues.zero_byte": 1.0}
+    assert audit.data.metrics == {"kept": 29.0, "issues.zero_byte": 1.0, "modes.I_16": 1.0}
     finetune = next(r for r in all_runs if r.info.run_name == "finetune")
     assert tracking.TAG_REUSED not in finetune.data.tags
     assert parent.data.params["finetune.lr_mult"] == "9"
-    assert parent.data.metrics == {"audit.kept": 29.0, "audit.issues.zero_byte": 1.0, "finetune.valid_loss": 0.25}
+    assert parent.data.metrics == {"audit.kept": 29.0, "audit.issues.zero_byte": 1.0, "audit.modes.I_16": 1.0,
+                                   "finetune.valid_loss": 0.25}
     assert parent.data.tags["recipe.stages_reused"] == "audit"
 
 

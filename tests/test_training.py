@@ -171,3 +171,29 @@ def test_the_unfreeze_rule_on_hand_made_figures(setting, head, pixels, margin, e
     first, why = finetune.unfreeze_rule(setting, groups=3, head_valid=head, pixels_valid=pixels, margin=margin)
     assert first == expected and why
     assert ("do not fit" in why) == (setting == "auto" and expected == 0)
+
+
+def test_balanced_class_weights_weigh_every_class_alike(params):
+    """train.class_weights: balanced weights each class by n / (classes * count) (sklearn's
+    "balanced"): on a batch with one rare image, the rare class's loss counts as much as the
+    common class's; none leaves the loss unweighted."""
+    import numpy as np
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from recipe.train.learner import Common, class_weights
+    from recipe.train.schema import TrainConfig
+
+    labels = torch.tensor([0, 0, 0, 0, 0, 0, 1, 1, 2])  # 4 classes, class 3 absent from train
+    w = class_weights(labels, 4)
+    assert w[:3].tolist() == pytest.approx(compute_class_weight("balanced", classes=np.arange(3), y=labels.numpy()))
+    assert w[3] == 0
+    train = load_section("train", TrainConfig, params)
+    logits = torch.randn(9, 4, generator=torch.Generator().manual_seed(0))
+    plain = Common(seed=0, train=train, model=None, optim=None, augment=None).loss(labels, 4)
+    assert plain.weight is None and plain(logits, labels) == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, labels).item())
+    balanced = Common(seed=0, train=train.model_copy(update={"class_weights": "balanced"}), model=None, optim=None,
+                      augment=None).loss(labels, 4)
+    per = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    means = torch.stack([per[labels == c].mean() for c in range(3)])
+    assert balanced(logits, labels).item() == pytest.approx(means.mean().item(), rel=1e-5)  # each class alike

@@ -1,10 +1,11 @@
 """scikit-learn's bundled handwritten digits, written as an ImageFolder (no download).
 
-``python -m recipe.data.digits OUT_DIR [--limit N]`` writes the 1,797 8x8 images of
+``python -m recipe.data.digits OUT_DIR [--limit N] [--long-tail R]`` writes the 1,797 8x8 images of
 :func:`sklearn.datasets.load_digits` (values 0..16, ten classes) as 8-bit grayscale PNGs at their
 native size, ``OUT_DIR/<digit>/<digit>_<index>.png`` (index: the row of ``load_digits``, four
 digits, so names are stable; pixel = round(value * 255 / 16)). ``--limit N`` writes a stratified
-subset of N images (seed 0). Then point the pipeline at it; nothing else needs changing
+subset of N images (seed 0). ``--long-tail R`` keeps about ``180 * R**k`` images of digit ``k``
+(a seeded subset of each class; R = 0.75: 180 zeros down to 13 nines), a long-tailed set. Then point the pipeline at it; nothing else needs changing
 (``conf/data/folder.yaml`` picks the upright augmentation, ``train.image_size: auto`` 64 px, and
 ``resize.image_size: auto`` finds nothing to grow into):
 
@@ -20,9 +21,24 @@ import numpy as np
 from PIL import Image
 
 
-def write_digits(out: Path, limit: int | None = None) -> int:
-    """Write the digits (all, or a stratified seeded subset of ``limit``) under ``out``; return
-    how many. Refuses (FileExistsError) an ``out`` that exists and is not empty."""
+def long_tail_rows(labels: np.ndarray, ratio: float, head: int = 180, seed: int = 0) -> np.ndarray:
+    """The rows of a long-tailed subset: digit ``k`` keeps ``round(head * ratio**k)`` of its images
+    (at least one, at most all), drawn with ``seed``."""
+    if not 0 < ratio <= 1:
+        raise ValueError(f"--long-tail {ratio}: must be in (0, 1]")
+    rng = np.random.default_rng(seed)
+    keep = []
+    for k in np.unique(labels):
+        rows = np.flatnonzero(labels == k)
+        n = min(len(rows), max(1, round(head * ratio ** int(k))))
+        keep.append(rng.choice(rows, size=n, replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+def write_digits(out: Path, limit: int | None = None, long_tail: float | None = None) -> int:
+    """Write the digits (all, a stratified seeded subset of ``limit``, or the long-tailed subset of
+    :func:`long_tail_rows`) under ``out``; return how many. Refuses (FileExistsError) an ``out``
+    that exists and is not empty."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -35,6 +51,9 @@ def write_digits(out: Path, limit: int | None = None) -> int:
         if limit < 10:
             raise ValueError(f"--limit {limit}: a stratified subset needs at least 10 (one per class)")
         rows, _ = train_test_split(rows, train_size=limit, stratify=labels, random_state=0)
+    if long_tail is not None:
+        tail = long_tail_rows(labels, long_tail)
+        rows = tail[np.isin(tail, rows)]
     for i in sorted(rows):
         pixels = np.floor(images[i].reshape(8, 8) * 255 / 16 + 0.5).astype(np.uint8)
         folder = out / str(labels[i])
@@ -47,9 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m recipe.data.digits", description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, metavar="OUT_DIR", help="where the ImageFolder goes (absent or empty)")
     parser.add_argument("--limit", type=int, default=None, help="a stratified subset of N images (seed 0)")
+    parser.add_argument("--long-tail", type=float, default=None, metavar="R",
+                        help="digit k keeps about 180 * R**k images (R = 0.75: 180 down to 13)")
     args = parser.parse_args(argv)
     try:
-        n = write_digits(args.out, args.limit)
+        n = write_digits(args.out, args.limit, args.long_tail)
     except (FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -10,7 +10,7 @@ classes: the argmax, or for two classes ``p[:, 1] >= threshold``.
 
 A bundle (:func:`save_bundle`, :func:`load_bundle`) is one ``torch.save`` file of tensors and
 plain values (``weights_only=True`` loads it): every member's weights and metadata, the view set
-and its settings, the threshold. A stage's checkpoint file loads as a one-member bundle.
+and its settings, the logit adjustment (long tails: select's), the threshold. A stage's checkpoint file loads as a one-member bundle.
 """
 from __future__ import annotations
 
@@ -67,7 +67,8 @@ class Ensemble(nn.Module):
     """Members (each a classifier and its size), one view set for all, a decision threshold."""
 
     def __init__(self, members: list[tuple[nn.Module, int]], *, classes: list[str], channels: int,
-                 views: Views | None = None, threshold: float | None = None, names: list[str] | None = None):
+                 views: Views | None = None, threshold: float | None = None, names: list[str] | None = None,
+                 adjust: list[float] | None = None):
         super().__init__()
         if not members:
             raise ValueError("an ensemble needs at least one member")
@@ -80,19 +81,26 @@ class Ensemble(nn.Module):
         self.threshold = threshold
         self.names = list(names or [f"member{i}" for i in range(len(members))])
         self.autocast = None  # a context factory (recipe.train.fit.autocast) for GPU runs
+        # the logit adjustment, tau * log(train prior) per class (select's): subtracted from the log probabilities
+        self.register_buffer("adjust", None if adjust is None else torch.tensor(adjust, dtype=torch.float64),
+                             persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.with_plain(x)[0]
 
     def with_plain(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The probabilities with the views, and plainly (each member's first view): one pass for both."""
+        """The probabilities with the views (and the logit adjustment), and plainly (each member's
+        first view, no adjustment): one pass for both."""
         total = plain = None
         for model, size in zip(self.members, self.sizes):
             per_view = view_probs(model, fit_size(x, size), self.views, self.autocast)
             p = blend(per_view, self.views)
             total = p if total is None else total + p
             plain = per_view[0] if plain is None else plain + per_view[0]
-        return total / len(self.members), plain / len(self.members)
+        total = total / len(self.members)
+        if self.adjust is not None:  # p / prior**tau, renormalised (recipe.decide.select.adjusted)
+            total = torch.softmax(torch.log(total.clamp_min(1e-300)) - self.adjust.to(total), dim=1)
+        return total, plain / len(self.members)
 
     def decide(self, probs):
         return decide(probs, self.threshold)
@@ -118,9 +126,10 @@ def views_from(spec: dict | None, seed: int) -> Views:
 
 
 def save_bundle(path: Path, members: list[tuple[str, Path]], *, views: dict | None, threshold: float | None,
-                seed: int, info: dict) -> Path:
+                seed: int, info: dict, adjust: list[float] | None = None) -> Path:
     """One file holding the members' checkpoints (read from ``members``: (name, checkpoint path)),
-    the view set and the threshold; ``info`` is extra metadata (the selection's summary)."""
+    the view set, the logit adjustment (tau * log prior per class, or None) and the threshold;
+    ``info`` is extra metadata (the selection's summary)."""
     states = []
     classes = channels = None
     for name, ckpt in members:
@@ -131,7 +140,7 @@ def save_bundle(path: Path, members: list[tuple[str, Path]], *, views: dict | No
         states.append({**state, "name": name})
     bundle = {"format": BUNDLE_FORMAT, "members": states, "classes": classes, "channels": channels,
               "size": max(s["size"] for s in states), "views": views, "threshold": threshold, "seed": seed,
-              "info": info}
+              "info": info, "adjust": adjust}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -161,7 +170,7 @@ def load_bundle(path: Path) -> tuple[Ensemble, dict]:
         members.append((model, m["size"]))
     ens = Ensemble(members, classes=state["classes"], channels=state["channels"],
                    views=views_from(state["views"], state["seed"]), threshold=state["threshold"],
-                   names=[m["name"] for m in state["members"]])
+                   names=[m["name"] for m in state["members"]], adjust=state.get("adjust"))
     meta = {k: v for k, v in state.items() if k != "members"}
     meta["members"] = [{k: v for k, v in m.items() if k != "model"} for m in state["members"]]
     return ens.eval(), meta

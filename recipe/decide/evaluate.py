@@ -190,7 +190,8 @@ def run(common: Common, cfg: EvaluateConfig, *, split: Path, raw: Path, bundle: 
                     cfg.top_losses)
     metrics = {
         "chosen": {"candidate": name, "members": list(model.names), "views": chosen_views.name,
-                   "n_views": len(chosen_views), "threshold": threshold, "size": model.size},
+                   "n_views": len(chosen_views), "threshold": threshold, "size": model.size,
+                   "logit_adjust": meta.get("info", {}).get("logit_adjust", 0.0)},
         "test": {k: v for k, v in plain.items() if k != "confusion"},
         "test_chosen": {k: v for k, v in chosen.items() if k != "confusion"},
         "chosen_gain": {"accuracy": chosen["accuracy"] - plain["accuracy"],

@@ -18,9 +18,14 @@ Contract:
   recipe/decide/cv.py, averaged when shipped, but scored on valid out of fold (each valid image by the
   one member that never saw it), since every other member trained on it or chose by it: a
   conservative figure for the ensemble, on the same images as every other candidate.
-- **The choice** (:func:`choose`): the best by ``select.criterion``; candidates within
+- **The choice** (:func:`choose`): the best by ``select.criterion`` (log loss, accuracy,
+  balanced accuracy or macro F1: the last two weigh every class alike); candidates within
   ``select.tolerance`` of it tie, and a tie goes to the cheaper (then the one with fewer members,
   then the earlier in the table). ``select.candidate`` / ``select.views`` pin either part.
+- **The logit adjustment** (:func:`pick_logit_adjust`, Menon et al. 2021): the chosen model's
+  probabilities divided by the train split's class priors to the power tau, tau of
+  ``select.logit_adjust`` chosen by the criterion on valid (0: none); with two classes and a
+  threshold rule the threshold moves the same boundary, so tau stays 0.
 - **The threshold** (:func:`pick_threshold`), two classes only: off, a number, or the one that
   maximises valid accuracy or balanced accuracy (ties: the one nearest 0.5).
 
@@ -283,11 +288,7 @@ def score(common: Common, cfg: SelectConfig, *, singles: dict[str, Path], cands:
 def _best_plain(cands: list[Candidate], plain_rows: list[dict], cfg: SelectConfig) -> list[Candidate]:
     """The candidates that get every view set: the best ``cfg.views_for`` by the criterion, plainly
     (all of them when None), and a pinned one."""
-    if cfg.criterion == "log_loss":
-        order = sorted(range(len(plain_rows)), key=lambda i: (plain_rows[i]["valid_log_loss"], i))
-    else:
-        order = sorted(range(len(plain_rows)), key=lambda i: (-plain_rows[i]["valid_accuracy"], i))
-    names = [plain_rows[i]["candidate"] for i in order]
+    names = [r["candidate"] for r in better_first(plain_rows, cfg.criterion)]
     keep = set(names if cfg.views_for is None else names[: cfg.views_for]) | {cfg.candidate}
     return [c for c in cands if c.name in keep]
 
@@ -305,15 +306,63 @@ def combine(scores: Scores, cand: Candidate, size: int, views: Views) -> np.ndar
 
 
 def valid_figures(probs: np.ndarray, labels: np.ndarray) -> dict:
+    """Log loss, accuracy, balanced accuracy, macro F1 and the lowest recall of any class (argmax
+    decisions) on these probabilities; the classes absent from ``labels`` do not count."""
     p = np.clip(probs[np.arange(len(labels)), labels], 1e-15, 1.0)
-    return {"valid_log_loss": float(-np.log(p).mean()), "valid_accuracy": float((probs.argmax(1) == labels).mean())}
+    pred = probs.argmax(1)
+    recall, f1 = per_class(pred, labels, probs.shape[1])
+    present = np.bincount(labels, minlength=probs.shape[1]) > 0
+    return {"valid_log_loss": float(-np.log(p).mean()), "valid_accuracy": float((pred == labels).mean()),
+            "valid_balanced_accuracy": float(recall[present].mean()), "valid_macro_f1": float(f1[present].mean()),
+            "valid_worst_recall": float(recall[present].min())}
+
+
+def per_class(pred: np.ndarray, labels: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each class's recall and F1 (0 where undefined)."""
+    tp = np.bincount(labels[pred == labels], minlength=classes).astype(float)
+    support = np.bincount(labels, minlength=classes)
+    predicted = np.bincount(pred, minlength=classes)
+    recall = np.divide(tp, support, out=np.zeros(classes), where=support > 0)
+    precision = np.divide(tp, predicted, out=np.zeros(classes), where=predicted > 0)
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(classes), where=precision + recall > 0)
+    return recall, f1
+
+
+CRITERIA = {"log_loss": -1, "accuracy": 1, "balanced_accuracy": 1, "macro_f1": 1}  # +1: higher is better
+
+
+def better_first(rows: list[dict], criterion: str) -> list[dict]:
+    """The rows, best by the criterion first (stable)."""
+    sign = CRITERIA[criterion]
+    return sorted(rows, key=lambda r: -sign * r[f"valid_{criterion}"])
+
+
+def adjusted(probs: np.ndarray, log_prior: np.ndarray, tau: float) -> np.ndarray:
+    """Post-hoc logit adjustment (Menon et al. 2021): ``p(y|x) / prior(y)**tau``, renormalised."""
+    if tau == 0:
+        return probs
+    q = np.log(np.clip(probs, 1e-300, 1.0)) - tau * log_prior
+    q = np.exp(q - q.max(1, keepdims=True))
+    return q / q.sum(1, keepdims=True)
+
+
+def pick_logit_adjust(probs: np.ndarray, labels: np.ndarray, log_prior: np.ndarray, taus: list[float],
+                      criterion: str) -> tuple[float, dict[float, float]]:
+    """The tau of ``taus`` whose adjusted probabilities score best on valid by the criterion (ties:
+    the smallest), and every tau's figure."""
+    scored = {float(t): valid_figures(adjusted(probs, log_prior, t), labels)[f"valid_{criterion}"] for t in taus}
+    sign = CRITERIA[criterion]
+    best = max(sign * v for v in scored.values())
+    return min(t for t, v in scored.items() if sign * v >= best - 1e-12), scored
 
 
 def decide_all(rows: list[dict], scores: Scores, cands: list[Candidate], sets: list[Views],
-               singles: dict[str, Path], classes: list[str], cfg: SelectConfig) -> dict:
+               singles: dict[str, Path], classes: list[str], cfg: SelectConfig,
+               priors: np.ndarray | None = None) -> dict:
     """Everything select decides from the scored rows: each row's cost against the reference
     (the last stage's model alone, fewest views: what the recipe shipped before select), the
-    chosen row, its candidate and views, the threshold, and the summary select writes."""
+    chosen row, its candidate and views, the logit adjustment (``priors``: the classes' shares of
+    the train split), the threshold, and the summary select writes."""
     ref_name = [k for k in singles if "@" not in k][-1]
     ref = min((r for r in rows if r["candidate"] == ref_name), key=lambda r: r["n_views"])
     for r in rows:
@@ -322,15 +371,27 @@ def decide_all(rows: list[dict], scores: Scores, cands: list[Candidate], sets: l
     cand = next(c for c in cands if c.name == chosen["candidate"])
     views = next(v for v in sets if v.name == chosen["views"])
     probs = combine(scores, cand, chosen["size"], views)
+    tau, by_tau = 0.0, {}
+    log_prior = None if priors is None else np.log(np.clip(np.asarray(priors, dtype=np.float64), 1e-12, 1.0))
+    two_with_threshold = len(classes) == 2 and cfg.threshold != "off"  # a threshold moves the same boundary
+    if log_prior is not None and not two_with_threshold and any(t != 0 for t in cfg.logit_adjust):
+        tau, by_tau = pick_logit_adjust(probs, scores.labels, log_prior, cfg.logit_adjust, cfg.criterion)
+        probs = adjusted(probs, log_prior, tau)
     threshold = pick_threshold(probs, scores.labels, cfg.threshold)
     at = thresholded(probs, scores.labels, threshold)
+    from recipe.decide.ensemble import decide
+
+    recall, _ = per_class(decide(probs, threshold), scores.labels, len(classes))
     summary = {**chosen, "threshold": threshold,
                "threshold_rule": cfg.threshold if len(classes) == 2 else "off (more than two classes)",
+               "logit_adjust": tau, "logit_adjust_valid": {f"{t:g}": v for t, v in by_tau.items()},
                "valid_accuracy_as_chosen": at["accuracy"], "valid_balanced_accuracy_as_chosen": at["balanced_accuracy"],
+               "valid_recall_as_chosen": {c: float(recall[i]) for i, c in enumerate(classes)},
                "reference": {"candidate": ref["candidate"], "views": ref["views"],
                              "seconds_per_image": ref["seconds_per_image"]}}
     summary["best_baseline"] = best_baseline(rows, cfg)
-    return {"row": chosen, "candidate": cand, "views": views, "threshold": threshold, "summary": summary}
+    return {"row": chosen, "candidate": cand, "views": views, "threshold": threshold, "summary": summary,
+            "logit_adjust": None if tau == 0 else (tau * log_prior).tolist()}
 
 
 BASELINES = ("pixels", "train_head")  # the simple models: a linear model on the pixels, the head on frozen features
@@ -341,11 +402,8 @@ def best_baseline(rows: list[dict], cfg: SelectConfig) -> dict | None:
     pool = [r for r in rows if r["candidate"] in BASELINES and r["views"] == "none"]
     if not pool:
         return None
-    if cfg.criterion == "log_loss":
-        best = min(pool, key=lambda r: r["valid_log_loss"])
-    else:
-        best = max(pool, key=lambda r: r["valid_accuracy"])
-    return {k: best[k] for k in ("candidate", "valid_log_loss", "valid_accuracy")}
+    best = better_first(pool, cfg.criterion)[0]
+    return {k: best.get(k) for k in ("candidate", "valid_log_loss", "valid_accuracy", "valid_balanced_accuracy")}
 
 
 def choose(rows: list[dict], cfg: SelectConfig) -> dict:
@@ -358,13 +416,18 @@ def choose(rows: list[dict], cfg: SelectConfig) -> dict:
             raise ConfigError(f"select.candidate = {cfg.candidate!r}: not a candidate of this run (one of {names})")
     if cfg.views != "auto":
         pool = [r for r in pool if r["views"] == cfg.views]
-    if cfg.criterion == "log_loss":
-        best = min(r["valid_log_loss"] for r in pool)
-        tied = [r for r in pool if r["valid_log_loss"] <= best + cfg.tolerance]
-    else:
-        best = max(r["valid_accuracy"] for r in pool)
-        tied = [r for r in pool if r["valid_accuracy"] >= best - cfg.tolerance]
+    sign, key = CRITERIA[cfg.criterion], f"valid_{cfg.criterion}"
+    best = max(sign * r[key] for r in pool)
+    tied = [r for r in pool if sign * r[key] >= best - cfg.tolerance]
     return min(tied, key=lambda r: (r["seconds_per_image"], len(r["members"]), rows.index(r)))
+
+
+def train_priors(split: Path, classes: list[str]) -> np.ndarray:
+    """Each class's share of the train split's images (what the networks were fitted on)."""
+    table = read_split(split)
+    counts = table.loc[table["split"] == "train", "label"].value_counts()
+    n = np.array([counts.get(c, 0) for c in classes], dtype=np.float64)
+    return n / max(1.0, n.sum())
 
 
 def pick_threshold(probs: np.ndarray, labels: np.ndarray, rule: str | float) -> float | None:

@@ -236,8 +236,9 @@ def dynamics(stages: Sequence[tuple[str, Sequence[dict]]], path: Path, title: st
 
 
 def confusion(matrices: dict[str, np.ndarray], classes: Sequence[str], path: Path) -> Path:
-    """Confusion matrices side by side (rows: actual, columns: predicted), counts written in
-    each cell, shaded by the row's fraction (recall on the diagonal)."""
+    """Confusion matrices side by side (rows: actual, columns: predicted), each cell's count and,
+    up to 12 classes, its share of the actual class (normalised per true class: recall on the
+    diagonal); shaded by that share."""
     n = len(classes)
     side = max(3.0, 0.45 * n + 1.8)
     fig, axes = plt.subplots(1, len(matrices), figsize=(side * len(matrices), side), squeeze=False)
@@ -248,7 +249,8 @@ def confusion(matrices: dict[str, np.ndarray], classes: Sequence[str], path: Pat
         if n <= 30:
             for i in range(n):
                 for j in range(n):
-                    ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=8,
+                    text = f"{m[i, j]}\n{100 * frac[i, j]:.0f}%" if n <= 12 else str(m[i, j])
+                    ax.text(j, i, text, ha="center", va="center", fontsize=8 if n <= 6 else 6,
                             color="white" if frac[i, j] > 0.5 else "black")
         ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=7)
         ax.set_yticks(range(n), classes if k == 0 else [], fontsize=7)

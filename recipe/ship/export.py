@@ -144,6 +144,8 @@ def metadata(model: Ensemble, info: dict | None = None) -> dict[str, str]:
                   f"{'grayscale' if model.channels == 1 else 'RGB'}, its shorter side resized to {model.size} px "
                   "(bilinear), centre-cropped; normalisation is inside the graph"),
         "threshold": model.threshold, "views": model.views.name,
+        # tau * log(train prior) per class, subtracted from the log probabilities inside the graph (select's)
+        "logit_adjust": None if model.adjust is None else model.adjust.tolist(),
         "members": [{"name": n, "size": s, "normalisation": norm(m)}  # applied inside the graph, per member
                     for n, s, m in zip(model.names, model.sizes, model.members)],
         "outputs": "probabilities: float32 (N, classes); predicted: int64 class index (threshold applied)",

@@ -11,15 +11,21 @@ applied), shorter side resized to the model's size, centre-cropped, scaled to [0
 (:func:`prepare`, from files or bytes).
 
 One line per image: path, the class the model decides on (its threshold applied), the
-probability of that class (``--top`` more classes after it, by probability). An image that
-cannot be read is reported on stderr and skipped; the exit code is then 1.
+probability of that class (``--top`` more classes after it, by probability). With ``--csv OUT``,
+one CSV row per image instead: ``path``, ``prediction``, then one column per class holding its
+probability. A folder argument means every image under it (by the file name's extension: the
+formats the pipeline decodes), in sorted order. Images are read, predicted and written one batch
+at a time (a large folder needs no more memory than a batch). An image that cannot be read is
+reported on stderr and skipped; the exit code is then 1.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import io
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -28,7 +34,7 @@ from recipe.core.errors import ConfigError, DataError, RecipeError
 
 # Only numpy, Pillow and the project's torch-free modules at the top: the ONNX path
 # (--model model.onnx) runs without torch; the other paths import it when they load a model.
-from recipe.data.images import ImageRefused, fit_square, load_image, open_checked, to_canonical
+from recipe.data.images import FORMATS, ImageRefused, fit_square, load_image, open_checked, to_canonical
 
 DEFAULT_MODEL = "outputs/select/model.pt"
 
@@ -139,9 +145,47 @@ def _views_from_params(name: str):
                      seed=load_section("seed", Seed, params))
 
 
+def image_suffixes() -> set[str]:
+    """The file name extensions (lower case, with the dot) of the formats the pipeline decodes, as Pillow registers them."""
+    return {ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in FORMATS}
+
+
+def expand(arguments: list[Path]) -> tuple[list[Path], list[Path]]:
+    """The image files the arguments name (a folder: every file under it whose extension is an
+    image format's, sorted), and the files under the folders left out by their extension."""
+    suffixes = image_suffixes()
+    files: list[Path] = []
+    other: list[Path] = []
+    for arg in arguments:
+        if arg.is_dir():
+            for f in sorted(p for p in arg.rglob("*") if p.is_file()):
+                (files if f.suffix.lower() in suffixes else other).append(f)
+        else:
+            files.append(arg)
+    return files, other
+
+
+def _batches(paths: list[Path], model, batch_size: int) -> Iterator[tuple[list[Path], list[np.ndarray], list[str]]]:
+    """The readable images of each run of ``batch_size`` paths, prepared, and the errors of the others."""
+    for i in range(0, len(paths), batch_size):
+        ok, arrays, errors = [], [], []
+        for path in paths[i:i + batch_size]:
+            try:
+                arrays.append(prepare([path], model.size, model.channels)[0])
+                ok.append(path)
+            except (OSError, DataError, ValueError, ImageRefused) as exc:
+                errors.append(f"error: {path}: cannot read as an image ({exc}); skipped")
+        yield ok, arrays, errors
+
+
+def prediction(classes: list[str], decided: int | np.ndarray) -> str:
+    """The prediction as written: the decided class's name."""
+    return classes[int(decided)]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m recipe.ship.predict", description=__doc__.split("\n\n")[0])
-    ap.add_argument("images", nargs="+", type=Path, help="image files (any format Pillow reads)")
+    ap.add_argument("images", nargs="+", type=Path, help="image files or folders (every image under a folder)")
     ap.add_argument("--model", default=DEFAULT_MODEL,
                     help=f"bundle, checkpoint, exported .onnx file or MLflow model URI (default {DEFAULT_MODEL}: "
                          "the chosen model)")
@@ -149,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="another TTA view set than the model's (a key of recipe.decide.tta.VIEW_SETS: flips, dihedral, "
                          "...), for a bundle or checkpoint; settings: select.tta of params.yaml")
     ap.add_argument("--top", type=int, default=1, help="classes printed per image (default 1)")
+    ap.add_argument("--csv", type=Path, metavar="OUT",
+                    help="write one row per image to OUT (path, prediction, one probability column per class)")
     ap.add_argument("--batch-size", type=int, default=32)
     args = ap.parse_args(argv)
     try:
@@ -157,25 +203,48 @@ def main(argv: list[str] | None = None) -> int:
             if not hasattr(model, "views"):
                 raise ConfigError(f"--views: {args.model} has its views built in; it takes a bundle or checkpoint")
             model.views = _views_from_params(args.views)
+        if args.batch_size < 1:
+            raise ConfigError(f"--batch-size {args.batch_size}: must be at least 1")
     except RecipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    paths, other = expand(args.images)
+    if other:
+        print(f"predict: {len(other)} file(s) under the folders are not images by their extension, left out "
+              f"(e.g. {other[0]})", file=sys.stderr)
     failed = 0
-    ok: list[Path] = []
-    arrays: list[np.ndarray] = []
-    for path in args.images:
-        try:
-            arrays.append(prepare([path], model.size, model.channels)[0])
-            ok.append(path)
-        except (OSError, DataError, ValueError, ImageRefused) as exc:
-            print(f"error: {path}: cannot read as an image ({exc}); skipped", file=sys.stderr)
-            failed += 1
-    if ok:
-        probs, decided = probabilities(model, ok, arrays, args.batch_size)
-        k = max(1, min(args.top, len(model.classes)))
-        for path, p, d in zip(ok, probs, decided):
-            rest = [i for i in np.argsort(-p, kind="stable").tolist() if i != d][:k - 1]
-            print("\t".join([str(path), *[f"{model.classes[i]}\t{p[i]:.4f}" for i in [int(d), *rest]]]))
+    k = max(1, min(args.top, len(model.classes)))
+    out = writer = bar = None
+    if args.csv:
+        from tqdm import tqdm
+
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        out = args.csv.open("w", newline="", encoding="utf-8")
+        writer = csv.writer(out)
+        writer.writerow(["path", "prediction", *model.classes])
+        bar = tqdm(total=len(paths), unit="image", desc="predict", file=sys.stderr, disable=None)
+    try:
+        for ok, arrays, errors in _batches(paths, model, args.batch_size):
+            for line in errors:
+                print(line, file=sys.stderr)
+            failed += len(errors)
+            if ok:
+                probs, decided = probabilities(model, ok, arrays, args.batch_size)
+                for path, p, d in zip(ok, probs, decided):
+                    if writer is not None:
+                        writer.writerow([str(path), prediction(model.classes, d), *[f"{v:.6f}" for v in p]])
+                    else:
+                        rest = [i for i in np.argsort(-p, kind="stable").tolist() if i != d][:k - 1]
+                        print("\t".join([str(path), *[f"{model.classes[i]}\t{p[i]:.4f}" for i in [int(d), *rest]]]))
+            if out is not None:
+                out.flush()
+                bar.update(len(ok) + len(errors))
+    finally:
+        if out is not None:
+            bar.close()
+            out.close()
+    if args.csv:
+        print(f"predict: {len(paths) - failed} image(s) -> {args.csv}", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -350,10 +350,20 @@ def _plain(value: Any) -> Any:
 _TRACKER = Tracker("-", enabled=False)  # outside a stage_run nothing is logged
 
 
+# What MLflow accepts in a metric's name (mlflow.utils.validation): word characters, - . space : /
+_NOT_IN_A_NAME = re.compile(r"[^\w\-. :/]")
+
+
+def metric_name(key: str) -> str:
+    """``key`` as MLflow accepts a metric's name: each other character (an image mode's ``;`` in
+    ``modes.I;16``, a class name's ``+``) replaced by ``_``."""
+    return _NOT_IN_A_NAME.sub("_", key)
+
+
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     import mlflow
 
-    _TRACKER.call("log metrics", mlflow.log_metrics, metrics, step=step)
+    _TRACKER.call("log metrics", mlflow.log_metrics, {metric_name(k): v for k, v in metrics.items()}, step=step)
 
 
 def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
@@ -483,7 +493,7 @@ def _select(params: dict[str, Any], keys: list[str]) -> dict[str, Any]:
 
 
 def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in flatten(metrics).items()
+    return {metric_name(k): float(v) for k, v in flatten(metrics).items()
             if isinstance(v, (int, float)) and (v == v) and abs(v) != float("inf")}
 
 

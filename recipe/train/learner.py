@@ -52,8 +52,14 @@ class Common:
         seed_everything(self.seed)
         return distributed.init(pick_device(self.train.device))
 
-    def loss(self) -> nn.Module:
-        return nn.CrossEntropyLoss(label_smoothing=self.train.label_smoothing)
+    def loss(self, labels: torch.Tensor | None = None, classes: int | None = None) -> nn.Module:
+        """Cross-entropy with ``train.label_smoothing``; with ``train.class_weights: balanced`` and the
+        train split's ``labels``, each class weighted by n / (classes * its count) (sklearn's
+        ``class_weight="balanced"``), so every class weighs alike in the loss."""
+        weight = None
+        if labels is not None and self.train.class_weights == "balanced":
+            weight = class_weights(labels, classes)
+        return nn.CrossEntropyLoss(weight=weight, label_smoothing=self.train.label_smoothing)
 
     def augmenter(self) -> Augment:
         return Augment(**self.augment.model_dump())
@@ -212,6 +218,15 @@ def finish(model: Classifier, data: Data, common: Common, device, *, out: Path, 
 
 
 
+def class_weights(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """n / (present classes * count) per class, as sklearn's ``class_weight="balanced"`` (0 for a
+    class with no image: it has no loss to weigh)."""
+    counts = torch.bincount(torch.as_tensor(labels).long().flatten(), minlength=classes).double()
+    present = int((counts > 0).sum())
+    w = torch.where(counts > 0, counts.sum() / (present * counts.clamp_min(1)), torch.zeros_like(counts))
+    return w.float()
+
+
 @dataclass
 class Learner:
     """One training stage's context, in one place (fastai's ``Learner``): its config sections,
@@ -264,7 +279,8 @@ class Learner:
         extra = {"train_mode": train_mode} if train_mode is not None else {}
         return train_phase(module if module is not None else self.model, name=name, **snaps, train=train,
                            valid=valid if valid is not None else self.batches(self.data.valid, train=False),
-                           epochs=epochs, optimizer=opt, schedule=sched, **extra, loss_fn=self.common.loss(),
+                           epochs=epochs, optimizer=opt, schedule=sched, **extra,
+                           loss_fn=self.common.loss(self.data.train.labels, len(self.data.classes)).to(self.device),
                            amp=train_cfg.amp, clip_grad=train_cfg.clip_grad, **stopping, history=self.history,
                            resume_dir=self.resume, key=self.key)
 

@@ -205,6 +205,7 @@ class TrainConfig(Strict):
     channels_last: bool
     workers: NonNegativeInt
     label_smoothing: Annotated[float, Field(ge=0, lt=1)]
+    class_weights: Literal["none", "balanced"]  # balanced: each class's loss weighted by n / (classes * count)
     clip_grad: PositiveFloat | None
     patience: PositiveInt | None
     keep: Literal["best", "last"]
