@@ -3,7 +3,7 @@
 Claim: the recipe's defaults are not tuned to ELPV alone. Pointed at the handwritten digits
 (1,797 images of 8x8 px, ten classes) with ``data=folder`` and the path, and nothing else, it
 must not do worse than logistic regression on the raw pixels (96.9% on a stratified 75/25
-split), and the issue's bar is 97% test accuracy.
+split), and issue 26's bar is 98.5% test accuracy, above logistic regression on the same split.
 
 How it is measured, in one run:
 - ``python -m recipe.data.digits`` writes the ImageFolder into ``--work``; the project's tracked
@@ -134,8 +134,9 @@ def main() -> None:
     print(f"test accuracy: recipe {100 * plain:.2f}% plain, {100 * chosen:.2f}% as chosen ({m['test']['images']} images)")
     print(f"logistic regression on raw pixels: {100 * ref_same:.2f}% on the pipeline's split, "
           f"{100 * ref_7525:.2f}% on a stratified 75/25 split")
+    reached = chosen >= 0.985 and chosen > ref_same
     print(f"error ratio, recipe as chosen / logistic regression on the same split: {(1 - chosen) / (1 - ref_same):.2f} "
-          f"(below 1: the recipe is better); bar 97%: {'reached' if chosen >= 0.97 else 'not reached'}")
+          f"(below 1: the recipe is better); bar 98.5% and above it: {'reached' if reached else 'not reached'}")
     with (out / "select/candidates.csv").open(newline="") as f:
         cands = list(csv.DictReader(f))
     print(f"\ncost per image against {json.loads((out / 'select/metrics.json').read_text())['chosen']['reference']['candidate']}"
