@@ -65,8 +65,7 @@ def _scores(model: Ensemble, test: ImageSet, common: Common, cfg: EvaluateConfig
     return p_chosen, p_plain, labels, plain, chosen
 
 
-def _stage_row(path: Path, checkpoints: dict[str, Path], stage: str, cfg: EvaluateConfig, common: Common, device, test_at,
-               amp, known: dict[str, float]) -> dict:
+def _stage_row(path: Path, checkpoints: dict[str, Path], stage: str, cfg: EvaluateConfig, accuracy_of) -> dict:
     """One training stage's row of the table: its size, its valid accuracy as it reported it, its checkpoint's test accuracy."""
     stage_m = json.loads(path.read_text())
     row = {"size": stage_m.get("size"), "valid_accuracy": stage_m.get("valid_accuracy"), "test_accuracy": None}
@@ -75,8 +74,7 @@ def _stage_row(path: Path, checkpoints: dict[str, Path], stage: str, cfg: Evalua
     if stage_m.get("passed_on"):
         row["passed_on"] = stage_m["passed_on"]
     if cfg.stage_table and Path(checkpoints[stage]).is_file():
-        row["test_accuracy"] = known[stage] if stage in known else _test_accuracy(checkpoints[stage], common, device,
-                                                                                  test_at, amp)
+        row["test_accuracy"] = accuracy_of(stage, checkpoints[stage])
     return row
 
 
@@ -113,17 +111,19 @@ def _stage_table(cfg: EvaluateConfig, common: Common, device, test_at, *, baseli
         "baseline_model": {"size": None, "valid_accuracy": base["simple_accuracy"], "test_accuracy": None},
     }
     amp = lambda: autocast(device, common.train.amp)
+
+    def accuracy_of(name: str, checkpoint: Path) -> float:
+        return known[name] if name in known else _test_accuracy(checkpoint, common, device, test_at, amp)
+
     pixels = Path(baseline_metrics).parent / BASELINE.candidates / "pixels.pt"
     if "pixels_accuracy" in base and pixels.is_file():  # logistic regression on the pixels, a candidate of select's
         rows["pixels"] = {"size": base.get("pixels_side"), "valid_accuracy": base["pixels_accuracy"],
-                          "test_accuracy": (known["pixels"] if "pixels" in known else
-                                            _test_accuracy(pixels, common, device, test_at, amp))
-                          if cfg.stage_table else None}
+                          "test_accuracy": accuracy_of("pixels", pixels) if cfg.stage_table else None}
     for stage in TRAINING_STAGES:
         path = Path(stage_metrics[stage])
         if not path.is_file():
             continue
-        rows[stage] = _stage_row(path, checkpoints, stage, cfg, common, device, test_at, amp, known)
+        rows[stage] = _stage_row(path, checkpoints, stage, cfg, accuracy_of)
     if cfg.stage_table and len(fold_models) >= 2:  # cv.folds: the k fold models averaged (select's cv_folds)
         rows["cv_folds"] = _folds_row(fold_models, classes, common, device, test_at)
     rows["chosen_plain"] = {"size": size, "valid_accuracy": None, "test_accuracy": plain["accuracy"]}

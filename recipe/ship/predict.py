@@ -178,11 +178,6 @@ def _batches(paths: list[Path], model, batch_size: int) -> Iterator[tuple[list[P
         yield ok, arrays, errors
 
 
-def prediction(classes: list[str], decided: int | np.ndarray) -> str:
-    """The prediction as written: the decided class's name."""
-    return classes[int(decided)]
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m recipe.ship.predict", description=__doc__.split("\n\n")[0])
     ap.add_argument("images", nargs="+", type=Path, help="image files or folders (every image under a folder)")
@@ -232,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                 probs, decided = probabilities(model, ok, arrays, args.batch_size)
                 for path, p, d in zip(ok, probs, decided):
                     if writer is not None:
-                        writer.writerow([str(path), prediction(model.classes, d), *[f"{v:.6f}" for v in p]])
+                        writer.writerow([str(path), model.classes[int(d)], *[f"{v:.6f}" for v in p]])
                     else:
                         rest = [i for i in np.argsort(-p, kind="stable").tolist() if i != d][:k - 1]
                         print("\t".join([str(path), *[f"{model.classes[i]}\t{p[i]:.4f}" for i in [int(d), *rest]]]))
