@@ -10,7 +10,7 @@ How it is measured:
   views included), or by default EfficientNet-Lite0 with the bundled ImageNet weights and
   conf/model/efficientnet_lite0.yaml's head at ``--size`` (default 224) px, one channel, no views.
 - Variants, each built from that model: the checkpoint in NCHW, the checkpoint in channels_last
-  (what the stages use), folded (``recipe.ship.export.fold_ensemble``) in channels_last, and ONNX
+  (what the stages use), folded (``recipe.decide.fold.fold_ensemble``) in channels_last, and ONNX
   Runtime on the folded graph ``recipe.ship.export.export_onnx`` writes (CPU provider, as many
   intra-op threads as torch has).
 - Data: the first ``--images`` (default 32) ELPV PNGs by name, prepared as predict prepares
@@ -40,7 +40,8 @@ import torch
 from _common import CLASSES, MODEL_CFG, add_common_options, elpv, print_header, require, start
 
 from recipe.decide.ensemble import Ensemble, load_bundle
-from recipe.ship.export import export_onnx, fold_ensemble
+from recipe.decide.fold import fold_ensemble
+from recipe.ship.export import export_onnx
 from recipe.ship.onnx_model import OnnxModel
 from recipe.ship.predict import prepare
 from recipe.train.session import new_model

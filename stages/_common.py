@@ -50,7 +50,7 @@ def write_json(path: Path, data: object) -> Path:
 
 
 def stage_config(stage: str) -> tuple[StageParams, str]:
-    """The params ``stage`` depends on (exactly its list in dvc.yaml, from DVC's index) and the
+    """The params ``stage`` depends on (exactly its list in dvc.yaml) and the
     MLflow experiment name (tracking.* changes no output, so no stage depends on it)."""
     params = read_params()
     return stage_params(stage, params), load_section("tracking", TrackingConfig, params).experiment

@@ -167,3 +167,25 @@ def test_no_params_key_is_one_dvc_run_cache_leaves_out():
     # what the key's old name did: two sizes, one run-cache entry (a stale restore)
     old = {k: v for k, v in train.items() if k != "image_size"}
     assert cache_key({**old, "size": 64}) == cache_key({**old, "size": 96})
+
+
+def test_each_stage_reads_the_params_list_dvc_itself_sees(tmp_path):
+    """recipe.core.config reads a stage's params list from dvc.yaml with PyYAML (DVC's index costs
+    each stage about a second): the lists must be DVC's own, for every stage, foreach copies
+    (cv_finetune@0) included, and a name dvc.yaml lacks is a one-line error."""
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    from recipe.core.config import PARAMS_FILE, dvc_params_keys
+
+    shutil.copy(REPO / "dvc.yaml", tmp_path)
+    compose(REPO, ["cv.folds=2"], tmp_path / "params.yaml")  # two folds: the foreach stages expand
+    with Repo(str(tmp_path), uninitialized=True) as repo:
+        seen = {s.name: [k for d in s.deps if isinstance(d, ParamsDependency)
+                         and d.def_path == PARAMS_FILE for k in (d.params or [])]
+                for s in repo.index.stages if getattr(s, "name", None)}
+    assert "cv_finetune@0" in seen and len(seen) > 12
+    assert {name: dvc_params_keys(name, tmp_path) for name in seen} == seen
+    for wrong in ("nonesuch", "cv_finetune", "finetune@0"):
+        with pytest.raises(ConfigError, match=f"{wrong}: no such stage in dvc.yaml"):
+            dvc_params_keys(wrong, tmp_path)

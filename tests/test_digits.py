@@ -48,6 +48,9 @@ def test_digits_through_the_pipeline_with_the_data_path_only(tmp_path):
     assert head["size"] == 64
     resize = json.loads((proj / "outputs/resize/metrics.json").read_text())
     assert resize["passed_on"].startswith("size auto") and resize["size"] == 64 and resize["epochs"] == 0
+    # augment none (folder data): no mirrored views either, select.trained_views_only
+    assert "select: view set 'flip_h' left out: training never showed flip_h" in out
+    assert set(pd.read_csv(proj / "outputs/select/candidates.csv")["views"]) == {"none"}
     sel = json.loads((proj / "outputs/select/metrics.json").read_text())
     assert sel["chosen"]["threshold"] is None and sel["chosen"]["size"] == 64  # ten classes: no threshold
     m = json.loads((proj / "outputs/evaluate/metrics.json").read_text())

@@ -104,6 +104,24 @@ def test_flips_are_the_four_orientation_keeping_symmetries():
                    tuple(x.flip(2).flip(3).flatten().tolist())}
 
 
+@pytest.mark.parametrize("flip_h, flip_v, rot90, size, kept", [
+    (False, False, False, 1, {"none", "multiscale"}),  # conf/'s augment none and upright: no flip or turn
+    (True, False, False, 2, {"none", "flip_h", "multiscale"}),  # side_on: left-right mirrors only
+    (True, True, False, 4, {"none", "flip_h", "flip_v", "flips", "multiscale"}),
+    (False, False, True, 4, {"none", "multiscale"}),  # quarter turns alone: rot180 is one, but no mirror
+    (True, True, True, 8, {"none", "flip_h", "flip_v", "flips", "dihedral", "multiscale"}),  # top_down (ELPV)
+])
+def test_view_sets_with_a_flip_or_turn_training_never_showed_are_left_out(flip_h, flip_v, rot90, size, kept):
+    """select.trained_views_only: the flips and turns the augmentation generates form a group
+    (its size known), and a view set survives only when all its flips and turns are in it."""
+    sym = T.trained_symmetries(flip_h=flip_h, flip_v=flip_v, rot90=rot90)
+    assert len(sym) == size
+    names = ["none", "flip_h", "flip_v", "flips", "dihedral", "multiscale"]
+    assert {n for n in names if not T.untrained_views(view_set(n), sym)} == kept
+    assert T.untrained_views(view_set("flips"), T.trained_symmetries(flip_h=True, flip_v=False, rot90=False)) == [
+        "flip_v", "rot180"]
+
+
 def test_other_view_sets_keep_the_shape_and_are_seeded():
     x, _ = _images(3, size=16)
     ms = view_set("multiscale", scales=[1.0, 1.25, 0.75])

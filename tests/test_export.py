@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from recipe.core.errors import ConfigError, DataError
+from recipe.decide import fold as F
 from recipe.decide.ensemble import Ensemble, load_bundle, save_bundle
 from recipe.decide.tta import Views
 from recipe.ship import export as E
@@ -48,7 +49,7 @@ def _elpv_cells(n: int) -> list[Path]:
 @pytest.mark.parametrize("name", ["resnet18", "efficientnet_lite0"])
 def test_folding_leaves_the_outputs_unchanged_on_random_inputs(name):
     model = _model(name)
-    folded, pairs = E.fold_bn(model, channels=3, side=32)
+    folded, pairs = F.fold_bn(model, channels=3, side=32)
     assert pairs == E.batchnorms(model) > 0  # every BatchNorm of these bodies follows a convolution
     assert E.batchnorms(folded) == 0
     x = torch.rand(4, 3, 48, 48)
@@ -59,7 +60,7 @@ def test_folding_leaves_the_outputs_unchanged_on_random_inputs(name):
 
 def test_folding_the_pretrained_lite0_on_real_cells():
     model = _model("efficientnet_lite0", weights="bundled")
-    folded, pairs = E.fold_bn(model, channels=1, side=64)
+    folded, pairs = F.fold_bn(model, channels=1, side=64)
     assert pairs == 49
     x = torch.from_numpy(prepare(_elpv_cells(6), 128, 1))
     with torch.no_grad():
@@ -89,7 +90,7 @@ def test_only_plain_conv_bn_pairs_are_folded():
     for bn in model.b:
         bn.running_mean.uniform_(-1, 1)
         bn.running_var.uniform_(0.5, 2)
-    folded, pairs = E.fold_bn(model, channels=3, side=8)
+    folded, pairs = F.fold_bn(model, channels=3, side=8)
     x = torch.rand(2, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(folded(x), model(x))
@@ -128,7 +129,7 @@ def exported(tmp_path_factory, checkpoints):
     # A threshold between the probe's probabilities, away from 0.5: the decision is not the argmax.
     threshold = float(p.sort().values[1:3].mean())
     model, _ = load_bundle(_bundle(tmp_path, checkpoints, threshold=threshold))
-    folded, pairs = E.fold_ensemble(model)
+    folded, pairs = F.fold_ensemble(model)
     path = E.export_onnx(folded, tmp_path / "model.onnx", opset=18, dynamic_batch=True, optimize=True,
                          info={"candidate": "x"})
     return model, folded, pairs, path
@@ -366,7 +367,7 @@ def test_parity_on_a_sample_against_evaluates_probabilities_and_decisions(tmp_pa
     # a probability of evaluate's the graph does not reproduce (the same export, checked again)
     paths = [f"img{i}.png" for i in idx]
     moved = {**evaluated, flip: (evaluated[flip][0], [v + 1e-3 for v in evaluated[flip][1]])}
-    folded, _ = E.fold_ensemble(model)
+    folded, _ = F.fold_ensemble(model)
     x = torch.from_numpy(prepare([files[i] for i in idx], model.size, 1))
     check = E.parity(model, folded, tmp_path / "sample" / "model.onnx", x, batch_size=4,
                      reference=E._evaluated(moved, paths, ["crack", "fine"]))

@@ -13,6 +13,7 @@ from torch import nn
 
 from conftest import REPO
 from recipe.core.errors import ConfigError
+from recipe.decide import fold as F
 from recipe.decide.ensemble import Ensemble
 from recipe.ship import export as E
 from recipe.ship.onnx_model import OnnxModel
@@ -479,7 +480,7 @@ def test_timm_model_exports_to_onnx_and_predicts_as_torch(tmp_path):
         z = m(x)
         m.head.fc.bias[1] -= (z[:, 1] - z[:, 0]).sort().values[2:4].mean()
     bundle = Ensemble([(m, 64)], classes=["a", "b"], channels=1)
-    folded, pairs = E.fold_ensemble(bundle)  # what the export stage ships: BatchNorm folded, then ONNX
+    folded, pairs = F.fold_ensemble(bundle)  # what the export stage ships: BatchNorm folded, then ONNX
     assert pairs == E.batchnorms(m) > 0
     path = E.export_onnx(folded, tmp_path / "model.onnx", opset=18, dynamic_batch=True, optimize=True)
     probs, predicted = OnnxModel(path).run(x.numpy())

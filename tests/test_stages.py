@@ -13,7 +13,7 @@ from recipe.data.sources import ingest
 
 
 def run_stage(cwd, *args):
-    shutil.copy(REPO / "dvc.yaml", cwd)  # a stage reads its params list from DVC's index of dvc.yaml
+    shutil.copy(REPO / "dvc.yaml", cwd)  # a stage reads its params list from dvc.yaml
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True,
                           env=subprocess_env(PYTHONPATH=str(REPO), DVC_ROOT=str(cwd)))
 

@@ -159,18 +159,21 @@ def test_a_stage_writes_one_dynamics_row_per_watched_image_per_epoch_and_every_b
     assert (tmp_path / "ft" / "lr_schedule.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("setting, head, pixels, margin, expected", [
-    ("auto", 0.84, 0.70, 0.0, 1),    # ELPV-like: the head on frozen features beats the pixels: the late body
-    ("auto", 0.70, 0.97, 0.0, 0),    # digits-like: the pixels beat the head: the features do not fit, all of it
-    ("auto", 0.80, 0.80, 0.0, 0),    # a tie is no sign that the features fit
-    ("auto", 0.84, 0.80, 0.05, 0),   # a margin the head must clear
-    ("auto", 0.84, None, 0.0, 1),    # no pixels baseline (baseline.pixels.side: null): the late body
-    (2, 0.10, 0.99, 0.0, 2),         # a number pins it, whatever the data say
+@pytest.mark.parametrize("setting, head, pixels, margin, whole, expected", [
+    ("auto", 0.84, 0.70, 0.0, 15, (1, 7)),    # ELPV-like: the head on frozen features beats the pixels: the late body
+    ("auto", 0.70, 0.97, 0.0, 15, (0, 15)),   # digits-like: the pixels beat the head: all of it, and longer
+    ("auto", 0.70, 0.97, 0.0, None, (0, 7)),  # whole_body_epochs null: as long as the late body would
+    ("auto", 0.80, 0.80, 0.0, 15, (0, 15)),   # a tie is no sign that the features fit
+    ("auto", 0.84, 0.80, 0.05, 15, (0, 15)),  # a margin the head must clear
+    ("auto", 0.84, None, 0.0, 15, (1, 7)),    # no pixels baseline (baseline.pixels.side: null): the late body
+    (2, 0.10, 0.99, 0.0, 15, (2, 7)),         # a number pins the depth and leaves epochs as set, whatever the data say
+    (0, 0.10, 0.99, 0.0, 15, (0, 7)),
 ])
-def test_the_unfreeze_rule_on_hand_made_figures(setting, head, pixels, margin, expected):
-    first, why = finetune.unfreeze_rule(setting, groups=3, head_valid=head, pixels_valid=pixels, margin=margin)
-    assert first == expected and why
-    assert ("do not fit" in why) == (setting == "auto" and expected == 0)
+def test_the_unfreeze_rule_on_hand_made_figures(setting, head, pixels, margin, whole, expected):
+    first, epochs, why = finetune.unfreeze_rule(setting, groups=3, head_valid=head, pixels_valid=pixels, margin=margin,
+                                                epochs=7, whole_body_epochs=whole)
+    assert (first, epochs) == expected and why
+    assert ("do not fit" in why) == (setting == "auto" and expected[0] == 0)
 
 
 def test_balanced_class_weights_weigh_every_class_alike(params):

@@ -24,12 +24,12 @@ import atexit
 import os
 import subprocess
 import sys
-from typing import Callable, TypeVar
-
-import torch
-import torch.distributed as dist
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 from recipe.core.errors import ConfigError, RecipeError
+
+if TYPE_CHECKING:  # torch is imported where it is used: the data stages load this module and need no torch
+    import torch
 
 T = TypeVar("T")
 
@@ -47,12 +47,14 @@ def is_main() -> bool:
 
 
 def active() -> bool:
+    import torch.distributed as dist
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def launch(nproc: int, module: str) -> None:
     """With ``nproc > 1`` outside torchrun: run ``python -m module <same args>`` under
     torchrun on this machine and exit with its status. Otherwise return and run here."""
+    import torch.distributed as dist
     if nproc <= 1 or "LOCAL_RANK" in os.environ:
         return
     if not dist.is_available():
@@ -66,6 +68,8 @@ def launch(nproc: int, module: str) -> None:
 
 def init(device: torch.device) -> torch.device:
     """Join the process group torchrun describes (once); returns this rank's device."""
+    import torch
+    import torch.distributed as dist
     if world_size() <= 1:
         return device
     if device.type == "cuda":
@@ -78,12 +82,14 @@ def init(device: torch.device) -> torch.device:
 
 
 def _leave() -> None:
+    import torch.distributed as dist
     if dist.is_initialized():
         dist.destroy_process_group()
 
 
 def shard() -> tuple[int, int] | None:
     """``(rank, world size)`` under DDP, else None: which slice of each global batch is ours."""
+    import torch.distributed as dist
     return (dist.get_rank(), dist.get_world_size()) if active() else None
 
 
@@ -99,6 +105,8 @@ def wrap(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 
 def sum_all(*values: float) -> list[float]:
     """Each value summed over the ranks (the values themselves without DDP)."""
+    import torch
+    import torch.distributed as dist
     if not active():
         return list(values)
     t = torch.tensor(values, dtype=torch.float64)
@@ -111,6 +119,7 @@ def on_main(fn: Callable[[], T]) -> T:
     ``fn()``. The other ranks wait in the broadcast (the process group's timeout: 30 min gloo,
     10 min NCCL). An error on rank 0 reaches every rank, so none is left waiting: a
     :class:`RecipeError` as itself (each rank's one-line message), anything else as a RuntimeError."""
+    import torch.distributed as dist
     if not active():
         return fn()
     box: list = [None]

@@ -24,6 +24,7 @@ from recipe.core.metrics import classification_metrics, most_confused, top_losse
 from recipe.data.loader import ImageSet, load_split
 from recipe.data.split import class_names, read_split
 from recipe.decide.ensemble import Ensemble, decide, load_bundle
+from recipe.decide.fold import fold_bn, fold_ensemble
 from recipe.decide.schema import EvaluateConfig
 from recipe.decide.tta import plain_views, predict
 from recipe.report import plots
@@ -81,7 +82,8 @@ def _stage_row(path: Path, checkpoints: dict[str, Path], stage: str, cfg: Evalua
 def _test_accuracy(checkpoint: Path, common: Common, device, test_at, amp) -> float:
     """A checkpoint's plain test accuracy (argmax, no views), at its own size."""
     other, other_meta = load_checkpoint(checkpoint)
-    other = common.prepare(other, device)
+    other = fold_bn(common.prepare(other, device), channels=other_meta.get("channels", 3),
+                    side=min(64, other_meta["size"]))[0]
     p = predict(other, common.batches(test_at(other_meta["size"]), device, train=False), plain_views(), autocast=amp)
     return float((p["plain"].argmax(1) == p["labels"]).double().mean())
 
@@ -89,8 +91,8 @@ def _test_accuracy(checkpoint: Path, common: Common, device, test_at, amp) -> fl
 def _folds_row(fold_models: list[Path], classes: list[str], common: Common, device, test_at) -> dict:
     """The cv_folds row of the table: the k fold models averaged (select's cv_folds), scored on test."""
     folds = [load_checkpoint(f) for f in fold_models]
-    ens = common.prepare(Ensemble([(m, meta_["size"]) for m, meta_ in folds], classes=classes,
-                                  channels=folds[0][1].get("channels", 3)), device).eval()
+    ens = fold_ensemble(common.prepare(Ensemble([(m, meta_["size"]) for m, meta_ in folds], classes=classes,
+                                                channels=folds[0][1].get("channels", 3)), device))[0]
     p, y = probabilities(ens, test_at(ens.size), common, device)
     return {"size": ens.size, "valid_accuracy": None, "test_accuracy": float((p.argmax(1) == y).mean()),
             "members": len(folds)}
@@ -176,7 +178,8 @@ def run(common: Common, cfg: EvaluateConfig, *, split: Path, raw: Path, bundle: 
     test = test_at(model.size)
     model = common.prepare(model, device)
     chosen_views, threshold = model.views, model.threshold
-    p_chosen, p_plain, labels, plain, chosen = _scores(model, test, common, cfg, device, classes)
+    # scored with BatchNorm folded (the graph export ships); the model returned is the bundle's
+    p_chosen, p_plain, labels, plain, chosen = _scores(fold_ensemble(model)[0], test, common, cfg, device, classes)
     gain = {c: chosen["per_class"][c]["recall"] - plain["per_class"][c]["recall"] for c in classes}
     eval_s = time.perf_counter() - t0
     name = meta.get("info", {}).get("candidate", "+".join(model.names))

@@ -48,6 +48,7 @@ class SelectConfig(Strict):
     views: str  # auto | a view set's name (pins the TTA choice)
     view_sets: list[str]  # keys of recipe.decide.tta.VIEW_SETS tried on valid (checked there)
     views_for: PositiveInt | None  # the best this many candidates (plainly) get every view set; None: all
+    trained_views_only: bool  # leave out view sets with a flip or turn the training augmentation never showed
     tta: TtaConfig  # the settings of the view sets that use them
     ensembles: list[list[str]]  # each a list of members: a stage's name, or <stage>@snapshots for all its snapshots
     threshold: Literal["off", "accuracy", "balanced_accuracy"] | Annotated[float, Field(gt=0, lt=1)]

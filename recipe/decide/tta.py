@@ -71,6 +71,36 @@ DIHEDRAL = (("flip_h", lambda x: x.flip(3)), ("flip_v", lambda x: x.flip(2)), ("
             ("rot270", lambda x: x.transpose(2, 3).flip(2)), ("anti_transpose", lambda x: x.transpose(2, 3).flip(2, 3)))
 
 
+_PROBE = torch.arange(9.0).reshape(1, 1, 3, 3)  # no symmetry of its own: each flip or turn draws it differently
+
+
+def _drawn(view: View) -> tuple[float, ...]:
+    return tuple(view(_PROBE).flatten().tolist())
+
+
+def trained_symmetries(*, flip_h: bool, flip_v: bool, rot90: bool) -> frozenset[tuple[float, ...]]:
+    """The flips and turns a training augmentation shows the network: the group its mirrors and
+    quarter turns generate (none: the image alone; both mirrors: four; turns and a mirror: all
+    eight), each as it draws a probe picture."""
+    gens = [fn for on, fn in ((flip_h, DIHEDRAL[0][1]), (flip_v, DIHEDRAL[1][1]), (rot90, DIHEDRAL[4][1])) if on]
+    seen, todo = {_drawn(lambda x: x)}, [_PROBE]
+    while todo:
+        x = todo.pop()
+        for g in gens:
+            y = g(x)
+            if tuple(y.flatten().tolist()) not in seen:
+                seen.add(tuple(y.flatten().tolist()))
+                todo.append(y)
+    return frozenset(seen)
+
+
+def untrained_views(views: Views, symmetries: frozenset[tuple[float, ...]]) -> list[str]:
+    """The labels of the set's views that are a flip or turn outside ``symmetries`` (views of other
+    kinds, scales and crops, are not judged here)."""
+    dihedral = {label for label, _ in DIHEDRAL}
+    return [label for label, fn in views.extra if label in dihedral and _drawn(fn) not in symmetries]
+
+
 @dataclass(frozen=True)
 class ViewSettings:
     """The ``select.tta`` settings a view set may use (each set reads only its own)."""

@@ -2,15 +2,9 @@
 
 Contract:
 
-- :func:`fold_bn` returns an eval-mode copy of a model in which every ``Conv2d`` whose output
-  goes straight into a ``BatchNorm2d`` is replaced by ``torch.nn.utils.fusion.fuse_conv_bn_eval``
-  of the pair (PyTorch's own arithmetic) and the BatchNorm by ``Identity``. The pairs are found
-  by running the model once on a small input: a BatchNorm whose input is the very tensor a
-  convolution just returned. ``torch.fx``'s ``fuse`` would be the textbook tool, but it cannot
-  trace EfficientNet-Lite's "same" padding (it branches on the input's shape). A pair is folded
-  only when the BatchNorm gets the convolution's output untouched, each runs once, and the
-  model's output on a probe input does not move. The whole export is checked again on the test
-  split: :func:`parity`.
+- The model is folded first (:func:`recipe.decide.fold.fold_ensemble`: each Conv2d + BatchNorm2d
+  pair one convolution, the graph select and evaluate scored). The whole export is checked
+  again on the test split: :func:`parity`.
 - :class:`Decision` wraps an :class:`~recipe.decide.ensemble.Ensemble` (members, each at its size,
   its TTA views, the threshold) into what is exported: float32 images ``(N, C, size, size)``
   in [0, 1] in; ``probabilities`` (float32, ``(N, classes)``) and ``predicted`` (int64, the
@@ -27,7 +21,6 @@ Nothing here reads the pipeline's files or talks to MLflow (``stages/export.py``
 """
 from __future__ import annotations
 
-import copy
 import json
 import time
 from pathlib import Path
@@ -35,75 +28,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from recipe.core.errors import ConfigError, DataError
 from recipe.core.layout import EXPORT, RAW
 from recipe.decide.ensemble import Ensemble, decide
+from recipe.decide.fold import fold_ensemble
 from recipe.ship.onnx_model import FORMAT, OnnxModel
 
 # Views that are random draws (a generator per view) give another picture each call: not a graph.
 RANDOM_VIEWS = ("augment",)
-
-
-def fold_bn(model: nn.Module, *, channels: int, side: int) -> tuple[nn.Module, int]:
-    """An eval-mode copy of ``model`` with each Conv2d -> BatchNorm2d pair folded into one
-    Conv2d (with a bias); the number of pairs folded. ``channels`` and ``side`` shape the probe
-    input the pairs are found and checked with. A pair is a candidate when the BatchNorm's input
-    is the convolution's output untouched (the same tensor, not modified in place since) and each
-    of the two runs once; a candidate is kept only if the model's output on the probe does not
-    move (a convolution whose raw output is also used elsewhere would), else it is undone."""
-    model = copy.deepcopy(model).eval()
-    pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]] = []
-    calls: dict[int, int] = {}
-    last: dict = {}
-
-    def after_conv(conv, _inp, out):
-        calls[id(conv)] = calls.get(id(conv), 0) + 1
-        last.update(conv=conv, out=out, version=out._version)
-
-    def before_bn(bn, inp):
-        calls[id(bn)] = calls.get(id(bn), 0) + 1
-        if last.get("out") is inp[0] and inp[0]._version == last["version"]:  # not an in-place op's result
-            pairs.append((last["conv"], bn))
-        last.clear()
-
-    probe = torch.rand(2, channels, side, side, generator=torch.Generator().manual_seed(0))
-    hooks = [m.register_forward_hook(after_conv) if isinstance(m, nn.Conv2d) else m.register_forward_pre_hook(before_bn)
-             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
-    try:
-        with torch.no_grad():
-            ref = model(probe)
-    finally:
-        for h in hooks:
-            h.remove()
-    parent = {child: (mod, name) for mod in model.modules() for name, child in mod.named_children()}
-    tol = 1e-4 * (1 + float(ref.abs().max()))
-    folded = 0
-    for conv, bn in pairs:
-        if calls[id(conv)] != 1 or calls[id(bn)] != 1:  # a module run twice: folding would change its other use
-            continue
-        swaps = [(parent[conv], conv, fuse_conv_bn_eval(conv, bn)), (parent[bn], bn, nn.Identity())]
-        for (owner, name), _, new in swaps:
-            setattr(owner, name, new)
-        with torch.no_grad():
-            moved = float((model(probe) - ref).abs().max())
-        if moved <= tol:
-            folded += 1
-        else:
-            for (owner, name), old, _ in swaps:
-                setattr(owner, name, old)
-    return model, folded
-
-
-def fold_ensemble(model: Ensemble) -> tuple[Ensemble, int]:
-    """A copy of the ensemble with every member folded (:func:`fold_bn`); the pairs folded."""
-    folded = copy.deepcopy(model).eval()
-    total = 0
-    for i, member in enumerate(folded.members):
-        folded.members[i], n = fold_bn(member, channels=folded.channels, side=min(64, folded.sizes[i]))
-        total += n
-    return folded, total
 
 
 def batchnorms(model: nn.Module) -> int:

@@ -32,37 +32,43 @@ from recipe.train.session import fingerprint, load_checkpoint, load_data
 
 
 def unfreeze_rule(setting: int | str, *, groups: int, head_valid: float | None, pixels_valid: float | None,
-                  margin: float) -> tuple[int, str]:
-    """How deep finetune unfreezes: ``setting`` when it is a number; with ``auto``, from how well
-    the pretrained features fit the data, read on valid: when the head trained on the frozen
-    features (train_head) beats logistic regression on the raw pixels (the baseline stage's) by
-    more than ``margin`` in accuracy, the features fit and the late body (group ``groups - 2``)
-    is enough; when it does not, they do not fit (ELPV's features do, the digits' do not) and the
-    whole body trains (group 0). Returns the first trainable group and the reason, in words."""
+                  margin: float, epochs: int = 1, whole_body_epochs: int | None = None) -> tuple[int, int, str]:
+    """How deep finetune unfreezes and for how many epochs: ``setting`` and ``epochs`` when the
+    depth is a number; with ``auto``, from how well the pretrained features fit the data, read on
+    valid: when the head trained on the frozen features (train_head) beats logistic regression on
+    the raw pixels (the baseline stage's) by more than ``margin`` in accuracy, the features fit
+    and the late body (group ``groups - 2``) trains for ``epochs``; when it does not, they do not
+    fit (ELPV's features do, the digits' do not), the whole body (group 0) has to learn the
+    data's features and trains for ``whole_body_epochs`` (None: ``epochs``). Returns the first
+    trainable group, the epochs and the reason, in words."""
     late = max(groups - 2, 0)
     if setting != "auto":
-        return int(setting), "pinned (finetune.unfreeze_to)"
+        return int(setting), epochs, "pinned (finetune.unfreeze_to)"
     if head_valid is None or pixels_valid is None:
-        return late, "auto, with no pixels baseline to compare the head with: the late body"
+        return late, epochs, "auto, with no pixels baseline to compare the head with: the late body"
     said = f"train_head {100 * head_valid:.2f}% against logistic regression on the pixels {100 * pixels_valid:.2f}% on valid"
     if head_valid - pixels_valid > margin:
-        return late, f"auto: {said}: the pretrained features fit, the late body trains"
-    return 0, f"auto: {said} (margin {margin:g}): the pretrained features do not fit, the whole body trains"
+        return late, epochs, f"auto: {said}: the pretrained features fit, the late body trains"
+    longer = epochs if whole_body_epochs is None else whole_body_epochs
+    return 0, longer, (f"auto: {said} (margin {margin:g}): the pretrained features do not fit, the whole body "
+                       f"trains for {longer} epochs")
 
 
 def run(common: Common, cfg: FinetuneConfig, lr_find_cfg: LrFindConfig, *, split: Path, raw: Path, checkpoint: Path,
         out: Path, history_csv: Path, lr_find_dir: Path, log: Log | None = None, head_valid: float | None = None,
         pixels_valid: float | None = None) -> dict:
-    """Fine-tune the checkpoint unfrozen down to ``cfg.unfreeze_to`` (:func:`unfreeze_rule` with
-    ``auto``, from ``head_valid`` and ``pixels_valid``); write and return as train_head."""
+    """Fine-tune the checkpoint unfrozen down to ``cfg.unfreeze_to`` for ``cfg.epochs`` (both by
+    :func:`unfreeze_rule` with ``auto``, from ``head_valid`` and ``pixels_valid``); write and
+    return as train_head."""
     t0 = time.perf_counter()
     device = common.start()
     model, meta = load_checkpoint(checkpoint)
     model = common.prepare(model, device)
-    unfreeze, why = unfreeze_rule(cfg.unfreeze_to, groups=len(model.groups), head_valid=head_valid,
-                                  pixels_valid=pixels_valid, margin=cfg.unfreeze_margin)
-    print(f"finetune: unfreeze_to {unfreeze} ({', '.join(model.group_names[unfreeze:])}): {why}")
-    cfg = cfg.model_copy(update={"unfreeze_to": unfreeze})
+    unfreeze, epochs, why = unfreeze_rule(cfg.unfreeze_to, groups=len(model.groups), head_valid=head_valid,
+                                          pixels_valid=pixels_valid, margin=cfg.unfreeze_margin, epochs=cfg.epochs,
+                                          whole_body_epochs=cfg.whole_body_epochs)
+    print(f"finetune: unfreeze_to {unfreeze} ({', '.join(model.group_names[unfreeze:])}), {epochs} epochs: {why}")
+    cfg = cfg.model_copy(update={"unfreeze_to": unfreeze, "epochs": epochs})
     data = load_data(split, raw, size=meta["size"], workers=common.train.workers)
     same_classes(meta, data, checkpoint)
     freeze_to(model, cfg.unfreeze_to, train_bn=cfg.bn == "train")

@@ -320,6 +320,7 @@ class FinetuneConfig(Strict):
     unfreeze_to: NonNegativeInt | Literal["auto"]  # the first trainable layer group; auto: recipe.train.finetune.unfreeze_rule
     unfreeze_margin: Annotated[float, Field(ge=-1, le=1)]  # auto: the head must beat the pixels baseline by more than this
     epochs: PositiveInt
+    whole_body_epochs: PositiveInt | None  # auto, when the whole body trains: its epochs (None: epochs)
     bn: BnPolicy
     schedule: ScheduleConfig
     snapshots: bool  # keep the weights at the end of every SGDR cycle (candidates for select)
