@@ -301,6 +301,18 @@ def test_early_stopping_stops_when_valid_loss_never_improves():
     assert losses[1] > losses[0]
 
 
+def test_early_stopping_at_cycle_ends_waits_for_the_end_of_a_cycle():
+    """stop_at (train.stop_at: cycle_end, SGDR's cycle ends): epoch 0 is the best, so patience 3
+    is spent after epoch 3; judged every epoch the fit stops there, judged at the cycle ends
+    (0, 2, 6, 7) it goes on to epoch 6, and the best epoch's weights are restored either way."""
+    model, kw = anti_learning_setup(8, patience=3, keep="best", stop_at=(0, 2, 6, 7))
+    history = fit(model, **kw)
+    assert len(history) == 7
+    assert validate(model, kw["valid"], loss_fn=loss_fn)["loss"] == pytest.approx(history[0]["valid_loss"], abs=1e-6)
+    model, kw = anti_learning_setup(8, patience=3, keep="best")
+    assert len(fit(model, **kw)) == 4
+
+
 def test_without_patience_all_epochs_run():
     _, _, history = anti_learning("best", patience=None)
     assert len(history) == 8

@@ -191,7 +191,9 @@ def test_select_chooses_on_valid_and_evaluate_scores_the_choice_on_test(project)
     n_test = int((split["split"] == "test").sum())
     sel = json.loads((proj / "outputs/select/metrics.json").read_text())
     table = pd.read_csv(proj / "outputs/select/candidates.csv")
-    assert sel["candidates"] == len(table) and set(table["views"]) == set(project["params"]["select"]["view_sets"])
+    assert sel["candidates"] == len(table) and project["params"]["select"]["view_sets"] == ["none", "flip_h", "flips"]
+    # folder data train with augment none: no view set with a flip training never showed (trained_views_only)
+    assert set(table["views"]) == {"none"} and "select: view set 'flips' left out" in project["first"]
     assert {"pixels", "train_head", "finetune", "resize", "finetune+resize"} <= set(table["candidate"])  # the baseline too
     chosen = sel["chosen"]  # the lowest valid log loss; ties to the cheaper
     assert chosen["valid_log_loss"] == pytest.approx(table["valid_log_loss"].min())

@@ -176,6 +176,31 @@ def test_the_unfreeze_rule_on_hand_made_figures(setting, head, pixels, margin, w
     assert ("do not fit" in why) == (setting == "auto" and expected[0] == 0)
 
 
+def test_the_balanced_sampler_draws_every_class_about_equally_and_shuffle_each_image_once(params):
+    """train.sampler: balanced draws each epoch's images with replacement, a class's in proportion
+    to 1 / its count (a long tail: 180 / 20 / 4 images), seeded by (seed, epoch); shuffle is a
+    permutation; the baseline checks' batches (sampled=False) never balance."""
+    from recipe.train.learner import Common
+    from recipe.train.schema import TrainConfig
+
+    labels = torch.tensor([0] * 180 + [1] * 20 + [2] * 4)
+    images = ImageSet(torch.zeros(len(labels), 1, 2, 2, dtype=torch.uint8), labels, [str(i) for i in range(len(labels))],
+                      ["a", "b", "c"])
+    train = load_section("train", TrainConfig, params).model_copy(update={"batch_size": 16, "channels_last": False})
+    common = lambda sampler: Common(seed=3, train=train.model_copy(update={"sampler": sampler}), model=None, optim=None,
+                                    augment=None)
+    drawn = lambda b, epoch: torch.cat([y for _, y in b.epoch(epoch)])
+    shuffled = common("shuffle").batches(images, torch.device("cpu"), train=True, augment=False, sampled=True)
+    assert sorted(drawn(shuffled, 0).tolist()) == sorted(labels.tolist())  # every image once
+    balanced = common("balanced").batches(images, torch.device("cpu"), train=True, augment=False, sampled=True)
+    counts = torch.stack([torch.bincount(drawn(balanced, e), minlength=3) for e in range(20)]).sum(0).double()
+    assert counts.sum() == 20 * len(labels) and (counts / counts.sum() - 1 / 3).abs().max() < 0.03
+    assert torch.equal(drawn(balanced, 5), drawn(common("balanced").batches(images, torch.device("cpu"), train=True,
+                                                                              augment=False, sampled=True), 5))  # seeded
+    checks = common("balanced").batches(images, torch.device("cpu"), train=True, augment=False)  # not sampled
+    assert sorted(drawn(checks, 0).tolist()) == sorted(labels.tolist())
+
+
 def test_balanced_class_weights_weigh_every_class_alike(params):
     """train.class_weights: balanced weights each class by n / (classes * count) (sklearn's
     "balanced"): on a batch with one rare image, the rare class's loss counts as much as the

@@ -140,8 +140,12 @@ class Batches:
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, shuffle: bool, seed: int,
                  device: torch.device, augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
-                 drop_last: bool = False, channels_last: bool = False, shard: tuple[int, int] | None = None):
+                 drop_last: bool = False, channels_last: bool = False, shard: tuple[int, int] | None = None,
+                 weights: torch.Tensor | None = None):
         self.x, self.y = x, y
+        # With weights (one per image), each epoch draws len(y) images with replacement in proportion
+        # to them (a class-balanced sampler), seeded like the shuffle; without, a permutation.
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
         # Under DDP (rank, world): every rank draws the same global batch (order and augmentation)
         # and keeps its contiguous slice; global_n is the size of the global batch last yielded.
         self.shard, self.global_n = shard, 0
@@ -158,7 +162,12 @@ class Batches:
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         n = len(self.y)
-        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        if not self.shuffle:
+            order = torch.arange(n)
+        elif self.weights is not None:
+            order = torch.multinomial(self.weights, n, replacement=True, generator=gen)
+        else:
+            order = torch.randperm(n, generator=gen)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             x = self.x[idx].to(self.device, non_blocking=True)

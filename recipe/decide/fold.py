@@ -29,8 +29,10 @@ def fold_bn(model: nn.Module, *, channels: int, side: int) -> tuple[nn.Module, i
     Conv2d (with a bias); the number of pairs folded. ``channels`` and ``side`` shape the probe
     input the pairs are found and checked with. A pair is a candidate when the BatchNorm's input
     is the convolution's output untouched (the same tensor, not modified in place since) and each
-    of the two runs once; a candidate is kept only if the model's output on the probe does not
-    move (a convolution whose raw output is also used elsewhere would), else it is undone."""
+    of the two runs once; the candidates are folded together and the probe run once more: when
+    the output did not move they are kept, else they are undone and tried one by one, each kept
+    only if the output does not move (a convolution whose raw output is also used elsewhere
+    would move it)."""
     model = copy.deepcopy(model).eval()
     pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]] = []
     calls: dict[int, int] = {}
@@ -59,20 +61,32 @@ def fold_bn(model: nn.Module, *, channels: int, side: int) -> tuple[nn.Module, i
             h.remove()
     parent = {child: (mod, name) for mod in model.modules() for name, child in mod.named_children()}
     tol = 1e-4 * (1 + float(ref.abs().max()))
-    folded = 0
-    for conv, bn in pairs:
-        if calls[id(conv)] != 1 or calls[id(bn)] != 1:  # a module run twice: folding would change its other use
-            continue
-        swaps = [(parent[conv], conv, fuse_conv_bn_eval(conv, bn)), (parent[bn], bn, nn.Identity())]
-        for (owner, name), _, new in swaps:
-            setattr(owner, name, new)
+    candidates = [(conv, bn) for conv, bn in pairs  # a module run twice: folding would change its other use
+                  if calls[id(conv)] == 1 and calls[id(bn)] == 1]
+    swaps = {pair: [(parent[pair[0]], pair[0], fuse_conv_bn_eval(*pair)), (parent[pair[1]], pair[1], nn.Identity())]
+             for pair in candidates}
+
+    def put(pair, fold: bool) -> None:  # the folded convolution and an Identity, or the two modules back
+        for (owner, name), old, new in swaps[pair]:
+            setattr(owner, name, new if fold else old)
+
+    def moved() -> float:
         with torch.no_grad():
-            moved = float((model(probe) - ref).abs().max())
-        if moved <= tol:
+            return float((model(probe) - ref).abs().max())
+
+    for pair in candidates:  # all at once, checked once: what a model of plain conv -> BN pairs needs
+        put(pair, True)
+    if moved() <= tol:
+        return model, len(candidates)
+    folded = 0
+    for pair in candidates:  # else pair by pair, keeping those that do not move the output
+        put(pair, False)
+    for pair in candidates:
+        put(pair, True)
+        if moved() <= tol:
             folded += 1
         else:
-            for (owner, name), old, _ in swaps:
-                setattr(owner, name, old)
+            put(pair, False)
     return model, folded
 
 

@@ -74,7 +74,7 @@ def run(common: Common, cfg: FinetuneConfig, lr_find_cfg: LrFindConfig, *, split
     freeze_to(model, cfg.unfreeze_to, train_bn=cfg.bn == "train")
     train_mode = lambda: set_bn_mode(model, policy=cfg.bn, first_trainable=cfg.unfreeze_to)
     train_set, stopping = fit_set(data, cfg.fit_on, common, "finetune")
-    tb = common.batches(train_set, device, train=True)
+    tb = common.batches(train_set, device, train=True, sampled=True)
     lr = cfg.lr
     if distributed.is_main():  # a curve left by an earlier lr: auto run would pass for this run's
         shutil.rmtree(lr_find_dir, ignore_errors=True)

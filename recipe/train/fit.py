@@ -6,7 +6,9 @@ a resume state (weights, optimizer, schedule, history, RNG state) to ``resume``;
 with the same ``fingerprint`` it continues from there, and because each epoch's batches and
 augmentations are seeded by ``(seed, epoch)`` and the RNG state is restored, the resumed run
 ends with the same numbers as an uninterrupted one (on the CPU). With ``patience`` it stops when
-the monitored value has not improved for that many epochs; it ends with the weights of the best
+the monitored value has not improved for that many epochs (judged after every epoch, or with
+``stop_at`` only after those epochs: SGDR's cycle ends, since a restart raises the loss on
+purpose); it ends with the weights of the best
 epoch (``keep="best"``; with ``start_loss``, the starting weights count as epoch -1) or the
 last one.
 
@@ -165,7 +167,8 @@ def fit(module: nn.Module, *, train: Batches, valid: Batches, epochs: int, optim
         amp: bool = False, clip_grad: float | None = None, patience: int | None = None,
         keep: str = "best", resume: Path | None = None, fingerprint: str = "",
         phase: str = "train", on_epoch: Callable[[dict], None] | None = None,
-        start_loss: float | None = None, watch: Sequence[int] | None = None) -> list[dict]:
+        start_loss: float | None = None, watch: Sequence[int] | None = None,
+        stop_at: Sequence[int] | None = None) -> list[dict]:
     """The history: one row per epoch trained (see the module's docstring)."""
     device = train.device
     history: list[dict] = []
@@ -207,7 +210,7 @@ def fit(module: nn.Module, *, train: Batches, valid: Batches, epochs: int, optim
         if on_epoch is not None:
             on_epoch(row)
         best, bad, best_state = _track_best(row["valid_loss"], best, bad, best_state, module, keep)
-        stopped = patience is not None and bad >= patience
+        stopped = patience is not None and bad >= patience and (stop_at is None or epoch in stop_at)
         last = epoch + 1 >= epochs or stopped
         if last and keep == "best" and best_state is not None:
             module.load_state_dict(best_state)
@@ -216,7 +219,8 @@ def fit(module: nn.Module, *, train: Batches, valid: Batches, epochs: int, optim
                      best_state=None if last else best_state)
         if stopped:
             if epoch + 1 < epochs and distributed.is_main():
-                print(f"{phase}: early stop after epoch {epoch}: valid loss has not improved for {patience} epochs")
+                print(f"{phase}: early stop after epoch {epoch}: valid loss has not improved for {bad} epochs "
+                      f"(patience {patience})")
             break
     return history
 

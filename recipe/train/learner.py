@@ -64,9 +64,18 @@ class Common:
     def augmenter(self) -> Augment:
         return Augment(**self.augment.model_dump())
 
-    def batches(self, images, device, *, train: bool, augment: bool = True):
+    def batches(self, images, device, *, train: bool, augment: bool = True, sampled: bool = False):
+        """Batches of ``images``; ``sampled``: a training stage's own training batches, drawn as
+        ``train.sampler`` says (:meth:`balance`)."""
         return batches(images, batch_size=self.train.batch_size, train=train, seed=self.seed, device=device,
-                       augment=self.augmenter() if augment else None, channels_last=self.train.channels_last)
+                       augment=self.augmenter() if augment else None, channels_last=self.train.channels_last,
+                       balance=self.balance(images) if sampled else None)
+
+    def balance(self, images: ImageSet) -> torch.Tensor | None:
+        """The class of each image to balance a training stage's batches over (``train.sampler:
+        balanced``), or None (``shuffle``: every image once per epoch). The baseline checks and
+        the range test always shuffle."""
+        return images.labels if self.train.sampler == "balanced" else None
 
     def lr_scale(self) -> float:
         """``optim.lr_scaling``'s factor at ``train.batch_size`` (the global batch under DDP)."""
@@ -253,8 +262,8 @@ class Learner:
     def resume(self) -> Path:
         return self.folder / TRAINING.resume
 
-    def batches(self, images, *, train: bool, augment: bool = True):
-        return self.common.batches(images, self.device, train=train, augment=augment)
+    def batches(self, images, *, train: bool, augment: bool = True, sampled: bool = False):
+        return self.common.batches(images, self.device, train=train, augment=augment, sampled=sampled)
 
     def clear_snapshots(self) -> None:
         """A fresh run (no resume state) starts with no snapshots: see :func:`clear_snapshots`."""
@@ -276,6 +285,8 @@ class Learner:
                          snapshot_at=tuple(cycle_ends(schedule, epochs)))
         train_cfg = self.common.train
         stopping = stopping if stopping is not None else {"patience": train_cfg.patience, "keep": train_cfg.keep}
+        if stopping.get("patience") is not None and train_cfg.stop_at == "cycle_end" and cycle_ends(schedule, epochs):
+            stopping = {**stopping, "stop_at": tuple(cycle_ends(schedule, epochs))}  # SGDR: judged at its restarts
         extra = {"train_mode": train_mode} if train_mode is not None else {}
         return train_phase(module if module is not None else self.model, name=name, **snaps, train=train,
                            valid=valid if valid is not None else self.batches(self.data.valid, train=False),

@@ -73,7 +73,7 @@ def run(common: Common, cfg: ResizeConfig, *, unfreeze_to: int, split: Path, raw
     train_set, stopping = fit_set(data, cfg.fit_on, common, "resize")
     metrics.update(fit_on=cfg.fit_on, train_images=len(train_set), lr_scale=common.lr_scale(),  # Common.optimizer's
                    head_lr_used=cfg.head_lr * common.lr_scale(), lr_used=cfg.lr * common.lr_scale())  # factor
-    tb = common.batches(train_set, device, train=True)
+    tb = common.batches(train_set, device, train=True, sampled=True)
     learn = Learner(common, device, model, data, stage="resize", out=out, size=size, history=history,
                     key=fingerprint("resize", cfg, common, unfreeze_to, files=(split, checkpoint)),
                     model_config=meta["model_config"])

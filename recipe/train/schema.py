@@ -206,8 +206,10 @@ class TrainConfig(Strict):
     workers: NonNegativeInt
     label_smoothing: Annotated[float, Field(ge=0, lt=1)]
     class_weights: Literal["none", "balanced"]  # balanced: each class's loss weighted by n / (classes * count)
+    sampler: Literal["shuffle", "balanced"]  # balanced: the training stages draw each class about equally often
     clip_grad: PositiveFloat | None
     patience: PositiveInt | None
+    stop_at: Literal["epoch", "cycle_end"]  # when early stopping may stop: any epoch, or (SGDR) only at a cycle's end
     keep: Literal["best", "last"]
     dynamics_images: NonNegativeInt  # valid images whose p(true class) every epoch records; 0 = off
     nproc: PositiveInt  # processes for the training stages (DistributedDataParallel when > 1)

@@ -82,7 +82,12 @@ def load_data(split_csv: Path, raw: Path, *, size: int, workers: int, splits: tu
 
 
 def batches(images: ImageSet | tuple[torch.Tensor, torch.Tensor], *, batch_size: int, train: bool, seed: int,
-            device: torch.device, augment: Augment | None = None, channels_last: bool = False) -> Batches:
+            device: torch.device, augment: Augment | None = None, channels_last: bool = False,
+            balance: torch.Tensor | None = None) -> Batches:
+    """Batches of ``images`` (or of ``(x, y)`` tensors). ``train``: shuffled, augmented, sliced per
+    rank under DDP; with ``balance`` (each image's class index), drawn class-balanced: an image
+    of class c with probability proportional to 1 / (c's count), so each class fills about the
+    same share of every epoch."""
     if isinstance(images, ImageSet):  # training batches carry the soft targets when the split has them
         x, y = images.images, (images.training_targets if train else images.labels)
     else:
@@ -90,8 +95,13 @@ def batches(images: ImageSet | tuple[torch.Tensor, torch.Tensor], *, batch_size:
     aug = augment if (train and augment is not None and augment.active) else None
     # Dropping a last batch of 1 avoids BatchNorm's "expected more than 1 value" in training.
     drop_last = train and len(y) > 1 and len(y) % batch_size == 1
+    weights = None
+    if train and balance is not None:
+        labels = torch.as_tensor(balance).long()
+        weights = 1.0 / torch.bincount(labels).double()[labels]
     return Batches(x, y, batch_size=batch_size, shuffle=train, seed=seed, device=device, augment=aug,
-                   drop_last=drop_last, channels_last=channels_last, shard=distributed.shard() if train else None)
+                   drop_last=drop_last, channels_last=channels_last, shard=distributed.shard() if train else None,
+                   weights=weights)
 
 
 def new_model(model_cfg: ModelConfig, classes: list[str], priors: list[float] | None) -> Classifier:

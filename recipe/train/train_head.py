@@ -32,12 +32,13 @@ def run(common: Common, cfg: TrainHeadConfig, *, split: Path, raw: Path, suggest
         # Body features once (eval mode, no augmentation); then each head epoch costs milliseconds.
         ft = features(model, learn.batches(data.train, train=False), amp=common.train.amp)
         fv = features(model, learn.batches(data.valid, train=False), amp=common.train.amp)
-        tb = batches((ft, data.train.training_targets), batch_size=common.train.batch_size, train=True, seed=common.seed, device=device)
+        tb = batches((ft, data.train.training_targets), batch_size=common.train.batch_size, train=True, seed=common.seed,
+                     device=device, balance=common.balance(data.train))
         vb = batches((fv, data.valid.labels), batch_size=common.train.batch_size, train=False, seed=common.seed, device=device)
         learn.phase("precomputed", module=model.head, train=tb, valid=vb, epochs=cfg.precompute_epochs, lrs=lrs,
                     schedule=schedule)
     if cfg.epochs:
-        learn.phase("augmented", train=learn.batches(data.train, train=True), epochs=cfg.epochs, lrs=lrs, schedule=schedule,
+        learn.phase("augmented", train=learn.batches(data.train, train=True, sampled=True), epochs=cfg.epochs, lrs=lrs, schedule=schedule,
                     train_mode=lambda: set_bn_mode(model, policy=cfg.bn, first_trainable=model.head_group))
     # lr_used: the rate the optimizer got, lr times optim.lr_scaling's factor (Common.optimizer)
     return {"lr": lr, "lr_scale": common.lr_scale(), "lr_used": lr * common.lr_scale(), "train_images": len(data.train),
