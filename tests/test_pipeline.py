@@ -65,7 +65,7 @@ def point_conf_at(proj: Path, data: Path) -> None:
     params.yaml would not survive the first experiment."""
     (proj / "conf/experiment/e2e.yaml").write_text(
         "# @package _global_\ndefaults:\n  - tiny\n  - override /data: folder\n"
-        f"data:\n  path: {data}\n  limit: null\nfinetune:\n  epochs: 3\n"
+        f"data:\n  path: {data}\n  limit: null\nfinetune:\n  epochs: 3\n  whole_body_epochs: 3\n"
     )
     config = proj / "conf/config.yaml"
     config.write_text(config.read_text().replace("- experiment: null", "- experiment: e2e"))
