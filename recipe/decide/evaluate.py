@@ -24,7 +24,7 @@ from recipe.core.metrics import classification_metrics, most_confused, top_losse
 from recipe.data.loader import ImageSet, load_split
 from recipe.data.split import class_names, read_split
 from recipe.decide.ensemble import Ensemble, decide, load_bundle
-from recipe.decide.fold import fold_bn, fold_ensemble
+from recipe.decide.fold import fold_ensemble, fold_member
 from recipe.decide.schema import EvaluateConfig
 from recipe.decide.tta import plain_views, predict
 from recipe.report import plots
@@ -82,8 +82,8 @@ def _stage_row(path: Path, checkpoints: dict[str, Path], stage: str, cfg: Evalua
 def _test_accuracy(checkpoint: Path, common: Common, device, test_at, amp) -> float:
     """A checkpoint's plain test accuracy (argmax, no views), at its own size."""
     other, other_meta = load_checkpoint(checkpoint)
-    other = fold_bn(common.prepare(other, device), channels=other_meta.get("channels", 3),
-                    side=min(64, other_meta["size"]))[0]
+    other = fold_member(common.prepare(other, device), channels=other_meta.get("channels", 3),
+                        size=other_meta["size"])[0]
     p = predict(other, common.batches(test_at(other_meta["size"]), device, train=False), plain_views(), autocast=amp)
     return float((p["plain"].argmax(1) == p["labels"]).double().mean())
 

@@ -90,11 +90,16 @@ def fold_bn(model: nn.Module, *, channels: int, side: int) -> tuple[nn.Module, i
     return model, folded
 
 
+def fold_member(model: nn.Module, *, channels: int, size: int) -> tuple[nn.Module, int]:
+    """:func:`fold_bn` of a network trained at ``size`` px, probed at that size up to 64 px."""
+    return fold_bn(model, channels=channels, side=min(64, size))
+
+
 def fold_ensemble(model: Ensemble) -> tuple[Ensemble, int]:
-    """A copy of the ensemble with every member folded (:func:`fold_bn`); the pairs folded."""
+    """A copy of the ensemble with every member folded (:func:`fold_member`); the pairs folded."""
     folded = copy.deepcopy(model).eval()
     total = 0
     for i, member in enumerate(folded.members):
-        folded.members[i], n = fold_bn(member, channels=folded.channels, side=min(64, folded.sizes[i]))
+        folded.members[i], n = fold_member(member, channels=folded.channels, size=folded.sizes[i])
         total += n
     return folded, total

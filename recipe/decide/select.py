@@ -48,7 +48,7 @@ from recipe.core.metrics import confusion
 from recipe.data.loader import ImageSet, load_split
 from recipe.data.split import class_names, read_split
 from recipe.decide.ensemble import blend, decide, fit_size, view_probs
-from recipe.decide.fold import fold_bn
+from recipe.decide.fold import fold_member
 from recipe.decide.schema import SelectConfig
 from recipe.decide.tta import Views, plain_views, trained_symmetries, tta_views, untrained_views
 from recipe.train.fit import autocast
@@ -290,8 +290,8 @@ def score(common: Common, cfg: SelectConfig, *, singles: dict[str, Path], cands:
             model = None
             for key in sorted(k for k in keys if k[0] == name):
                 if model is None:  # BatchNorm folded: the graph export ships, a quarter faster
-                    model = fold_bn(common.prepare(load_checkpoint(singles[name])[0], device).eval(),
-                                    channels=metas[name].get("channels", 3), side=min(64, metas[name]["size"]))[0]
+                    model = fold_member(common.prepare(load_checkpoint(singles[name])[0], device),
+                                        channels=metas[name].get("channels", 3), size=metas[name]["size"])[0]
                 seconds, probs, scores.labels = _timed_view_probs(common, model, images_at(key[1]),
                                                                   metas[name]["size"], views, device, amp, plain=plain)
                 scores.probs.setdefault(key, {}).update(probs)

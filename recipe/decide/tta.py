@@ -74,8 +74,12 @@ DIHEDRAL = (("flip_h", lambda x: x.flip(3)), ("flip_v", lambda x: x.flip(2)), ("
 _PROBE = torch.arange(9.0).reshape(1, 1, 3, 3)  # no symmetry of its own: each flip or turn draws it differently
 
 
+def _key(x: torch.Tensor) -> tuple[float, ...]:
+    return tuple(x.flatten().tolist())
+
+
 def _drawn(view: View) -> tuple[float, ...]:
-    return tuple(view(_PROBE).flatten().tolist())
+    return _key(view(_PROBE))
 
 
 def trained_symmetries(*, flip_h: bool, flip_v: bool, rot90: bool) -> frozenset[tuple[float, ...]]:
@@ -83,13 +87,12 @@ def trained_symmetries(*, flip_h: bool, flip_v: bool, rot90: bool) -> frozenset[
     quarter turns generate (none: the image alone; both mirrors: four; turns and a mirror: all
     eight), each as it draws a probe picture."""
     gens = [fn for on, fn in ((flip_h, DIHEDRAL[0][1]), (flip_v, DIHEDRAL[1][1]), (rot90, DIHEDRAL[4][1])) if on]
-    seen, todo = {_drawn(lambda x: x)}, [_PROBE]
+    seen, todo = {_key(_PROBE)}, [_PROBE]
     while todo:
         x = todo.pop()
-        for g in gens:
-            y = g(x)
-            if tuple(y.flatten().tolist()) not in seen:
-                seen.add(tuple(y.flatten().tolist()))
+        for y in (g(x) for g in gens):
+            if _key(y) not in seen:
+                seen.add(_key(y))
                 todo.append(y)
     return frozenset(seen)
 
