@@ -34,9 +34,11 @@ from recipe.core.config import load_section, read_params
 from recipe.core.layout import TRAINING_STAGES
 from recipe.decide import select as S
 from recipe.decide.ensemble import decide
-from recipe.decide.schema import SelectConfig
+from recipe.decide.schema import ScoringConfig, SelectConfig
 from recipe.train.learner import Common
 from recipe.train.schema import AugmentConfig, TrainConfig
+
+REPO = Path(__file__).resolve().parent.parent
 
 LEVELS = ("single", "+tta", "+snapshots", "+ensembles", "+threshold")
 TRAINING = ("ingest", "audit", "split", "baseline", "lr_find", "train_head", "finetune", "resize")
@@ -68,7 +70,10 @@ def measure(proj: Path) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "split.csv"
         swapped.to_csv(path, index=False)
-        test_rows, scores, sets, _ = S.score(common, cfg, singles=singles, cands=cands, split=path, raw=proj / "data/raw")
+        # what runs the networks: the project's scoring section, or this checkout's (a project from before it)
+        scoring = load_section("scoring", ScoringConfig, params if "scoring" in params else read_params(REPO / "params.yaml"))
+        test_rows, scores, sets, _ = S.score(common, cfg, singles=singles, cands=cands, split=path,
+                                             raw=proj / "data/raw", scoring=scoring)
     test = {(r["candidate"], r["views"]): r for r in test_rows}
     n_test = len(scores.labels)
     minutes = sum(json.loads((out / s / "metrics.json").read_text()).get("time_s", 0) for s in TRAINING

@@ -12,7 +12,7 @@ from mlflow.models import infer_signature
 import recipe
 from recipe.core.layout import BASELINE, CV, EVALUATE, RAW, SELECT, TRAINING, TRAINING_STAGES
 from recipe.decide import evaluate, inside
-from recipe.decide.schema import EvaluateConfig, InsideConfig
+from recipe.decide.schema import EvaluateConfig, InsideConfig, ScoringConfig
 from recipe.report import write_report
 from recipe.ship import pyfunc_model
 from recipe.track import tracking
@@ -38,7 +38,7 @@ def main(args):
             checkpoints={s: dirs[s] / TRAINING.model for s in TRAINING_STAGES},
             stage_metrics={s: dirs[s] / TRAINING.metrics for s in TRAINING_STAGES},
             baseline_metrics=args.baseline / BASELINE.metrics, out=args.out,
-            fold_models=[Path(m) for m in cv_metrics.get("members", [])])
+            scoring=p.section("scoring", ScoringConfig), fold_models=[Path(m) for m in cv_metrics.get("members", [])])
         metrics["inside"] = inside.run(look, model=model, meta=meta, predictions=args.out / EVALUATE.predictions,
                                          raw=args.raw, out=args.out / EVALUATE.inside, seed=common.seed)
         write_json(args.out / EVALUATE.metrics, metrics)

@@ -9,7 +9,7 @@ from pathlib import Path
 from recipe.core.layout import CV, FOLD_SPLITS, TRAINING_STAGES
 from recipe.decide import select
 from recipe.decide.ensemble import save_bundle
-from recipe.decide.schema import SelectConfig
+from recipe.decide.schema import ScoringConfig, SelectConfig
 from recipe.report import plots
 from recipe.track import tracking
 from stages._common import log_numbers, run, stage_config, write_json
@@ -34,7 +34,7 @@ def main(args):
             singles = {**singles, **folds}
             cands.append(fold_cand)
         rows, scores, sets, classes = select.score(common, cfg, singles=singles, cands=cands, split=args.split,
-                                                   raw=args.raw)
+                                                   raw=args.raw, scoring=p.section("scoring", ScoringConfig))
         d = select.decide_all(rows, scores, cands, sets, singles, classes, cfg,
                               priors=select.train_priors(args.split, classes))
         cand, views, threshold, summary, chosen = d["candidate"], d["views"], d["threshold"], d["summary"], d["row"]

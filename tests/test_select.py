@@ -14,7 +14,7 @@ from recipe.core.errors import ConfigError
 from recipe.core.layout import TRAINING_STAGES
 from recipe.data.sizes import resize_size, train_size
 from recipe.decide import select as S
-from recipe.decide.schema import SelectConfig
+from recipe.decide.schema import ScoringConfig, SelectConfig
 from recipe.train.learner import Common
 from recipe.train.models import build_model
 from recipe.train.optim import cycle_ends
@@ -29,6 +29,11 @@ def config(**changes) -> SelectConfig:
     """conf/'s select section (params.yaml), with changes."""
     base = load_section("select", SelectConfig, read_params(REPO / "params.yaml")).model_dump()
     return SelectConfig(**{**base, **changes})
+
+
+def scoring(engine: str = "auto") -> ScoringConfig:
+    """conf/'s scoring section with ``engine``."""
+    return load_section("scoring", ScoringConfig, read_params(REPO / "params.yaml")).model_copy(update={"engine": engine})
 
 
 def row(name, views, loss, acc, cost, members=None):
@@ -92,8 +97,12 @@ def test_candidates_expand_snapshots_and_skip_what_is_missing(tmp_path):
     assert by["finetune@snapshots+resize@snapshots"] == ("finetune@0", "finetune@2", "finetune", "resize@0")
     assert "resize@snapshots" not in by and "finetune+finetune@9" not in by  # one member only: not an ensemble
     assert [c.name for c in cands[:6]] == list(singles)
-    with pytest.raises(ConfigError, match="'nope' is not a stage"):
+    with pytest.raises(ConfigError, match="'nope' is not a stage .*, pixels, <stage>@snapshots"):
         S.candidates(singles, [["nope", "resize"]])
+    # the baseline's logistic regression on the pixels may join a network; without it, no ensemble is left
+    with_pixels = S.candidates({"pixels": tmp_path / "pixels.pt", **singles}, [["pixels", "finetune"]])
+    assert [c.members for c in with_pixels if c.name == "pixels+finetune"] == [("pixels", "finetune")]
+    assert "pixels+finetune" not in {c.name for c in S.candidates(singles, [["pixels", "finetune"]])}
 
 
 def _checkpoint(path, seed, classes=("a", "b")):
@@ -137,8 +146,15 @@ def test_score_reads_the_valid_split_only_and_identical_members_equal_one(tmp_pa
     assert [c.name for c in cands] == ["finetune", "finetune@0", "resize", "finetune@snapshots"]
     cands.append(S.Candidate("twice", ("finetune", "finetune")))  # an ensemble of identical members
     out, scores, sets, classes = S.score(common, cfg, singles=singles, cands=cands, split=tmp_path / "split.csv",
-                                         raw=raw)
+                                         raw=raw, scoring=scoring("torch"))
     assert classes == ["a", "b"] and len(scores.labels) == 8  # the 8 valid images, nothing else
+    # ONNX Runtime scores every network to PyTorch's figures (recipe.decide.engine)
+    ort_rows, _, _, _ = S.score(common, cfg, singles=singles, cands=cands, split=tmp_path / "split.csv", raw=raw,
+                                scoring=scoring("onnxruntime"))
+    assert [(r["candidate"], r["views"]) for r in ort_rows] == [(r["candidate"], r["views"]) for r in out]
+    for a, b in zip(ort_rows, out):
+        assert a["valid_log_loss"] == pytest.approx(b["valid_log_loss"], abs=1e-5)
+        assert a["valid_accuracy"] == b["valid_accuracy"]
     assert len(out) == len(cands) * 2 and {r["views"] for r in out} == {"none", "flips"}
     by = {(r["candidate"], r["views"]): r for r in out}
     for v in ("none", "flips"):
@@ -151,7 +167,8 @@ def test_score_reads_the_valid_split_only_and_identical_members_equal_one(tmp_pa
     # select.views_for: only the best candidates without views get the views, from the same probabilities
     best = min((r for r in out if r["views"] == "none"), key=lambda r: (r["valid_log_loss"], out.index(r)))
     few, few_scores, _, _ = S.score(common, cfg.model_copy(update={"views_for": 1, "candidate": "finetune@0"}),
-                                    singles=singles, cands=cands, split=tmp_path / "split.csv", raw=raw)
+                                    singles=singles, cands=cands, split=tmp_path / "split.csv", raw=raw,
+                                    scoring=scoring("torch"))
     assert {(r["candidate"], r["views"]) for r in few} == {(c.name, "none") for c in cands} | {
         (best["candidate"], "flips"), ("finetune@0", "flips")}  # the best plainly, and the pinned one
     for r in few:
@@ -179,7 +196,7 @@ def test_score_refuses_a_member_trained_on_other_classes(tmp_path):
     cands = S.candidates(singles, cfg.ensembles)
     assert [c.name for c in cands] == ["finetune", "resize", "finetune+resize"]
     with pytest.raises(DataError, match=r"resize/model\.pt: trained on classes \['b', 'a'\], the split has \['a', 'b'\]"):
-        S.score(_common(), cfg, singles=singles, cands=cands, split=tmp_path / "split.csv", raw=raw)
+        S.score(_common(), cfg, singles=singles, cands=cands, split=tmp_path / "split.csv", raw=raw, scoring=scoring())
 
 def test_size_rule_from_the_data():
     # ELPV's 300 px cells: 128 then 224, as measured; 8 px digits: 128 and no resize (a 28x upscale)
@@ -283,7 +300,7 @@ def test_select_ships_a_planted_pixels_baseline_that_beats_the_networks(tmp_path
     cfg = config(view_sets=["none", "flip_h"], ensembles=[["finetune", "resize"]])
     cands = S.candidates(singles, cfg.ensembles, aliases)
     out, scores, sets, classes = S.score(common, cfg, singles=singles, cands=cands, split=tmp_path / "split.csv",
-                                         raw=raw)
+                                         raw=raw, scoring=scoring())
     d = S.decide_all(out, scores, cands, sets, singles, classes, cfg)
     assert d["candidate"].name == "pixels"
     assert d["summary"]["best_baseline"]["candidate"] == "pixels" and d["summary"]["valid_accuracy_as_chosen"] == 1.0

@@ -23,9 +23,10 @@ from recipe.core.layout import BASELINE, EVALUATE, RAW, TRAINING, TRAINING_STAGE
 from recipe.core.metrics import classification_metrics, most_confused, top_losses
 from recipe.data.loader import ImageSet, load_split
 from recipe.data.split import class_names, read_split
+from recipe.decide.engine import runner
 from recipe.decide.ensemble import Ensemble, decide, load_bundle
 from recipe.decide.fold import fold_ensemble, fold_member
-from recipe.decide.schema import EvaluateConfig
+from recipe.decide.schema import EvaluateConfig, ScoringConfig
 from recipe.decide.tta import plain_views, predict
 from recipe.report import plots
 from recipe.train.fit import autocast
@@ -66,6 +67,14 @@ def _scores(model: Ensemble, test: ImageSet, common: Common, cfg: EvaluateConfig
     return p_chosen, p_plain, labels, plain, chosen
 
 
+def _scorers(model: Ensemble, images: int, scoring: ScoringConfig, device) -> Ensemble:
+    """``model`` with each member run as ``scoring`` says for a pass over ``images`` images with its views."""
+    for i, member in enumerate(model.members):
+        model.members[i] = runner(member, engine=scoring.engine, device=device, images=images * len(model.views),
+                                  side=model.sizes[i], min_images=scoring.onnx_min_images, name=model.names[i])
+    return model
+
+
 def _stage_row(path: Path, checkpoints: dict[str, Path], stage: str, cfg: EvaluateConfig, accuracy_of) -> dict:
     """One training stage's row of the table: its size, its valid accuracy as it reported it, its checkpoint's test accuracy."""
     stage_m = json.loads(path.read_text())
@@ -79,21 +88,26 @@ def _stage_row(path: Path, checkpoints: dict[str, Path], stage: str, cfg: Evalua
     return row
 
 
-def _test_accuracy(checkpoint: Path, common: Common, device, test_at, amp) -> float:
+def _test_accuracy(checkpoint: Path, common: Common, device, test_at, amp, scoring: ScoringConfig) -> float:
     """A checkpoint's plain test accuracy (argmax, no views), at its own size."""
     other, other_meta = load_checkpoint(checkpoint)
     other = fold_member(common.prepare(other, device), channels=other_meta.get("channels", 3),
                         size=other_meta["size"])[0]
-    p = predict(other, common.batches(test_at(other_meta["size"]), device, train=False), plain_views(), autocast=amp)
+    test = test_at(other_meta["size"])
+    other = runner(other, engine=scoring.engine, device=device, images=len(test), side=other_meta["size"],
+                   min_images=scoring.onnx_min_images, name=Path(checkpoint).parent.name)
+    p = predict(other, common.batches(test, device, train=False), plain_views(), autocast=amp)
     return float((p["plain"].argmax(1) == p["labels"]).double().mean())
 
 
-def _folds_row(fold_models: list[Path], classes: list[str], common: Common, device, test_at) -> dict:
+def _folds_row(fold_models: list[Path], classes: list[str], common: Common, device, test_at,
+               scoring: ScoringConfig) -> dict:
     """The cv_folds row of the table: the k fold models averaged (select's cv_folds), scored on test."""
     folds = [load_checkpoint(f) for f in fold_models]
     ens = fold_ensemble(common.prepare(Ensemble([(m, meta_["size"]) for m, meta_ in folds], classes=classes,
                                                 channels=folds[0][1].get("channels", 3)), device))[0]
-    p, y = probabilities(ens, test_at(ens.size), common, device)
+    test = test_at(ens.size)
+    p, y = probabilities(_scorers(ens, len(test), scoring, device), test, common, device)
     return {"size": ens.size, "valid_accuracy": None, "test_accuracy": float((p.argmax(1) == y).mean()),
             "members": len(folds)}
 
@@ -101,7 +115,7 @@ def _folds_row(fold_models: list[Path], classes: list[str], common: Common, devi
 def _stage_table(cfg: EvaluateConfig, common: Common, device, test_at, *, baseline_metrics: Path, classes: list[str],
                  labels: np.ndarray, stage_metrics: dict[str, Path], checkpoints: dict[str, Path],
                  fold_models: list[Path], size: int, info: dict, plain: dict, chosen: dict,
-                 known: dict[str, float]) -> dict[str, dict]:
+                 known: dict[str, float], scoring: ScoringConfig) -> dict[str, dict]:
     """The fast.ai lesson's table, one row per stage: accuracy after every stage, valid (as each
     stage reported it) and test (each checkpoint scored here, plainly; ``known``: the test accuracy
     of a checkpoint already scored plainly, the chosen model when it is one checkpoint)."""
@@ -115,7 +129,7 @@ def _stage_table(cfg: EvaluateConfig, common: Common, device, test_at, *, baseli
     amp = lambda: autocast(device, common.train.amp)
 
     def accuracy_of(name: str, checkpoint: Path) -> float:
-        return known[name] if name in known else _test_accuracy(checkpoint, common, device, test_at, amp)
+        return known[name] if name in known else _test_accuracy(checkpoint, common, device, test_at, amp, scoring)
 
     pixels = Path(baseline_metrics).parent / BASELINE.candidates / "pixels.pt"
     if "pixels_accuracy" in base and pixels.is_file():  # logistic regression on the pixels, a candidate of select's
@@ -127,7 +141,7 @@ def _stage_table(cfg: EvaluateConfig, common: Common, device, test_at, *, baseli
             continue
         rows[stage] = _stage_row(path, checkpoints, stage, cfg, accuracy_of)
     if cfg.stage_table and len(fold_models) >= 2:  # cv.folds: the k fold models averaged (select's cv_folds)
-        rows["cv_folds"] = _folds_row(fold_models, classes, common, device, test_at)
+        rows["cv_folds"] = _folds_row(fold_models, classes, common, device, test_at, scoring)
     rows["chosen_plain"] = {"size": size, "valid_accuracy": None, "test_accuracy": plain["accuracy"]}
     rows["chosen"] = {"size": size, "valid_accuracy": info.get("valid_accuracy_as_chosen"),
                       "test_accuracy": chosen["accuracy"]}
@@ -155,11 +169,12 @@ def _write_pictures(out: Path, test: ImageSet, labels: np.ndarray, p_plain: np.n
 
 
 def run(common: Common, cfg: EvaluateConfig, *, split: Path, raw: Path, bundle: Path, checkpoints: dict[str, Path],
-        stage_metrics: dict[str, Path], baseline_metrics: Path, out: Path, fold_models: list[Path] = ()
-        ) -> tuple[dict, Ensemble, dict]:
+        stage_metrics: dict[str, Path], baseline_metrics: Path, out: Path, scoring: ScoringConfig,
+        fold_models: list[Path] = ()) -> tuple[dict, Ensemble, dict]:
     """Score the bundle on the test split, plainly and as chosen; write the predictions, the
     confusion matrix, the top losses and the per-class gain into ``out``. Returns the metrics,
-    the model (CPU, eval mode) and the bundle's metadata."""
+    the model (CPU, eval mode) and the bundle's metadata. ``scoring``: what runs each network
+    scored (recipe.decide.engine)."""
     t0 = time.perf_counter()
     device = common.start()
     model, meta = load_bundle(bundle)
@@ -179,7 +194,8 @@ def run(common: Common, cfg: EvaluateConfig, *, split: Path, raw: Path, bundle: 
     model = common.prepare(model, device)
     chosen_views, threshold = model.views, model.threshold
     # scored with BatchNorm folded (the graph export ships); the model returned is the bundle's
-    p_chosen, p_plain, labels, plain, chosen = _scores(fold_ensemble(model)[0], test, common, cfg, device, classes)
+    p_chosen, p_plain, labels, plain, chosen = _scores(_scorers(fold_ensemble(model)[0], len(test), scoring, device),
+                                                       test, common, cfg, device, classes)
     gain = {c: chosen["per_class"][c]["recall"] - plain["per_class"][c]["recall"] for c in classes}
     eval_s = time.perf_counter() - t0
     name = meta.get("info", {}).get("candidate", "+".join(model.names))
@@ -188,7 +204,8 @@ def run(common: Common, cfg: EvaluateConfig, *, split: Path, raw: Path, bundle: 
                         stage_metrics=stage_metrics, checkpoints=checkpoints, fold_models=fold_models, size=model.size,
                         info=meta.get("info", {}), plain=plain, chosen=chosen,
                         # the chosen model alone, plainly, is its one checkpoint's row: not scored twice
-                        known={model.names[0]: plain["accuracy"]} if len(model.names) == 1 else {})
+                        known={model.names[0]: plain["accuracy"]} if len(model.names) == 1 else {},
+                        scoring=scoring)
     _write_pictures(Path(out), test, labels, p_plain, p_chosen, threshold, classes, plain, chosen, gain, label,
                     cfg.top_losses)
     metrics = {

@@ -55,6 +55,12 @@ class SelectConfig(Strict):
     logit_adjust: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1)]  # taus tried on valid; [0]: none
 
 
+class ScoringConfig(Strict):
+    """How select and evaluate run the networks they score (recipe/decide/engine.py)."""
+    engine: Literal["auto", "torch", "onnxruntime"]
+    onnx_min_images: NonNegativeInt  # auto: ONNX Runtime for a pass of at least this many images (x views) at 224 px
+
+
 class EvaluateConfig(Strict):
     metrics: EvalMetricsConfig
     stage_table: bool

@@ -47,9 +47,10 @@ from recipe.core.layout import RAW, TRAINING, TRAINING_STAGES
 from recipe.core.metrics import confusion
 from recipe.data.loader import ImageSet, load_split
 from recipe.data.split import class_names, read_split
+from recipe.decide.engine import runner
 from recipe.decide.ensemble import blend, decide, fit_size, view_probs
 from recipe.decide.fold import fold_member
-from recipe.decide.schema import SelectConfig
+from recipe.decide.schema import ScoringConfig, SelectConfig
 from recipe.decide.tta import Views, plain_views, trained_symmetries, tta_views, untrained_views
 from recipe.train.fit import autocast
 from recipe.train.learner import Common
@@ -144,13 +145,13 @@ def candidates(singles: dict[str, Path], ensembles: list[list[str]],
                                + [n for n in (aliases or {}) if n.startswith(f"{stage}@")],
                                key=lambda n: int(n.split("@")[1]))
                 members += [(aliases or {}).get(n, n) for n in snaps]
-            elif item in TRAINING_STAGES or "@" in item:
+            elif item in TRAINING_STAGES or item in BASELINE_MEMBERS or "@" in item:
                 item = (aliases or {}).get(item, item)
                 if item in singles:
                     members.append(item)
             else:
                 raise ConfigError(f"select.ensembles: {item!r} is not a stage ({', '.join(TRAINING_STAGES)}), "
-                                  "<stage>@snapshots or <stage>@<epoch>")
+                                  f"{', '.join(BASELINE_MEMBERS)}, <stage>@snapshots or <stage>@<epoch>")
         members = list(dict.fromkeys(members))
         if len(members) >= 2 and tuple(members) not in seen:
             seen.add(tuple(members))
@@ -262,10 +263,10 @@ def _table_rows(cands: list[Candidate], sets: list[Views], scores: Scores, metas
 
 
 def score(common: Common, cfg: SelectConfig, *, singles: dict[str, Path], cands: list[Candidate], split: Path,
-          raw: Path) -> tuple[list[dict], Scores, list[Views], list[str]]:
+          raw: Path, scoring: ScoringConfig) -> tuple[list[dict], Scores, list[Views], list[str]]:
     """Every candidate plainly, and the best ``select.views_for`` of them (by the criterion, plainly;
     a pinned candidate too) with every view set, on the valid split: the table's rows, and the
-    probabilities they were made from."""
+    probabilities they were made from. ``scoring``: what runs each network (recipe.decide.engine)."""
     device = common.start()
     table = read_split(split)
     classes = class_names(table)
@@ -288,10 +289,14 @@ def score(common: Common, cfg: SelectConfig, *, singles: dict[str, Path], cands:
     def scored(keys: set[tuple[str, int]], views: Views, plain: bool) -> None:
         for name in singles:
             model = None
-            for key in sorted(k for k in keys if k[0] == name):
+            mine = sorted(k for k in keys if k[0] == name)
+            for key in mine:
                 if model is None:  # BatchNorm folded: the graph export ships, a quarter faster
                     model = fold_member(common.prepare(load_checkpoint(singles[name])[0], device),
                                         channels=metas[name].get("channels", 3), size=metas[name]["size"])[0]
+                    work = len(images_at(key[1])) * (len(views.extra) + plain) * len(mine)
+                    model = runner(model, engine=scoring.engine, device=device, images=work, name=name,
+                                   side=metas[name]["size"], min_images=scoring.onnx_min_images)
                 seconds, probs, scores.labels = _timed_view_probs(common, model, images_at(key[1]),
                                                                   metas[name]["size"], views, device, amp, plain=plain)
                 scores.probs.setdefault(key, {}).update(probs)
@@ -416,6 +421,7 @@ def decide_all(rows: list[dict], scores: Scores, cands: list[Candidate], sets: l
 
 
 BASELINES = ("pixels", "train_head")  # the simple models: a linear model on the pixels, the head on frozen features
+BASELINE_MEMBERS = ("pixels",)  # the baseline stage's candidates an ensemble may name (outputs/baseline/candidates/)
 
 
 def best_baseline(rows: list[dict], cfg: SelectConfig) -> dict | None:
