@@ -4,6 +4,7 @@ config's (params.yaml's ``augment`` section)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from conftest import REPO
 from recipe.core.config import validate
 from recipe.core.errors import ConfigError
 from recipe.data.loader import Batches
-from recipe.train.augment import Augment, _blur
+from recipe.train.augment import Augment, _blur, mix
 from recipe.train.schema import AugmentConfig
 from recipe.train.session import batches as session_batches
 
@@ -322,3 +323,50 @@ def test_session_batches_drop_a_last_batch_of_one_and_skip_inactive_augment():
     assert [len(yb) for _, yb in valid] == [4, 4, 1]
     aug = session_batches((x, y), batch_size=4, train=True, seed=0, device=CPU, augment=TOP_DOWN)
     assert aug.augment is TOP_DOWN
+
+
+def test_mixup_blends_images_and_targets_by_one_share_and_is_seeded():
+    x = torch.arange(4.0)[:, None, None, None].expand(4, 1, 6, 6).clone()  # image i is the constant i
+    y = torch.arange(4)  # and of class i
+    out, t = mix(x, y, torch.Generator().manual_seed(0), kind="mixup", alpha=0.4, classes=4)
+    again, t2 = mix(x, y, torch.Generator().manual_seed(0), kind="mixup", alpha=0.4, classes=4)
+    assert torch.equal(out, again) and torch.equal(t, t2)  # the same generator, the same batch
+    assert t.shape == (4, 4) and torch.allclose(t.sum(1), torch.ones(4))
+    # image i is lam * i + (1 - lam) * partner: exactly its targets' mean class
+    torch.testing.assert_close(out[:, 0], (t @ torch.arange(4.0))[:, None, None].expand(4, 6, 6))
+    own = t.diagonal()
+    mixed = own < 1  # an image paired with itself stays itself
+    assert mixed.any() and torch.allclose(own[mixed], own[mixed][0].expand(int(mixed.sum())))  # one lam per batch
+
+
+def test_cutmix_pastes_one_box_whose_area_is_the_targets_share():
+    x = torch.stack([torch.zeros(1, 10, 10), torch.ones(1, 10, 10)])
+    y = torch.tensor([0, 1])
+    shares = set()
+    for seed in range(20):
+        out, t = mix(x, y, torch.Generator().manual_seed(seed), kind="cutmix", alpha=1.0, classes=2)
+        assert torch.allclose(t.sum(1), torch.ones(2))
+        for i in range(2):
+            changed = out[i, 0] != x[i, 0]
+            assert float(changed.float().mean()) == pytest.approx(float(t[i, 1 - i]), abs=1e-6)
+            if changed.any():  # one box: its rows and columns span exactly its pixels
+                rows, cols = changed.any(1).nonzero().flatten(), changed.any(0).nonzero().flatten()
+                assert int(changed.sum()) == len(rows) * len(cols) == (rows[-1] - rows[0] + 1) * (cols[-1] - cols[0] + 1)
+                shares.add(round(float(t[i, 1 - i]), 2))
+    assert len(shares) > 3  # the box's size is drawn
+
+
+def test_only_the_training_stages_batches_of_images_mix():
+    images = torch.rand(8, 1, 6, 6)
+    y = torch.tensor([0, 1] * 4)
+    mixer = functools.partial(mix, kind="mixup", alpha=0.4, classes=2)
+    train = session_batches((images, y), batch_size=4, train=True, seed=0, device=torch.device("cpu"), mix=mixer)
+    _, t = next(iter(train.epoch(0)))
+    assert t.shape == (4, 2) and t.dtype == torch.float32
+    valid = session_batches((images, y), batch_size=4, train=False, seed=0, device=torch.device("cpu"), mix=mixer)
+    assert next(iter(valid))[1].dtype == torch.int64  # evaluation batches keep the labels
+    features = session_batches((torch.rand(8, 5), y), batch_size=4, train=True, seed=0, device=torch.device("cpu"),
+                               mix=mixer)
+    assert next(iter(features.epoch(0)))[1].dtype == torch.int64  # cached feature vectors are not images
+    loss = torch.nn.CrossEntropyLoss()(torch.zeros(4, 2, requires_grad=True), t)  # soft targets train
+    assert torch.isfinite(loss)

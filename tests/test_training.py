@@ -201,6 +201,29 @@ def test_the_balanced_sampler_draws_every_class_about_equally_and_shuffle_each_i
     assert sorted(drawn(checks, 0).tolist()) == sorted(labels.tolist())
 
 
+def test_train_mix_blends_the_training_stages_batches_only(params):
+    """train.mix: mixup and cutmix turn a training stage's batches (sampled) into soft targets over
+    the classes; the checks' and evaluation batches, and mix none, keep the labels."""
+    from recipe.train.learner import Common
+    from recipe.train.schema import AugmentConfig, TrainConfig
+
+    labels = torch.tensor([0, 1, 2] * 6)
+    images = ImageSet((torch.rand(len(labels), 1, 8, 8) * 255).to(torch.uint8), labels,
+                      [str(i) for i in range(len(labels))], ["a", "b", "c"])
+    train = load_section("train", TrainConfig, params).model_copy(update={"batch_size": 6, "channels_last": False})
+    augment = load_section("augment", AugmentConfig, params)
+    cpu = torch.device("cpu")
+    for kind in ("mixup", "cutmix"):
+        common = Common(seed=0, train=train.model_copy(update={"mix": kind}), model=None, optim=None, augment=augment)
+        _, t = next(iter(common.batches(images, cpu, train=True, sampled=True).epoch(0)))
+        assert t.shape == (6, 3) and torch.allclose(t.sum(1), torch.ones(6)) and (t < 1).any()
+        _, y = next(iter(common.batches(images, cpu, train=True).epoch(0)))  # the baseline checks, the range test
+        assert y.dtype == torch.int64
+        assert next(iter(common.batches(images, cpu, train=False)))[1].dtype == torch.int64
+    plain = Common(seed=0, train=train, model=None, optim=None, augment=augment)  # conf/'s default: none
+    assert next(iter(plain.batches(images, cpu, train=True, sampled=True).epoch(0)))[1].dtype == torch.int64
+
+
 def test_balanced_class_weights_weigh_every_class_alike(params):
     """train.class_weights: balanced weights each class by n / (classes * count) (sklearn's
     "balanced"): on a batch with one rare image, the rare class's loss counts as much as the

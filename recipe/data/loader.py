@@ -141,8 +141,13 @@ class Batches:
     def __init__(self, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, shuffle: bool, seed: int,
                  device: torch.device, augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
                  drop_last: bool = False, channels_last: bool = False, shard: tuple[int, int] | None = None,
-                 weights: torch.Tensor | None = None):
+                 weights: torch.Tensor | None = None,
+                 mix: Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+                 | None = None):
         self.x, self.y = x, y
+        # mix(x, y, gen): each batch of images blended with itself after the augmentation, and its
+        # targets with it (mixup or cutmix, recipe.train.augment.mix); not for feature vectors
+        self.mix = mix if x.dim() == 4 else None
         # With weights (one per image), each epoch draws len(y) images with replacement in proportion
         # to them (a class-balanced sampler), seeded like the shuffle; without, a permutation.
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
@@ -176,6 +181,8 @@ class Batches:
                 x = x.float().div_(255)
             if self.augment is not None:
                 x = self.augment(x, gen)
+            if self.mix is not None:
+                x, y = self.mix(x, y, gen)
             self.global_n = len(y)
             if self.shard is not None:
                 rank, world = self.shard

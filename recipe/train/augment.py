@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -110,3 +111,27 @@ def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     y = F.conv2d(F.pad(y, (3, 3, 0, 0), mode="reflect"), kk[:, None, None, :], groups=n * c)
     y = F.conv2d(F.pad(y, (0, 0, 3, 3), mode="reflect"), kk[:, None, :, None], groups=n * c)
     return y.reshape(n, c, h, w)
+
+
+def mix(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator, *, kind: str, alpha: float,
+        classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A training batch blended with a shuffled copy of itself, and its targets in proportion
+    (float ``(N, classes)``; ``y`` is class indices or soft targets already). ``kind``: ``mixup``
+    (Zhang et al. 2018: ``lam * x + (1 - lam) * x[perm]``) or ``cutmix`` (Yun et al. 2019: a box
+    of ``x[perm]`` pasted into ``x``, ``lam`` then the share of each image left its own). One
+    ``lam ~ Beta(alpha, alpha)`` per batch, the permutation and the box drawn from ``gen``."""
+    targets = y.float() if y.dim() == 2 else F.one_hot(y.long(), classes).float()
+    n, (h, w) = len(targets), x.shape[-2:]
+    perm = torch.randperm(n, generator=gen).to(x.device)
+    u = torch.rand(2, generator=gen)  # where the box goes (cutmix)
+    # torch's Beta sampler takes no generator: numpy's, seeded from gen, keeps the draw reproducible
+    lam = float(np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=gen))).beta(alpha, alpha))
+    if kind == "mixup":
+        x = lam * x + (1 - lam) * x[perm]
+    else:
+        cut_h, cut_w = round(h * math.sqrt(1 - lam)), round(w * math.sqrt(1 - lam))  # inside the image
+        top, left = int(u[0] * (h - cut_h + 1)), int(u[1] * (w - cut_w + 1))
+        x = x.clone()
+        x[..., top:top + cut_h, left:left + cut_w] = x[perm][..., top:top + cut_h, left:left + cut_w]
+        lam = 1 - cut_h * cut_w / (h * w)
+    return x, lam * targets + (1 - lam) * targets[perm.to(targets.device)]

@@ -32,7 +32,7 @@ from recipe.train.session import fingerprint, load_checkpoint, load_data
 
 
 def unfreeze_rule(setting: int | str, *, groups: int, head_valid: float | None, pixels_valid: float | None,
-                  margin: float, epochs: int = 1, whole_body_epochs: int | None = None) -> tuple[int, int, str]:
+                  margin: float, epochs: int, whole_body_epochs: int | None) -> tuple[int, int, str]:
     """How deep finetune unfreezes and for how many epochs: ``setting`` and ``epochs`` when the
     depth is a number; with ``auto``, from how well the pretrained features fit the data, read on
     valid: when the head trained on the frozen features (train_head) beats logistic regression on

@@ -14,6 +14,7 @@ baseline, lr_find, select and evaluate use :class:`Common` alone. Nothing here i
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import shutil
 import time
@@ -29,7 +30,7 @@ from recipe.core.errors import ConfigError, DataError
 from recipe.core.layout import TRAINING
 from recipe.data.loader import ImageSet
 from recipe.report import plots
-from recipe.train.augment import Augment
+from recipe.train.augment import Augment, mix
 from recipe.train.fit import fit, validate
 from recipe.train.models import Classifier, param_groups
 from recipe.train.optim import cycle_ends, lr_scale, make_optimizer, make_schedule
@@ -66,10 +67,18 @@ class Common:
 
     def batches(self, images, device, *, train: bool, augment: bool = True, sampled: bool = False):
         """Batches of ``images``; ``sampled``: a training stage's own training batches, drawn as
-        ``train.sampler`` says (:meth:`balance`)."""
+        ``train.sampler`` says (:meth:`balance`) and mixed as ``train.mix`` says (:meth:`mixer`)."""
         return batches(images, batch_size=self.train.batch_size, train=train, seed=self.seed, device=device,
                        augment=self.augmenter() if augment else None, channels_last=self.train.channels_last,
-                       balance=self.balance(images) if sampled else None)
+                       balance=self.balance(images) if sampled else None,
+                       mix=self.mixer(len(images.classes)) if sampled and augment else None)
+
+    def mixer(self, classes: int):
+        """``train.mix`` (mixup or cutmix, Beta(``train.mix_alpha``)) for the training stages'
+        batches of images, or None (``none``). The baseline checks and the range test never mix."""
+        if self.train.mix == "none":
+            return None
+        return functools.partial(mix, kind=self.train.mix, alpha=self.train.mix_alpha, classes=classes)
 
     def balance(self, images: ImageSet) -> torch.Tensor | None:
         """The class of each image to balance a training stage's batches over (``train.sampler:
@@ -278,15 +287,16 @@ class Learner:
         the weights at each SGDR cycle's end go to the folder's snapshots/."""
         opt = self.common.optimizer(self.model, lrs)
         sched = make_schedule(opt, epochs=epochs, steps_per_epoch=len(train), **schedule)
+        ends = tuple(cycle_ends(schedule, epochs))  # SGDR's restarts; () for every other schedule
         snaps = {}
         if snapshots:
             snaps = dict(snapshot=snapshotter(self.model, self.data, folder=self.folder / TRAINING.snapshots,
                                               size=self.size, stage=self.stage, model_config=self.model_config),
-                         snapshot_at=tuple(cycle_ends(schedule, epochs)))
+                         snapshot_at=ends)
         train_cfg = self.common.train
         stopping = stopping if stopping is not None else {"patience": train_cfg.patience, "keep": train_cfg.keep}
-        if stopping.get("patience") is not None and train_cfg.stop_at == "cycle_end" and cycle_ends(schedule, epochs):
-            stopping = {**stopping, "stop_at": tuple(cycle_ends(schedule, epochs))}  # SGDR: judged at its restarts
+        if stopping.get("patience") is not None and train_cfg.stop_at == "cycle_end" and ends:
+            stopping = {**stopping, "stop_at": ends}  # SGDR: judged at its restarts
         extra = {"train_mode": train_mode} if train_mode is not None else {}
         return train_phase(module if module is not None else self.model, name=name, **snaps, train=train,
                            valid=valid if valid is not None else self.batches(self.data.valid, train=False),

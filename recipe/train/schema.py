@@ -207,6 +207,8 @@ class TrainConfig(Strict):
     label_smoothing: Annotated[float, Field(ge=0, lt=1)]
     class_weights: Literal["none", "balanced"]  # balanced: each class's loss weighted by n / (classes * count)
     sampler: Literal["shuffle", "balanced"]  # balanced: the training stages draw each class about equally often
+    mix: Literal["none", "mixup", "cutmix"]  # the training stages' batches of images blended with themselves
+    mix_alpha: Annotated[float, Field(gt=0)]  # the blend's share ~ Beta(mix_alpha, mix_alpha)
     clip_grad: PositiveFloat | None
     patience: PositiveInt | None
     stop_at: Literal["epoch", "cycle_end"]  # when early stopping may stop: any epoch, or (SGDR) only at a cycle's end

@@ -83,11 +83,12 @@ def load_data(split_csv: Path, raw: Path, *, size: int, workers: int, splits: tu
 
 def batches(images: ImageSet | tuple[torch.Tensor, torch.Tensor], *, batch_size: int, train: bool, seed: int,
             device: torch.device, augment: Augment | None = None, channels_last: bool = False,
-            balance: torch.Tensor | None = None) -> Batches:
+            balance: torch.Tensor | None = None, mix=None) -> Batches:
     """Batches of ``images`` (or of ``(x, y)`` tensors). ``train``: shuffled, augmented, sliced per
     rank under DDP; with ``balance`` (each image's class index), drawn class-balanced: an image
     of class c with probability proportional to 1 / (c's count), so each class fills about the
-    same share of every epoch."""
+    same share of every epoch; with ``mix`` (training only), each batch of images mixed
+    (:func:`recipe.train.augment.mix` with its settings bound)."""
     if isinstance(images, ImageSet):  # training batches carry the soft targets when the split has them
         x, y = images.images, (images.training_targets if train else images.labels)
     else:
@@ -101,7 +102,7 @@ def batches(images: ImageSet | tuple[torch.Tensor, torch.Tensor], *, batch_size:
         weights = 1.0 / torch.bincount(labels).double()[labels]
     return Batches(x, y, batch_size=batch_size, shuffle=train, seed=seed, device=device, augment=aug,
                    drop_last=drop_last, channels_last=channels_last, shard=distributed.shard() if train else None,
-                   weights=weights)
+                   weights=weights, mix=mix if train else None)
 
 
 def new_model(model_cfg: ModelConfig, classes: list[str], priors: list[float] | None) -> Classifier:
