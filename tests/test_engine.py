@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from recipe.decide.engine import OnnxNetwork, runner
+from recipe.decide.schema import ScoringConfig
 
 
 def _net() -> nn.Module:
@@ -22,15 +23,15 @@ class Noisy(nn.Module):
 
 def test_the_engine_of_a_pass_follows_the_config_and_the_amount_of_work():
     net, cpu = _net(), torch.device("cpu")
-    kw = dict(device=cpu, min_images=1000)
-    assert runner(net, engine="torch", images=10**6, side=224, **kw) is net
-    assert isinstance(runner(net, engine="onnxruntime", images=1, side=8, **kw), OnnxNetwork)
-    assert isinstance(runner(net, engine="auto", images=1000, side=224, **kw), OnnxNetwork)
-    assert runner(net, engine="auto", images=999, side=224, **kw) is net
+    cfg = lambda engine: ScoringConfig(engine=engine, onnx_min_images=1000)
+    assert runner(net, cfg("torch"), device=cpu, images=10**6, side=224) is net
+    assert isinstance(runner(net, cfg("onnxruntime"), device=cpu, images=1, side=8), OnnxNetwork)
+    assert isinstance(runner(net, cfg("auto"), device=cpu, images=1000, side=224), OnnxNetwork)
+    assert runner(net, cfg("auto"), device=cpu, images=999, side=224) is net
     # a 112 px image counts for a quarter of a 224 px one
-    assert runner(net, engine="auto", images=3999, side=112, **kw) is net
-    assert isinstance(runner(net, engine="auto", images=4000, side=112, **kw), OnnxNetwork)
-    assert runner(net, engine="auto", images=10**6, side=224, device=torch.device("cuda"), min_images=1000) is net
+    assert runner(net, cfg("auto"), device=cpu, images=3999, side=112) is net
+    assert isinstance(runner(net, cfg("auto"), device=cpu, images=4000, side=112), OnnxNetwork)
+    assert runner(net, cfg("auto"), device=torch.device("cuda"), images=10**6, side=224) is net
 
 
 def test_onnx_runtime_gives_pytorchs_logits_with_a_session_per_input_shape():

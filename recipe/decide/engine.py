@@ -23,19 +23,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from recipe.decide.schema import ScoringConfig
+
 # The side whose pixels one "image" of scoring.onnx_min_images counts: a 128 px network's image is
 # (128 / 224)^2 of one.
 REFERENCE_SIDE = 224
+TOLERANCE = 1e-4  # ONNX Runtime's logits against PyTorch's, relative to the largest (fold.py's probe check too)
 
 
 class OnnxNetwork(nn.Module):
     """``model``'s logits under ONNX Runtime (CPU), a session per input shape; see the module docstring."""
 
-    def __init__(self, model: nn.Module, *, threads: int | None = None, tolerance: float = 1e-4, name: str = ""):
+    def __init__(self, model: nn.Module, *, name: str = ""):
         super().__init__()
         self.model = model.eval()
-        self.threads = threads or torch.get_num_threads()
-        self.tolerance = tolerance
         self.name = name
         self.sessions: dict[tuple[int, ...], object] = {}
         self.fallback: str | None = None  # why PyTorch scores this network after all
@@ -56,12 +57,12 @@ class OnnxNetwork(nn.Module):
         if len(probe) == 1:  # torch.export would take a batch of one for a constant
             probe = probe.expand(2, *probe.shape[1:]).contiguous()
         try:
-            session = _session(self.model, probe, self.threads)
+            session = _session(self.model, probe)
             with torch.no_grad():
                 ref = self.model(probe.to(x.device)).float().cpu().numpy()
             got = session.run(None, {"images": probe.numpy()})[0]
             diff = float(np.abs(got - ref).max())
-            if not diff <= self.tolerance * (1 + float(np.abs(ref).max())):  # NaN fails too
+            if not diff <= TOLERANCE * (1 + float(np.abs(ref).max())):  # NaN fails too
                 raise ValueError(f"its logits differ from PyTorch's by {diff:.3g}")
         except Exception as exc:  # the exporter's and ONNX Runtime's errors are long: the first line
             self.fallback = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
@@ -71,7 +72,7 @@ class OnnxNetwork(nn.Module):
         return session
 
 
-def _session(model: nn.Module, probe: torch.Tensor, threads: int):
+def _session(model: nn.Module, probe: torch.Tensor):
     """An ONNX Runtime session (CPU) of ``model`` for inputs shaped like ``probe``, any batch size."""
     import onnxruntime as ort
 
@@ -82,19 +83,19 @@ def _session(model: nn.Module, probe: torch.Tensor, threads: int):
                                     dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
                                     external_data=False, optimize=True, verbose=False)
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+    options.intra_op_num_threads = torch.get_num_threads()  # the cores PyTorch would have used
     options.inter_op_num_threads = 1
     return ort.InferenceSession(program.model_proto.SerializeToString(), options,
                                 providers=["CPUExecutionProvider"])
 
 
-def runner(model: nn.Module, *, engine: str, device: torch.device, images: int, side: int, min_images: int,
+def runner(model: nn.Module, scoring: ScoringConfig, *, device: torch.device, images: int, side: int,
            name: str = "") -> nn.Module:
     """What scores ``model`` in a pass of ``images`` images (times views) at ``side`` px: the model
-    itself, or an :class:`OnnxNetwork` of it (``engine``: torch | onnxruntime | auto; see the
-    module docstring)."""
-    if engine == "torch":
+    itself, or an :class:`OnnxNetwork` of it, as ``scoring`` says (see the module docstring)."""
+    if scoring.engine == "torch":
         return model
-    if engine == "auto" and (device.type != "cpu" or images * (side / REFERENCE_SIDE) ** 2 < min_images):
+    if scoring.engine == "auto" and (device.type != "cpu"
+                                     or images * (side / REFERENCE_SIDE) ** 2 < scoring.onnx_min_images):
         return model
     return OnnxNetwork(model, name=name)

@@ -70,8 +70,8 @@ def _scores(model: Ensemble, test: ImageSet, common: Common, cfg: EvaluateConfig
 def _scorers(model: Ensemble, images: int, scoring: ScoringConfig, device) -> Ensemble:
     """``model`` with each member run as ``scoring`` says for a pass over ``images`` images with its views."""
     for i, member in enumerate(model.members):
-        model.members[i] = runner(member, engine=scoring.engine, device=device, images=images * len(model.views),
-                                  side=model.sizes[i], min_images=scoring.onnx_min_images, name=model.names[i])
+        model.members[i] = runner(member, scoring, device=device, images=images * len(model.views),
+                                  side=model.sizes[i], name=model.names[i])
     return model
 
 
@@ -94,8 +94,8 @@ def _test_accuracy(checkpoint: Path, common: Common, device, test_at, amp, scori
     other = fold_member(common.prepare(other, device), channels=other_meta.get("channels", 3),
                         size=other_meta["size"])[0]
     test = test_at(other_meta["size"])
-    other = runner(other, engine=scoring.engine, device=device, images=len(test), side=other_meta["size"],
-                   min_images=scoring.onnx_min_images, name=Path(checkpoint).parent.name)
+    other = runner(other, scoring, device=device, images=len(test), side=other_meta["size"],
+                   name=Path(checkpoint).parent.name)
     p = predict(other, common.batches(test, device, train=False), plain_views(), autocast=amp)
     return float((p["plain"].argmax(1) == p["labels"]).double().mean())
 

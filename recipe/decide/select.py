@@ -295,8 +295,7 @@ def score(common: Common, cfg: SelectConfig, *, singles: dict[str, Path], cands:
                     model = fold_member(common.prepare(load_checkpoint(singles[name])[0], device),
                                         channels=metas[name].get("channels", 3), size=metas[name]["size"])[0]
                     work = len(images_at(key[1])) * (len(views.extra) + plain) * len(mine)
-                    model = runner(model, engine=scoring.engine, device=device, images=work, name=name,
-                                   side=metas[name]["size"], min_images=scoring.onnx_min_images)
+                    model = runner(model, scoring, device=device, images=work, side=metas[name]["size"], name=name)
                 seconds, probs, scores.labels = _timed_view_probs(common, model, images_at(key[1]),
                                                                   metas[name]["size"], views, device, amp, plain=plain)
                 scores.probs.setdefault(key, {}).update(probs)
