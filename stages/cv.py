@@ -21,7 +21,7 @@ def main(args):
     t0 = time.perf_counter()
     p, experiment = stage_config("cv")
     cfg = p.section("cv", CvConfig)
-    table = read_split(args.split)
+    table = read_split(args.split, multi_label_ok=cfg.folds < 2)  # folds of several labels per image: not built yet
     classes = class_names(table)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -12,12 +12,12 @@ from stages._common import log_numbers, run, stage_config, write_json
 def main(args):
     p, experiment = stage_config("split")
     cfg = p.section("split", SplitConfig)
-    data = p.section("data", SplitDataConfig)  # dvc.yaml: data.stratify_column, data.soft_labels
+    data = p.section("data", SplitDataConfig)  # dvc.yaml: data.task, data.stratify_column, data.soft_labels
     soft = data.soft_labels.model_dump() if data.soft_labels else None
     with tracking.stage_run("split", p.used, experiment=experiment):
         manifest = pd.read_csv(args.manifest, keep_default_na=False, dtype={"path": str, "label": str})
         table, summary = split(manifest=manifest, stratify_column=data.stratify_column, soft_labels=soft,
-                               **cfg.model_dump())
+                               task=data.task, **cfg.model_dump())
         args.split.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(args.split, index=False)
         write_json(args.metrics, summary)
@@ -27,6 +27,10 @@ def main(args):
         tracking.log_artifact(str(args.metrics))
         tracking.log_artifact(str(args.plot), "plots")
         print(f"split: {summary['fractions_actual']} of {summary['images']} images; leaking groups: {summary['leaking_groups']}")
+        if summary.get("labels_not_in_every_split"):
+            print(f"split: labels with too few duplicate groups to reach every split: {summary['labels_not_in_every_split']}")
+        for key, note in summary.get("ignored", {}).items():
+            print(f"split: data.{key} {note}")
         soft_note = summary.get("soft_labels")
         if isinstance(soft_note, str):
             print(f"split: data.soft_labels {soft_note}")

@@ -9,7 +9,7 @@ from torch import nn
 from conftest import AUGMENT_RANGES
 from recipe.data.loader import Batches
 from recipe.train.augment import Augment
-from recipe.train.fit import Diverged, fit, validate
+from recipe.train.fit import Diverged, fit, moving_average, validate
 from recipe.train.optim import make_schedule
 
 torch.set_num_threads(1)
@@ -48,7 +48,7 @@ def loaders(augment=FLIP_ONLY, seed: int = 7, batch_size: int = 8):
 
 
 def run(model_seed: int, *, epochs: int = 4, resume=None, fingerprint: str = "x", on_epoch=None, keep="best",
-        patience=None, schedule: str = "onecycle", watch=None):
+        patience=None, schedule: str = "onecycle", watch=None, ema: float | None = None):
     """A fresh model, optimizer and schedule, then fit; returns (model, history)."""
     torch.manual_seed(model_seed)
     model = conv_net()
@@ -61,9 +61,12 @@ def run(model_seed: int, *, epochs: int = 4, resume=None, fingerprint: str = "x"
         sched = make_schedule(opt, name=schedule, epochs=epochs, steps_per_epoch=len(train))
     # the global RNG (dropout) continues from here in both runs
     torch.manual_seed(1234)
+    average = None if ema is None else moving_average(model, epochs=ema, steps_per_epoch=len(train))
     history = fit(model, train=train, valid=valid, epochs=epochs, optimizer=opt, schedule=sched, loss_fn=loss_fn,
                   resume=resume, fingerprint=fingerprint, on_epoch=on_epoch, keep=keep, patience=patience,
-                  watch=watch)
+                  watch=watch, average=average)
+    if average is not None:
+        return model, history, average.module
     return model, history
 
 
@@ -95,6 +98,49 @@ def test_resumed_run_equals_uninterrupted(tmp_path):
     assert seen == [2, 3]
     assert rows(resumed) == rows(full)
     assert same_weights(resumed_model, full_model)
+
+
+def test_the_moving_average_is_polyaks_after_every_step():
+    """A weight that SGD moves by exactly -lr every step (its gradient is 1): after n steps it is
+    w0 - n lr, and the average (decay d = 1 - 1/(epochs x steps), seeded with the first step's
+    weight) is e_1 = w_1, e_t = d e_(t-1) + (1 - d) w_t."""
+    w = nn.Parameter(torch.zeros(()))
+
+    class Constant(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = w
+
+        def forward(self, x):
+            return self.w * torch.ones(len(x), 2)
+
+    model = Constant()
+    train, valid = loaders(augment=None)  # 40 images in batches of 8: 5 steps an epoch
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    average = moving_average(model, epochs=2, steps_per_epoch=len(train))
+    fit(model, train=train, valid=valid, epochs=3, optimizer=opt, keep="last", average=average,
+        schedule=make_schedule(opt, name="constant", epochs=3, steps_per_epoch=len(train)),
+        loss_fn=lambda logits, y: logits[:, 0].mean())
+    d = 1 - 1 / 10
+    e = -0.1
+    for t in range(2, 16):
+        e = d * e + (1 - d) * (-0.1 * t)
+    assert float(w) == pytest.approx(-1.5)
+    assert float(average.module.w) == pytest.approx(e, rel=1e-5) and e > -1.5 + 0.5  # it lags the weight
+
+
+def test_a_resumed_run_has_the_same_moving_average(tmp_path):
+    full, _, full_average = run(0, resume=tmp_path / "a.pt", ema=1.0)
+
+    def kill(row):
+        if row["epoch"] == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run(0, resume=tmp_path / "b.pt", on_epoch=kill, ema=1.0)
+    resumed, _, resumed_average = run(99, resume=tmp_path / "b.pt", ema=1.0)
+    assert same_weights(resumed, full) and same_weights(resumed_average, full_average)
+    assert not same_weights(full_average, full)  # an average, not the last weights
 
 
 def test_a_resumed_run_keeps_every_batchs_rates_and_the_watched_probabilities(tmp_path):

@@ -23,7 +23,7 @@ def test_folder_source_copies_images_and_records_every_entry(tmp_path):
     outside = noise_image(tmp_path / "secret" / "x.png", 7)
     os.symlink(outside, src / "cat" / "escape.png")
     os.symlink(src / "dog" / "dog_000.png", src / "cat" / "inside_link.png")
-    summary = ingest(source="folder", out=tmp_path / "raw", seed=0, limit=None, path=str(src))
+    summary = ingest(source="folder", task="single_label", out=tmp_path / "raw", seed=0, limit=None, path=str(src))
     index = read_index(tmp_path / "raw").set_index("path")
     assert index.loc["cat/escape.png", "ingest_issue"] == "path_outside_root"
     assert index.loc["cat/escape.png", "origin"] == "cat/escape.png"  # where the link was named
@@ -40,12 +40,12 @@ def test_folder_source_copies_images_and_records_every_entry(tmp_path):
 def test_sync_copies_only_what_changed_and_removes_what_left(tmp_path):
     src = image_folder(tmp_path / "src", {"a": 3, "b": 3})
     out = tmp_path / "raw"
-    ingest(source="folder", out=out, seed=0, limit=None, path=str(src))
+    ingest(source="folder", task="single_label", out=out, seed=0, limit=None, path=str(src))
     kept = out / "files" / "a" / "a_000.png"
     before = kept.stat().st_ino, kept.stat().st_mtime_ns
     (src / "b" / "b_002.png").unlink()
     noise_image(src / "a" / "a_001.png", 12345)  # changed content
-    ingest(source="folder", out=out, seed=0, limit=None, path=str(src))
+    ingest(source="folder", task="single_label", out=out, seed=0, limit=None, path=str(src))
     assert (kept.stat().st_ino, kept.stat().st_mtime_ns) == before
     assert not (out / "files" / "b" / "b_002.png").exists()
     assert (out / "files" / "a" / "a_001.png").read_bytes() == (src / "a" / "a_001.png").read_bytes()
@@ -59,7 +59,8 @@ def test_csv_source_fastai_layout(tmp_path):
     (root / "labels.csv").write_text(
         "name,label,site\nimg0,x,A\nimg1,y,B\nimg2,x,A\nghost,y,B\n../../outside,x,A\n", encoding="utf-8"
     )
-    ingest(source="csv", out=tmp_path / "raw", seed=0, limit=None, path=str(root), labels_file="labels.csv",
+    ingest(source="csv", task="single_label", label_delim=" ",
+           out=tmp_path / "raw", seed=0, limit=None, path=str(root), labels_file="labels.csv",
            image_dir="train", fname_col="name", label_col="label", suffix=".png")
     index = read_index(tmp_path / "raw").set_index("path")
     assert index.loc["img1.png", "label"] == "y" and index.loc["img1.png", "site"] == "B"
@@ -77,13 +78,14 @@ def test_csv_source_names_a_wrong_column(tmp_path):
     (root / "train").mkdir(parents=True)
     (root / "labels.csv").write_text("file,class\n")
     with pytest.raises(ConfigError, match=r"data.fname_col = 'name': no such column in labels.csv \(columns: file, class\)"):
-        ingest(source="csv", out=tmp_path / "raw", seed=0, limit=None, path=str(root), labels_file="labels.csv",
+        ingest(source="csv", task="single_label", label_delim=" ",
+               out=tmp_path / "raw", seed=0, limit=None, path=str(root), labels_file="labels.csv",
                image_dir="train", fname_col="name", label_col="class", suffix="")
 
 
 def test_folder_source_requires_a_directory(tmp_path):
     with pytest.raises(ConfigError, match="data.path = .*: not a directory"):
-        ingest(source="folder", out=tmp_path / "raw", seed=0, limit=None, path=str(tmp_path / "nope"))
+        ingest(source="folder", task="single_label", out=tmp_path / "raw", seed=0, limit=None, path=str(tmp_path / "nope"))
 
 
 @pytest.mark.parametrize("task, expected", [
@@ -107,5 +109,5 @@ def test_a_source_with_nothing_usable_stops_after_writing_its_index(tmp_path):
     (src / "a").mkdir(parents=True)
     os.symlink("/etc/hostname", src / "a" / "x.png")
     with pytest.raises(DataError, match=r"ingest: the source holds no image that could be copied \(1 entries"):
-        ingest(source="folder", out=tmp_path / "raw", seed=0, limit=None, path=str(src))
+        ingest(source="folder", task="single_label", out=tmp_path / "raw", seed=0, limit=None, path=str(src))
     assert read_index(tmp_path / "raw")["ingest_issue"].tolist() == ["path_outside_root"]

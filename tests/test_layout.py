@@ -18,9 +18,9 @@ FOLDER = {"ingest": "raw", "audit": "audit", "split": "split", "baseline": "base
           "evaluate": "evaluate", "export": "export"}
 # names a stage uses but never leaves for DVC: resume/ is removed when the stage ends, finetune's
 # lr_find/ is a picture of an lr: auto run, logged to MLflow; train_head takes no snapshots;
-# ingest's one output is data/raw itself; cv's folds/ are the per-fold stages' outputs.
-NOT_DECLARED = {"train_head": {"resume", "lr_find", "snapshots"}, "finetune": {"resume", "lr_find"},
-                "resize": {"resume", "lr_find"}, "ingest": {"files", "index", "summary"}, "cv": {"folds", "fold_splits"}}
+# ema.pt lives in snapshots/; ingest's one output is data/raw itself; cv's folds/ are the per-fold stages' outputs.
+NOT_DECLARED = {"train_head": {"resume", "lr_find", "snapshots", "ema"}, "finetune": {"resume", "lr_find", "ema"},
+                "resize": {"resume", "lr_find", "ema"}, "ingest": {"files", "index", "summary"}, "cv": {"folds", "fold_splits"}}
 
 
 def declared() -> dict[str, set[str]]:

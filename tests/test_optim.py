@@ -474,7 +474,8 @@ def test_the_range_test_sweep_is_not_scaled(params):
         torch.manual_seed(0)
         m = tiny_classifier()
         train = Batches(x, y, batch_size=8, shuffle=True, seed=0, device=torch.device("cpu"))
-        curves[rule] = lr_find.sweep(m, m, common, cfg, train, spread_lrs(1.0, 9, len(m.groups)), None)["curve"]
+        curves[rule] = lr_find.sweep(m, m, common, cfg, train, spread_lrs(1.0, 9, len(m.groups)), None,
+                                     multi_label=False)["curve"]
     assert curves["none"]["lr"] == curves["linear"]["lr"]
     assert curves["none"]["lr"][0] == pytest.approx(cfg.start_lr)
     assert curves["none"]["loss"] == pytest.approx(curves["linear"]["loss"], rel=1e-6)

@@ -88,15 +88,19 @@ def test_threshold_search_has_the_known_answer():
 
 
 def test_candidates_expand_snapshots_and_skip_what_is_missing(tmp_path):
-    singles = {n: tmp_path / f"{n}.pt" for n in ("train_head", "finetune", "finetune@0", "finetune@2", "resize", "resize@0")}
+    singles = {n: tmp_path / f"{n}.pt" for n in ("train_head", "finetune", "finetune@0", "finetune@2", "finetune@ema",
+                                                  "resize", "resize@0")}
     cands = S.candidates(singles, [["finetune", "resize"], ["finetune@snapshots"], ["finetune@snapshots", "resize@snapshots"],
-                                   ["resize@snapshots"], ["finetune", "finetune@9"]], aliases={"finetune@6": "finetune"})
+                                   ["resize@snapshots"], ["finetune", "finetune@9"], ["finetune", "finetune@ema"]],
+                         aliases={"finetune@6": "finetune"})
     by = {c.name: c.members for c in cands}
+    assert by["finetune+finetune@ema"] == ("finetune", "finetune@ema")  # the moving average: a member by name
+    assert by["finetune@ema"] == ("finetune@ema",)  # and a candidate of its own, never one of the snapshots
     assert by["finetune+resize"] == ("finetune", "resize")
     assert by["finetune@snapshots"] == ("finetune@0", "finetune@2", "finetune")  # @6 is finetune's own weights
     assert by["finetune@snapshots+resize@snapshots"] == ("finetune@0", "finetune@2", "finetune", "resize@0")
     assert "resize@snapshots" not in by and "finetune+finetune@9" not in by  # one member only: not an ensemble
-    assert [c.name for c in cands[:6]] == list(singles)
+    assert [c.name for c in cands[:7]] == list(singles)
     with pytest.raises(ConfigError, match="'nope' is not a stage .*, pixels, <stage>@snapshots"):
         S.candidates(singles, [["nope", "resize"]])
     # the baseline's logistic regression on the pixels may join a network; without it, no ensemble is left
@@ -118,6 +122,19 @@ def _common() -> Common:
     params = read_params(REPO / "params.yaml")
     train = load_section("train", TrainConfig, params).model_copy(update={"image_size": 32, "workers": 1, "batch_size": 4})
     return Common(seed=0, train=train, model=None, optim=None, augment=load_section("augment", AugmentConfig, params))
+
+
+def test_checkpoints_find_the_moving_average_beside_the_snapshots(tmp_path):
+    dirs = {s: tmp_path / s for s in TRAINING_STAGES}
+    _checkpoint(dirs["finetune"] / "model.pt", 0)
+    _checkpoint(dirs["finetune"] / "snapshots" / "epoch_3.pt", 1)
+    _checkpoint(dirs["finetune"] / "snapshots" / "ema.pt", 2)
+    shutil.copytree(dirs["finetune"], dirs["resize"])  # resize passed finetune on: its average is finetune's too
+    singles, aliases = S.checkpoints(dirs)
+    assert list(singles) == ["finetune", "finetune@3", "finetune@ema"]
+    assert aliases == {"resize": "finetune", "resize@3": "finetune@3", "resize@ema": "finetune@ema"}
+    cands = S.candidates(singles, [["finetune@snapshots", "resize"]], aliases)  # the average is no snapshot
+    assert {c.name: c.members for c in cands}["finetune@snapshots+resize"] == ("finetune@3", "finetune")
 
 
 def test_score_reads_the_valid_split_only_and_identical_members_equal_one(tmp_path):

@@ -12,7 +12,7 @@ from recipe.core.errors import ConfigError
 from recipe.data.sources import ingest, list_csv
 
 SETTINGS = {"labels_file": "labels.csv", "image_dir": "train", "fname_col": "name", "label_col": "label",
-            "suffix": ".png"}
+            "suffix": ".png", "task": "single_label", "label_delim": " "}
 
 
 @pytest.fixture

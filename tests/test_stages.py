@@ -19,7 +19,8 @@ def run_stage(cwd, *args):
 
 
 def test_audit_with_one_class_writes_its_outputs_then_stops_with_one_line(tmp_path, params):
-    ingest(source="folder", out=tmp_path / "raw", seed=0, limit=None, path=str(image_folder(tmp_path / "src", {"only": 12})))
+    ingest(source="folder", task="single_label",
+           out=tmp_path / "raw", seed=0, limit=None, path=str(image_folder(tmp_path / "src", {"only": 12})))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     proc = run_stage(tmp_path, "stages.audit", "--raw", "raw", "--manifest", "out/manifest.csv",
                      "--report", "out/report.json", "--plots", "out/plots")

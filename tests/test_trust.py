@@ -60,7 +60,8 @@ def test_a_hostile_csv_dataset_leaves_every_project_file_unchanged_and_is_flagge
     before = _project_files(proj)
     ds = _hostile_csv_dataset(tmp_path / "ds")
     raw = proj / "data" / "raw"
-    ingest(source="csv", out=raw, seed=0, limit=None, path=str(ds), labels_file="labels.csv", image_dir="images",
+    ingest(source="csv", task="single_label", label_delim=" ",
+           out=raw, seed=0, limit=None, path=str(ds), labels_file="labels.csv", image_dir="images",
            fname_col="name", label_col="label", suffix="")
     assert _project_files(proj) == before
     index = pd.read_csv(raw / "index.csv", keep_default_na=False).set_index("path")
@@ -83,7 +84,7 @@ def test_the_copy_never_writes_through_a_link_left_in_data_raw(tmp_path):
     files = tmp_path / "raw" / "files"
     (files / "cat").mkdir(parents=True)
     os.symlink(victim, files / "cat" / "a.png")  # planted where a copy will land
-    ingest(source="folder", out=tmp_path / "raw", seed=0, limit=None, path=str(src))
+    ingest(source="folder", task="single_label", out=tmp_path / "raw", seed=0, limit=None, path=str(src))
     assert victim.read_text() == "keep me"
     assert not (files / "cat" / "a.png").is_symlink()
     assert (files / "cat" / "a.png").read_bytes() == (src / "cat" / "a.png").read_bytes()
@@ -127,7 +128,7 @@ def test_a_name_that_is_not_utf8_is_flagged_and_the_rest_ingested(tmp_path):
     os.mkdir(os.path.join(os.fsencode(src), b"bad\xff"))
     with open(os.path.join(os.fsencode(src), b"bad\xff", b"c.png"), "wb") as f:
         f.write((src / "cat" / "a.png").read_bytes())
-    summary = ingest(source="folder", out=tmp_path / "raw", seed=0, limit=None, path=str(src))
+    summary = ingest(source="folder", task="single_label", out=tmp_path / "raw", seed=0, limit=None, path=str(src))
     index = pd.read_csv(tmp_path / "raw" / "index.csv", keep_default_na=False).set_index("path")
     assert index.loc["cat/caf\\xe9.png", "ingest_issue"] == "bad_name"
     assert index.loc["bad\\xff/c.png", "ingest_issue"] == "bad_name"
@@ -144,7 +145,8 @@ def test_formula_like_names_are_counted_and_said_but_kept_as_given(tmp_path, cap
     for i in range(3):
         noise_image(ds / "images" / f"{i}.png", i)
     (ds / "labels.csv").write_text('name,label\n0.png,"=HYPERLINK(""http://x"",""y"")"\n1.png,@cmd\n2.png,plain\n')
-    summary = ingest(source="csv", out=tmp_path / "raw", seed=0, limit=None, path=str(ds), labels_file="labels.csv",
+    summary = ingest(source="csv", task="single_label", label_delim=" ",
+                     out=tmp_path / "raw", seed=0, limit=None, path=str(ds), labels_file="labels.csv",
                      image_dir="images", fname_col="name", label_col="label", suffix="")
     assert summary["formula_like_names"] == 2
     assert "2 label(s) or file name(s) start with = + - @" in capsys.readouterr().out
@@ -156,7 +158,7 @@ def test_plain_names_add_no_key_to_ingest_json(tmp_path):
     src = tmp_path / "src"
     noise_image(src / "cat" / "a.png", 1)
     noise_image(src / "dog" / "b.png", 2)
-    summary = ingest(source="folder", out=tmp_path / "raw", seed=0, limit=None, path=str(src))
+    summary = ingest(source="folder", task="single_label", out=tmp_path / "raw", seed=0, limit=None, path=str(src))
     assert "formula_like_names" not in summary  # ELPV's ingest.json keeps its bytes
 
 

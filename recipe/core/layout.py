@@ -63,6 +63,7 @@ class Training:
     dynamics: str = "dynamics.csv"  # the watched valid images' probabilities per epoch
     metrics: str = "metrics.json"
     snapshots: str = "snapshots"  # finetune and resize: epoch_<n>.pt at each SGDR cycle's end
+    ema: str = "ema.pt"  # in snapshots/, with train.ema: the moving average of the weights (<stage>@ema)
     resume: str = "resume"  # a killed stage's last epoch; removed when the stage ends
     lr_find: str = "lr_find"  # finetune with lr: auto: the range test on the unfrozen model
 

@@ -8,7 +8,10 @@ and returns ``(manifest, report)``. The manifest has one row per index entry wit
 duplicates one shared id, so the split can keep each group in one split. Images whose shorter
 side is below ``min_side`` are named ``too_small`` and those whose area is far from the median
 ``size_outlier``; each policy (``drop`` or ``keep``) decides ``keep``. The report holds counts
-per issue, class balance, sizes, modes and channel statistics.
+per issue, class balance, sizes, modes and channel statistics. When ingest read several labels
+per image (ingest.json's ``task: multi_label``), ``classes`` counts the images holding each label,
+``labels_per_image`` how many images hold 0, 1, 2... labels, and a duplicate whose label list
+differs is a ``conflicting_label`` as a differing label is.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from recipe.core.layout import RAW
 from recipe.data.images import ImageInfo, inspect_image
 from recipe.core.errors import DataError
 from recipe.data.neardup import group_ids, hex_to_uint64, near_pairs
+from recipe.data.sources import TAG_SEP
 
 # Issues that make a file unusable, whatever the policy.
 UNREADABLE = {
@@ -68,7 +72,8 @@ def audit(
 ) -> tuple[pd.DataFrame, dict]:
     raw = Path(raw)
     index = pd.read_csv(raw / RAW.index, dtype={"path": str, "label": str, "ingest_issue": str}, keep_default_na=False)
-    declared = json.loads((raw / RAW.summary).read_text()).get("classes", [])
+    ingested = json.loads((raw / RAW.summary).read_text())
+    declared, multi = ingested.get("classes", []), ingested.get("task") == "multi_label"
     to_read = sorted({p for p, issue in zip(index["path"], index["ingest_issue"]) if not issue})
     infos = dict(zip(to_read, inspect_all(
         [raw / RAW.files / p for p in to_read], max_pixels=max_pixels, stats_max_side=stats_max_side, workers=workers
@@ -98,7 +103,7 @@ def audit(
     m["keep"] = keep
     m["issues"] = [";".join(dict.fromkeys(row)) for row in issues]
     m = m.drop(columns=["issue", "pixels", "channel_sum", "channel_sumsq"])
-    report = _report(m, info_rows, declared, min_per_class)
+    report = _report(m, info_rows, declared, min_per_class, multi)
     report["unreadable"] = int(unreadable.sum())
     # px (width*height): readable images outside these bounds are named size_outlier
     report["size_outlier_area"] = {"below": round(median_area / size_outlier_factor, 1),
@@ -170,10 +175,19 @@ def _mark_near_duplicates(m, readable_idx, issues, *, radius: int) -> None:
                 issues[k].append("near_duplicate_label_differs")
 
 
-def _report(m: pd.DataFrame, info_rows: list[dict], declared: list[str], min_per_class: int) -> dict:
+def tags_of(label: str) -> list[str]:
+    """An image's labels, from the label list ingest wrote (data.task: multi_label)."""
+    return label.split(TAG_SEP) if label else []
+
+
+def _report(m: pd.DataFrame, info_rows: list[dict], declared: list[str], min_per_class: int, multi: bool = False) -> dict:
     kept = m[m["keep"]]
-    counts = Counter(kept["label"])
-    all_labels = sorted(set(declared) | set(m["label"]) - {""})
+    if multi:  # several labels per image: "classes" counts the images that hold each label
+        counts = Counter(t for label in kept["label"] for t in tags_of(label))
+        all_labels = sorted(set(declared) | {t for label in m["label"] for t in tags_of(label)})
+    else:
+        counts = Counter(kept["label"])
+        all_labels = sorted(set(declared) | set(m["label"]) - {""})
     per_class = {label: counts.get(label, 0) for label in all_labels}
     nonzero = [c for c in per_class.values() if c > 0]
     issue_counts = Counter(i for row in m["issues"] for i in row.split(";") if i)
@@ -186,7 +200,13 @@ def _report(m: pd.DataFrame, info_rows: list[dict], declared: list[str], min_per
     std = np.sqrt(np.maximum(sumsq.sum(0) / total - mean**2, 0)) if total else np.zeros(3)
     w, h = kept["width"].to_numpy(float), kept["height"].to_numpy(float)
     aspect = w / np.where(h > 0, h, 1)
+    per_image = {}
+    if multi:  # how many labels each kept image holds, and how many hold none
+        per_image = {"task": "multi_label", "labels_per_image": {str(k): v for k, v in sorted(
+            Counter(len(tags_of(label)) for label in kept["label"]).items())},
+            "images_without_labels": int((kept["label"] == "").sum())}
     return {
+        **per_image,
         "entries": int(len(m)),
         "kept": int(keep_mask.sum()),
         "dropped": int((~keep_mask).sum()),
@@ -219,7 +239,10 @@ def check_usable(report: dict, *, min_images: int, drop_unreadable: bool) -> Non
     """Stop (after the outputs are written) when the policy or the data rule the run out."""
     if report["unreadable"] and not drop_unreadable:
         raise DataError(f"audit: {report['unreadable']} unreadable entries (see outputs/audit/manifest.csv); set audit.drop_unreadable=true to drop them")
-    if report["num_classes"] < 2:
+    if report.get("task") == "multi_label":  # each label is a yes/no question: one label is a classifier
+        if report["num_classes"] < 1:
+            raise DataError("audit: no usable image holds a label; a multi-label classifier needs at least 1 (see outputs/audit/manifest.csv)")
+    elif report["num_classes"] < 2:
         raise DataError(f"audit: {report['num_classes']} class(es) with usable images; a classifier needs at least 2 (see outputs/audit/manifest.csv)")
     if report["kept"] < min_images:
         raise DataError(f"audit: {report['kept']} usable images, fewer than audit.min_images={min_images} (see outputs/audit/manifest.csv)")

@@ -27,16 +27,21 @@ from PIL import Image
 from recipe.data.images import fit_square, load_image
 from recipe.core.errors import DataError
 from recipe.core.paths import is_within
-from recipe.data.split import TARGET_PREFIX
+from recipe.data.split import LABELS, TARGET_PREFIX, tags_of
 
 
 @dataclass
 class ImageSet:
     images: torch.Tensor  # uint8 (N, C, H, W)
-    labels: torch.Tensor  # int64 (N,)
+    labels: torch.Tensor  # int64 (N,); several labels per image: float32 (N, classes), 1 where the image holds one
     paths: list[str]
     classes: list[str]
     targets: torch.Tensor | None = None  # float32 (N, classes): soft training targets, when the split has them
+
+    @property
+    def multi_label(self) -> bool:
+        """Several labels per image (a split with label lists): one yes/no answer per class."""
+        return self.labels.dim() == 2
 
     @property
     def training_targets(self) -> torch.Tensor:
@@ -72,7 +77,9 @@ def load_split(table: pd.DataFrame, root: Path, *, split: str, size: int, classe
             raise DataError(f"{p}: path leaves the dataset root {root}; refusing to read it")
         files.append(f)
     index = {c: i for i, c in enumerate(classes)}
-    unknown = sorted(set(rows["label"]) - set(index))
+    multi = LABELS in rows.columns
+    given = {t for v in rows[LABELS] for t in tags_of(v)} if multi else set(rows["label"])
+    unknown = sorted(given - set(index))
     if unknown:
         raise DataError(f"split {split!r}: labels {unknown} are not among the classes {classes}")
     # The audit measured every file it kept and refused any over audit.max_pixels: no file is
@@ -80,6 +87,11 @@ def load_split(table: pd.DataFrame, root: Path, *, split: str, size: int, classe
     limits = ((rows["width"].astype(int) * rows["height"].astype(int)).tolist()
               if {"width", "height"} <= set(rows.columns) else None)
     images = decode_all(files, size=size, workers=workers, max_pixels=limits)
+    if multi:  # one row per image, 1 in the column of each label it holds
+        labels = torch.zeros(len(rows), len(classes))
+        for k, v in enumerate(rows[LABELS]):
+            labels[k, [index[t] for t in tags_of(v)]] = 1.0
+        return ImageSet(images, labels, paths, classes)
     labels = torch.tensor([index[label] for label in rows["label"]], dtype=torch.int64)
     return ImageSet(images, labels, paths, classes, soft_targets(rows, classes))
 

@@ -36,6 +36,7 @@ class ElpvData(_DataCommon):
 
 class FolderData(_DataCommon):
     source: Literal["folder"]
+    task: Literal["single_label", "multi_label"]  # multi_label: a one-line error at ingest (one folder, one label)
     path: str  # ImageFolder layout: one subfolder per class
 
 
@@ -47,6 +48,8 @@ class CsvData(_DataCommon):
     fname_col: str
     label_col: str
     suffix: str  # appended to each file name in the labels file ("" or ".png")
+    task: Literal["single_label", "multi_label"]  # multi_label: label_col holds a list of labels per image
+    label_delim: Annotated[str, Field(min_length=1)]  # what separates them (fastai's label_delim; " " by default)
 
 
 DataConfig = Annotated[Union[ElpvData, FolderData, CsvData], Field(discriminator="source")]
@@ -54,6 +57,7 @@ DataConfig = Annotated[Union[ElpvData, FolderData, CsvData], Field(discriminator
 
 class SplitDataConfig(Strict):
     """The part of ``data`` the split stage reads (dvc.yaml lists just these keys for it)."""
+    task: Literal["binary", "four_class", "single_label", "multi_label"]
     stratify_column: str | None
     soft_labels: SoftLabels | None
 

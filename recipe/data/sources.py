@@ -8,7 +8,10 @@ Every source writes the same layout, so the stages after ingest never care where
   ``data.path`` for folder and csv, ``elpv-dataset:`` for the package's data folder),
   ``ingest_issue`` (empty, or why the entry was not copied) and any extra columns (ELPV:
   ``module_type``, ``defect_probability``);
-- ``<out>/ingest.json``: the source, every declared class (empty class folders included), counts.
+- ``<out>/ingest.json``: the source, every declared class (empty class folders included), counts;
+  ``"task": "multi_label"`` when each image holds a label list (the csv source with
+  ``data.task: multi_label``): its ``label`` is then the list, sorted and joined by a space
+  (:func:`tag_list`; empty: none of the labels, kept), and the classes are the labels.
 
 No output names a machine path (the checkout, the virtualenv, a home folder): a clone elsewhere
 ingests to the same bytes, so ``data/raw`` hashes the same and a ``dvc pull``ed clone reruns
@@ -71,6 +74,7 @@ def ingest(*, source: str, out: Path, seed: int, limit: int | None, **options) -
     index.to_csv(Path(out) / RAW.index, index=False)
     summary = {
         "source": source,
+        **({"task": "multi_label"} if options.get("task") == "multi_label" else {}),
         "classes": sorted(listing.classes),
         "entries": len(listing.rows),
         "entries_kept": len(index),
@@ -115,7 +119,10 @@ def list_elpv(*, task: str) -> Listing:
     return listing
 
 
-def list_folder(*, path: str) -> Listing:
+def list_folder(*, path: str, task: str) -> Listing:
+    if task == "multi_label":
+        raise ConfigError("data.task = 'multi_label': a folder source gives each image one label (its folder); "
+                          "several labels per image need data=csv with a label list column (data.label_col)")
     root = _existing_dir(path, "data.path")
     listing = Listing(classes=sorted(d.name for d in root.iterdir()
                                      if d.is_dir() and not d.is_symlink() and not _undecodable(d.name)))
@@ -130,7 +137,8 @@ def list_folder(*, path: str) -> Listing:
     return listing
 
 
-def list_csv(*, path: str, labels_file: str, image_dir: str, fname_col: str, label_col: str, suffix: str) -> Listing:
+def list_csv(*, path: str, labels_file: str, image_dir: str, fname_col: str, label_col: str, suffix: str,
+             task: str, label_delim: str) -> Listing:
     root = _existing_dir(path, "data.path")
     images = _existing_dir(root / image_dir, "data.image_dir")
     labels_path = root / labels_file
@@ -141,12 +149,19 @@ def list_csv(*, path: str, labels_file: str, image_dir: str, fname_col: str, lab
         if col not in table.columns:
             raise ConfigError(f"{key} = {col!r}: no such column in {labels_file} (columns: {', '.join(table.columns)})")
     extras = [c for c in table.columns if c not in (fname_col, label_col)]
-    listing = Listing(classes=sorted(set(table[label_col]) - {""}))
+    multi = task == "multi_label"
+    if multi:
+        table[label_col] = [tag_list(v, label_delim) for v in table[label_col]]
+        tags = sorted({t for v in table[label_col] for t in v.split(TAG_SEP) if t})
+        if not tags:
+            raise DataError(f"data.label_col = {label_col!r}: no row of {labels_file} holds a label once split on "
+                            f"data.label_delim = {label_delim!r}")
+    listing = Listing(classes=tags if multi else sorted(set(table[label_col]) - {""}))
     named = set()
     for record in table.to_dict("records"):
         rel = Path(record[fname_col] + suffix)
         named.add(rel)
-        row = _entry(images, rel, record[label_col], base=root)
+        row = _entry(images, rel, record[label_col], base=root, empty_ok=multi)
         if not row["ingest_issue"] and not (images / rel).exists():
             row["ingest_issue"] = "missing_file"
         row.update({_extra_name(c): record[c] for c in extras})
@@ -154,7 +169,7 @@ def list_csv(*, path: str, labels_file: str, image_dir: str, fname_col: str, lab
     for dirpath, _, filenames in os.walk(images, followlinks=False):
         for name in sorted(filenames):
             rel = (Path(dirpath) / name).relative_to(images)
-            if rel not in named:
+            if rel not in named:  # in no row of the labels file: no label, even for multi_label
                 row = {**_entry(images, rel, "", base=root), **{_extra_name(c): "" for c in extras}}
                 listing.add(row, images / rel)
     return listing
@@ -183,12 +198,28 @@ def stratified_subset(rows: list[dict], n: int, seed: int) -> list[dict]:
     return chosen
 
 
-def _entry(root: Path, rel: Path, label: str, *, base: Path) -> dict:
+TAG_SEP = " "  # how the index, the manifest and the split write an image's labels (data.task: multi_label)
+
+
+def tag_list(value: str, delim: str) -> str:
+    """A label list as the pipeline writes it: the labels of ``value`` split on ``delim`` (fastai's
+    ``label_delim``), duplicates and empty ones out, sorted, joined by one space ("" for none). A
+    label that itself holds white space is a one-line error: the joined form could not be split back."""
+    tags = sorted({t.strip() for t in value.split(delim)} - {""}) if delim.strip() else sorted(set(value.split()))
+    spaced = [t for t in tags if any(c.isspace() for c in t)]
+    if spaced:
+        raise DataError(f"data.label_delim = {delim!r}: the label {spaced[0]!r} holds white space; "
+                        "rename it (for example with an underscore) or split on the white space")
+    return TAG_SEP.join(tags)
+
+
+def _entry(root: Path, rel: Path, label: str, *, base: Path, empty_ok: bool = False) -> dict:
     """An index row for ``root/rel``, with the reason when it must not be copied; its ``origin``
-    is relative to ``base`` (the source root)."""
+    is relative to ``base`` (the source root). ``empty_ok``: an empty label is a label list that
+    names none of the labels (multi_label), not a missing label."""
     src = root / rel
     issue = ""
-    if not label:
+    if not label and not empty_ok:
         issue = "no_label"
     if rel.is_absolute() or ".." in rel.parts or rel.as_posix() in ("", "."):
         # The name itself leaves (or could leave) the root: never resolved, never copied. A

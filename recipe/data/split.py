@@ -6,7 +6,9 @@ duplicate leaks from train into valid or test. Within each stratum (label, plus 
 extra column such as ELPV's module type) groups are placed largest first, in a seeded random
 order among equals, into the split furthest below its target share of images. Every class gets
 at least one group in each split whose fraction is above zero; a class with fewer groups than
-that stops with a message naming it. ``keep_groups=False`` splits per image instead (each row
+that stops with a message naming it. With ``task="multi_label"`` (several labels per image) the split is by iterative stratification
+(:func:`iterative_stratification`) and writes ``labels`` in place of ``label``.
+``keep_groups=False`` splits per image instead (each row
 its own group: near duplicates may straddle splits, as in the published ELPV protocol); the
 summary then counts the audit's groups that straddle (``straddling_groups``).
 
@@ -31,12 +33,16 @@ SPLITS = ("train", "valid", "test")
 
 def split(
     *, manifest: pd.DataFrame, fractions: dict[str, float], stratify: bool, seed: int, stratify_column: str | None = None,
-    soft_labels: dict | None = None, keep_groups: bool = True,
+    soft_labels: dict | None = None, keep_groups: bool = True, task: str = "single_label",
 ) -> tuple[pd.DataFrame, dict]:
     rows = manifest[manifest["keep"].astype(bool)].copy()
     audit_groups = rows["group"].copy()
     if not keep_groups:
         rows["group"] = np.arange(len(rows))
+    if task == "multi_label":
+        table, summary = _split_multi_label(rows, fractions=fractions, stratify=stratify, seed=seed,
+                                            ignored={"stratify_column": stratify_column, "soft_labels": soft_labels})
+        return table, {**summary, "keep_groups": keep_groups, **_straddling(rows, audit_groups, keep_groups, table)}
     target, soft_summary = _soft_targets(rows, soft_labels)
     if stratify_column and stratify_column not in rows.columns:
         raise DataError(f"split: stratify column {stratify_column!r} is not in the manifest (columns: {', '.join(rows.columns)})")
@@ -66,11 +72,110 @@ def split(
         rows[name] = target
         out_cols.append(name)
     table = rows[out_cols].sort_values(["split", "path"]).reset_index(drop=True)
-    summary = {**_summary(table, fractions), **soft_summary, "keep_groups": keep_groups}
-    if not keep_groups:
-        per = pd.DataFrame({"group": audit_groups.to_numpy(), "split": rows["split"].to_numpy()})
-        summary["straddling_groups"] = int((per.groupby("group")["split"].nunique() > 1).sum())
+    summary = {**_summary(table, fractions), **soft_summary, "keep_groups": keep_groups,
+               **_straddling(rows, audit_groups, keep_groups, table)}
     return table, summary
+
+
+def _straddling(rows: pd.DataFrame, audit_groups: pd.Series, keep_groups: bool, table: pd.DataFrame) -> dict:
+    """Split per image: how many of the audit's duplicate groups straddle splits."""
+    if keep_groups:
+        return {}
+    where = dict(zip(table["path"], table["split"]))
+    per = pd.DataFrame({"group": audit_groups.to_numpy(), "split": rows["path"].map(where).to_numpy()})
+    return {"straddling_groups": int((per.groupby("group")["split"].nunique() > 1).sum())}
+
+
+LABELS = "labels"  # split.csv's column of label lists (data.task: multi_label), in place of ``label``
+
+
+def iterative_stratification(counts: np.ndarray, sizes: np.ndarray, fractions: np.ndarray,
+                             rng: np.random.Generator) -> np.ndarray:
+    """The split (an index into ``fractions``) of each unit, by iterative stratification (Sechidis,
+    Tsoumakas and Vlahavas 2011) over units of several images: ``counts[u, l]`` images of unit
+    ``u`` hold label ``l``, ``sizes[u]`` images in all.
+
+    Each split wants its fraction of every label's images and of all images. The label with the
+    fewest units left is placed first: each of its units (the largest first, in a seeded order
+    among equals) goes to the split that wants that label most (ties: the one that wants the most
+    images; then the first), and every split's wants shrink by what the unit holds. Units with no
+    label fill the splits' remaining wants last, the largest first."""
+    k, units = len(fractions), len(sizes)
+    want = np.outer(fractions, counts.sum(0)).astype(float)  # (splits, labels)
+    want_all = fractions * sizes.sum()
+    out = np.full(units, -1)
+    order = rng.permutation(units)
+    order = order[np.argsort(-sizes[order], kind="stable")]  # largest first, seeded among equals
+    left = np.ones(units, bool)
+    holds = counts > 0
+    while True:
+        per_label = holds[left].sum(0)
+        if not per_label.any():
+            break
+        label = int(np.argmin(np.where(per_label > 0, per_label, np.iinfo(np.int64).max)))
+        for u in order[left[order] & holds[order, label]]:
+            best = max(range(k), key=lambda s: (want[s, label], want_all[s], -s))
+            out[u], left[u] = best, False
+            want[best] -= counts[u]
+            want_all[best] -= sizes[u]
+    for u in order[left[order]]:
+        best = max(range(k), key=lambda s: (want_all[s], -s))
+        out[u] = best
+        want_all[best] -= sizes[u]
+    return out
+
+
+def _split_multi_label(rows: pd.DataFrame, *, fractions: dict[str, float], stratify: bool, seed: int,
+                       ignored: dict) -> tuple[pd.DataFrame, dict]:
+    """Several labels per image: duplicate groups placed by :func:`iterative_stratification`
+    (``stratify: false``: by size alone), then any label with at least as many groups as there are
+    splits moved into a split that has none of it (its smallest group, from the split with the most
+    of them). The table has ``labels`` (the label list) where a single-label split has ``label``."""
+    active = [s for s in SPLITS if fractions[s] > 0]
+    tags = [tags_of(t) for t in rows["label"]]
+    names = sorted({t for ts in tags for t in ts})
+    hot = pd.DataFrame([[t in ts for t in names] for ts in tags], columns=names, index=rows.index, dtype=int)
+    hot["group"] = rows["group"].to_numpy()
+    per_group = hot.groupby("group")
+    counts, sizes = per_group[names].sum(), per_group.size()
+    rng = np.random.default_rng(seed)
+    share = np.array([fractions[s] for s in active])
+    place = iterative_stratification(counts.to_numpy() if stratify else np.zeros((len(sizes), 0), int),
+                                     sizes.to_numpy(), share, rng)
+    assigned = {g: active[i] for g, i in zip(counts.index, place)}
+    for label in names:  # every label in every split, where it has a group for each
+        holding = [g for g in counts.index if counts.loc[g, label] > 0]
+        if len(holding) < len(active):
+            continue
+        for s in active:
+            if any(assigned[g] == s for g in holding):
+                continue
+            per_split = Counter(assigned[g] for g in holding)
+            donor = max(per_split, key=lambda d: (per_split[d], d))
+            smallest = min((g for g in holding if assigned[g] == donor), key=lambda g: (sizes[g], g))
+            assigned[smallest] = s
+    rows = rows.assign(split=rows["group"].map(assigned)).rename(columns={"label": LABELS})
+    out_cols = ["path", LABELS, "split", "group"] + [c for c in ("width", "height") if c in rows.columns]
+    table = rows[out_cols].sort_values(["split", "path"]).reset_index(drop=True)
+    n = len(table)
+    hot_table = pd.DataFrame([[t in tags_of(v) for t in names] for v in table[LABELS]],
+                             columns=names, dtype=int)
+    counts_out = {s: {t: int(hot_table.loc[(table["split"] == s).to_numpy(), t].sum()) for t in names} for s in SPLITS}
+    totals = hot_table.sum()
+    summary = {
+        "task": "multi_label",
+        "images": n,
+        "leaking_groups": leaking_groups(table),
+        "fractions_target": dict(fractions),
+        "fractions_actual": {s: round(float((table["split"] == s).sum()) / n, 4) if n else 0.0 for s in SPLITS},
+        "counts": counts_out,  # images holding each label, per split
+        "label_share": {t: {s: round(counts_out[s][t] / totals[t], 4) if totals[t] else 0.0 for s in SPLITS}
+                        for t in names},
+        "images_without_labels": {s: int(((table["split"] == s) & (table[LABELS] == "")).sum()) for s in SPLITS},
+        "labels_not_in_every_split": [t for t in names if any(counts_out[s][t] == 0 for s in active)],
+    }
+    notes = {k: f"ignored: {k} applies to one label per image" for k, v in ignored.items() if v}
+    return table, {**summary, **({"ignored": notes} if notes else {})}
 
 
 TARGET_PREFIX = "target_"
@@ -163,13 +268,27 @@ def _summary(table: pd.DataFrame, fractions: dict[str, float]) -> dict:
     }
 
 
-def read_split(path: Path) -> pd.DataFrame:
-    table = pd.read_csv(path, keep_default_na=False, dtype={"path": str, "label": str, "split": str})
-    missing = {"path", "label", "split"} - set(table.columns)
+def read_split(path: Path, *, multi_label_ok: bool = False) -> pd.DataFrame:
+    """split.csv. One with label lists (``labels``: data.task multi_label) only where the reader
+    says it takes them (``multi_label_ok``): the stages from ingest to resize take several labels
+    per image; cross-validation, select, evaluate and export not yet, and they say so in one line."""
+    table = pd.read_csv(path, keep_default_na=False, dtype={"path": str, "label": str, LABELS: str, "split": str})
+    if LABELS in table.columns and not multi_label_ok:
+        raise DataError(f"{path}: several labels per image (data.task: multi_label) train from ingest to resize; "
+                        "cross-validation, select, evaluate and export do not take them yet (issue 27)")
+    missing = {"path", LABELS if multi_label_ok and LABELS in table.columns else "label", "split"} - set(table.columns)
     if missing:
         raise DataError(f"{path}: missing column(s) {sorted(missing)}")
     return table
 
 
 def class_names(table: pd.DataFrame) -> list[str]:
+    """The classes of a split table; of one with label lists (``labels``), the labels."""
+    if LABELS in table.columns:
+        return sorted({t for v in table[LABELS] for t in tags_of(v)})
     return sorted(table["label"].unique())
+
+
+def tags_of(value: str) -> list[str]:
+    """The labels of one image's label list, as the split writes it (joined by one space)."""
+    return value.split(" ") if value else []

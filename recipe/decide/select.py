@@ -4,7 +4,8 @@ Contract:
 
 - **Candidates** (:func:`candidates`): each training stage's checkpoint (``train_head``,
   ``finetune``, ``resize``), each SGDR snapshot (``finetune@2``: the weights at the end of
-  epoch 2), and the ensembles ``select.ensembles`` lists (a member is a stage, or
+  epoch 2), with ``train.ema`` each moving average of the weights (``finetune@ema``), and the
+  ensembles ``select.ensembles`` lists (a member is a stage, or
   ``<stage>@snapshots`` for all of its snapshots). Checkpoints with identical weights are one
   model (:func:`checkpoints`): scored once, and one member of any ensemble. An ensemble averages its members'
   probabilities, each member at its own size (:class:`recipe.decide.ensemble.Ensemble`).
@@ -116,6 +117,8 @@ def checkpoints(stage_dirs: dict[str, Path]) -> tuple[dict[str, Path], dict[str,
         paths = [(stage, folder / TRAINING.model)] if (folder / TRAINING.model).is_file() else []
         snaps = sorted((folder / TRAINING.snapshots).glob("epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
         paths += [(f"{stage}@{p.stem.split('_')[1]}", p) for p in snaps]
+        if (folder / TRAINING.snapshots / TRAINING.ema).is_file():  # train.ema: the moving average
+            paths.append((f"{stage}@ema", folder / TRAINING.snapshots / TRAINING.ema))
         for name, path in paths:
             fp = weights_fingerprint(load_state(path))
             if fp in seen:
@@ -124,6 +127,11 @@ def checkpoints(stage_dirs: dict[str, Path]) -> tuple[dict[str, Path], dict[str,
                 seen[fp] = name
                 found[name] = path
     return found, aliases
+
+
+def _snapshot_of(name: str, stage: str) -> bool:
+    """``<stage>@<epoch>``: one of ``stage``'s SGDR snapshots (not its moving average, ``@ema``)."""
+    return name.startswith(f"{stage}@") and name.split("@")[1].isdigit()
 
 
 def candidates(singles: dict[str, Path], ensembles: list[list[str]],
@@ -141,8 +149,7 @@ def candidates(singles: dict[str, Path], ensembles: list[list[str]],
                 stage = item.split("@")[0]
                 if stage not in TRAINING_STAGES:
                     raise ConfigError(f"select.ensembles: {item!r}: {stage!r} is not one of {', '.join(TRAINING_STAGES)}")
-                snaps = sorted([n for n in singles if n.startswith(f"{stage}@")]
-                               + [n for n in (aliases or {}) if n.startswith(f"{stage}@")],
+                snaps = sorted([n for n in [*singles, *(aliases or {})] if _snapshot_of(n, stage)],
                                key=lambda n: int(n.split("@")[1]))
                 members += [(aliases or {}).get(n, n) for n in snaps]
             elif item in TRAINING_STAGES or item in BASELINE_MEMBERS or "@" in item:

@@ -90,13 +90,22 @@ def split_counts(counts: dict[str, dict[str, int]], path: Path) -> Path:
 
 
 def audit_pictures(manifest, report, *, files: Path, out: Path, seed: int, per_class: int, max_groups: int) -> None:
-    """The audit's four pictures: class histogram, sizes, seeded samples per class, duplicate groups."""
+    """The audit's four pictures: class histogram, sizes, seeded samples per class, duplicate groups;
+    with several labels per image, samples per label (each image under every label it holds) and
+    a fifth, the labels' co-occurrence."""
     kept = manifest[manifest["keep"]]
-    class_histogram(report["classes"], out / "class_histogram.png")
+    multi = report.get("task") == "multi_label"
+    class_histogram(report["classes"], out / "class_histogram.png",
+                    "Usable images holding each label" if multi else "Usable images per class")
     size_scatter(kept["width"], kept["height"], kept["label"], out / "sizes.png")
     rng = np.random.default_rng(seed)
     rows = []
-    for label, of_label in kept.groupby("label"):
+    by_label = kept.groupby("label")
+    if multi:
+        tagged = kept.assign(tag=kept["label"].str.split(" ")).explode("tag")
+        by_label = tagged[tagged["tag"] != ""].groupby("tag")
+        cooccurrence(tagged, list(report["classes"]), out / "cooccurrence.png")
+    for label, of_label in by_label:
         picked = of_label.iloc[np.sort(rng.choice(len(of_label), size=min(per_class, len(of_label)), replace=False))]
         rows.append((f"{label} ({len(of_label)})", [(files / p, p.rsplit("/", 1)[-1]) for p in picked["path"]]))
     image_grid(rows, out / "samples.png")
@@ -108,6 +117,26 @@ def audit_pictures(manifest, report, *, files: Path, out: Path, seed: int, per_c
         tiles = [(files / p, f"{lab}\n{p.rsplit('/', 1)[-1]}") for p, lab in zip(members["path"], members["label"])]
         dup_rows.append((f"group {gid} ({sizes[gid]})", tiles))
     image_grid(dup_rows or [("no duplicate groups", [])], out / "duplicates.png")
+
+
+def cooccurrence(tagged, labels: list[str], path: Path) -> Path:
+    """How many kept images hold both labels of each pair (the diagonal: each label's count), a
+    row per image and label in ``tagged`` (its ``path`` and ``tag``)."""
+    index = {t: i for i, t in enumerate(labels)}
+    grid = np.zeros((len(labels), len(labels)), dtype=int)
+    for _, tags in tagged[tagged["tag"].isin(index)].groupby("path")["tag"]:
+        ids = [index[t] for t in set(tags)]
+        grid[np.ix_(ids, ids)] += 1
+    side = max(4, 0.5 * len(labels) + 2)
+    fig, ax = plt.subplots(figsize=(side + 1, side))
+    im = ax.imshow(grid, cmap="Blues")
+    for (i, j), v in np.ndenumerate(grid):
+        ax.text(j, i, str(v), ha="center", va="center", fontsize=7, color="white" if v > grid.max() / 2 else "black")
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    fig.colorbar(im, ax=ax, label="images")
+    ax.set_title("Images holding both labels")
+    return _save(fig, path)
 
 
 def tensor_grid(images: np.ndarray, captions: Sequence[str], path: Path, title: str, tile: float = 1.6) -> Path:

@@ -13,6 +13,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import torch
@@ -21,7 +22,7 @@ from torch import nn
 
 from recipe.core.errors import ConfigError, RecipeError
 from recipe.data.loader import Batches
-from recipe.data.split import read_split
+from recipe.data.split import LABELS, read_split
 from recipe.report import plots
 from recipe.train.fit import fit, validate
 from recipe.train.learner import Common, pretrained
@@ -48,33 +49,40 @@ class Check:
         return asdict(self)
 
 
-def prior_entropy(priors: list[float]) -> float:
-    """The loss of predicting the class frequencies: what a well-initialised model starts at."""
+def prior_entropy(priors: list[float], multi_label: bool = False) -> float:
+    """The loss of predicting the class frequencies: what a well-initialised model starts at. With
+    several labels per image, the binary cross-entropy of predicting each label's frequency, the
+    mean over labels (the loss averages over them too)."""
+    if multi_label:
+        return sum(-sum(q * math.log(q) for q in (p, 1 - p) if q > 0) for p in priors) / len(priors)
     return -sum(p * math.log(p) for p in priors if p > 0)
 
 
 @torch.no_grad()
 def check_init_loss(model: Classifier, train: Batches, *, batches: int, priors: list[float], prior_bias: bool,
-                    tolerance: float) -> tuple[Check, dict]:
-    """Loss at init vs its expectation: the prior entropy with a prior bias, else ln(classes)."""
+                    tolerance: float, loss_fn: Callable = nn.functional.cross_entropy,
+                    multi_label: bool = False) -> tuple[Check, dict]:
+    """Loss at init vs its expectation: the prior entropy with a prior bias, else ln(classes) (with
+    several labels per image, ln 2: every sigmoid at 1/2)."""
     model.eval()
     losses = []
     for i, (x, y) in enumerate(train.epoch(0)):
         if i >= batches:
             break
-        losses.append(nn.functional.cross_entropy(model(x).float(), y).item())
+        losses.append(loss_fn(model(x).float(), y).item())
     loss = sum(losses) / len(losses)
-    ln_c = math.log(len(priors))
-    expected = prior_entropy(priors) if prior_bias else ln_c
+    ln_c = math.log(2 if multi_label else len(priors))
+    expected = prior_entropy(priors, multi_label) if prior_bias else ln_c
     gap = abs(loss - expected)
     check = Check("init_loss", loss, expected, gap <= tolerance,
                   f"loss at init {loss:.4f} vs expected {expected:.4f} (ln C = {ln_c:.4f}): off by {gap:.4f} nats, "
                   f"tolerance {tolerance}")
-    return check, {"init_loss": loss, "ln_classes": ln_c, "prior_entropy": prior_entropy(priors)}
+    return check, {"init_loss": loss, "ln_classes": ln_c, "prior_entropy": prior_entropy(priors, multi_label)}
 
 
 def check_zero_input(head: nn.Module, real: Batches, zero: Batches, valid_real: Batches, valid_zero: Batches, *,
-                     steps: int, lr: float, margin: float) -> tuple[Check, dict]:
+                     steps: int, lr: float, margin: float,
+                     loss_fn: Callable = nn.functional.cross_entropy) -> tuple[Check, dict]:
     """Train two copies of the head for ``steps`` steps, on real features and on the features of
     all-zero images; real inputs must give a lower valid loss by at least ``margin``."""
     import copy
@@ -87,7 +95,7 @@ def check_zero_input(head: nn.Module, real: Batches, zero: Batches, valid_real: 
         step, epoch = 0, 0
         while step < steps:
             for x, y in train.epoch(epoch):
-                loss = nn.functional.cross_entropy(h(x), y)
+                loss = loss_fn(h(x), y)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -95,7 +103,7 @@ def check_zero_input(head: nn.Module, real: Batches, zero: Batches, valid_real: 
                 if step >= steps:
                     break
             epoch += 1
-        results[name] = validate(h, valid, loss_fn=nn.functional.cross_entropy)["loss"]
+        results[name] = validate(h, valid, loss_fn=loss_fn)["loss"]
     gain = results["zero"] - results["real"]
     check = Check("input_independent", gain, margin, gain >= margin,
                   f"valid loss with real inputs {results['real']:.4f} vs zeroed inputs {results['zero']:.4f}: "
@@ -155,7 +163,9 @@ def check_overfit(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, max_st
     model.eval()
     steps = 0
     while True:
-        per_image = nn.functional.cross_entropy(model(x).float(), y, reduction="none")
+        logits = model(x).float()
+        per_image = (nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(1)
+                     if y.dim() == 2 else nn.functional.cross_entropy(logits, y, reduction="none"))
         loss = per_image.mean()
         if loss.item() < max_loss or steps >= max_steps:
             break
@@ -173,7 +183,7 @@ def check_overfit(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, max_st
     stuck = sorted((k for k, v in enumerate(losses) if v >= max_loss), key=lambda k: -losses[k])
     for k in stuck:
         numbers["overfit_not_memorised"].append({
-            "path": paths[k], "label": classes[int(y[k])], "loss": round(losses[k], 4),
+            "path": paths[k], "label": label_name(y[k], classes), "loss": round(losses[k], 4),
             "lookalikes_other_label": [{"path": p, "label": lab} for p, lab in lookalikes.get(paths[k], [])]})
     named = []
     for r in numbers["overfit_not_memorised"]:
@@ -192,19 +202,29 @@ def check_overfit(model: Classifier, x: torch.Tensor, y: torch.Tensor, *, max_st
                  f"not memorised: {'; '.join(named)}.{finding}"), numbers
 
 
+def label_name(y: torch.Tensor, classes: list[str]) -> str:
+    """An image's label as words: its class, or the labels it holds joined by a space (several
+    labels per image; "" for none)."""
+    if y.dim() == 1:
+        return " ".join(c for c, v in zip(classes, y.tolist()) if v > 0.5)
+    return classes[int(y)]
+
+
 def other_label_lookalikes(table: pd.DataFrame, paths: list[str]) -> dict[str, list[tuple[str, str]]]:
     """For each of ``paths``: the ``(path, label)`` of every other row of its duplicate group (the
-    split's ``group`` column: the audit's exact and near duplicates) with a different label."""
+    split's ``group`` column: the audit's exact and near duplicates) with a different label (or
+    label list)."""
     if "group" not in table.columns:
         return {}
+    column = LABELS if LABELS in table.columns else "label"
     rows = table.set_index("path")
     out = {}
     for p in paths:
         if p not in rows.index:
             continue
-        group, label = rows.at[p, "group"], rows.at[p, "label"]
-        mates = table[(table["group"] == group) & (table["label"] != label)]
-        out[p] = list(zip(mates["path"], mates["label"]))
+        group, label = rows.at[p, "group"], rows.at[p, column]
+        mates = table[(table["group"] == group) & (table[column] != label)]
+        out[p] = list(zip(mates["path"], mates[column]))
     return out
 
 
@@ -246,7 +266,7 @@ def _batch_picture(common: Common, cfg: BaselineConfig, data: Data, device: torc
     """Nothing: writes what the network sees, one augmented training batch after every transform, to ``picture``."""
     x, y = next(iter(common.batches(data.train, device, train=True).epoch(0)))
     k = min(cfg.picture_images, len(y))
-    plots.tensor_grid(x[:k].float().cpu().numpy(), [data.classes[i] for i in y[:k].tolist()], picture,
+    plots.tensor_grid(x[:k].float().cpu().numpy(), [label_name(v, data.classes) for v in y[:k].cpu()], picture,
                       f"A training batch as the network gets it ({common.train.image_size} px, after augmentation)")
 
 
@@ -262,7 +282,8 @@ def _zero_input(model: Classifier, plain_train: Batches, common: Common, cfg: Ba
     return check_zero_input(
         model.head, feat(f_train, data.train.labels, True), feat(zero.expand(len(f_train), -1), data.train.labels, True),
         feat(f_valid, data.valid.labels, False), feat(zero.expand(len(f_valid), -1), data.valid.labels, False),
-        steps=cfg.zero_input_steps, lr=cfg.simple.lr, margin=cfg.zero_input_margin)
+        steps=cfg.zero_input_steps, lr=cfg.simple.lr, margin=cfg.zero_input_margin,
+        loss_fn=common.loss(multi_label=data.multi_label))
 
 
 def _overfit(model: Classifier, common: Common, cfg: BaselineConfig, data: Data, device: torch.device,
@@ -275,7 +296,7 @@ def _overfit(model: Classifier, common: Common, cfg: BaselineConfig, data: Data,
     paths = [data.train.paths[i] for i in idx.tolist()]
     return check_overfit(model, xb, yb, max_steps=cfg.overfit.max_steps, lr=cfg.overfit.lr,
                          max_loss=cfg.overfit.max_loss, paths=paths, classes=data.classes,
-                         lookalikes=other_label_lookalikes(read_split(split), paths))
+                         lookalikes=other_label_lookalikes(read_split(split, multi_label_ok=True), paths))
 
 
 def run(common: Common, cfg: BaselineConfig, *, split: Path, raw: Path, picture: Path, candidates: Path) -> dict:
@@ -297,7 +318,8 @@ def run(common: Common, cfg: BaselineConfig, *, split: Path, raw: Path, picture:
     # Shuffled (the split file may be ordered by class), not augmented.
     shuffled = common.batches(data.train, device, train=True, augment=False)
     check, n = check_init_loss(model, shuffled, batches=cfg.init_batches, priors=priors,
-                               prior_bias=common.model.head.prior_bias, tolerance=cfg.init_tolerance)
+                               prior_bias=common.model.head.prior_bias, tolerance=cfg.init_tolerance,
+                               loss_fn=common.loss(multi_label=data.multi_label), multi_label=data.multi_label)
     checks.append(check)
     numbers.update(n)
 
@@ -310,10 +332,7 @@ def run(common: Common, cfg: BaselineConfig, *, split: Path, raw: Path, picture:
     checks.append(check)
     numbers.update(n)
 
-    # Majority class: the accuracy of always answering the most frequent training class.
-    majority = int(torch.argmax(torch.tensor(priors)))
-    numbers["majority_class"] = data.classes[majority]
-    numbers["majority_accuracy"] = (data.valid.labels == majority).float().mean().item()
+    numbers.update(majority(data, priors))
 
     # The simple model, from scratch, at a small size; and the capacity check (the same, wider).
     n, check = _simple_model(common, cfg.simple, data, device)
@@ -331,7 +350,7 @@ def run(common: Common, cfg: BaselineConfig, *, split: Path, raw: Path, picture:
     checks.append(check)
     numbers.update(n)
     metrics = {"checks": {c.name: c.as_dict() for c in checks}, **numbers,
-               "classes": len(data.classes), "prior_entropy": prior_entropy(priors),
+               "classes": len(data.classes), "prior_entropy": prior_entropy(priors, data.multi_label),
                "passed": all(c.passed for c in checks), "time_s": round(time.perf_counter() - t0, 1)}
     for c in checks:
         print(f"baseline: {'ok  ' if c.passed else 'FAIL'} {c.name}: {c.detail}")
@@ -340,6 +359,21 @@ def run(common: Common, cfg: BaselineConfig, *, split: Path, raw: Path, picture:
           + (f"; logistic regression on {cfg.pixels.side} px pixels {numbers['pixels_accuracy']:.4f} "
              f"(C={numbers['pixels_C']:g})" if "pixels_accuracy" in numbers else ""))
     return metrics
+
+
+def majority(data: Data, priors: list[float]) -> dict:
+    """The input-independent answer to beat, on valid: the most frequent training class (its
+    accuracy); with several labels per image, each label's training frequency as its probability
+    (``prior_valid_loss``, the binary cross-entropy to beat) and its more frequent answer, yes or
+    no (``majority_accuracy``, over every image and label)."""
+    if not data.multi_label:
+        best = int(torch.argmax(torch.tensor(priors)))
+        return {"majority_class": data.classes[best],
+                "majority_accuracy": (data.valid.labels == best).float().mean().item()}
+    p = torch.tensor(priors).clamp(1e-7, 1 - 1e-7).expand_as(data.valid.labels)
+    return {"majority_class": "each label's prior",
+            "majority_accuracy": ((p > 0.5).float() == data.valid.labels).float().mean().item(),
+            "prior_valid_loss": nn.functional.binary_cross_entropy(p, data.valid.labels).item()}
 
 
 def failed_checks(metrics: dict) -> list[str]:
@@ -389,7 +423,7 @@ def _simple_model(common: Common, cfg: SimpleModelConfig, data: Data,
         opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr)
         sched = make_schedule(opt, epochs=epochs, steps_per_epoch=len(tb), **cfg.schedule.model_dump())
         return fit(net, train=tb, valid=vb, epochs=epochs, optimizer=opt, schedule=sched,
-                   loss_fn=common.loss(), keep="last", phase=f"simple model, width {width}")
+                   loss_fn=common.loss(multi_label=data.multi_label), keep="last", phase=f"simple model, width {width}")
 
     rows = trained(cfg.width, train, cfg.epochs, True)
     numbers = {"simple_accuracy": rows[-1]["accuracy"], "simple_valid_loss": rows[-1]["valid_loss"],

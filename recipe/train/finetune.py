@@ -79,7 +79,8 @@ def run(common: Common, cfg: FinetuneConfig, lr_find_cfg: LrFindConfig, *, split
     if distributed.is_main():  # a curve left by an earlier lr: auto run would pass for this run's
         shutil.rmtree(lr_find_dir, ignore_errors=True)
     if lr == "auto":  # the range test on the unfrozen model, keeping the groups' ratios
-        lr = distributed.on_main(lambda: auto_lr(model, common, lr_find_cfg, tb, cfg.lr_mult, train_mode, lr_find_dir))
+        lr = distributed.on_main(lambda: auto_lr(model, common, lr_find_cfg, tb, cfg.lr_mult, train_mode, lr_find_dir,
+                                                 multi_label=data.multi_label))
     lrs = spread_lrs(lr, cfg.lr_mult, len(model.groups))
     learn = Learner(common, device, model, data, stage="finetune", out=out, size=meta["size"],
                     history=History(log, watch(data.valid, common.train.dynamics_images, common.seed)),
@@ -93,13 +94,14 @@ def run(common: Common, cfg: FinetuneConfig, lr_find_cfg: LrFindConfig, *, split
 
 
 def auto_lr(model: Classifier, common: Common, cfg: LrFindConfig, train: Batches, lr_mult: float,
-            train_mode: Callable[[], None], out_dir: Path) -> float:
+            train_mode: Callable[[], None], out_dir: Path, *, multi_label: bool) -> float:
     """The range test's rate for the unfrozen model; its curve, picture and suggestion go to
     ``out_dir``. Under DDP rank 0 alone calls this (distributed.on_main): it sweeps the whole global
     batches, not its slice, so the curve and the rate are the ones a single process gets."""
     whole = copy.copy(train)
     whole.shard = None
-    result = lr_find.sweep(model, model, common, cfg, whole, spread_lrs(1.0, lr_mult, len(model.groups)), train_mode)
+    result = lr_find.sweep(model, model, common, cfg, whole, spread_lrs(1.0, lr_mult, len(model.groups)), train_mode,
+                           multi_label=multi_label)
     lr_find.write(result, cfg.suggestion, curve_csv=out_dir / LR_FIND.curve, plot=out_dir / LR_FIND.plot,
                   suggestion=out_dir / LR_FIND.suggestion)
     return result["summary"]["lr"]

@@ -19,6 +19,8 @@ probability each of those valid images gives its true class after the epoch (pre
 dynamics). A parameter group with an ``l1`` coefficient adds ``l1 * sum|w|`` of its parameters to
 the loss (recipe.train.models.param_groups puts it on the weights that get weight decay); the row's
 ``l1_loss`` is that term's mean over the epoch's batches, ``train_loss`` the data loss alone.
+With ``average`` (:func:`moving_average`) an exponential moving average of the weights is updated
+after every step and kept in the resume state, so a resumed run's average is the same too.
 
 A non-finite loss stops training with :class:`Diverged`, naming the epoch, step and rate.
 """
@@ -33,6 +35,7 @@ from typing import Callable, Sequence
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from recipe.core import distributed
 from recipe.core.errors import DataError, RecipeError
@@ -54,7 +57,9 @@ def autocast(device: torch.device, amp: bool):
 
 @torch.no_grad()
 def validate(module: nn.Module, batches: Batches, *, loss_fn: Callable, amp: bool = False) -> dict:
-    """Mean loss, accuracy and the probabilities (float32, CPU) over one pass of ``batches``."""
+    """Mean loss, accuracy and the probabilities (float32, CPU) over one pass of ``batches``. With
+    several labels per image (labels ``(N, classes)``): each label's sigmoid, and the accuracy of
+    the yes/no answers at 0.5 over every image and label (fastai's ``accuracy_multi``)."""
     was = module.training
     module.eval()
     total, correct, n, probs = 0.0, 0, 0, []
@@ -63,9 +68,13 @@ def validate(module: nn.Module, batches: Batches, *, loss_fn: Callable, amp: boo
             logits = module(x)
         logits = logits.float()
         total += loss_fn(logits, y).item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
         n += len(y)
-        probs.append(logits.softmax(1).cpu())
+        if y.dim() == 2:
+            correct += ((logits > 0) == (y > 0.5)).float().mean(1).sum().item()
+            probs.append(logits.sigmoid().cpu())
+        else:
+            correct += (logits.argmax(1) == y).sum().item()
+            probs.append(logits.softmax(1).cpu())
     module.train(was)
     return {"loss": total / n, "accuracy": correct / n, "probs": torch.cat(probs)}
 
@@ -76,10 +85,12 @@ def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _restore(state: dict, module: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule,
-             phase: str) -> tuple[list[dict], float, int, int, dict | None]:
+             phase: str, average: AveragedModel | None = None) -> tuple[list[dict], float, int, int, dict | None]:
     """The history, best, bad, next epoch and best weights of a resume ``state``, once the module,
-    optimizer, schedule and RNG are back where it left them (its rows printed again)."""
+    optimizer, schedule, moving average and RNG are back where it left them (its rows printed again)."""
     module.load_state_dict(state["model"])
+    if average is not None:
+        average.load_state_dict(state["average"])
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
     history, best, bad, start = state["history"], state["best"], state["bad"], state["epoch"]
@@ -109,7 +120,7 @@ def _optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler
 
 def _train_epoch(net: nn.Module, module: nn.Module, train: Batches, epoch: int, *, optimizer: torch.optim.Optimizer,
                  schedule: Schedule, loss_fn: Callable, amp: bool, clip_grad: float | None, scaler, l1_terms: list,
-                 phase: str) -> tuple[float, int, float, list[dict], float, int]:
+                 phase: str, average: AveragedModel | None = None) -> tuple[float, int, float, list[dict], float, int]:
     """One epoch's pass over ``train``, a step per batch: this rank's summed loss and image count,
     the summed L1 term, each batch's group rates, the last batch's rate and the number of steps."""
     device = train.device
@@ -129,6 +140,8 @@ def _train_epoch(net: nn.Module, module: nn.Module, train: Batches, epoch: int, 
             raise Diverged(f"{phase}: loss is {value} at epoch {epoch}, step {step} "
                            f"(lr {max(current_lrs(optimizer)):.3g}); lower the learning rate")
         _optimizer_step(loss, optimizer, scaler, clip_grad)
+        if average is not None:
+            average.update_parameters(module)
         lr_used = max(current_lrs(optimizer))  # the rate this batch trained at (before the schedule moves)
         rates.append(group_rates(optimizer))
         schedule.step_batch()
@@ -168,7 +181,7 @@ def fit(module: nn.Module, *, train: Batches, valid: Batches, epochs: int, optim
         keep: str = "best", resume: Path | None = None, fingerprint: str = "",
         phase: str = "train", on_epoch: Callable[[dict], None] | None = None,
         start_loss: float | None = None, watch: Sequence[int] | None = None,
-        stop_at: Sequence[int] | None = None) -> list[dict]:
+        stop_at: Sequence[int] | None = None, average: AveragedModel | None = None) -> list[dict]:
     """The history: one row per epoch trained (see the module's docstring)."""
     device = train.device
     history: list[dict] = []
@@ -180,7 +193,7 @@ def fit(module: nn.Module, *, train: Batches, valid: Batches, epochs: int, optim
     start = 0
     state = _load_resume(resume, fingerprint)
     if state is not None:
-        history, best, bad, start, best_state = _restore(state, module, optimizer, schedule, phase)
+        history, best, bad, start, best_state = _restore(state, module, optimizer, schedule, phase, average)
         if state["done"]:
             return history
         print(f"{phase}: resuming after epoch {start - 1} from {resume}", file=sys.stderr)
@@ -199,7 +212,7 @@ def fit(module: nn.Module, *, train: Batches, valid: Batches, epochs: int, optim
             train_mode()
         total, seen, l1_total, rates, lr_used, steps = _train_epoch(
             net, module, train, epoch, optimizer=optimizer, schedule=schedule, loss_fn=loss_fn, amp=amp,
-            clip_grad=clip_grad, scaler=scaler, l1_terms=l1_terms, phase=phase)
+            clip_grad=clip_grad, scaler=scaler, l1_terms=l1_terms, phase=phase, average=average)
         total, seen = distributed.sum_all(total, seen)  # the epoch's train loss over every rank's images
         result = validate(module, valid, loss_fn=loss_fn, amp=amp)
         row = _epoch_row(epoch, total / seen, result, lr_used, t0, l1_loss=l1_total / steps if l1_terms else None,
@@ -216,13 +229,21 @@ def fit(module: nn.Module, *, train: Batches, valid: Batches, epochs: int, optim
             module.load_state_dict(best_state)
         _save_resume(resume, fingerprint=fingerprint, module=module, optimizer=optimizer, schedule=schedule,
                      history=history, best=best, bad=bad, epoch=epoch + 1, done=last,
-                     best_state=None if last else best_state)
+                     best_state=None if last else best_state, average=average)
         if stopped:
             if epoch + 1 < epochs and distributed.is_main():
                 print(f"{phase}: early stop after epoch {epoch}: valid loss has not improved for {bad} epochs "
                       f"(patience {patience})")
             break
     return history
+
+
+def moving_average(module: nn.Module, *, epochs: float, steps_per_epoch: int) -> AveragedModel:
+    """An exponential moving average of ``module``'s weights and BatchNorm statistics, updated
+    after every optimizer step (:func:`fit`'s ``average``), whose horizon is ``epochs`` epochs:
+    decay ``1 - 1 / (epochs * steps_per_epoch)`` per step (Polyak averaging; timm's ModelEmaV3)."""
+    decay = 1.0 - 1.0 / max(epochs * steps_per_epoch, 1.0)
+    return AveragedModel(module, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def l1_penalty(terms: Sequence[tuple[float, Sequence[torch.Tensor]]]) -> torch.Tensor:
@@ -246,7 +267,7 @@ def _load_resume(path: Path | None, fingerprint: str) -> dict | None:
 
 
 def _save_resume(path: Path | None, *, fingerprint, module, optimizer, schedule, history, best, bad, epoch,
-                 done, best_state) -> None:
+                 done, best_state, average: AveragedModel | None = None) -> None:
     if path is None or not distributed.is_main():  # rank 0 writes; every rank can read it back
         return
     path = Path(path)
@@ -256,6 +277,8 @@ def _save_resume(path: Path | None, *, fingerprint, module, optimizer, schedule,
              "best": best, "bad": bad, "rng": torch.get_rng_state()}
     if best_state is not None:
         state["best_model"] = best_state
+    if average is not None:
+        state["average"] = average.state_dict()
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)  # atomic: a kill mid-write leaves the previous state intact

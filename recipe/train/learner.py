@@ -31,7 +31,7 @@ from recipe.core.layout import TRAINING
 from recipe.data.loader import ImageSet
 from recipe.report import plots
 from recipe.train.augment import Augment, mix
-from recipe.train.fit import fit, validate
+from recipe.train.fit import fit, moving_average, validate
 from recipe.train.models import Classifier, param_groups
 from recipe.train.optim import cycle_ends, lr_scale, make_optimizer, make_schedule
 from recipe.train.schema import AugmentConfig, ModelConfig, OptimConfig, TrainConfig
@@ -53,10 +53,17 @@ class Common:
         seed_everything(self.seed)
         return distributed.init(pick_device(self.train.device))
 
-    def loss(self, labels: torch.Tensor | None = None, classes: int | None = None) -> nn.Module:
+    def loss(self, labels: torch.Tensor | None = None, classes: int | None = None, *,
+             multi_label: bool = False) -> nn.Module:
         """Cross-entropy with ``train.label_smoothing``; with ``train.class_weights: balanced`` and the
         train split's ``labels``, each class weighted by n / (classes * its count) (sklearn's
-        ``class_weight="balanced"``), so every class weighs alike in the loss."""
+        ``class_weight="balanced"``), so every class weighs alike in the loss. With ``multi_label``
+        (several labels per image): binary cross-entropy on each label's logit (:class:`MultiLabelLoss`)."""
+        if multi_label:
+            if self.train.class_weights != "none":
+                raise ConfigError(f"train.class_weights = {self.train.class_weights!r}: it weighs classes that "
+                                  "exclude each other; with several labels per image use none")
+            return MultiLabelLoss(self.train.label_smoothing)
         weight = None
         if labels is not None and self.train.class_weights == "balanced":
             weight = class_weights(labels, classes)
@@ -84,6 +91,9 @@ class Common:
         """The class of each image to balance a training stage's batches over (``train.sampler:
         balanced``), or None (``shuffle``: every image once per epoch). The baseline checks and
         the range test always shuffle."""
+        if self.train.sampler == "balanced" and images.multi_label:
+            raise ConfigError("train.sampler = 'balanced': it draws classes that exclude each other; with several "
+                              "labels per image use shuffle")
         return images.labels if self.train.sampler == "balanced" else None
 
     def lr_scale(self) -> float:
@@ -113,7 +123,7 @@ def pretrained(common: Common, data: Data, device: torch.device) -> Classifier:
     """A new model for ``data``: the (pretrained) body and a fresh head. With ``model.adapt_bn``
     the body's BatchNorm statistics are re-estimated on the training images (plain, not
     augmented) before anything is trained on top of them (AdaBN, Li et al. 2016)."""
-    model = common.prepare(new_model(common.model, data.classes, data.priors), device)
+    model = common.prepare(new_model(common.model, data.classes, data.priors, data.multi_label), device)
     if common.model.adapt_bn:
         refresh_bn(model, common.batches(data.train, device, train=False))
     return model
@@ -131,7 +141,7 @@ def watch(valid: ImageSet, n: int, seed: int) -> Watch | None:
     """``n`` valid images, stratified (each class its share, largest remainders first, at least
     one per class while ``n`` allows), drawn with ``seed``: the same images in every stage, since
     every stage loads the valid split in split.csv's order. Sorted by class, then position."""
-    if n <= 0 or len(valid) == 0:
+    if n <= 0 or len(valid) == 0 or valid.multi_label:  # several labels per image: no one true class to follow
         return None
     labels = valid.labels.tolist()
     by_class = [[i for i, y in enumerate(labels) if y == c] for c in range(len(valid.classes))]
@@ -218,8 +228,8 @@ def train_phase(module, *, name: str, history: History, resume_dir: Path, key: s
 
 def finish(model: Classifier, data: Data, common: Common, device, *, out: Path, history: History,
             history_csv: Path, size: int, stage: str, resume_dir: Path, t0: float, model_config: dict | None = None) -> dict:
-    result = validate(model, common.batches(data.valid, device, train=False), loss_fn=common.loss(),
-                      amp=common.train.amp)
+    result = validate(model, common.batches(data.valid, device, train=False),
+                      loss_fn=common.loss(multi_label=data.multi_label), amp=common.train.amp)
     metrics = {"valid_loss": result["loss"], "valid_accuracy": result["accuracy"], "epochs": len(history.rows),
                "size": size, "time_s": round(time.perf_counter() - t0, 1)}
     if distributed.world_size() > 1:
@@ -234,6 +244,20 @@ def finish(model: Classifier, data: Data, common: Common, device, *, out: Path, 
     shutil.rmtree(resume_dir, ignore_errors=True)  # finished: a rerun starts over
     return metrics
 
+
+
+class MultiLabelLoss(nn.Module):
+    """Binary cross-entropy on each label's logit, averaged over labels and images (several labels
+    per image). ``smoothing`` moves each 0/1 target ``smoothing / 2`` toward 1/2. Targets may be
+    soft (a mixup blend)."""
+
+    def __init__(self, smoothing: float = 0.0):
+        super().__init__()
+        self.smoothing = smoothing
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        targets = targets.float() * (1 - self.smoothing) + self.smoothing / 2
+        return nn.functional.binary_cross_entropy_with_logits(logits, targets)
 
 
 def class_weights(labels: torch.Tensor, classes: int) -> torch.Tensor:
@@ -294,16 +318,27 @@ class Learner:
                                               size=self.size, stage=self.stage, model_config=self.model_config),
                          snapshot_at=ends)
         train_cfg = self.common.train
+        # train.ema: the moving average of the weights is one more candidate, <stage>@ema, wherever
+        # the phase keeps SGDR snapshots (finetune, resize's unfrozen phase)
+        average = moving_average(self.model, epochs=train_cfg.ema, steps_per_epoch=len(train)) \
+            if snapshots and train_cfg.ema else None
         stopping = stopping if stopping is not None else {"patience": train_cfg.patience, "keep": train_cfg.keep}
         if stopping.get("patience") is not None and train_cfg.stop_at == "cycle_end" and ends:
             stopping = {**stopping, "stop_at": ends}  # SGDR: judged at its restarts
         extra = {"train_mode": train_mode} if train_mode is not None else {}
-        return train_phase(module if module is not None else self.model, name=name, **snaps, train=train,
+        rows = train_phase(module if module is not None else self.model, name=name, **snaps, train=train,
                            valid=valid if valid is not None else self.batches(self.data.valid, train=False),
                            epochs=epochs, optimizer=opt, schedule=sched, **extra,
-                           loss_fn=self.common.loss(self.data.train.labels, len(self.data.classes)).to(self.device),
+                           loss_fn=self.common.loss(self.data.train.labels, len(self.data.classes),
+                                                    multi_label=self.data.multi_label).to(self.device),
                            amp=train_cfg.amp, clip_grad=train_cfg.clip_grad, **stopping, history=self.history,
-                           resume_dir=self.resume, key=self.key)
+                           resume_dir=self.resume, key=self.key, average=average)
+        if average is not None and distributed.is_main():
+            save_checkpoint(self.folder / TRAINING.snapshots / TRAINING.ema, average.module, classes=self.data.classes,
+                            size=self.size, model_config=self.model_config or self.common.model.model_dump(),
+                            stage=f"{self.stage}@ema", epoch=len(self.history.rows),
+                            channels=self.data.train.images.shape[1])
+        return rows
 
     def finish(self, history_csv: Path, t0: float) -> dict:
         """Score on valid, write the checkpoint, the history and its pictures (see :func:`finish`)."""

@@ -170,17 +170,18 @@ def run(common: Common, cfg: LrFindConfig, *, split: Path, raw: Path, curve_csv:
     f = features(model, common.batches(data.train, device, train=False), amp=common.train.amp)
     train = batches((f, data.train.training_targets), batch_size=common.train.batch_size, train=True, seed=common.seed,
                     device=device)
-    result = sweep(model.head, model, common, cfg, train, [1.0] * len(model.groups), None)
+    result = sweep(model.head, model, common, cfg, train, [1.0] * len(model.groups), None, multi_label=data.multi_label)
     write(result, cfg.suggestion, curve_csv=curve_csv, plot=plot, suggestion=suggestion)
     return {**result["summary"], "time_s": round(time.perf_counter() - t0, 1)}
 
 
 def sweep(module: nn.Module, model: Classifier, common: Common, cfg: LrFindConfig, train: Batches,
-          ratios: list[float], train_mode: Callable[[], None] | None) -> dict:
+          ratios: list[float], train_mode: Callable[[], None] | None, *, multi_label: bool) -> dict:
     """Range-test ``module`` (the head alone, or the model) with an optimizer over ``model``'s
     layer groups at ``ratios`` of the swept rate; the curve and the rules' suggestions."""
     opt = common.optimizer(model, ratios)
-    curve = range_test(module, batches=train.epoch, optimizer=opt, loss_fn=common.loss(), start_lr=cfg.start_lr,
+    curve = range_test(module, batches=train.epoch, optimizer=opt, loss_fn=common.loss(multi_label=multi_label),
+                       start_lr=cfg.start_lr,
                        end_lr=cfg.end_lr, iterations=cfg.iterations, smoothing=cfg.smoothing, diverge=cfg.diverge,
                        train_mode=train_mode)
     try:

@@ -131,12 +131,13 @@ class Classifier(nn.Module):
 
 def build_model(*, name: str, weights: str | None, mean: Sequence[float] | None, std: Sequence[float] | None,
                 classes: int, pool: str, dropout: float, init: str, init_gain: float,
-                priors: Sequence[float] | None = None, arch: str | None = None) -> Classifier:
+                priors: Sequence[float] | None = None, arch: str | None = None, multi_label: bool = False) -> Classifier:
     """A pretrained (or not) body with a new head for ``classes`` classes.
 
     ``init`` is ``kaiming`` or ``xavier`` for the head's weights, scaled by ``init_gain``
     (Karpathy: a small last layer keeps the loss at init near its expected value); the bias is
-    ``log(priors)`` when given, so the initial softmax predicts the class frequencies. ``arch``
+    ``log(priors)`` when given, so the initial softmax predicts the class frequencies (with
+    ``multi_label``, ``logit(priors)``: each sigmoid predicts its label's frequency). ``arch``
     is the timm model of ``name="timm"`` (and of no other); its ``mean`` and ``std`` may be
     ``None``: timm's pretrained config gives them.
     """
@@ -158,11 +159,11 @@ def build_model(*, name: str, weights: str | None, mean: Sequence[float] | None,
     if mean is None or std is None:
         raise ConfigError(f"model.mean, model.std: needed for {name!r} (only name {TIMM!r} takes timm's)")
     head = Head(features, classes, pool=pool, dropout=dropout)
-    init_head(head.fc, init=init, gain=init_gain, priors=priors)
+    init_head(head.fc, init=init, gain=init_gain, priors=priors, multi_label=multi_label)
     return Classifier(body, head, [early, late, [head]], ["early", "late", "head"], mean, std)
 
 
-def init_head(fc: nn.Linear, *, init: str, gain: float, priors: Sequence[float] | None) -> None:
+def init_head(fc: nn.Linear, *, init: str, gain: float, priors: Sequence[float] | None, multi_label: bool = False) -> None:
     with torch.no_grad():
         if init == "kaiming":
             nn.init.kaiming_normal_(fc.weight, nonlinearity="linear")
@@ -171,7 +172,10 @@ def init_head(fc: nn.Linear, *, init: str, gain: float, priors: Sequence[float] 
         else:
             raise ConfigError(f"model.head.init = {init!r}: must be one of 'kaiming', 'xavier'")
         fc.weight.mul_(gain)
-        if priors is not None:
+        if priors is not None and multi_label:
+            p = torch.as_tensor(priors, dtype=torch.float64).clamp(1e-8, 1 - 1e-8)
+            fc.bias.copy_(torch.logit(p).to(fc.bias.dtype))
+        elif priors is not None:
             p = torch.as_tensor(priors, dtype=torch.float64).clamp_min(1e-8)
             fc.bias.copy_((p / p.sum()).log().to(fc.bias.dtype))
         else:

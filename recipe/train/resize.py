@@ -53,7 +53,8 @@ def run(common: Common, cfg: ResizeConfig, *, unfreeze_to: int, split: Path, raw
     size = target_size(cfg, common.train, from_size=meta["size"], split=split)
     given = load_data(split, raw, size=meta["size"], workers=common.train.workers)
     same_classes(meta, given, checkpoint)
-    bar = validate(model, common.batches(given.valid, device, train=False), loss_fn=common.loss(), amp=common.train.amp)
+    loss = common.loss(multi_label=given.multi_label)
+    bar = validate(model, common.batches(given.valid, device, train=False), loss_fn=loss, amp=common.train.amp)
     metrics: dict[str, object] = {"from_size": meta["size"], "given_valid_loss": bar["loss"],
                                   "given_valid_accuracy": bar["accuracy"]}
     if size is None:
@@ -63,11 +64,11 @@ def run(common: Common, cfg: ResizeConfig, *, unfreeze_to: int, split: Path, raw
                                       "size auto: nothing larger than the given size")}
     data = load_data(split, raw, size=size, workers=common.train.workers)
     plain = common.batches(data.valid, device, train=False)
-    before = validate(model, plain, loss_fn=common.loss(), amp=common.train.amp)
+    before = validate(model, plain, loss_fn=loss, amp=common.train.amp)
     metrics["valid_accuracy_before"] = before["accuracy"]
     if cfg.refresh_bn:
         metrics["bn_layers_refreshed"] = refresh_bn(model, common.batches(data.train, device, train=False))
-        metrics["valid_accuracy_after_bn_refresh"] = validate(model, plain, loss_fn=common.loss(),
+        metrics["valid_accuracy_after_bn_refresh"] = validate(model, plain, loss_fn=loss,
                                                               amp=common.train.amp)["accuracy"]
     history = History(log, watch(data.valid, common.train.dynamics_images, common.seed))
     train_set, stopping = fit_set(data, cfg.fit_on, common, "resize")

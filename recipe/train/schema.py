@@ -209,6 +209,7 @@ class TrainConfig(Strict):
     sampler: Literal["shuffle", "balanced"]  # balanced: the training stages draw each class about equally often
     mix: Literal["none", "mixup", "cutmix"]  # the training stages' batches of images blended with themselves
     mix_alpha: Annotated[float, Field(gt=0)]  # the blend's share ~ Beta(mix_alpha, mix_alpha)
+    ema: Annotated[float, Field(ge=0)]  # epochs: horizon of the weights' moving average (<stage>@ema); 0 = off
     clip_grad: PositiveFloat | None
     patience: PositiveInt | None
     stop_at: Literal["epoch", "cycle_end"]  # when early stopping may stop: any epoch, or (SGDR) only at a cycle's end

@@ -27,7 +27,7 @@ from recipe.core import distributed
 from recipe.core.errors import ConfigError, DataError
 from recipe.core.layout import RAW
 from recipe.data.loader import Batches, ImageSet, load_split
-from recipe.data.split import class_names, read_split
+from recipe.data.split import LABELS, class_names, read_split
 from recipe.train.augment import Augment
 from recipe.train.models import Classifier, build_model
 from recipe.train.schema import ModelConfig
@@ -62,15 +62,23 @@ class Data:
     classes: list[str]
 
     @property
+    def multi_label(self) -> bool:
+        return self.train.multi_label
+
+    @property
     def priors(self) -> list[float]:
+        """Each class's share of the train images; with several labels per image, the share of
+        them that hold each label (each its own yes/no prior)."""
+        if self.multi_label:
+            return self.train.labels.double().mean(0).tolist()
         counts = torch.bincount(self.train.labels, minlength=len(self.classes)).double()
         return (counts / counts.sum()).tolist()
 
 
 def load_data(split_csv: Path, raw: Path, *, size: int, workers: int, splits: tuple[str, ...] = ("train", "valid")) -> Data:
-    table = read_split(split_csv)
+    table = read_split(split_csv, multi_label_ok=True)
     classes = class_names(table)
-    if len(classes) < 2:
+    if len(classes) < (1 if LABELS in table.columns else 2):
         raise DataError(f"{split_csv}: {len(classes)} class(es); a classifier needs at least 2")
     sets = {s: load_split(table, Path(raw) / RAW.files, split=s, size=size, classes=classes, workers=workers)
             for s in splits}
@@ -105,11 +113,13 @@ def batches(images: ImageSet | tuple[torch.Tensor, torch.Tensor], *, batch_size:
                    weights=weights, mix=mix if train else None)
 
 
-def new_model(model_cfg: ModelConfig, classes: list[str], priors: list[float] | None) -> Classifier:
+def new_model(model_cfg: ModelConfig, classes: list[str], priors: list[float] | None,
+              multi_label: bool = False) -> Classifier:
     h = model_cfg.head
     return build_model(name=model_cfg.name, weights=model_cfg.weights, mean=model_cfg.mean, std=model_cfg.std,
                        classes=len(classes), pool=h.pool, dropout=h.dropout, init=h.init, init_gain=h.init_gain,
-                       priors=priors if h.prior_bias else None, arch=getattr(model_cfg, "arch", None))  # only TimmConfig has an arch
+                       priors=priors if h.prior_bias else None, arch=getattr(model_cfg, "arch", None),  # only TimmConfig has an arch
+                       multi_label=multi_label)
 
 
 def save_checkpoint(path: Path, model: Classifier, *, classes: list[str], size: int, model_config: dict,
