@@ -36,7 +36,7 @@ def main(args):
         rows, scores, sets, classes = select.score(common, cfg, singles=singles, cands=cands, split=args.split,
                                                    raw=args.raw, scoring=p.section("scoring", ScoringConfig))
         d = select.decide_all(rows, scores, cands, sets, singles, classes, cfg,
-                              priors=select.train_priors(args.split, classes))
+                              priors=select.train_priors(args.split, classes), seed=common.seed)
         cand, views, threshold, summary, chosen = d["candidate"], d["views"], d["threshold"], d["summary"], d["row"]
         save_bundle(args.model, [(m, singles[m]) for m in cand.members],
                     views=select.view_spec(cfg, common, views.name) if views.name != "none" else None,
@@ -50,7 +50,7 @@ def main(args):
         _write_table(args.table, rows)
         plots.selection(rows, chosen, args.plot, f"select: every candidate on valid ({cfg.criterion} chooses)")
         log_numbers({k: v for k, v in summary.items() if k not in ("members", "reference")}, "chosen")
-        tracking.set_tag("chosen", f"{cand.name} / {views.name}" + (f" / threshold {threshold:.3f}" if threshold else ""))
+        tracking.set_tag("chosen", f"{cand.name} / {views.name}" + (f" / threshold {_thresholds(threshold)}" if threshold else ""))
         tracking.log_table({k: [r[k] if k != "members" else "+".join(r[k]) for r in rows] for k in rows[0]},
                            "candidates.json")
         for path in (args.metrics, args.table):
@@ -86,14 +86,27 @@ def format_rows(rows: list[dict], chosen: dict, criterion: str, limit: int = 12)
         "\n".join(lines)
 
 
+def _thresholds(t: float | list[float]) -> str:
+    """A threshold, or several labels' thresholds (one number when they are all the same)."""
+    if isinstance(t, list):
+        return f"{t[0]:.3f} for every label" if len(set(t)) == 1 else "per label " + " ".join(f"{v:.3f}" for v in t)
+    return f"{t:.3f}"
+
+
 def describe(s: dict) -> str:
-    thr = f", threshold {s['threshold']:.3f} ({s['threshold_rule']})" if s["threshold"] is not None else ""
+    thr = f", threshold {_thresholds(s['threshold'])} ({s['threshold_rule']})" if s["threshold"] is not None else ""
+    if "valid_macro_f1_as_chosen" in s:  # several labels per image
+        thr += (f", macro F1 {100 * s['valid_macro_f1_as_chosen']:.2f}%, exact match "
+                f"{100 * s['valid_exact_match_as_chosen']:.2f}%")
     thr += f", logit adjustment tau {s['logit_adjust']:g}" if s.get("logit_adjust") else ""
     text = (f"select: chose {s['candidate']} with views {s['views']}{thr}: valid log loss {s['valid_log_loss']:.4f}, "
             f"accuracy {100 * s['valid_accuracy_as_chosen']:.2f}%, {s['cost_ratio']:.1f}x the cost of "
             f"{s['reference']['candidate']} alone")
     b = s.get("best_baseline")
-    if b:
+    if b and "valid_macro_f1_as_chosen" in s:  # several labels per image: the log loss speaks for the probabilities
+        text += (f"\nselect: the best simple baseline on valid, {b['candidate']}: log loss {b['valid_log_loss']:.4f} "
+                 f"(no views); the chosen model's is {b['valid_log_loss'] - s['valid_log_loss']:+.4f} lower")
+    elif b:
         text += (f"\nselect: the best simple baseline on valid, {b['candidate']}: log loss {b['valid_log_loss']:.4f}, "
                  f"accuracy {100 * b['valid_accuracy']:.2f}% (no views); the chosen model, as chosen, stands "
                  f"{100 * (s['valid_accuracy_as_chosen'] - b['valid_accuracy']):+.2f} points of accuracy above it")

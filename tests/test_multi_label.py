@@ -143,11 +143,11 @@ def test_the_multi_label_split_keeps_every_label_in_every_split_and_groups_whole
     assert again.equals(table)  # the same seed, the same split
 
 
-def test_the_stages_after_resize_refuse_label_lists_in_one_line(tmp_path):
+def test_the_stages_after_select_refuse_label_lists_in_one_line(tmp_path):
     table, _ = split(manifest=multi_manifest(), fractions=FRACTIONS, stratify=True, seed=0, task="multi_label")
     table.to_csv(tmp_path / "split.csv", index=False)
-    with pytest.raises(DataError, match=r"several labels per image \(data.task: multi_label\) train from ingest to "
-                                        r"resize; cross-validation, select, evaluate and export do not take them yet"):
+    with pytest.raises(DataError, match=r"several labels per image \(data.task: multi_label\) go from ingest to "
+                                        r"select; cross-validation, evaluate and export do not take them yet"):
         read_split(tmp_path / "split.csv")
     assert read_split(tmp_path / "split.csv", multi_label_ok=True)[LABELS].equals(table[LABELS])
     assert json.dumps(split(manifest=multi_manifest(), fractions=FRACTIONS, stratify=True, seed=0,
@@ -156,11 +156,12 @@ def test_the_stages_after_resize_refuse_label_lists_in_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_multi_label_digits_train_from_ingest_to_resize_and_select_stops_in_one_line(tmp_path):
+def test_multi_label_digits_go_from_ingest_to_select_and_evaluate_stops_in_one_line(tmp_path):
     """120 canvases of one to three digits (recipe.data.digits --multi-label) through the real
     `dvc repro` with the tiny experiment, overriding only the source, the path, the label column
     and the task: every stage to resize trains on the label lists (binary cross-entropy, one
-    sigmoid per label), and select says in one line that it does not take them yet."""
+    sigmoid per label), select ships a bundle with a threshold per label, and evaluate says in one
+    line that it does not take them yet."""
     import subprocess
 
     import torch
@@ -175,7 +176,7 @@ def test_multi_label_digits_train_from_ingest_to_resize_and_select_stops_in_one_
                    "data.task=multi_label", "data.limit=null"], proj / "params.yaml")
     run_cmd("git", "add", "-A", cwd=proj)
     run_cmd("git", "commit", "-qm", "multi-label digits", cwd=proj)
-    out = run_cmd("python", "-m", "dvc", "repro", "resize", cwd=proj)
+    out = run_cmd("python", "-m", "dvc", "repro", "select", cwd=proj)
     assert "ingest: 120 entries from csv into data/raw (10 classes)" in out
     report = json.loads((proj / "outputs/audit/report.json").read_text())
     assert report["task"] == "multi_label" and set(report["labels_per_image"]) <= {"1", "2", "3"}
@@ -190,10 +191,21 @@ def test_multi_label_digits_train_from_ingest_to_resize_and_select_stops_in_one_
     assert (proj / "outputs/resize/model.pt").is_file()
     history = pd.read_csv(proj / "outputs/train_head/history.csv")
     assert history["valid_loss"].between(0, 0.7).all()  # binary cross-entropy per label, not a 10-way one (ln 10)
-    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "select"], cwd=proj, capture_output=True, text=True,
+    chosen = json.loads((proj / "outputs/select/metrics.json").read_text())["chosen"]
+    assert len(chosen["threshold"]) == 10 and chosen["threshold_rule"] in ("per_label", "shared")
+    assert 0 <= chosen["valid_macro_f1_as_chosen"] <= 1 and "valid_macro_ap" in chosen
+    from recipe.decide.ensemble import load_bundle
+
+    model, meta = load_bundle(proj / "outputs/select/model.pt")
+    assert model.multi_label and meta["multi_label"] and meta["threshold"] == chosen["threshold"]
+    with torch.no_grad():
+        p = model(torch.rand(3, 1, model.size, model.size))
+    assert p.shape == (3, 10) and not torch.allclose(p.sum(1), torch.ones(3, dtype=p.dtype))  # sigmoids, not a softmax
+    assert model.decide(p.numpy()).shape == (3, 10)
+    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "evaluate"], cwd=proj, capture_output=True, text=True,
                           env=subprocess_env())
     assert proc.returncode != 0
-    assert "several labels per image (data.task: multi_label) train from ingest to resize; cross-validation, select, " \
+    assert "several labels per image (data.task: multi_label) go from ingest to select; cross-validation, " \
            "evaluate and export do not take them yet (issue 27)" in proc.stdout + proc.stderr
 
 
@@ -222,3 +234,45 @@ def test_several_labels_train_one_sigmoid_each_from_their_log_odds(params):
     images = ImageSet(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), targets.expand(2, -1), ["x", "y"], ["a", "b", "c"])
     with pytest.raises(ConfigError, match=r"^train.sampler = 'balanced': it draws classes that exclude each other"):
         balanced.balance(images)
+
+
+def test_label_thresholds_find_known_answers_on_hand_made_probabilities():
+    from recipe.decide.select import label_thresholds, pick_label_thresholds
+
+    probs = np.array([[0.40, 0.9], [0.35, 0.7], [0.10, 0.6], [0.05, 0.1]])
+    labels = np.array([[1, 1], [1, 0], [0, 0], [0, 0]])
+    # label 0's positives sit under 0.5: its best cut is the midpoint 0.225; label 1's lone positive: 0.8
+    assert label_thresholds(probs, labels, "per_label") == pytest.approx([0.225, 0.8])
+    (shared, again) = label_thresholds(probs, labels, "shared")
+    assert shared == again and 0.1 < shared <= 0.35  # where the macro F1 peaks at (1 + 1/2) / 2
+    assert pick_label_thresholds(probs, labels, 0.3, seed=0)[:2] == ([0.3, 0.3], "0.3")
+
+    rng = np.random.default_rng(0)
+    y = rng.random((400, 2)) < 0.3
+    # label 0 is told apart around 0.15, label 1 around 0.8: one shared cut cannot serve both
+    p = np.where(y, [0.2, 0.9], [0.1, 0.7]) + rng.normal(0, 0.02, (400, 2))
+    cuts, rule, held = pick_label_thresholds(p, y.astype(int), "auto", seed=0)
+    assert rule == "per_label" and held["per_label"] > held["shared"] + 0.2
+    assert 0.1 < cuts[0] < 0.2 and 0.7 < cuts[1] < 0.9
+    same = np.where(y, 0.9, 0.1) + rng.normal(0, 0.02, (400, 2))  # both labels alike: the fewer numbers win
+    assert pick_label_thresholds(same, y.astype(int), "auto", seed=0)[1] == "shared"
+
+
+def test_multi_label_metrics_match_scikit_learn():
+    from sklearn.metrics import average_precision_score, f1_score, hamming_loss, log_loss
+
+    from recipe.core.metrics import multi_label_metrics
+
+    rng = np.random.default_rng(1)
+    y = (rng.random((50, 4)) < 0.4).astype(int)
+    p = np.clip(0.6 * y + 0.5 * rng.random((50, 4)), 0, 1)
+    m = multi_label_metrics(p, y, list("abcd"), [0.5, 0.4, 0.6, 0.5])
+    pred = (p >= [0.5, 0.4, 0.6, 0.5]).astype(int)
+    assert m["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert m["micro_f1"] == pytest.approx(f1_score(y, pred, average="micro"))
+    assert m["hamming_loss"] == pytest.approx(hamming_loss(y, pred))
+    assert m["exact_match"] == pytest.approx((pred == y).all(1).mean())
+    assert m["macro_ap"] == pytest.approx(average_precision_score(y, p, average="macro"))
+    assert m["micro_ap"] == pytest.approx(average_precision_score(y, p, average="micro"))
+    assert m["log_loss"] == pytest.approx(np.mean([log_loss(y[:, k], p[:, k], labels=[0, 1]) for k in range(4)]))
+    assert m["per_class"]["b"]["support"] == int(y[:, 1].sum())

@@ -102,3 +102,51 @@ def top_losses(probs: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
     order = np.argsort(np.log(p_true), kind="stable")
     return order[:k]
 
+
+
+def binary_log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
+    """The binary cross-entropy of every image's every label, averaged (several labels per image)."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-15, 1 - 1e-15)
+    y = np.asarray(labels, dtype=np.float64)
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
+
+
+def label_counts(pred: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per label: true positives, false positives, false negatives, true negatives (``(N, L)`` 0/1)."""
+    pred, y = np.asarray(pred, bool), np.asarray(labels) > 0.5
+    return (pred & y).sum(0), (pred & ~y).sum(0), (~pred & y).sum(0), (~pred & ~y).sum(0)
+
+
+def multi_label_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[str], thresholds) -> dict:
+    """Several labels per image: the decisions ``probs >= thresholds`` (one per label, or one for
+    all) scored as micro and macro F1, exact-match ratio (every label right), Hamming loss (the
+    share of wrong yes/no answers), the mean binary log loss, macro and micro average precision
+    (scikit-learn's, from the probabilities alone; macro over the labels present), and per label
+    support, precision, recall, F1 and AP."""
+    from sklearn.metrics import average_precision_score
+
+    probs = np.asarray(probs, dtype=np.float64)
+    y = (np.asarray(labels) > 0.5).astype(np.int64)
+    pred = probs >= np.asarray(thresholds, dtype=np.float64)
+    tp, fp, fn, _ = label_counts(pred, y)
+    precision = np.divide(tp, tp + fp, out=np.zeros(len(classes)), where=tp + fp > 0)
+    recall = np.divide(tp, tp + fn, out=np.zeros(len(classes)), where=tp + fn > 0)
+    f1 = np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros(len(classes)), where=2 * tp + fp + fn > 0)
+    present = y.sum(0) > 0
+    ap = np.array([average_precision_score(y[:, k], probs[:, k]) if present[k] else np.nan for k in range(len(classes))])
+    micro_f1 = 2 * tp.sum() / max(1, 2 * tp.sum() + fp.sum() + fn.sum())
+    return {
+        "images": int(len(y)),
+        "accuracy": float((pred == y).mean()),  # every image's every yes/no answer
+        "exact_match": float((pred == y).all(1).mean()),
+        "hamming_loss": float((pred != y).mean()),
+        "micro_f1": float(micro_f1),
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,  # mean recall over labels
+        "log_loss": binary_log_loss(probs, y),
+        "macro_ap": float(np.nanmean(ap)) if present.any() else 0.0,
+        "micro_ap": float(average_precision_score(y.ravel(), probs.ravel())) if y.any() else 0.0,
+        "per_class": {name: {"precision": float(precision[k]), "recall": float(recall[k]), "f1": float(f1[k]),
+                             "ap": None if np.isnan(ap[k]) else float(ap[k]), "support": int(y[:, k].sum())}
+                      for k, name in enumerate(classes)},
+    }

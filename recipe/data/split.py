@@ -270,12 +270,12 @@ def _summary(table: pd.DataFrame, fractions: dict[str, float]) -> dict:
 
 def read_split(path: Path, *, multi_label_ok: bool = False) -> pd.DataFrame:
     """split.csv. One with label lists (``labels``: data.task multi_label) only where the reader
-    says it takes them (``multi_label_ok``): the stages from ingest to resize take several labels
-    per image; cross-validation, select, evaluate and export not yet, and they say so in one line."""
+    says it takes them (``multi_label_ok``): the stages from ingest to select take several labels
+    per image; cross-validation, evaluate and export not yet, and they say so in one line."""
     table = pd.read_csv(path, keep_default_na=False, dtype={"path": str, "label": str, LABELS: str, "split": str})
     if LABELS in table.columns and not multi_label_ok:
-        raise DataError(f"{path}: several labels per image (data.task: multi_label) train from ingest to resize; "
-                        "cross-validation, select, evaluate and export do not take them yet (issue 27)")
+        raise DataError(f"{path}: several labels per image (data.task: multi_label) go from ingest to select; "
+                        "cross-validation, evaluate and export do not take them yet (issue 27)")
     missing = {"path", LABELS if multi_label_ok and LABELS in table.columns else "label", "split"} - set(table.columns)
     if missing:
         raise DataError(f"{path}: missing column(s) {sorted(missing)}")

@@ -10,7 +10,9 @@ classes: the argmax, or for two classes ``p[:, 1] >= threshold``.
 
 A bundle (:func:`save_bundle`, :func:`load_bundle`) is one ``torch.save`` file of tensors and
 plain values (``weights_only=True`` loads it): every member's weights and metadata, the view set
-and its settings, the logit adjustment (long tails: select's), the threshold. A stage's checkpoint file loads as a one-member bundle.
+and its settings, the logit adjustment (long tails: select's), the threshold (several labels per
+image: ``multi_label``, each member's sigmoids, a threshold per label). A stage's checkpoint file
+loads as a one-member bundle.
 """
 from __future__ import annotations
 
@@ -40,8 +42,10 @@ def fit_size(x: torch.Tensor, size: int) -> torch.Tensor:
     return out.contiguous(memory_format=fmt)
 
 
-def view_probs(model: nn.Module, x: torch.Tensor, views: Views, autocast=None, plain: bool = True) -> list[torch.Tensor]:
-    """Softmax probabilities (float64) of the plain batch (unless ``plain`` is false) and of each extra view, in order."""
+def view_probs(model: nn.Module, x: torch.Tensor, views: Views, autocast=None, plain: bool = True,
+               multi_label: bool = False) -> list[torch.Tensor]:
+    """Softmax probabilities (float64) of the plain batch (unless ``plain`` is false) and of each
+    extra view, in order; with ``multi_label``, each label's sigmoid."""
     fmt = (torch.channels_last if x.dim() == 4 and not x.is_contiguous()
            and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
     out = []
@@ -49,7 +53,7 @@ def view_probs(model: nn.Module, x: torch.Tensor, views: Views, autocast=None, p
         xv = x if view is None else view(x).contiguous(memory_format=fmt)
         with autocast() if autocast else nullcontext():
             logits = model(xv)
-        out.append(logits.float().softmax(1).double())
+        out.append((logits.float().sigmoid() if multi_label else logits.float().softmax(1)).double())
     return out
 
 
@@ -67,8 +71,8 @@ class Ensemble(nn.Module):
     """Members (each a classifier and its size), one view set for all, a decision threshold."""
 
     def __init__(self, members: list[tuple[nn.Module, int]], *, classes: list[str], channels: int,
-                 views: Views | None = None, threshold: float | None = None, names: list[str] | None = None,
-                 adjust: list[float] | None = None):
+                 views: Views | None = None, threshold: float | list[float] | None = None,
+                 names: list[str] | None = None, adjust: list[float] | None = None, multi_label: bool = False):
         super().__init__()
         if not members:
             raise ValueError("an ensemble needs at least one member")
@@ -79,6 +83,7 @@ class Ensemble(nn.Module):
         self.channels = int(channels)
         self.views = views or plain_views()
         self.threshold = threshold
+        self.multi_label = multi_label  # several labels per image: a sigmoid per label, a threshold per label
         self.names = list(names or [f"member{i}" for i in range(len(members))])
         self.autocast = None  # a context factory (recipe.train.fit.autocast) for GPU runs
         # the logit adjustment, tau * log(train prior) per class (select's): subtracted from the log probabilities
@@ -93,7 +98,7 @@ class Ensemble(nn.Module):
         first view, no adjustment): one pass for both."""
         total = plain = None
         for model, size in zip(self.members, self.sizes):
-            per_view = view_probs(model, fit_size(x, size), self.views, self.autocast)
+            per_view = view_probs(model, fit_size(x, size), self.views, self.autocast, multi_label=self.multi_label)
             p = blend(per_view, self.views)
             total = p if total is None else total + p
             plain = per_view[0] if plain is None else plain + per_view[0]
@@ -103,12 +108,15 @@ class Ensemble(nn.Module):
         return total, plain / len(self.members)
 
     def decide(self, probs):
-        return decide(probs, self.threshold)
+        return decide(probs, self.threshold, multi_label=self.multi_label)
 
 
-def decide(probs, threshold: float | None) -> np.ndarray:
-    """Predicted classes: argmax, or with a threshold (two classes) ``p[:, 1] >= threshold``."""
+def decide(probs, threshold: float | list[float] | None, multi_label: bool = False) -> np.ndarray:
+    """Predicted classes: argmax, or with a threshold (two classes) ``p[:, 1] >= threshold``. With
+    ``multi_label``: ``(N, labels)`` 0/1, each label's ``p >= its threshold`` (0.5 without one)."""
     probs = np.asarray(probs)
+    if multi_label:
+        return (probs >= np.asarray(0.5 if threshold is None else threshold, dtype=np.float64)).astype(np.int64)
     if threshold is None:
         return probs.argmax(1)
     if probs.shape[1] != 2:
@@ -125,7 +133,7 @@ def views_from(spec: dict | None, seed: int) -> Views:
                      augment=aug, seed=seed)
 
 
-def save_bundle(path: Path, members: list[tuple[str, Path]], *, views: dict | None, threshold: float | None,
+def save_bundle(path: Path, members: list[tuple[str, Path]], *, views: dict | None, threshold: float | list[float] | None,
                 seed: int, info: dict, adjust: list[float] | None = None) -> Path:
     """One file holding the members' checkpoints (read from ``members``: (name, checkpoint path)),
     the view set, the logit adjustment (tau * log prior per class, or None) and the threshold;
@@ -141,6 +149,8 @@ def save_bundle(path: Path, members: list[tuple[str, Path]], *, views: dict | No
     bundle = {"format": BUNDLE_FORMAT, "members": states, "classes": classes, "channels": channels,
               "size": max(s["size"] for s in states), "views": views, "threshold": threshold, "seed": seed,
               "info": info, "adjust": adjust}
+    if any(s.get("multi_label") for s in states):  # only then: a bundle of one label per image keeps its bytes
+        bundle["multi_label"] = True
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -160,7 +170,7 @@ def load_bundle(path: Path) -> tuple[Ensemble, dict]:
     if fmt == CHECKPOINT_FORMAT:
         model, meta = load_checkpoint(path)
         ens = Ensemble([(model, meta["size"])], classes=meta["classes"], channels=meta.get("channels", 3),
-                       names=[meta.get("stage", path.stem)])
+                       names=[meta.get("stage", path.stem)], multi_label=bool(meta.get("multi_label")))
         return ens.eval(), {**meta, "members": [meta.get("stage", path.stem)], "views": None, "threshold": None}
     if fmt != BUNDLE_FORMAT:
         raise DataError(f"{path}: not a finetune-recipe checkpoint or bundle")
@@ -170,7 +180,8 @@ def load_bundle(path: Path) -> tuple[Ensemble, dict]:
         members.append((model, m["size"]))
     ens = Ensemble(members, classes=state["classes"], channels=state["channels"],
                    views=views_from(state["views"], state["seed"]), threshold=state["threshold"],
-                   names=[m["name"] for m in state["members"]], adjust=state.get("adjust"))
+                   names=[m["name"] for m in state["members"]], adjust=state.get("adjust"),
+                   multi_label=bool(state.get("multi_label")))
     meta = {k: v for k, v in state.items() if k != "members"}
     meta["members"] = [{k: v for k, v in m.items() if k != "model"} for m in state["members"]]
     return ens.eval(), meta

@@ -42,7 +42,7 @@ class LogModelConfig(Strict):
 
 
 class SelectConfig(Strict):
-    criterion: Literal["log_loss", "accuracy", "balanced_accuracy", "macro_f1"]  # on the valid split
+    criterion: Literal["log_loss", "accuracy", "balanced_accuracy", "macro_f1", "macro_ap"]  # on the valid split
     tolerance: Annotated[float, Field(ge=0)]  # within this of the best counts as a tie; ties go to the cheaper
     candidate: str  # auto | a candidate's name (pins the choice)
     views: str  # auto | a view set's name (pins the TTA choice)
@@ -53,6 +53,7 @@ class SelectConfig(Strict):
     ensembles: list[list[str]]  # each a list of members: a stage's name, or <stage>@snapshots for all its snapshots
     threshold: Literal["off", "accuracy", "balanced_accuracy"] | Annotated[float, Field(gt=0, lt=1)]
     logit_adjust: Annotated[list[Annotated[float, Field(ge=0)]], Field(min_length=1)]  # taus tried on valid; [0]: none
+    label_threshold: Literal["auto", "per_label", "shared"] | Annotated[float, Field(gt=0, lt=1)]  # several labels per image
 
 
 class ScoringConfig(Strict):

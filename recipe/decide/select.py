@@ -45,9 +45,9 @@ import torch
 
 from recipe.core.errors import ConfigError, DataError
 from recipe.core.layout import RAW, TRAINING, TRAINING_STAGES
-from recipe.core.metrics import confusion
+from recipe.core.metrics import confusion, multi_label_metrics
 from recipe.data.loader import ImageSet, load_split
-from recipe.data.split import class_names, read_split
+from recipe.data.split import LABELS, class_names, read_split
 from recipe.decide.engine import runner
 from recipe.decide.ensemble import blend, decide, fit_size, view_probs
 from recipe.decide.fold import fold_member
@@ -219,7 +219,7 @@ def _member_metas(singles: dict[str, Path], classes: list[str]) -> dict[str, dic
 
 
 def _timed_view_probs(common: Common, model, images: ImageSet, member_size: int, union: Views, device,
-                      amp, plain: bool = True) -> tuple[float, dict[str, np.ndarray], np.ndarray]:
+                      amp, plain: bool = True, multi_label: bool = False) -> tuple[float, dict[str, np.ndarray], np.ndarray]:
     """The seconds per image per view (after a warm-up batch), each view's probabilities over
     ``images`` (the plain one unless ``plain`` is false), their labels."""
     per = {label: [] for label in ["plain", *[lbl for lbl, _ in union.extra]][(0 if plain else 1):]}
@@ -230,7 +230,7 @@ def _timed_view_probs(common: Common, model, images: ImageSet, member_size: int,
     t0 = time.perf_counter()
     with torch.no_grad():
         for x, y in common.batches(images, device, train=False):
-            ps = view_probs(model, fit_size(x, member_size), union, amp, plain=plain)
+            ps = view_probs(model, fit_size(x, member_size), union, amp, plain=plain, multi_label=multi_label)
             for label, p in zip(per, ps):
                 per[label].append(p.cpu().numpy())
             labels.append(y.cpu().numpy())
@@ -275,8 +275,12 @@ def score(common: Common, cfg: SelectConfig, *, singles: dict[str, Path], cands:
     a pinned candidate too) with every view set, on the valid split: the table's rows, and the
     probabilities they were made from. ``scoring``: what runs each network (recipe.decide.engine)."""
     device = common.start()
-    table = read_split(split)
+    table = read_split(split, multi_label_ok=True)
     classes = class_names(table)
+    multi = LABELS in table.columns
+    if cfg.criterion == "macro_ap" and not multi:
+        raise ConfigError("select.criterion = 'macro_ap': average precision per label is for several labels per "
+                          "image (data.task: multi_label); use log_loss, accuracy, balanced_accuracy or macro_f1")
     sets = view_sets(cfg, common)
     union = _union(sets)
     metas = _member_metas(singles, classes)
@@ -304,7 +308,8 @@ def score(common: Common, cfg: SelectConfig, *, singles: dict[str, Path], cands:
                     work = len(images_at(key[1])) * (len(views.extra) + plain) * len(mine)
                     model = runner(model, scoring, device=device, images=work, side=metas[name]["size"], name=name)
                 seconds, probs, scores.labels = _timed_view_probs(common, model, images_at(key[1]),
-                                                                  metas[name]["size"], views, device, amp, plain=plain)
+                                                                  metas[name]["size"], views, device, amp, plain=plain,
+                                                                  multi_label=multi)
                 scores.probs.setdefault(key, {}).update(probs)
                 if plain:
                     scores.seconds[key] = seconds
@@ -342,7 +347,16 @@ def combine(scores: Scores, cand: Candidate, size: int, views: Views) -> np.ndar
 
 def valid_figures(probs: np.ndarray, labels: np.ndarray) -> dict:
     """Log loss, accuracy, balanced accuracy, macro F1 and the lowest recall of any class (argmax
-    decisions) on these probabilities; the classes absent from ``labels`` do not count."""
+    decisions) on these probabilities; the classes absent from ``labels`` do not count. Several
+    labels per image (``labels`` ``(N, L)``): the mean binary log loss, the yes/no answers at 0.5
+    (accuracy over every image and label, mean recall over labels, macro F1, the lowest label's
+    recall) and the macro average precision."""
+    if labels.ndim == 2:
+        m = multi_label_metrics(probs, labels, [str(k) for k in range(labels.shape[1])], 0.5)
+        recalls = [v["recall"] for v in m["per_class"].values() if v["support"]]
+        return {"valid_log_loss": m["log_loss"], "valid_accuracy": m["accuracy"],
+                "valid_balanced_accuracy": m["balanced_accuracy"], "valid_macro_f1": m["macro_f1"],
+                "valid_worst_recall": float(min(recalls)) if recalls else 0.0, "valid_macro_ap": m["macro_ap"]}
     p = np.clip(probs[np.arange(len(labels)), labels], 1e-15, 1.0)
     pred = probs.argmax(1)
     recall, f1 = per_class(pred, labels, probs.shape[1])
@@ -362,7 +376,7 @@ def per_class(pred: np.ndarray, labels: np.ndarray, classes: int) -> tuple[np.nd
     return recall, f1
 
 
-CRITERIA = {"log_loss": -1, "accuracy": 1, "balanced_accuracy": 1, "macro_f1": 1}  # +1: higher is better
+CRITERIA = {"log_loss": -1, "accuracy": 1, "balanced_accuracy": 1, "macro_f1": 1, "macro_ap": 1}  # +1: higher is better
 
 
 def better_first(rows: list[dict], criterion: str) -> list[dict]:
@@ -392,7 +406,7 @@ def pick_logit_adjust(probs: np.ndarray, labels: np.ndarray, log_prior: np.ndarr
 
 def decide_all(rows: list[dict], scores: Scores, cands: list[Candidate], sets: list[Views],
                singles: dict[str, Path], classes: list[str], cfg: SelectConfig,
-               priors: np.ndarray | None = None) -> dict:
+               priors: np.ndarray | None = None, seed: int = 0) -> dict:
     """Everything select decides from the scored rows: each row's cost against the reference
     (the last stage's model alone, fewest views: what the recipe shipped before select), the
     chosen row, its candidate and views, the logit adjustment (``priors``: the classes' shares of
@@ -405,6 +419,8 @@ def decide_all(rows: list[dict], scores: Scores, cands: list[Candidate], sets: l
     cand = next(c for c in cands if c.name == chosen["candidate"])
     views = next(v for v in sets if v.name == chosen["views"])
     probs = combine(scores, cand, chosen["size"], views)
+    if scores.labels.ndim == 2:  # several labels per image: a threshold per label, no logit adjustment
+        return _decide_multi(rows, chosen, cand, views, probs, scores.labels, classes, cfg, ref, seed)
     tau, by_tau = 0.0, {}
     log_prior = None if priors is None else np.log(np.clip(np.asarray(priors, dtype=np.float64), 1e-12, 1.0))
     two_with_threshold = len(classes) == 2 and cfg.threshold != "off"  # a threshold moves the same boundary
@@ -426,6 +442,24 @@ def decide_all(rows: list[dict], scores: Scores, cands: list[Candidate], sets: l
             "logit_adjust": None if tau == 0 else (tau * log_prior).tolist()}
 
 
+def _decide_multi(rows: list[dict], chosen: dict, cand: Candidate, views: Views, probs: np.ndarray,
+                  labels: np.ndarray, classes: list[str], cfg: SelectConfig, ref: dict, seed: int) -> dict:
+    """:func:`decide_all` for several labels per image: the thresholds by ``select.label_threshold``
+    (:func:`pick_label_thresholds`) and the valid figures as chosen."""
+    thresholds, rule, held = pick_label_thresholds(probs, labels, cfg.label_threshold, seed)
+    at = multi_label_metrics(probs, labels, classes, thresholds)
+    summary = {**chosen, "threshold": thresholds, "threshold_rule": rule,
+               "label_threshold_held_out_macro_f1": held, "logit_adjust": 0.0, "logit_adjust_valid": {},
+               "valid_accuracy_as_chosen": at["accuracy"], "valid_balanced_accuracy_as_chosen": at["balanced_accuracy"],
+               "valid_macro_f1_as_chosen": at["macro_f1"], "valid_exact_match_as_chosen": at["exact_match"],
+               "valid_recall_as_chosen": {c: v["recall"] for c, v in at["per_class"].items()},
+               "reference": {"candidate": ref["candidate"], "views": ref["views"],
+                             "seconds_per_image": ref["seconds_per_image"]},
+               "best_baseline": best_baseline(rows, cfg)}
+    return {"row": chosen, "candidate": cand, "views": views, "threshold": thresholds, "summary": summary,
+            "logit_adjust": None}
+
+
 BASELINES = ("pixels", "train_head")  # the simple models: a linear model on the pixels, the head on frozen features
 BASELINE_MEMBERS = ("pixels",)  # the baseline stage's candidates an ensemble may name (outputs/baseline/candidates/)
 
@@ -436,7 +470,8 @@ def best_baseline(rows: list[dict], cfg: SelectConfig) -> dict | None:
     if not pool:
         return None
     best = better_first(pool, cfg.criterion)[0]
-    return {k: best.get(k) for k in ("candidate", "valid_log_loss", "valid_accuracy", "valid_balanced_accuracy")}
+    return {k: best.get(k) for k in ("candidate", "valid_log_loss", "valid_accuracy", "valid_balanced_accuracy")
+            + (("valid_macro_ap",) if "valid_macro_ap" in best else ())}
 
 
 def choose(rows: list[dict], cfg: SelectConfig) -> dict:
@@ -455,12 +490,78 @@ def choose(rows: list[dict], cfg: SelectConfig) -> dict:
     return min(tied, key=lambda r: (r["seconds_per_image"], len(r["members"]), rows.index(r)))
 
 
-def train_priors(split: Path, classes: list[str]) -> np.ndarray:
-    """Each class's share of the train split's images (what the networks were fitted on)."""
-    table = read_split(split)
+def train_priors(split: Path, classes: list[str]) -> np.ndarray | None:
+    """Each class's share of the train split's images (what the networks were fitted on); None
+    with several labels per image (no logit adjustment there)."""
+    table = read_split(split, multi_label_ok=True)
+    if LABELS in table.columns:
+        return None
     counts = table.loc[table["split"] == "train", "label"].value_counts()
     n = np.array([counts.get(c, 0) for c in classes], dtype=np.float64)
     return n / max(1.0, n.sum())
+
+
+def _f1_at(cuts: np.ndarray, p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """F1 of the yes/no answers ``p >= cut`` against ``y`` (0/1) at each cut; ``p``, ``y``: ``(N,)``
+    or ``(N, L)`` (then one F1 per cut and label)."""
+    pred = p[None] >= cuts.reshape((-1,) + (1,) * p.ndim)
+    tp = (pred & (y[None] > 0.5)).sum(1)
+    return np.divide(2 * tp, pred.sum(1) + (y > 0.5).sum(0), out=np.zeros(tp.shape), where=pred.sum(1) + (y > 0.5).sum(0) > 0)
+
+
+def _best_cut(cuts: np.ndarray, value: np.ndarray) -> float:
+    """The cut with the highest value (ties: the one nearest 0.5)."""
+    ok = cuts[value >= value.max() - 1e-12]
+    return float(ok[np.argmin(np.abs(ok - 0.5))])
+
+
+def label_thresholds(probs: np.ndarray, labels: np.ndarray, rule: str) -> list[float]:
+    """Several labels per image: ``per_label``, each label's threshold maximising its F1 (among the
+    midpoints between its sorted distinct probabilities, and 0.5; 0.5 for a label with no positive
+    image); ``shared``, one threshold maximising the macro F1 over the labels present (among 201
+    quantiles of all the probabilities, and 0.5)."""
+    y = np.asarray(labels) > 0.5
+    if rule == "per_label":
+        out = []
+        for k in range(probs.shape[1]):
+            u = np.unique(probs[:, k])
+            cuts = np.unique(np.concatenate([[0.5], (u[:-1] + u[1:]) / 2]))
+            out.append(_best_cut(cuts, _f1_at(cuts, probs[:, k], y[:, k])) if y[:, k].any() else 0.5)
+        return out
+    present = y.any(0)
+    cuts = np.unique(np.concatenate([[0.5], np.quantile(probs, np.linspace(0, 1, 201))]))
+    macro = _f1_at(cuts, probs[:, present], y[:, present]).mean(1) if present.any() else np.zeros(len(cuts))
+    return [_best_cut(cuts, macro)] * probs.shape[1]
+
+
+LABEL_THRESHOLD_RULES = ("per_label", "shared")
+
+
+def pick_label_thresholds(probs: np.ndarray, labels: np.ndarray, rule: str | float,
+                          seed: int) -> tuple[list[float], str, dict[str, float]]:
+    """The thresholds (one per label), the rule that gave them, and with ``auto`` each rule's macro
+    F1 held out on valid. A number: that threshold for every label; ``per_label`` or ``shared``:
+    :func:`label_thresholds` on the whole valid split. ``auto``: per-label thresholds always win on
+    the images they were chosen on, so each rule is judged by 2-fold cross-fitting on valid (the
+    thresholds chosen on one seeded half, their macro F1 on the other, both ways, averaged); the
+    better (ties: shared, the fewer numbers) is then chosen on all of valid."""
+    if not isinstance(rule, str):
+        return [float(rule)] * probs.shape[1], f"{rule:g}", {}
+    if rule != "auto":
+        return label_thresholds(probs, labels, rule), rule, {}
+    from recipe.core.metrics import multi_label_metrics
+
+    order = np.random.default_rng(seed).permutation(len(labels))
+    halves = (order[: len(order) // 2], order[len(order) // 2:])
+    held = {}
+    for r in LABEL_THRESHOLD_RULES:
+        scores = []
+        for fit, judge in (halves, halves[::-1]):
+            cut = label_thresholds(probs[fit], labels[fit], r)
+            scores.append(multi_label_metrics(probs[judge], labels[judge], [""] * probs.shape[1], cut)["macro_f1"])
+        held[r] = float(np.mean(scores))
+    best = "per_label" if held["per_label"] > held["shared"] + 1e-12 else "shared"
+    return label_thresholds(probs, labels, best), best, held
 
 
 def pick_threshold(probs: np.ndarray, labels: np.ndarray, rule: str | float) -> float | None:

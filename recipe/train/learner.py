@@ -237,7 +237,8 @@ def finish(model: Classifier, data: Data, common: Common, device, *, out: Path, 
     if not distributed.is_main():  # rank 0 writes the stage's files
         return metrics
     save_checkpoint(out, model, classes=data.classes, size=size, model_config=model_config or common.model.model_dump(),
-                    stage=stage, epoch=len(history.rows), channels=data.train.images.shape[1])
+                    stage=stage, epoch=len(history.rows), channels=data.train.images.shape[1],
+                    multi_label=data.multi_label)
     history.write(history_csv)
     plots.history(history.rows, history_csv.with_name(TRAINING.history_plot), f"{stage} at {size} px")
     plots.lr_schedule(history.rows, history_csv.with_name(TRAINING.lr_schedule_plot), f"{stage}: learning rate per batch")
@@ -337,7 +338,7 @@ class Learner:
             save_checkpoint(self.folder / TRAINING.snapshots / TRAINING.ema, average.module, classes=self.data.classes,
                             size=self.size, model_config=self.model_config or self.common.model.model_dump(),
                             stage=f"{self.stage}@ema", epoch=len(self.history.rows),
-                            channels=self.data.train.images.shape[1])
+                            channels=self.data.train.images.shape[1], multi_label=self.data.multi_label)
         return rows
 
     def finish(self, history_csv: Path, t0: float) -> dict:
@@ -355,7 +356,7 @@ def snapshotter(model: Classifier, data: Data, *, folder: Path, size: int, stage
         if distributed.is_main():
             save_checkpoint(folder / f"epoch_{epoch}.pt", model, classes=data.classes, size=size,
                             model_config=model_config, stage=f"{stage}@{epoch}", epoch=epoch,
-                            channels=data.train.images.shape[1])
+                            channels=data.train.images.shape[1], multi_label=data.multi_label)
     return snapshot
 
 

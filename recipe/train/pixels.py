@@ -61,7 +61,7 @@ def fit_pixels(common: Common, data: Data, device: torch.device, *, side: int, s
     loss, accuracy, c, lr = best
     _set_weights(model, lr, mu, sd, len(data.classes))
     save_checkpoint(out, model.cpu(), classes=data.classes, size=size, model_config=config, stage="pixels", epoch=0,
-                    channels=int(data.train.images.shape[1]))
+                    channels=int(data.train.images.shape[1]), multi_label=data.multi_label)
     return {"pixels_accuracy": accuracy, "pixels_valid_loss": loss, "pixels_C": c, "pixels_side": side,
             "pixels_time_s": round(time.perf_counter() - t0, 1)}
 

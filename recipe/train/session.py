@@ -4,7 +4,7 @@ Checkpoint format (one for every stage, read by the next stage and by ``predict`
 plain values and tensors, loadable with ``torch.load(..., weights_only=True)``::
 
     {"format": 1, "model": state_dict, "classes": [...], "size": px, "channels": 1 or 3,
-     "model_config": {...}, "stage": "finetune", "epoch": n}
+     "model_config": {...}, "stage": "finetune", "epoch": n[, "multi_label": True]}
 
 ``channels`` is what the training images had (1: grayscale, repeated to 3 inside the model),
 so ``predict`` prepares a user's images the same way.
@@ -123,12 +123,14 @@ def new_model(model_cfg: ModelConfig, classes: list[str], priors: list[float] | 
 
 
 def save_checkpoint(path: Path, model: Classifier, *, classes: list[str], size: int, model_config: dict,
-                    stage: str, epoch: int, channels: int = 3) -> Path:
+                    stage: str, epoch: int, channels: int = 3, multi_label: bool = False) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": CHECKPOINT_FORMAT, "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
              "classes": list(classes), "size": int(size), "channels": int(channels), "model_config": model_config,
              "stage": stage, "epoch": int(epoch)}
+    if multi_label:  # several labels per image: a sigmoid per label (only then, so other checkpoints keep their bytes)
+        state["multi_label"] = True
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)
