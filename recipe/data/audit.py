@@ -30,7 +30,7 @@ from recipe.core.layout import RAW
 from recipe.data.images import ImageInfo, inspect_image
 from recipe.core.errors import DataError
 from recipe.data.neardup import group_ids, hex_to_uint64, near_pairs
-from recipe.data.sources import TAG_SEP
+from recipe.data.sources import tags_of
 
 # Issues that make a file unusable, whatever the policy.
 UNREADABLE = {
@@ -173,11 +173,6 @@ def _mark_near_duplicates(m, readable_idx, issues, *, radius: int) -> None:
             issues[k].append("near_duplicate")
             if labels_differ:
                 issues[k].append("near_duplicate_label_differs")
-
-
-def tags_of(label: str) -> list[str]:
-    """An image's labels, from the label list ingest wrote (data.task: multi_label)."""
-    return label.split(TAG_SEP) if label else []
 
 
 def _report(m: pd.DataFrame, info_rows: list[dict], declared: list[str], min_per_class: int, multi: bool = False) -> dict:

@@ -27,7 +27,8 @@ from PIL import Image
 from recipe.data.images import fit_square, load_image
 from recipe.core.errors import DataError
 from recipe.core.paths import is_within
-from recipe.data.split import LABELS, TARGET_PREFIX, tags_of
+from recipe.data.sources import tags_of
+from recipe.data.split import LABELS, TARGET_PREFIX
 
 
 @dataclass

@@ -152,7 +152,7 @@ def list_csv(*, path: str, labels_file: str, image_dir: str, fname_col: str, lab
     multi = task == "multi_label"
     if multi:
         table[label_col] = [tag_list(v, label_delim) for v in table[label_col]]
-        tags = sorted({t for v in table[label_col] for t in v.split(TAG_SEP) if t})
+        tags = sorted({t for v in table[label_col] for t in tags_of(v)})
         if not tags:
             raise DataError(f"data.label_col = {label_col!r}: no row of {labels_file} holds a label once split on "
                             f"data.label_delim = {label_delim!r}")
@@ -211,6 +211,11 @@ def tag_list(value: str, delim: str) -> str:
         raise DataError(f"data.label_delim = {delim!r}: the label {spaced[0]!r} holds white space; "
                         "rename it (for example with an underscore) or split on the white space")
     return TAG_SEP.join(tags)
+
+
+def tags_of(value: str) -> list[str]:
+    """The labels of one image's label list, as :func:`tag_list` wrote it ("" holds none)."""
+    return value.split(TAG_SEP) if value else []
 
 
 def _entry(root: Path, rel: Path, label: str, *, base: Path, empty_ok: bool = False) -> dict:

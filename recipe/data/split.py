@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from recipe.core.errors import DataError
+from recipe.data.sources import tags_of
 
 SPLITS = ("train", "valid", "test")
 
@@ -288,7 +289,3 @@ def class_names(table: pd.DataFrame) -> list[str]:
         return sorted({t for v in table[LABELS] for t in tags_of(v)})
     return sorted(table["label"].unique())
 
-
-def tags_of(value: str) -> list[str]:
-    """The labels of one image's label list, as the split writes it (joined by one space)."""
-    return value.split(" ") if value else []

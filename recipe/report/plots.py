@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402 - after matplotlib.use("Agg"): no 
 import numpy as np  # noqa: E402 - kept below the backend choice with the rest
 
 from recipe.data.images import load_image  # noqa: E402 - kept below the backend choice with the rest
+from recipe.data.sources import tags_of  # noqa: E402 - kept below the backend choice with the rest
 
 
 def _save(fig, path: Path) -> Path:
@@ -102,8 +103,8 @@ def audit_pictures(manifest, report, *, files: Path, out: Path, seed: int, per_c
     rows = []
     by_label = kept.groupby("label")
     if multi:
-        tagged = kept.assign(tag=kept["label"].str.split(" ")).explode("tag")
-        by_label = tagged[tagged["tag"] != ""].groupby("tag")
+        tagged = kept.assign(tag=kept["label"].map(tags_of)).explode("tag")
+        by_label = tagged[tagged["tag"].notna()].groupby("tag")
         cooccurrence(tagged, list(report["classes"]), out / "cooccurrence.png")
     for label, of_label in by_label:
         picked = of_label.iloc[np.sort(rng.choice(len(of_label), size=min(per_class, len(of_label)), replace=False))]

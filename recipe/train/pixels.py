@@ -30,7 +30,6 @@ def fit_pixels(common: Common, data: Data, device: torch.device, *, side: int, s
                out: Path, size: int) -> dict:
     """Fit, choose the strength on valid, save to ``out``; the numbers (valid accuracy and log loss,
     the strength, the time)."""
-    from sklearn.linear_model import LogisticRegression
 
     t0 = time.perf_counter()
     config = {"name": f"{PIXELS}{side}", "weights": None, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
@@ -45,25 +44,37 @@ def fit_pixels(common: Common, data: Data, device: torch.device, *, side: int, s
     x_valid = (_features(model, data.valid, common, device) - mu) / sd
     y_train, y_valid = data.train.labels.numpy(), data.valid.labels.numpy()
     best = None
-    for c in strengths if data.multi_label else ():
-        fits = [_one_label(x_train, y_train[:, k], c) for k in range(len(data.classes))]
-        p = np.clip(np.stack([f.predict_proba(x_valid)[:, 1] for f in fits], 1), 1e-15, 1 - 1e-15)
-        loss = float(-(y_valid * np.log(p) + (1 - y_valid) * np.log(1 - p)).mean())
+    fit_one = _fit_labels if data.multi_label else _fit_classes
+    for c in strengths:
+        loss, accuracy, fitted = fit_one(x_train, y_train, x_valid, y_valid, c, len(data.classes))
         if best is None or loss < best[0]:
-            best = (loss, float(((p > 0.5) == (y_valid > 0.5)).mean()), c, fits)
-    for c in strengths if not data.multi_label else ():
-        lr = LogisticRegression(C=c, max_iter=2000).fit(x_train, y_train)
-        p = np.full((len(y_valid), len(data.classes)), 1e-15)
-        p[:, lr.classes_] = lr.predict_proba(x_valid)
-        loss = float(-np.log(np.clip(p[np.arange(len(y_valid)), y_valid], 1e-15, 1)).mean())
-        if best is None or loss < best[0]:
-            best = (loss, float((p.argmax(1) == y_valid).mean()), c, lr)
+            best = (loss, accuracy, c, fitted)
     loss, accuracy, c, lr = best
     _set_weights(model, lr, mu, sd, len(data.classes))
     save_checkpoint(out, model.cpu(), classes=data.classes, size=size, model_config=config, stage="pixels", epoch=0,
                     channels=int(data.train.images.shape[1]), multi_label=data.multi_label)
     return {"pixels_accuracy": accuracy, "pixels_valid_loss": loss, "pixels_C": c, "pixels_side": side,
             "pixels_time_s": round(time.perf_counter() - t0, 1)}
+
+
+def _fit_classes(x_train, y_train, x_valid, y_valid, c: float, classes: int):
+    """One regression over the classes at strength ``c``: its valid log loss, accuracy, the fit."""
+    from sklearn.linear_model import LogisticRegression
+
+    lr = LogisticRegression(C=c, max_iter=2000).fit(x_train, y_train)
+    p = np.full((len(y_valid), classes), 1e-15)
+    p[:, lr.classes_] = lr.predict_proba(x_valid)
+    loss = float(-np.log(np.clip(p[np.arange(len(y_valid)), y_valid], 1e-15, 1)).mean())
+    return loss, float((p.argmax(1) == y_valid).mean()), lr
+
+
+def _fit_labels(x_train, y_train, x_valid, y_valid, c: float, classes: int):
+    """Several labels per image: one regression per label at strength ``c``; the mean binary log
+    loss and the accuracy of every yes/no answer at 0.5 on valid, the fits."""
+    fits = [_one_label(x_train, y_train[:, k], c) for k in range(classes)]
+    p = np.clip(np.stack([f.predict_proba(x_valid)[:, 1] for f in fits], 1), 1e-15, 1 - 1e-15)
+    loss = float(-(y_valid * np.log(p) + (1 - y_valid) * np.log(1 - p)).mean())
+    return loss, float(((p > 0.5) == (y_valid > 0.5)).mean()), fits
 
 
 class _Constant:
