@@ -9,7 +9,7 @@ import pandas as pd
 from recipe.core.errors import DataError
 from recipe.core.layout import CV, FOLD_SPLITS, RAW
 from recipe.data.schema import CvConfig
-from recipe.data.split import class_names, read_split
+from recipe.data.split import LABELS, class_names, read_split
 from recipe.decide import cv
 from recipe.report import plots
 from recipe.track import tracking
@@ -21,8 +21,9 @@ def main(args):
     t0 = time.perf_counter()
     p, experiment = stage_config("cv")
     cfg = p.section("cv", CvConfig)
-    table = read_split(args.split, multi_label_ok=cfg.folds < 2)  # folds of several labels per image: not built yet
+    table = read_split(args.split)
     classes = class_names(table)
+    multi = LABELS in table.columns  # several labels per image: each label's sigmoid, cleanlab's multi-label issues
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     if cfg.folds < 2:
@@ -39,8 +40,8 @@ def main(args):
         if set(oof["path"]) != set(folds["path"]):
             raise DataError("cv: the out-of-fold predictions do not cover train + valid exactly (rerun cv_split)")
         oof.to_csv(out / CV.oof, index=False, float_format="%.6f")
-        figures = cv.cv_figures(oof, classes)
-        issues = cv.label_issues(oof, classes)
+        figures = cv.cv_figures(oof, classes, multi)
+        issues = cv.label_issues(oof, classes, multi)
         final, issues = cv.apply_policy(table, issues, cfg.policy, cfg.max_suspects)
         issues.to_csv(out / CV.label_issues, index=False, float_format="%.6f")
         if cfg.policy == "report":

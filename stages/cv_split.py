@@ -24,7 +24,7 @@ def main(args):
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.csv"):
         old.unlink()
-    table = read_split(args.split, multi_label_ok=k == 0)  # folds of several labels per image: not built yet
+    table = read_split(args.split)
     summary = {"folds": k}
     with tracking.stage_run("cv_split", p.used, experiment=experiment):
         if k >= 2:

@@ -64,10 +64,14 @@ def main(args):
         c, s = metrics["chosen"], selection["chosen"]
         print(f"\nChosen on valid ({selection['criterion']}): {c['candidate']}, views {c['views']} "
               f"({c['n_views']}), {len(c['members'])} member(s) at {c['size']} px"
-              + (f", threshold {c['threshold']:.3f}" if c["threshold"] is not None else "")
+              + (f", threshold {threshold_text(c['threshold'])}" if c["threshold"] is not None else "")
               + f"; {s['cost_ratio']:.1f}x the cost of {s['reference']['candidate']} alone")
         print(f"Test split: {100 * metrics['test']['accuracy']:.2f}% plain, "
-              f"{100 * metrics['test_chosen']['accuracy']:.2f}% as chosen")
+              f"{100 * metrics['test_chosen']['accuracy']:.2f}% as chosen"
+              + (" of the yes/no answers (one per image and label); macro mAP "
+                 f"{metrics['test']['macro_ap']:.4f} plain, {metrics['test_chosen']['macro_ap']:.4f} as chosen; "
+                 f"exact match {100 * metrics['test_chosen']['exact_match']:.2f}% as chosen"
+                 if "macro_ap" in metrics["test"] else ""))
         print(evaluate.format_table(metrics["table"]))
         print(baseline_margin(s, metrics))
         print(f"report: {report}" + (f"\nMLflow model: {uri}" if uri else ""))
@@ -80,12 +84,23 @@ def baseline_margin(chosen: dict, metrics: dict) -> str:
     b = chosen.get("best_baseline")
     if not b:
         return "No simple baseline was scored (baseline.pixels.side: null and no train_head)."
+    if "valid_macro_ap" in chosen:  # several labels per image: the labels' mean average precision (a threshold moves accuracy)
+        return (f"The shipped model against the best simple baseline ({b['candidate']}): valid macro mAP "
+                f"{chosen['valid_macro_ap']:.4f} against {b['valid_macro_ap']:.4f}; test macro mAP "
+                f"{metrics['test_chosen']['macro_ap']:.4f} as chosen")
     test = metrics["table"].get(b["candidate"], {}).get("test_accuracy")
     line = (f"Above the best simple baseline ({b['candidate']}): valid {100 * chosen['valid_accuracy_as_chosen']:.2f}% "
             f"against {100 * b['valid_accuracy']:.2f}%")
     if test is not None:
         line += f"; test {100 * metrics['test_chosen']['accuracy']:.2f}% against {100 * test:.2f}%"
     return line
+
+
+def threshold_text(t) -> str:
+    """A threshold as printed: one number, or one per label (several labels per image)."""
+    if isinstance(t, (list, tuple)):
+        return f"{min(t):.3f}..{max(t):.3f} (one per label)" if len(set(t)) > 1 else f"{t[0]:.3f} (every label)"
+    return f"{t:.3f}"
 
 
 def _title(data: dict, seed: int) -> str:
@@ -96,7 +111,8 @@ def _title(data: dict, seed: int) -> str:
 def log_model(bundle: Path, model, cfg, predictions: Path, raw: Path) -> str:
     """The chosen model as an MLflow pyfunc model (recipe/ship/pyfunc_model.py, models from code; the
     bundle its artifact): a DataFrame with an ``image`` column of image file bytes in (two test
-    images are its input example), one probability column per class and ``predicted`` out."""
+    images are its input example), one probability column per class and ``predicted`` out (several
+    labels per image: the labels decided, joined by a space)."""
     import pandas as pd
 
     with open(predictions, newline="") as f:
@@ -113,7 +129,8 @@ def log_model(bundle: Path, model, cfg, predictions: Path, raw: Path) -> str:
         code_paths=[str(Path(recipe.__file__).parent)], registered_model_name=cfg.model.register_as,
         pip_requirements=[f"{p}=={metadata.version(p)}" for p in _REQUIREMENTS],
         metadata={"classes": model.classes, "size": model.size, "channels": model.channels,
-                  "members": list(model.names), "views": model.views.name, "threshold": model.threshold})
+                  "members": list(model.names), "views": model.views.name, "threshold": model.threshold,
+                  **({"multi_label": True} if model.multi_label else {})})
     return info.model_uri
 
 

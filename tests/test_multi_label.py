@@ -1,11 +1,12 @@
 """Several labels per image (data.task: multi_label), as far as ingest, audit and split take them:
 label lists read from a CSV column, counted per label by the audit, split by iterative
-stratification with every label in every split; the stages after the split refuse them in one line."""
+stratification with every label in every split; trained with a sigmoid per label, chosen with a
+threshold per label, scored, exported and predicted with their label sets; cross-validated with
+cleanlab's multi-label label issues."""
 from __future__ import annotations
 
 import json
 import shutil
-import sys
 
 import numpy as np
 import pandas as pd
@@ -143,40 +144,81 @@ def test_the_multi_label_split_keeps_every_label_in_every_split_and_groups_whole
     assert again.equals(table)  # the same seed, the same split
 
 
-def test_the_stages_after_select_refuse_label_lists_in_one_line(tmp_path):
+def test_cross_validation_folds_keep_every_label_in_every_fold_and_flag_a_wrong_list(tmp_path):
+    """Several labels per image in cross-validation: the folds of train + valid by iterative
+    stratification (whole groups, every label with a group per fold in every fold), each fold's
+    split held out as its test and re-split into train and valid with the lists kept; the
+    out-of-fold figures per label; cleanlab's multi-label confident learning flags a planted
+    wrong list and suggests the labels the model sees."""
+    from recipe.data.folds import assign_folds, fold_split
+    from recipe.decide import cv
+
     table, _ = split(manifest=multi_manifest(), fractions=FRACTIONS, stratify=True, seed=0, task="multi_label")
     table.to_csv(tmp_path / "split.csv", index=False)
-    with pytest.raises(DataError, match=r"several labels per image \(data.task: multi_label\) go from ingest to "
-                                        r"select; cross-validation, evaluate and export do not take them yet"):
-        read_split(tmp_path / "split.csv")
-    assert read_split(tmp_path / "split.csv", multi_label_ok=True)[LABELS].equals(table[LABELS])
+    table = read_split(tmp_path / "split.csv")
+    assert table[LABELS].tolist() == split(manifest=multi_manifest(), fractions=FRACTIONS, stratify=True, seed=0,
+                                           task="multi_label")[0][LABELS].tolist()
+    folds = assign_folds(table, 3, seed=0)
+    cv_rows = table[table["split"].isin(["train", "valid"])]
+    assert sorted(folds["path"]) == sorted(cv_rows["path"]) and set(folds["fold"]) == {0, 1, 2}
+    assert folds.groupby("group")["fold"].nunique().max() == 1  # the near-duplicate pair in one fold
+    for label in "abc":
+        held = [sum(label in v.split() for v in folds.loc[folds["fold"] == f, LABELS]) for f in range(3)]
+        assert min(held) > 0 and max(held) - min(held) <= 2, (label, held)
+    part = fold_split(table, folds, 1, fractions=FRACTIONS, seed=0)
+    assert LABELS in part.columns and set(part["split"]) == {"train", "valid", "test"}
+    assert set(part.loc[part["split"] == "test", "path"]) == set(folds.loc[folds["fold"] == 1, "path"])
+    assert dict(zip(part["path"], part[LABELS])) == dict(zip(cv_rows["path"], cv_rows[LABELS]))
+
+    classes = ["a", "b", "c", "q", "r"]
+    hot = np.array([[c in v.split() for c in classes] for v in cv_rows[LABELS]], dtype=float)
+    probs = np.clip(0.9 * hot + 0.05, 0, 1)  # a model that agrees with every list ...
+    wrong = int(np.flatnonzero(hot[:, 0] == 1)[0])
+    probs[wrong, 0] = 0.02  # ... but one: it is sure label a is not there
+    oof = pd.DataFrame({"path": cv_rows["path"].to_numpy(), "label": cv_rows[LABELS].to_numpy(),
+                        "fold": cv_rows["path"].map(dict(zip(folds["path"], folds["fold"]))).to_numpy()})
+    for i, c in enumerate(classes):
+        oof[f"p_{c}"] = probs[:, i]
+    figures = cv.cv_figures(oof, classes, multi_label=True)
+    assert set(figures["per_fold"]) == {"0", "1", "2"} and 0.95 < figures["pooled"]["accuracy"] < 1
+    assert "macro_ap" in figures["pooled"]
+    issues = cv.label_issues(oof, classes, multi_label=True)
+    assert issues["path"].iloc[0] == oof["path"].iloc[wrong]  # the planted list ranks first
+    assert issues["given_label"].iloc[0] == oof["label"].iloc[wrong]
+    assert issues["suggested_label"].iloc[0] == " ".join(t for t in oof["label"].iloc[wrong].split() if t != "a")
+    fixed, acted = cv.apply_policy(table, issues.head(1), "relabel", None)
+    if table.loc[table["path"] == issues["path"].iloc[0], "split"].item() == "train":
+        assert fixed.loc[fixed["path"] == issues["path"].iloc[0], LABELS].item() == issues["suggested_label"].iloc[0]
     assert json.dumps(split(manifest=multi_manifest(), fractions=FRACTIONS, stratify=True, seed=0,
                             task="multi_label", stratify_column="site")[1]["ignored"]) \
         == '{"stratify_column": "ignored: stratify_column applies to one label per image"}'
 
 
 @pytest.mark.slow
-def test_multi_label_digits_go_from_ingest_to_select_and_evaluate_stops_in_one_line(tmp_path):
+def test_multi_label_digits_through_every_stage_to_the_same_label_sets_everywhere(tmp_path):
     """120 canvases of one to three digits (recipe.data.digits --multi-label) through the real
     `dvc repro` with the tiny experiment, overriding only the source, the path, the label column
-    and the task: every stage to resize trains on the label lists (binary cross-entropy, one
-    sigmoid per label), select ships a bundle with a threshold per label, and evaluate says in one
-    line that it does not take them yet."""
-    import subprocess
-
+    and the task (and two folds of cross-validation): every stage to resize trains on the label
+    lists (binary cross-entropy, one sigmoid per label), the folds give each label's out-of-fold
+    sigmoid and cleanlab's multi-label issues, select ships a bundle with a threshold per label
+    (the fold models one of its candidates), evaluate scores it with
+    the labels' mAP and a row per label, export puts the thresholds in the ONNX graph, and
+    `predict --csv` gives the same label sets from the bundle, the ONNX file and the MLflow model."""
+    import mlflow
     import torch
 
-    from conftest import copy_project, run_cmd, subprocess_env
+    from conftest import copy_project, run_cmd
     from recipe.core.compose import compose
     from recipe.data.digits import write_multi_digits
+    from recipe.ship.onnx_model import OnnxModel
 
     write_multi_digits(tmp_path / "data", 120)
     proj = copy_project(tmp_path / "proj")
     compose(proj, ["experiment=tiny", "data=csv", f"data.path={tmp_path / 'data'}", "data.label_col=tags",
-                   "data.task=multi_label", "data.limit=null"], proj / "params.yaml")
+                   "data.task=multi_label", "data.limit=null", "cv.folds=2"], proj / "params.yaml")
     run_cmd("git", "add", "-A", cwd=proj)
     run_cmd("git", "commit", "-qm", "multi-label digits", cwd=proj)
-    out = run_cmd("python", "-m", "dvc", "repro", "select", cwd=proj)
+    out = run_cmd("python", "-m", "dvc", "repro", cwd=proj)
     assert "ingest: 120 entries from csv into data/raw (10 classes)" in out
     report = json.loads((proj / "outputs/audit/report.json").read_text())
     assert report["task"] == "multi_label" and set(report["labels_per_image"]) <= {"1", "2", "3"}
@@ -188,9 +230,17 @@ def test_multi_label_digits_go_from_ingest_to_select_and_evaluate_stops_in_one_l
     assert abs(baseline["checks"]["init_loss"]["value"] - baseline["prior_entropy"]) < 0.1
     model_state = torch.load(proj / "outputs/finetune/model.pt", weights_only=True)
     assert model_state["classes"] == [str(d) for d in range(10)]
-    assert (proj / "outputs/resize/model.pt").is_file()
     history = pd.read_csv(proj / "outputs/train_head/history.csv")
     assert history["valid_loss"].between(0, 0.7).all()  # binary cross-entropy per label, not a 10-way one (ln 10)
+    cv_metrics = json.loads((proj / "outputs/cv/metrics.json").read_text())
+    assert cv_metrics["folds"] == 2 and set(cv_metrics["per_fold"]) == {"0", "1"} and "macro_ap" in cv_metrics["pooled"]
+    oof = pd.read_csv(proj / "outputs/cv/oof.csv", keep_default_na=False, dtype=str)
+    split_table = pd.read_csv(proj / "outputs/split/split.csv", keep_default_na=False, dtype=str)
+    cv_part = split_table[split_table["split"].isin(["train", "valid"])]
+    assert dict(zip(oof["path"], oof["label"])) == dict(zip(cv_part["path"], cv_part["labels"]))  # the lists, out of fold
+    assert pd.read_csv(proj / "outputs/cv/label_issues.csv").columns[0] == "rank"
+    candidates = pd.read_csv(proj / "outputs/select/candidates.csv")
+    assert "cv_folds" in set(candidates["candidate"])
     chosen = json.loads((proj / "outputs/select/metrics.json").read_text())["chosen"]
     assert len(chosen["threshold"]) == 10 and chosen["threshold_rule"] in ("per_label", "shared")
     assert 0 <= chosen["valid_macro_f1_as_chosen"] <= 1 and "valid_macro_ap" in chosen
@@ -201,12 +251,48 @@ def test_multi_label_digits_go_from_ingest_to_select_and_evaluate_stops_in_one_l
     with torch.no_grad():
         p = model(torch.rand(3, 1, model.size, model.size))
     assert p.shape == (3, 10) and not torch.allclose(p.sum(1), torch.ones(3, dtype=p.dtype))  # sigmoids, not a softmax
-    assert model.decide(p.numpy()).shape == (3, 10)
-    proc = subprocess.run([sys.executable, "-m", "dvc", "repro", "evaluate"], cwd=proj, capture_output=True, text=True,
-                          env=subprocess_env())
-    assert proc.returncode != 0
-    assert "several labels per image (data.task: multi_label) go from ingest to select; cross-validation, " \
-           "evaluate and export do not take them yet (issue 27)" in proc.stdout + proc.stderr
+
+    # evaluate: the labels' figures, each label's row, the decisions at each label's threshold
+    m = json.loads((proj / "outputs/evaluate/metrics.json").read_text())
+    test = m["test_chosen"]
+    assert {"macro_ap", "micro_ap", "micro_f1", "macro_f1", "exact_match", "hamming_loss"} <= set(test)
+    assert set(test["per_class"]) == {str(d) for d in range(10)} and "ap" in test["per_class"]["3"]
+    assert abs(test["accuracy"] + test["hamming_loss"] - 1) < 1e-9
+    predictions = pd.read_csv(proj / "outputs/evaluate/predictions.csv", keep_default_na=False, dtype=str)
+    probs = predictions[[f"p_{d}" for d in range(10)]].astype(float).to_numpy()
+    cut = np.asarray(chosen["threshold"])
+    decided = [" ".join(str(d) for d in range(10) if row[d] >= cut[d]) for row in probs]
+    assert list(predictions["predicted_chosen"]) == decided  # each label at its own threshold
+    assert m["table"]["chosen"]["test_accuracy"] == test["accuracy"]
+    assert 0 < m["table"]["cv_folds"]["test_accuracy"] <= 1 and m["table"]["cv_folds"]["members"] == 2
+    assert len(m["confusion"]["chosen"]) == 10 and np.asarray(m["confusion"]["chosen"]).shape == (10, 2, 2)
+    page = (proj / "outputs/evaluate/report.html").read_text()
+    assert "macro mAP" in page and "AP (chosen)" in page
+
+    # export: the thresholds inside the graph, the decisions equal to evaluate's
+    ex = json.loads((proj / "outputs/export/metrics.json").read_text())
+    assert ex["parity"]["onnx_class_mismatches"] == 0 and ex["parity"]["reference"] == "evaluate"
+    onnx = OnnxModel(proj / "outputs/export/model.onnx")
+    assert onnx.multi_label and onnx.threshold == chosen["threshold"]
+
+    # predict --csv from the bundle, the ONNX graph and the MLflow model: the same label sets
+    files = [str(proj / "data/raw/files" / p) for p in predictions["path"][:6]]
+    runs = {}
+    for name, source in (("bundle", "outputs/select/model.pt"), ("onnx", "outputs/export/model.onnx")):
+        run_cmd("python", "-m", "recipe.ship.predict", *files, "--model", source, "--csv", str(tmp_path / f"{name}.csv"),
+                cwd=proj)
+        runs[name] = pd.read_csv(tmp_path / f"{name}.csv", keep_default_na=False, dtype=str)
+    mlflow.set_tracking_uri(f"sqlite:///{proj}/mlflow.db")
+    try:
+        uri = mlflow.get_run(mlflow.search_runs(search_all_experiments=True, filter_string="tags.mlflow.runName = "
+                                                "'evaluate'", output_format="list")[0].info.run_id).data.tags["model_uri"]
+        served = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"image": [open(f, "rb").read() for f in files]}))
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert list(runs["bundle"].columns) == ["path", "prediction", *[str(d) for d in range(10)]]
+    assert list(runs["bundle"]["prediction"]) == list(runs["onnx"]["prediction"]) == list(served["predicted"]) \
+        == decided[:6]
+    np.testing.assert_allclose(runs["onnx"][[str(d) for d in range(10)]].astype(float), probs[:6], atol=1e-4)
 
 
 def test_several_labels_train_one_sigmoid_each_from_their_log_odds(params):
@@ -276,3 +362,40 @@ def test_multi_label_metrics_match_scikit_learn():
     assert m["micro_ap"] == pytest.approx(average_precision_score(y, p, average="micro"))
     assert m["log_loss"] == pytest.approx(np.mean([log_loss(y[:, k], p[:, k], labels=[0, 1]) for k in range(4)]))
     assert m["per_class"]["b"]["support"] == int(y[:, 1].sum())
+
+
+def test_the_onnx_graph_applies_each_labels_own_threshold(tmp_path, capsys):
+    """A model of several labels exported: its graph gives each label's sigmoid and decides each
+    label at its own threshold (listed in the metadata), as the bundle decides; predict writes the
+    labels decided, joined by a space."""
+    import torch
+
+    from recipe.decide.ensemble import Ensemble
+    from recipe.ship import export as E
+    from recipe.ship.onnx_model import OnnxModel
+    from recipe.ship.predict import decided_names, main
+    from recipe.train.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model(name="resnet18", weights=None, mean=[0.5] * 3, std=[0.25] * 3, classes=4, pool="avg",
+                      dropout=0.0, init="kaiming", init_gain=1.0).eval()
+    x = torch.rand(6, 3, 32, 32)
+    with torch.no_grad():
+        p = net(x).sigmoid().double().numpy()
+    cut = [float(v) for v in np.median(p, 0)]  # each label's own: about half the images over it
+    model = Ensemble([(net, 32)], classes=["a", "b", "c", "d"], channels=3, threshold=cut, multi_label=True).eval()
+    path = E.export_onnx(model, tmp_path / "model.onnx", opset=18, dynamic_batch=True, optimize=False)
+    onnx = OnnxModel(path)
+    probs, decided = onnx.run(x.numpy())
+    assert onnx.multi_label and onnx.threshold == cut and decided.shape == (6, 4)
+    np.testing.assert_allclose(probs, p, atol=1e-5)
+    assert (decided == (p >= np.asarray(cut))).all() and (decided == model.decide(p)).all()
+    assert 0 < decided.sum() < decided.size  # neither every label nor none: the thresholds are each label's
+    assert decided_names(model, [[1, 0, 1, 0], [0, 0, 0, 0]]) == ["a c", ""]
+    png = noise_image(tmp_path / "one.png", 1, size=40)
+    assert main([str(png), "--model", str(path), "--csv", str(tmp_path / "out.csv")]) == 0
+    out = pd.read_csv(tmp_path / "out.csv", keep_default_na=False, dtype=str)
+    assert list(out.columns) == ["path", "prediction", "a", "b", "c", "d"]
+    assert set(out["prediction"][0].split()) <= {"a", "b", "c", "d"}
+    row = out[["a", "b", "c", "d"]].astype(float).to_numpy()[0]
+    assert out["prediction"][0] == " ".join(c for c, v, t in zip("abcd", row, cut) if v >= t)

@@ -150,3 +150,37 @@ def multi_label_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[str
                              "ap": None if np.isnan(ap[k]) else float(ap[k]), "support": int(y[:, k].sum())}
                       for k, name in enumerate(classes)},
     }
+
+
+def label_confusion(pred: np.ndarray, labels: np.ndarray) -> list[list[list[int]]]:
+    """Several labels per image: each label's 2x2 confusion ``[[tn, fp], [fn, tp]]`` (rows: absent,
+    present; columns: decided no, yes), as scikit-learn's ``multilabel_confusion_matrix``."""
+    tp, fp, fn, tn = label_counts(pred, labels)
+    return [[[int(tn[k]), int(fp[k])], [int(fn[k]), int(tp[k])]] for k in range(len(tp))]
+
+
+def label_errors(pred: np.ndarray, labels: np.ndarray, classes: list[str], limit: int) -> list[dict]:
+    """Several labels per image, the counterpart of :func:`most_confused`: each label's misses
+    (present, decided absent: actual ``c``, predicted ``not c``) and false alarms (actual ``not c``,
+    predicted ``c``), most frequent first."""
+    _, fp, fn, _ = label_counts(pred, labels)
+    cells = [(int(fn[k]), k, 0) for k in range(len(classes)) if fn[k]] + \
+            [(int(fp[k]), k, 1) for k in range(len(classes)) if fp[k]]
+    cells.sort(key=lambda t: (-t[0], t[1], t[2]))
+    return [{"actual": c if alarm == 0 else f"not {c}", "predicted": f"not {c}" if alarm == 0 else c, "count": n}
+            for n, k, alarm in cells[:limit] for c in (classes[k],)]
+
+
+def label_mistakes(probs: np.ndarray, labels: np.ndarray, decided: np.ndarray, per_label: int) -> list[tuple[int, int]]:
+    """Several labels per image, the counterpart of :func:`top_losses`: for each label in turn, its
+    ``per_label`` most confident mistakes, ``(image index, label index)``, the wrong yes/no answers
+    with the largest binary loss first."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-15, 1 - 1e-15)
+    y = np.asarray(labels) > 0.5
+    loss = -np.where(y, np.log(p), np.log(1 - p))
+    wrong = np.asarray(decided).astype(bool) != y
+    out = []
+    for k in range(p.shape[1]):
+        idx = np.flatnonzero(wrong[:, k])
+        out += [(int(i), k) for i in idx[np.argsort(-loss[idx, k], kind="stable")][:per_label]]
+    return out

@@ -5,7 +5,9 @@ Contract:
 - **Folds** (:func:`assign_folds`): the split's train and valid rows (never test) in ``k`` folds,
   as :mod:`recipe.data.split` places splits: whole duplicate groups, stratified on the label (and the
   split's extra column), largest groups first into the fold furthest below its share, in a seeded
-  order among equals.
+  order among equals. Several labels per image (a ``labels`` column): the groups placed by
+  iterative stratification (:func:`recipe.data.split.iterative_stratification`), each fold an
+  equal share of every label.
 - **A fold's split** (:func:`fold_split`): fold ``i`` is held out (written as the ``test`` split,
   which no training stage reads); the other folds are split again into ``train`` and ``valid``
   in the proportion of the main split (0.6 : 0.15 by default), so a fold runs the recipe's
@@ -20,17 +22,21 @@ import numpy as np
 import pandas as pd
 
 from recipe.core.errors import DataError
-from recipe.data.split import _groups, _strata
+from recipe.data.sources import tags_of
+from recipe.data.split import LABELS, _groups, _strata, iterative_stratification
 from recipe.data.split import split as split_rows
 
 FOLD_COLUMNS = ("path", "label", "group", "fold")
 
 
 def assign_folds(table: pd.DataFrame, k: int, *, seed: int, stratify_column: str | None = None) -> pd.DataFrame:
-    """``path, label, group, fold`` for every train and valid row of ``table`` (a split.csv)."""
+    """``path, label, group, fold`` for every train and valid row of ``table`` (a split.csv; with
+    several labels per image ``labels`` in place of ``label``)."""
     rows = table[table["split"].isin(["train", "valid"])].reset_index(drop=True)
     if k < 2:
         raise DataError(f"cv.folds = {k}: cross-validation needs at least 2 folds")
+    if LABELS in rows.columns:
+        return _multi_label_folds(rows, k, seed)
     column = stratify_column if stratify_column and stratify_column in rows.columns else None
     groups = _groups(rows, column)
     per_label = groups.groupby("label").size()
@@ -55,6 +61,25 @@ def assign_folds(table: pd.DataFrame, k: int, *, seed: int, stratify_column: str
     return out
 
 
+def _multi_label_folds(rows: pd.DataFrame, k: int, seed: int) -> pd.DataFrame:
+    """Several labels per image: the duplicate groups in ``k`` folds by iterative stratification
+    (each fold wants an equal share of every label's images and of all images). A label with fewer
+    groups than folds cannot reach every fold; the fold models are trained and scored all the same."""
+    tags = [tags_of(v) for v in rows[LABELS]]
+    names = sorted({t for ts in tags for t in ts})
+    if len(rows) < k:
+        raise DataError(f"cv.folds = {k}: train + valid hold {len(rows)} image(s); every fold needs one")
+    hot = pd.DataFrame([[t in ts for t in names] for ts in tags], columns=names, dtype=int)
+    hot["group"] = rows["group"].to_numpy()
+    per_group = hot.groupby("group")
+    counts, sizes = per_group[names].sum(), per_group.size()
+    place = iterative_stratification(counts.to_numpy(), sizes.to_numpy(), np.full(k, 1 / k),
+                                     np.random.default_rng(seed))
+    out = rows[["path", LABELS, "group"]].copy()
+    out["fold"] = rows["group"].map(dict(zip(counts.index, place))).astype(int)
+    return out
+
+
 def fold_split(table: pd.DataFrame, folds: pd.DataFrame, fold: int, *, fractions: dict[str, float], seed: int,
                stratify_column: str | None = None) -> pd.DataFrame:
     """The split.csv fold ``fold`` trains on: its held-out fold as ``test``, the rest in ``train``
@@ -65,9 +90,11 @@ def fold_split(table: pd.DataFrame, folds: pd.DataFrame, fold: int, *, fractions
     held = rows["path"].map(of) == fold
     rest = rows[~held]
     share = fractions["valid"] / (fractions["train"] + fractions["valid"])
-    manifest = rest.assign(keep=True)
+    multi = LABELS in rows.columns  # several labels per image: the split's own iterative stratification
+    manifest = (rest.rename(columns={LABELS: "label"}) if multi else rest).assign(keep=True)
     inner, _ = split_rows(manifest=manifest, fractions={"train": 1 - share, "valid": share, "test": 0.0},
-                          stratify=True, seed=seed + fold, stratify_column=stratify_column, keep_groups=True)
+                          stratify=True, seed=seed + fold, stratify_column=None if multi else stratify_column,
+                          keep_groups=True, task="multi_label" if multi else "single_label")
     placed = dict(zip(inner["path"], inner["split"]))
     rows["split"] = np.where(held, "test", rows["path"].map(placed))
     return rows.sort_values(["split", "path"]).reset_index(drop=True)

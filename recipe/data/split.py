@@ -269,15 +269,11 @@ def _summary(table: pd.DataFrame, fractions: dict[str, float]) -> dict:
     }
 
 
-def read_split(path: Path, *, multi_label_ok: bool = False) -> pd.DataFrame:
-    """split.csv. One with label lists (``labels``: data.task multi_label) only where the reader
-    says it takes them (``multi_label_ok``): the stages from ingest to select take several labels
-    per image; cross-validation, evaluate and export not yet, and they say so in one line."""
+def read_split(path: Path) -> pd.DataFrame:
+    """split.csv: ``path``, ``split`` and ``label`` (one label per image) or ``labels`` (the label
+    lists of data.task multi_label, joined by a space)."""
     table = pd.read_csv(path, keep_default_na=False, dtype={"path": str, "label": str, LABELS: str, "split": str})
-    if LABELS in table.columns and not multi_label_ok:
-        raise DataError(f"{path}: several labels per image (data.task: multi_label) go from ingest to select; "
-                        "cross-validation, evaluate and export do not take them yet (issue 27)")
-    missing = {"path", LABELS if multi_label_ok and LABELS in table.columns else "label", "split"} - set(table.columns)
+    missing = {"path", LABELS if LABELS in table.columns else "label", "split"} - set(table.columns)
     if missing:
         raise DataError(f"{path}: missing column(s) {sorted(missing)}")
     return table

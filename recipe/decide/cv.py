@@ -15,6 +15,13 @@ Contract:
   label (and, with soft targets, that label's hard target). Valid and test rows never change.
 - **Where they meet the audit** (:func:`duplicate_conflicts`): duplicate groups whose labels
   disagree and which hold a suspect.
+
+Several labels per image (the split's ``labels`` column): the out-of-fold probabilities are each
+label's sigmoid, the ``label`` and ``predicted`` columns the label lists (joined by a space;
+predicted at 0.5), the figures the share of right yes/no answers, the mean binary log loss and the
+labels' macro average precision, and the label issues cleanlab's multi-label confident learning
+(``cleanlab.multilabel_classification``: an image is flagged when any of its labels looks wrong;
+the suggested list is the labels at 0.5). ``relabel`` gives a flagged train image that list.
 """
 from __future__ import annotations
 
@@ -23,19 +30,35 @@ import pandas as pd
 
 from recipe.core.errors import DataError
 from recipe.core.layout import RAW, TRAINING
-from recipe.data.split import TARGET_PREFIX
+from recipe.data.sources import tags_of
+from recipe.data.split import LABELS, TARGET_PREFIX
+
+
+def _hot(values, classes: list[str]) -> np.ndarray:
+    """Label lists (joined by a space) as ``(N, labels)`` 0/1."""
+    return np.array([[c in tags_of(v) for c in classes] for v in values], dtype=np.int64).reshape(-1, len(classes))
+
+
+def _joined(yes: np.ndarray, classes: list[str]) -> list[str]:
+    return [" ".join(c for c, v in zip(classes, row) if v) for row in yes]
 
 
 def fold_figures(labels: np.ndarray, probs: np.ndarray) -> dict:
+    if labels.ndim == 2:  # several labels per image: right yes/no answers at 0.5, binary log loss, macro AP
+        from recipe.core.metrics import binary_log_loss, multi_label_metrics
+
+        m = multi_label_metrics(probs, labels, [str(k) for k in range(labels.shape[1])], 0.5)
+        return {"images": int(len(labels)), "accuracy": m["accuracy"], "log_loss": binary_log_loss(probs, labels),
+                "macro_ap": m["macro_ap"]}
     p = np.clip(probs[np.arange(len(labels)), labels], 1e-15, 1.0)
     return {"images": int(len(labels)), "accuracy": float((probs.argmax(1) == labels).mean()),
             "log_loss": float(-np.log(p).mean())}
 
 
-def cv_figures(oof: pd.DataFrame, classes: list[str]) -> dict:
+def cv_figures(oof: pd.DataFrame, classes: list[str], multi_label: bool = False) -> dict:
     """Per fold, mean and spread (standard deviation over folds, ddof=1), and pooled."""
     probs = oof[[f"p_{c}" for c in classes]].to_numpy(float)
-    labels = oof["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    labels = _labels(oof, classes, multi_label)
     per = {}
     for f in sorted(oof["fold"].unique()):
         m = (oof["fold"] == f).to_numpy()
@@ -52,7 +75,14 @@ def cv_figures(oof: pd.DataFrame, classes: list[str]) -> dict:
             "pooled": fold_figures(labels, probs), "per_fold": per}
 
 
-def label_issues(oof: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+def _labels(oof: pd.DataFrame, classes: list[str], multi_label: bool) -> np.ndarray:
+    """The out-of-fold table's labels: class indices, or with several labels per image ``(N, labels)`` 0/1."""
+    if multi_label:
+        return _hot(oof["label"], classes)
+    return oof["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+
+
+def label_issues(oof: pd.DataFrame, classes: list[str], multi_label: bool = False) -> pd.DataFrame:
     """The images confident learning flags, worst first: path, fold, given and suggested label,
     self-confidence (the out-of-fold probability of the given label) and the ranking score
     (cleanlab's label quality: lower is more suspect)."""
@@ -60,8 +90,10 @@ def label_issues(oof: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     from cleanlab.rank import get_label_quality_scores
 
     probs = oof[[f"p_{c}" for c in classes]].to_numpy(float)
-    labels = oof["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    labels = _labels(oof, classes, multi_label)
     columns = ["rank", "path", "fold", "given_label", "suggested_label", "self_confidence", "ranking_score"]
+    if labels.ndim == 2:
+        return _multi_label_issues(oof, probs, labels, classes, columns)
     if len(np.unique(labels)) < 2:
         return pd.DataFrame(columns=columns)
     ranked = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
@@ -70,6 +102,27 @@ def label_issues(oof: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
              "given_label": classes[labels[i]], "suggested_label": classes[int(probs[i].argmax())],
              "self_confidence": float(probs[i, labels[i]]), "ranking_score": float(scores[i])}
             for r, i in enumerate(ranked)]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _multi_label_issues(oof: pd.DataFrame, probs: np.ndarray, labels: np.ndarray, classes: list[str],
+                        columns: list[str]) -> pd.DataFrame:
+    """:func:`label_issues` for several labels per image: cleanlab's multi-label confident learning;
+    ``self_confidence`` and ``ranking_score`` are cleanlab's label quality score of the whole list."""
+    from cleanlab.multilabel_classification.filter import find_label_issues
+    from cleanlab.multilabel_classification.rank import get_label_quality_scores
+
+    present = labels.any(0) & ~labels.all(0)  # cleanlab needs each label seen present and absent
+    if present.sum() < 1 or len(labels) < 2:
+        return pd.DataFrame(columns=columns)
+    lists = [np.flatnonzero(row[present]).tolist() for row in labels]
+    p = probs[:, present]
+    ranked = find_label_issues(lists, p, return_indices_ranked_by="self_confidence", n_jobs=1)
+    scores = get_label_quality_scores(lists, p)
+    suggested = _joined(probs >= 0.5, classes)
+    rows = [{"rank": r + 1, "path": oof["path"].iloc[i], "fold": int(oof["fold"].iloc[i]),
+             "given_label": oof["label"].iloc[i], "suggested_label": suggested[i],
+             "self_confidence": float(scores[i]), "ranking_score": float(scores[i])} for r, i in enumerate(ranked)]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -117,7 +170,8 @@ def apply_policy(table: pd.DataFrame, issues: pd.DataFrame, policy: str, max_sus
         done = "dropped"
     else:
         new = dict(zip(chosen["path"], chosen["suggested_label"]))
-        out.loc[where, "label"] = out.loc[where, "path"].map(new)
+        column = LABELS if LABELS in out.columns else "label"  # several labels per image: the suggested list
+        out.loc[where, column] = out.loc[where, "path"].map(new)
         targets = [c for c in out.columns if c.startswith(TARGET_PREFIX)]
         for col in targets:
             positive = col[len(TARGET_PREFIX):]
@@ -132,13 +186,14 @@ def duplicate_conflicts(table: pd.DataFrame, issues: pd.DataFrame) -> list[dict]
     """Duplicate groups (the audit's exact and near duplicates, kept together by the split) with
     more than one label in train + valid and at least one out-of-fold suspect among them."""
     rows = table[table["split"].isin(["train", "valid"])]
+    column = LABELS if LABELS in rows.columns else "label"
     suspects = set(issues["path"])
     out = []
     for gid, g in rows.groupby("group"):
-        if len(g) < 2 or g["label"].nunique() < 2 or not suspects & set(g["path"]):
+        if len(g) < 2 or g[column].nunique() < 2 or not suspects & set(g["path"]):
             continue
         out.append({"group": int(gid), "members": [{"path": p, "label": lab, "suspect": p in suspects}
-                                                   for p, lab in zip(g["path"], g["label"])]})
+                                                   for p, lab in zip(g["path"], g[column])]})
     return out
 
 
@@ -179,10 +234,12 @@ def oof_predictions(common, *, table: pd.DataFrame, fold_tables: dict[int, pd.Da
             for x, _ in common.batches(held, device, train=False):
                 probs.append(model(x).cpu().numpy())
         p = np.concatenate(probs)
-        part = pd.DataFrame({"path": held.paths, "label": [classes[i] for i in held.labels.tolist()], "fold": fold})
+        given = (_joined(held.labels.numpy() > 0.5, classes) if model.multi_label
+                 else [classes[i] for i in held.labels.tolist()])
+        part = pd.DataFrame({"path": held.paths, "label": given, "fold": fold})
         for i, c in enumerate(classes):
             part[f"p_{c}"] = p[:, i]
-        part["predicted"] = [classes[i] for i in p.argmax(1)]
+        part["predicted"] = _joined(p >= 0.5, classes) if model.multi_label else [classes[i] for i in p.argmax(1)]
         parts.append(part)
     oof = pd.concat(parts, ignore_index=True)
     targets = [c for c in table.columns if c.startswith(TARGET_PREFIX)]

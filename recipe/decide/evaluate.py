@@ -6,6 +6,11 @@ and as chosen (with its views and threshold). It computes the metrics (:mod:`rec
 writes the predictions, the confusion matrix, the top losses and the per-class gain of the
 choices, and builds the fast.ai lesson's table: accuracy after every stage, valid (as each stage
 reported it) and test. The test split is read here and nowhere before; nothing is chosen on it.
+Several labels per image (the bundle's ``multi_label``): each label's sigmoid, decided at 0.5
+plainly and at its own threshold as chosen, scored by :func:`recipe.core.metrics.multi_label_metrics`
+(mAP, F1, exact match, Hamming loss, a row per label); each label's 2x2 confusion and its most
+confident mistakes take the confusion matrix's and the top losses' places, and the stage table's
+accuracy is the share of right yes/no answers.
 Nothing here talks to MLflow (``stages/evaluate.py`` logs).
 """
 from __future__ import annotations
@@ -20,9 +25,18 @@ import torch
 
 from recipe.core.errors import DataError
 from recipe.core.layout import BASELINE, EVALUATE, RAW, TRAINING, TRAINING_STAGES
-from recipe.core.metrics import classification_metrics, most_confused, top_losses
+from recipe.core.metrics import (
+    classification_metrics,
+    label_confusion,
+    label_errors,
+    label_mistakes,
+    most_confused,
+    multi_label_metrics,
+    top_losses,
+)
 from recipe.data.loader import ImageSet, load_split
-from recipe.data.split import class_names, read_split
+from recipe.data.sources import tags_of
+from recipe.data.split import LABELS, class_names, read_split
 from recipe.decide.engine import runner
 from recipe.decide.ensemble import Ensemble, decide, load_bundle
 from recipe.decide.fold import fold_ensemble, fold_member
@@ -60,6 +74,12 @@ def _scores(model: Ensemble, test: ImageSet, common: Common, cfg: EvaluateConfig
             classes: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict, dict]:
     """The probabilities as chosen and plainly, the labels, and the metrics plainly and as chosen."""
     p_chosen, p_plain, labels = probabilities_with_plain(model, test, common, device)
+    if model.multi_label:  # each label's sigmoid: at 0.5 plainly, at its own threshold as chosen
+        cut = 0.5 if model.threshold is None else model.threshold
+        plain, chosen = (multi_label_metrics(p, labels, classes, t) for p, t in ((p_plain, 0.5), (p_chosen, cut)))
+        plain["confusion"] = label_confusion(p_plain >= 0.5, labels)
+        chosen["confusion"] = label_confusion(decide(p_chosen, cut, multi_label=True), labels)
+        return p_chosen, p_plain, labels, plain, chosen
     kw = dict(ece_bins=cfg.metrics.ece_bins, top_k=cfg.metrics.top_k, bootstrap=cfg.metrics.bootstrap,
               confidence=cfg.metrics.confidence, seed=common.seed)
     plain = classification_metrics(p_plain, labels, classes, **kw)
@@ -89,14 +109,18 @@ def _stage_row(path: Path, checkpoints: dict[str, Path], stage: str, cfg: Evalua
 
 
 def _test_accuracy(checkpoint: Path, common: Common, device, test_at, amp, scoring: ScoringConfig) -> float:
-    """A checkpoint's plain test accuracy (argmax, no views), at its own size."""
+    """A checkpoint's plain test accuracy (argmax, no views), at its own size; with several labels
+    per image, the share of right yes/no answers at 0.5."""
     other, other_meta = load_checkpoint(checkpoint)
     other = fold_member(common.prepare(other, device), channels=other_meta.get("channels", 3),
                         size=other_meta["size"])[0]
     test = test_at(other_meta["size"])
     other = runner(other, scoring, device=device, images=len(test), side=other_meta["size"],
                    name=Path(checkpoint).parent.name)
-    p = predict(other, common.batches(test, device, train=False), plain_views(), autocast=amp)
+    multi = bool(other_meta.get("multi_label"))
+    p = predict(other, common.batches(test, device, train=False), plain_views(), autocast=amp, multi_label=multi)
+    if multi:
+        return float(((p["plain"] >= 0.5).double() == p["labels"]).double().mean())
     return float((p["plain"].argmax(1) == p["labels"]).double().mean())
 
 
@@ -104,23 +128,28 @@ def _folds_row(fold_models: list[Path], classes: list[str], common: Common, devi
                scoring: ScoringConfig) -> dict:
     """The cv_folds row of the table: the k fold models averaged (select's cv_folds), scored on test."""
     folds = [load_checkpoint(f) for f in fold_models]
+    multi = bool(folds[0][1].get("multi_label"))
     ens = fold_ensemble(common.prepare(Ensemble([(m, meta_["size"]) for m, meta_ in folds], classes=classes,
-                                                channels=folds[0][1].get("channels", 3)), device))[0]
+                                                channels=folds[0][1].get("channels", 3), multi_label=multi), device))[0]
     test = test_at(ens.size)
     p, y = probabilities(_scorers(ens, len(test), scoring, device), test, common, device)
-    return {"size": ens.size, "valid_accuracy": None, "test_accuracy": float((p.argmax(1) == y).mean()),
-            "members": len(folds)}
+    right = (p >= 0.5) == y if multi else p.argmax(1) == y  # several labels: the right yes/no answers at 0.5
+    return {"size": ens.size, "valid_accuracy": None, "test_accuracy": float(right.mean()), "members": len(folds)}
 
 
 def _stage_table(cfg: EvaluateConfig, common: Common, device, test_at, *, baseline_metrics: Path, classes: list[str],
                  labels: np.ndarray, stage_metrics: dict[str, Path], checkpoints: dict[str, Path],
                  fold_models: list[Path], size: int, info: dict, plain: dict, chosen: dict,
-                 known: dict[str, float], scoring: ScoringConfig) -> dict[str, dict]:
+                 known: dict[str, float], scoring: ScoringConfig, priors=None) -> dict[str, dict]:
     """The fast.ai lesson's table, one row per stage: accuracy after every stage, valid (as each
     stage reported it) and test (each checkpoint scored here, plainly; ``known``: the test accuracy
-    of a checkpoint already scored plainly, the chosen model when it is one checkpoint)."""
+    of a checkpoint already scored plainly, the chosen model when it is one checkpoint). ``priors``:
+    several labels per image, each label's share of the train images (the majority row's answers)."""
     base = json.loads(Path(baseline_metrics).read_text())
-    majority = classes.index(base["majority_class"])
+    if labels.ndim == 2:  # several labels per image: each label's more frequent answer in train, yes or no
+        majority = (np.asarray(priors) > 0.5)[None]
+    else:
+        majority = classes.index(base["majority_class"])
     rows: dict[str, dict] = {
         "majority_class": {"size": None, "valid_accuracy": base["majority_accuracy"],
                            "test_accuracy": float((labels == majority).mean())},
@@ -153,6 +182,9 @@ def _write_pictures(out: Path, test: ImageSet, labels: np.ndarray, p_plain: np.n
                     label: str, top: int) -> None:
     """Nothing: writes the predictions, the confusion matrices, the top losses and the per-class gain into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
+    if labels.ndim == 2:
+        return _write_label_pictures(out, test, labels, p_plain, p_chosen, threshold, classes, plain, chosen, gain,
+                                     label, top)
     _write_predictions(out / EVALUATE.predictions, test.paths, labels, p_plain, p_chosen, decide(p_chosen, threshold),
                        classes)
     plots.confusion({"plain": np.array(plain["confusion"]), f"as chosen ({label})": np.array(chosen["confusion"])},
@@ -166,6 +198,39 @@ def _write_pictures(out: Path, test: ImageSet, labels: np.ndarray, p_plain: np.n
     else:
         plots.tensor_grid(np.zeros((0, 1, 8, 8)), [], out / EVALUATE.top_losses, "Top losses: none requested")
     plots.tta_gain(gain, out / EVALUATE.tta_gain, f"Per-class recall gain of the choices ({label}) over plain")
+
+
+def _write_label_pictures(out: Path, test: ImageSet, labels: np.ndarray, p_plain: np.ndarray, p_chosen: np.ndarray,
+                          threshold, classes: list[str], plain: dict, chosen: dict, gain: dict[str, float],
+                          label: str, top: int) -> None:
+    """:func:`_write_pictures` for several labels per image: each label's 2x2 confusion, plainly and
+    as chosen, in place of the confusion matrix; each label's most confident mistakes (``top``
+    among all labels, spread over them) in place of the top losses."""
+    decided = decide(p_chosen, threshold, multi_label=True)
+    _write_predictions(out / EVALUATE.predictions, test.paths, labels, p_plain, p_chosen, decided, classes)
+    plots.label_confusion({"plain (0.5)": plain["confusion"], f"as chosen ({label})": chosen["confusion"]},
+                          classes, out / EVALUATE.confusion)
+    worst = label_mistakes(p_chosen, labels, decided, max(1, -(-top // len(classes))))[:top] if top else []
+    captions = [f"{classes[k]}: {'present' if labels[i, k] > 0.5 else 'absent'}, p={p_chosen[i, k]:.2f}\n"
+                f"{_names(labels[i], classes)} → {_names(decided[i], classes)}" for i, k in worst]
+    idx = torch.as_tensor([i for i, _ in worst], dtype=torch.long)
+    plots.tensor_grid(test.images[idx].float().numpy() / 255 if len(worst) else np.zeros((0, 1, 8, 8)), captions,
+                      out / EVALUATE.top_losses, "Most confident mistakes per label (as chosen): the label, its answer "
+                      "and probability; actual labels → decided labels" if len(worst) else "Top losses: none")
+    plots.tta_gain(gain, out / EVALUATE.tta_gain, f"Per-label recall gain of the choices ({label}) over plain (0.5)")
+
+
+def _names(row: np.ndarray, classes: list[str]) -> str:
+    """A 0/1 row of labels as their names joined by a space (several labels per image's ``tags``)."""
+    return " ".join(c for c, v in zip(classes, row) if v > 0.5)
+
+
+def _threshold_text(threshold) -> str:
+    """A threshold for a label: one number, or several labels' own (their range)."""
+    if isinstance(threshold, (list, tuple)):
+        return f"t={min(threshold):.3f}..{max(threshold):.3f} per label" if len(set(threshold)) > 1 \
+            else f"t={threshold[0]:.3f} for every label"
+    return f"t={threshold:.3f}"
 
 
 def run(common: Common, cfg: EvaluateConfig, *, split: Path, raw: Path, bundle: Path, checkpoints: dict[str, Path],
@@ -182,6 +247,10 @@ def run(common: Common, cfg: EvaluateConfig, *, split: Path, raw: Path, bundle: 
     classes = class_names(table)
     if model.classes != classes:
         raise DataError(f"{bundle}: trained on classes {model.classes}, the split has {classes}")
+    multi = LABELS in table.columns
+    if model.multi_label != multi:
+        raise DataError(f"{bundle}: a model of {'several labels' if model.multi_label else 'one label'} per image, "
+                        f"the split has {'several' if multi else 'one'}: rerun the pipeline after changing data.task")
     decoded: dict[int, ImageSet] = {}
 
     def test_at(px: int):
@@ -199,13 +268,13 @@ def run(common: Common, cfg: EvaluateConfig, *, split: Path, raw: Path, bundle: 
     gain = {c: chosen["per_class"][c]["recall"] - plain["per_class"][c]["recall"] for c in classes}
     eval_s = time.perf_counter() - t0
     name = meta.get("info", {}).get("candidate", "+".join(model.names))
-    label = f"{name} / {chosen_views.name}" + (f" / t={threshold:.3f}" if threshold is not None else "")
+    label = f"{name} / {chosen_views.name}" + (f" / {_threshold_text(threshold)}" if threshold is not None else "")
     rows = _stage_table(cfg, common, device, test_at, baseline_metrics=baseline_metrics, classes=classes, labels=labels,
                         stage_metrics=stage_metrics, checkpoints=checkpoints, fold_models=fold_models, size=model.size,
                         info=meta.get("info", {}), plain=plain, chosen=chosen,
                         # the chosen model alone, plainly, is its one checkpoint's row: not scored twice
                         known={model.names[0]: plain["accuracy"]} if len(model.names) == 1 else {},
-                        scoring=scoring)
+                        scoring=scoring, priors=_label_priors(table, classes) if multi else None)
     _write_pictures(Path(out), test, labels, p_plain, p_chosen, threshold, classes, plain, chosen, gain, label,
                     cfg.top_losses)
     metrics = {
@@ -217,7 +286,9 @@ def run(common: Common, cfg: EvaluateConfig, *, split: Path, raw: Path, bundle: 
         "chosen_gain": {"accuracy": chosen["accuracy"] - plain["accuracy"],
                         "log_loss": chosen["log_loss"] - plain["log_loss"], "per_class_recall": gain},
         "confusion": {"classes": classes, "plain": plain["confusion"], "chosen": chosen["confusion"]},
-        "most_confused": most_confused(np.array(chosen["confusion"]), classes, cfg.metrics.most_confused),
+        "most_confused": (label_errors(decide(p_chosen, threshold, multi_label=True), labels, classes,
+                                       cfg.metrics.most_confused) if multi else
+                          most_confused(np.array(chosen["confusion"]), classes, cfg.metrics.most_confused)),
         "table": rows,
         "eval_time_s": round(eval_s, 1),
         "time_s": round(time.perf_counter() - t0, 1),
@@ -226,9 +297,30 @@ def run(common: Common, cfg: EvaluateConfig, *, split: Path, raw: Path, bundle: 
     return metrics, model, meta
 
 
+def _label_priors(table, classes: list[str]) -> np.ndarray:
+    """Several labels per image: each label's share of the train split's images."""
+    train = [set(tags_of(v)) for v in table.loc[table["split"] == "train", LABELS]]
+    return np.array([sum(c in t for t in train) / max(1, len(train)) for c in classes])
+
+
 def _write_predictions(path: Path, paths: list[str], labels, plain, chosen, decided, classes: list[str]) -> None:
     """One row per test image: DVC's confusion template reads ``actual`` against ``predicted``
-    (plain) or ``predicted_chosen`` (views and threshold); the p_ columns are the chosen model's."""
+    (plain) or ``predicted_chosen`` (views and threshold); the p_ columns are the chosen model's.
+    Several labels per image: each of those three the labels joined by a space (plainly: at 0.5),
+    ``probability`` the mean probability of the labels decided, over them."""
+    if labels.ndim == 2:
+        plain_yes = plain >= 0.5
+        with path.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "actual", "predicted", "probability", "predicted_chosen", "probability_chosen",
+                        *[f"p_{c}" for c in classes]])
+            for i, p in enumerate(paths):
+                w.writerow([p, _names(labels[i], classes), _names(plain_yes[i], classes),
+                            f"{plain[i][plain_yes[i]].mean() if plain_yes[i].any() else 0.0:.6f}",
+                            _names(decided[i], classes),
+                            f"{chosen[i][decided[i] > 0].mean() if decided[i].any() else 0.0:.6f}",
+                            *[f"{v:.6f}" for v in chosen[i]]])
+        return
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "actual", "predicted", "probability", "predicted_chosen", "probability_chosen",

@@ -22,6 +22,9 @@ its metadata and evaluate's ``predictions.csv``, and writes five pictures into `
   bilinearly to the image and laid over it. Over the chosen model's top losses on the test split
   (target: the class it predicted as chosen, views and threshold included), and over the
   ``gradcam_per_class`` most confident correct predictions of each class (target: the true class).
+  Several labels per image: over each label's most confident mistakes (target: that label, present
+  or absent) and each label's most confident right "present" answers (target: that label), so
+  every label the model predicts has its own map.
 
 "Before" is a fresh model from the member's ``model_config`` with its pretrained weights
 (``weights: bundled``, ``DEFAULT`` or a file), the weights training started from. With
@@ -51,8 +54,9 @@ from pydantic import TypeAdapter
 from torch import nn
 
 from recipe.core.layout import INSIDE, RAW, TRAINING_STAGES
-from recipe.core.metrics import top_losses
+from recipe.core.metrics import label_mistakes, top_losses
 from recipe.data.loader import decode_all
+from recipe.data.sources import tags_of
 from recipe.decide.ensemble import Ensemble, fit_size
 from recipe.decide.schema import InsideConfig
 from recipe.report import plots  # (it puts matplotlib on the Agg backend before any figure is drawn)
@@ -370,21 +374,30 @@ def gradcam_picture(tiles: list[tuple[np.ndarray, np.ndarray, str] | None], path
 
 # --- the stage's work ------------------------------------------------------------------------------
 
-def read_predictions(path: Path, classes: list[str]) -> dict:
-    """evaluate's predictions.csv: paths, true classes, the chosen model's probabilities and classes."""
+def read_predictions(path: Path, classes: list[str], multi_label: bool = False) -> dict:
+    """evaluate's predictions.csv: paths, true classes, the chosen model's probabilities and classes
+    (``multi_label``: the true and decided labels as ``(N, labels)`` 0/1)."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    return {"paths": [r["path"] for r in rows],
-            "labels": np.array([classes.index(r["actual"]) for r in rows], dtype=np.int64),
+
+    def of(column: str) -> np.ndarray:
+        if multi_label:
+            return np.array([[c in tags_of(r[column]) for c in classes] for r in rows], dtype=np.int64).reshape(-1, len(classes))
+        return np.array([classes.index(r[column]) for r in rows], dtype=np.int64)
+
+    return {"paths": [r["path"] for r in rows], "labels": of("actual"),
             "probs": np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows], dtype=np.float64).reshape(-1, len(classes)),
-            "decided": np.array([classes.index(r["predicted_chosen"]) for r in rows], dtype=np.int64)}
+            "decided": of("predicted_chosen")}
 
 
 def confident_correct(pred: dict, per_class: int, n_classes: int) -> list[list[int]]:
-    """Per class, the indices of its ``per_class`` most confident correct predictions (as chosen)."""
+    """Per class, the indices of its ``per_class`` most confident correct predictions (as chosen);
+    several labels per image: per label, its most confident right "present" answers."""
     out = []
+    multi = pred["labels"].ndim == 2
     for c in range(n_classes):
-        idx = np.flatnonzero((pred["labels"] == c) & (pred["decided"] == c))
+        idx = np.flatnonzero((pred["labels"][:, c] > 0) & (pred["decided"][:, c] > 0) if multi
+                             else (pred["labels"] == c) & (pred["decided"] == c))
         out.append(idx[np.argsort(-pred["probs"][idx, c], kind="stable")][:per_class].tolist())
     return out
 
@@ -401,14 +414,20 @@ def _weight_pictures(before: Classifier, net: Classifier, rows: list[dict], name
     return conv_name, conv
 
 
-def _picked_images(pred: dict, cfg: InsideConfig, n_classes: int) -> tuple[list[int], list[list[int]], list[int], list[int]]:
-    """The indices of the top losses, the confident correct ones per class, the feature maps' images, and all of them once."""
-    worst = top_losses(pred["probs"], pred["labels"], cfg.gradcam_top_losses).tolist()
+def _picked_images(pred: dict, cfg: InsideConfig, n_classes: int) -> tuple[list[tuple[int, int]], list[list[int]], list[int], list[int]]:
+    """The top losses (image index, the class of the map: the one predicted; several labels per
+    image: each label's most confident mistakes, the label), the confident correct ones per class,
+    the feature maps' images, and all of them once."""
+    if pred["labels"].ndim == 2:
+        per_label = max(1, -(-cfg.gradcam_top_losses // n_classes))
+        worst = label_mistakes(pred["probs"], pred["labels"], pred["decided"], per_label)[:cfg.gradcam_top_losses]
+    else:
+        worst = [(k, int(pred["decided"][k])) for k in top_losses(pred["probs"], pred["labels"], cfg.gradcam_top_losses)]
     correct = confident_correct(pred, cfg.gradcam_per_class, n_classes)
     # The feature maps' images: one per class in turn (most confident correct first), then any.
     spread = [c[j] for j in range(max([len(c) for c in correct] + [0])) for c in correct if j < len(c)]
     shown = (spread + [k for k in range(len(pred["paths"])) if k not in spread])[:cfg.activation_images]
-    needed = list(dict.fromkeys(worst + [k for c in correct for k in c] + shown))
+    needed = list(dict.fromkeys([k for k, _ in worst] + [k for c in correct for k in c] + shown))
     return worst, correct, shown, needed
 
 
@@ -422,15 +441,18 @@ def _decoded(model: Ensemble, pred: dict, needed: list[int], raw: Path, size: in
 
 def _gradcam_correct(net: Classifier, x: torch.Tensor, correct: list[list[int]], flat: list[int], pred: dict,
                      classes: list[str], name: str, size: int, out: Path) -> None:
-    """Nothing: writes the Grad-CAM picture over each class's most confident correct predictions."""
-    cams_ok = gradcam(net, x, [pred["labels"][k] for k in flat])
+    """Nothing: writes the Grad-CAM picture over each class's most confident correct predictions
+    (``flat``: ``correct`` in order, ``x`` their images; an image may be there under several labels)."""
+    cams_ok = gradcam(net, x, [c for c, ks in enumerate(correct) for _ in ks])
     ncols = max([len(c) for c in correct] + [1])
     tiles: list[tuple | None] = []  # one row per class; None: a blank tile where a class has fewer
+    at = 0  # the position in flat
     for c, ks in enumerate(correct):
         for j in range(ncols):
             k = ks[j] if j < len(ks) else None
-            tiles.append(None if k is None else (x[flat.index(k)].numpy(), cams_ok[flat.index(k)],
+            tiles.append(None if k is None else (x[at + j].numpy(), cams_ok[at + j],
                                                  f"{classes[c]}, p={pred['probs'][k, c]:.2f}"))
+        at += len(ks)
     gradcam_picture(tiles if flat else [], out / INSIDE.gradcam_correct,
                     f"Grad-CAM of {name} ({size} px) over the most confident correct predictions of each class "
                     "(as chosen); the map is for the true class", ncols=ncols, row_labels=classes if flat else None)
@@ -457,7 +479,8 @@ def run(cfg: InsideConfig, *, model: Ensemble, meta: dict, predictions: Path, ra
     start = "pretrained" if mm["model_config"]["weights"] is not None else f"random init, seed {seed}"
     conv_name, _ = _weight_pictures(before, net, rows, name, start, out)
 
-    pred = read_predictions(predictions, classes)
+    multi = model.multi_label
+    pred = read_predictions(predictions, classes, multi)
     worst, correct, shown, needed = _picked_images(pred, cfg, len(classes))
     x_all = _decoded(model, pred, needed, raw, size)
     at = {k: j for j, k in enumerate(needed)}
@@ -466,22 +489,31 @@ def run(cfg: InsideConfig, *, model: Ensemble, meta: dict, predictions: Path, ra
         return x_all[[at[k] for k in ks]] if ks else x_all[:0]
 
     with torch.no_grad():
-        p_net = net(x_all).softmax(1).double().numpy() if len(x_all) else np.zeros((0, len(classes)))
+        logits = net(x_all) if len(x_all) else torch.zeros(0, len(classes))
+        p_net = (logits.sigmoid() if multi else logits.softmax(1)).double().numpy()
 
     picked = picked_blocks(net)
     x = batch(shown)
     maps = [a.numpy() for a in activations(net, x, [m for _, m in picked])] if len(x) else []
     activations_picture(x.numpy(), maps, [label for label, _ in picked],
-                        [f"{classes[pred['labels'][k]]}" for k in shown], cfg.activation_channels,
+                        [" ".join(c for c, v in zip(classes, pred["labels"][k]) if v) if multi
+                         else classes[pred["labels"][k]] for k in shown], cfg.activation_channels,
                         out / INSIDE.activations)
 
-    x = batch(worst)
-    cams = gradcam(net, x, [pred["decided"][k] for k in worst])
-    caps = [f"{classes[pred['labels'][k]]} → {classes[pred['decided'][k]]}, "
-            f"p={pred['probs'][k, pred['decided'][k]]:.2f} (net {p_net[at[k], pred['decided'][k]]:.2f})" for k in worst]
+    x = batch([k for k, _ in worst])
+    cams = gradcam(net, x, [c for _, c in worst])
+    if multi:
+        caps = [f"{classes[c]} {'present' if pred['labels'][k, c] else 'absent'} p={pred['probs'][k, c]:.2f}, "
+                f"net {p_net[at[k], c]:.2f}" for k, c in worst]
+        what = ("each label's most confident mistakes as chosen: the label, present or absent, its p as chosen "
+                "(net: this network alone, no views); the map is for that label")
+    else:
+        caps = [f"{classes[pred['labels'][k]]} → {classes[c]}, p={pred['probs'][k, c]:.2f} (net {p_net[at[k], c]:.2f})"
+                for k, c in worst]
+        what = ("the top losses as chosen: actual → predicted, p of the prediction as chosen (net: this network "
+                "alone, no views); the map is for the predicted class")
     gradcam_picture(list(zip(x.numpy(), cams, caps)), out / INSIDE.gradcam_top_losses,
-                    f"Grad-CAM of {name} ({size} px) over the top losses as chosen: actual → predicted, p of the "
-                    "prediction as chosen (net: this network alone, no views); the map is for the predicted class")
+                    f"Grad-CAM of {name} ({size} px) over {what}")
 
     flat = [k for c in correct for k in c]
     _gradcam_correct(net, batch(flat), correct, flat, pred, classes, name, size, out)

@@ -275,7 +275,7 @@ def score(common: Common, cfg: SelectConfig, *, singles: dict[str, Path], cands:
     a pinned candidate too) with every view set, on the valid split: the table's rows, and the
     probabilities they were made from. ``scoring``: what runs each network (recipe.decide.engine)."""
     device = common.start()
-    table = read_split(split, multi_label_ok=True)
+    table = read_split(split)
     classes = class_names(table)
     multi = LABELS in table.columns
     if cfg.criterion == "macro_ap" and not multi:
@@ -493,7 +493,7 @@ def choose(rows: list[dict], cfg: SelectConfig) -> dict:
 def train_priors(split: Path, classes: list[str]) -> np.ndarray | None:
     """Each class's share of the train split's images (what the networks were fitted on); None
     with several labels per image (no logit adjustment there)."""
-    table = read_split(split, multi_label_ok=True)
+    table = read_split(split)
     if LABELS in table.columns:
         return None
     counts = table.loc[table["split"] == "train", "label"].value_counts()

@@ -165,9 +165,10 @@ def plain_views() -> Views:
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], views: Views,
-            *, autocast: Callable[[], object] | None = None) -> dict[str, torch.Tensor]:
-    """Plain and TTA probabilities (float64, CPU, ``(N, classes)``) and the labels, in one pass.
-    Each view's probabilities are added to a running sum for the batch and then dropped."""
+            *, autocast: Callable[[], object] | None = None, multi_label: bool = False) -> dict[str, torch.Tensor]:
+    """Plain and TTA probabilities (float64, CPU, ``(N, classes)``; with ``multi_label`` each
+    label's sigmoid) and the labels, in one pass. Each view's probabilities are added to a running
+    sum for the batch and then dropped."""
     was = model.training
     model.eval()
     plain, tta, labels = [], [], []
@@ -175,7 +176,7 @@ def predict(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.
     def probs(x: torch.Tensor) -> torch.Tensor:
         with autocast() if autocast else nullcontext():
             logits = model(x)
-        return logits.float().softmax(1).double()
+        return (logits.float().sigmoid() if multi_label else logits.float().softmax(1)).double()
 
     for x, y in batches:
         # Views (transposes, flips) come back in the batch's own memory layout (channels_last on CUDA).

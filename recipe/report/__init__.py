@@ -121,11 +121,21 @@ def _cv_section(cv: Path) -> str:
     return out
 
 
+def _threshold(t) -> str:
+    """A decision threshold: one number, or one per label (several labels per image)."""
+    if isinstance(t, (list, tuple)):
+        return (f"{min(t):.3f} to {max(t):.3f}, one per label" if len(set(t)) > 1 else f"{t[0]:.3f} for every label") \
+            if t else "none"
+    return f"{t:.3f}"
+
+
 def _summary_section(metrics: dict) -> str:
-    """The summary's HTML: what select chose and its test accuracy, plainly and as chosen."""
+    """The summary's HTML: what select chose and its test accuracy, plainly and as chosen (several
+    labels per image: the share of right yes/no answers, and the labels' mean average precision)."""
     plain, tta = metrics.get("test", {}), metrics.get("test_chosen", {})
     ch = metrics.get("chosen", {})
-    thr = f", threshold {ch['threshold']:.3f}" if ch.get("threshold") is not None else ""
+    thr = f", threshold {_threshold(ch['threshold'])}" if ch.get("threshold") is not None else ""
+    multi = "macro_ap" in plain
     return (
         f"<p>Chosen on the valid split: <code>{html.escape(str(ch.get('candidate')))}</code> "
         f"({len(ch.get('members', []))} member(s), input {ch.get('size')} px), views "
@@ -133,7 +143,9 @@ def _summary_section(metrics: dict) -> str:
         f"Scored once on {plain.get('images', '?')} held-out test images: plainly <b>{_pct(plain.get('accuracy'))}</b>, "
         f"as chosen <b>{_pct(tta.get('accuracy'))}</b>"
         + (f" (95% bootstrap interval {_pct(tta['accuracy_ci95'][0])} – {_pct(tta['accuracy_ci95'][1])})"
-           if tta.get("accuracy_ci95") else "") + ".</p>")
+           if tta.get("accuracy_ci95") else "")
+        + (f" of the yes/no answers, one per image and label; macro mAP <b>{tta['macro_ap']:.4f}</b>, exact match "
+           f"{_pct(tta.get('exact_match'))}, macro F1 {tta.get('macro_f1', 0):.4f} as chosen" if multi else "") + ".</p>")
 
 
 def _stages_section(metrics: dict) -> str:
@@ -158,13 +170,14 @@ def _select_section(select: Path) -> str:
 
     with rows_csv.open(newline="") as f:
         cand = list(csv.DictReader(f))
-    key = "valid_log_loss" if sel.get("criterion") == "log_loss" else "valid_accuracy"
-    cand.sort(key=lambda r: float(r[key]), reverse=key == "valid_accuracy")
+    key = f"valid_{sel.get('criterion')}"  # the criterion select chose by: best first
+    key = key if cand and key in cand[0] else "valid_accuracy"
+    cand.sort(key=lambda r: float(r[key]), reverse=key != "valid_log_loss")
     c = sel["chosen"]
     return (
         f"<p>{len(cand)} (candidate, view set) pairs scored on the valid split; "
         f"{html.escape(sel['criterion'])} chose <code>{html.escape(c['candidate'])}</code> with views "
-        f"{html.escape(c['views'])}" + (f" and threshold {c['threshold']:.3f} ({html.escape(str(c['threshold_rule']))})"
+        f"{html.escape(c['views'])}" + (f" and threshold {_threshold(c['threshold'])} ({html.escape(str(c['threshold_rule']))})"
                                           if c.get("threshold") is not None else "")
         + f": valid accuracy {_pct(c['valid_accuracy_as_chosen'])}, {c['cost_ratio']:.1f}x the cost per image of "
         f"{html.escape(c['reference']['candidate'])} alone. The test split played no part.</p>"
@@ -254,13 +267,18 @@ def _evaluation_section(metrics: dict, evaluate: Path) -> str:
     if not plain:
         return _missing("test metrics")
     keys = [k for k in ("accuracy", "balanced_accuracy", "macro_f1", "log_loss", "ece", "top3_accuracy",
-                        "top5_accuracy", "accuracy_ci95") if k in plain]
+                        "top5_accuracy", "accuracy_ci95", "macro_ap", "micro_ap", "micro_f1", "exact_match",
+                        "hamming_loss") if k in plain]
+    multi = "macro_ap" in plain  # several labels per image: each label's average precision too
     per_class = [[c, _fmt(p["precision"]), _fmt(p["recall"]), _fmt(tta["per_class"][c]["recall"]),
                   f"{100 * metrics['chosen_gain']['per_class_recall'][c]:+.1f}", _fmt(p["f1"]),
-                  _fmt(tta["per_class"][c]["f1"]), p["support"]] for c, p in plain["per_class"].items()]
+                  _fmt(tta["per_class"][c]["f1"]), *([_fmt(tta["per_class"][c]["ap"])] if multi else []), p["support"]]
+                 for c, p in plain["per_class"].items()]
     return (_table(["metric", "plain", "as chosen"], [[k, plain[k], tta.get(k)] for k in keys])
-            + _table(["class", "precision", "recall", "recall (chosen)", "gain (points)",
-                      "F1", "F1 (chosen)", "images"], per_class)
+            + ("<p>Several labels per image: accuracy is the share of right yes/no answers (one per image and "
+               "label); plain decides each label at 0.5, as chosen at its own threshold.</p>" if multi else "")
+            + _table(["label" if multi else "class", "precision", "recall", "recall (chosen)", "gain (points)",
+                      "F1", "F1 (chosen)", *(["AP (chosen)"] if multi else []), "images"], per_class)
             + _img(Path(evaluate) / EVALUATE.tta_gain, "per-class gain of the choices"))
 
 

@@ -291,6 +291,34 @@ def confusion(matrices: dict[str, np.ndarray], classes: Sequence[str], path: Pat
     return _save(fig, path)
 
 
+def label_confusion(tables: dict[str, Sequence], classes: Sequence[str], path: Path) -> Path:
+    """Several labels per image: each label's 2x2 confusion (``[[tn, fp], [fn, tp]]``, recipe.core.metrics.label_confusion)
+    as a row of four cells (present: decided yes, no; absent: yes, no), side by side for each table; each cell's
+    count and its share of the actual answer (present or absent: the recall of each), shaded by that share."""
+    n = len(classes)
+    cols = ["present\n→ yes", "present\n→ no", "absent\n→ yes", "absent\n→ no"]
+    fig, axes = plt.subplots(1, len(tables), figsize=(4.8 * len(tables), max(2.5, 0.32 * n + 1.6)), squeeze=False)
+    for k, (ax, (title, m)) in enumerate(zip(axes.flat, tables.items())):
+        m = np.asarray(m).reshape(n, 2, 2)
+        counts = np.stack([m[:, 1, 1], m[:, 1, 0], m[:, 0, 1], m[:, 0, 0]], 1)
+        present, absent = np.maximum(m[:, 1].sum(1), 1), np.maximum(m[:, 0].sum(1), 1)
+        frac = counts / np.stack([present, present, absent, absent], 1)
+        right = np.stack([frac[:, 0], 1 - frac[:, 1], 1 - frac[:, 2], frac[:, 3]], 1)  # dark: a right answer
+        ax.imshow(right, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+        if n <= 40:
+            for i in range(n):
+                for j in range(4):
+                    ax.text(j, i, f"{counts[i, j]} ({100 * frac[i, j]:.0f}%)", ha="center", va="center", fontsize=6,
+                            color="white" if right[i, j] > 0.5 else "black")
+        ax.set_xticks(range(4), cols, fontsize=7)
+        ax.set_yticks(range(n), classes if k == 0 else [], fontsize=7)
+        if k == 0:
+            ax.set_ylabel("label")
+        wrong = int(counts[:, 1].sum() + counts[:, 2].sum())
+        ax.set_title(f"{title}\n{wrong} wrong of {int(counts.sum())} yes/no answers", fontsize=8)
+    return _save(fig, path)
+
+
 def tta_gain(gain: dict[str, float], path: Path, title: str) -> Path:
     """Per-class change in recall (percentage points) from plain to TTA prediction."""
     names = list(gain)

@@ -9,7 +9,9 @@ Contract:
   its TTA views, the threshold) into what is exported: float32 images ``(N, C, size, size)``
   in [0, 1] in; ``probabilities`` (float32, ``(N, classes)``) and ``predicted`` (int64, the
   class index the model decides on, its threshold applied) out. An ensemble is one graph: a
-  consumer needs no manifest and no code of ours to get the decision.
+  consumer needs no manifest and no code of ours to get the decision. Several labels per image:
+  ``probabilities`` are each label's sigmoid and ``predicted`` is ``(N, labels)`` 0/1, each label's
+  own threshold applied inside the graph (and listed in the metadata).
 - :func:`export_onnx` writes that graph (``torch.onnx.export``, the ``torch.export`` based
   exporter, weights inside the one file) with the model's metadata in ``metadata_props``
   (:data:`META_KEYS`, JSON values): classes, input size and channels, normalisation (applied in
@@ -31,7 +33,7 @@ from torch import nn
 
 from recipe.core.errors import ConfigError, DataError
 from recipe.core.layout import EXPORT, RAW
-from recipe.decide.ensemble import Ensemble, decide
+from recipe.decide.ensemble import Ensemble
 from recipe.decide.fold import fold_ensemble
 from recipe.ship.onnx_model import FORMAT, OnnxModel
 
@@ -51,14 +53,20 @@ class Decision(nn.Module):
         if model.views.name in RANDOM_VIEWS:
             raise ConfigError(f"views {model.views.name!r} are random draws, not a fixed graph: export a model "
                               "chosen with deterministic views (select.views=flips, for example)")
-        if model.threshold is not None and len(model.classes) != 2:
+        if model.threshold is not None and len(model.classes) != 2 and not model.multi_label:
             raise ConfigError(f"a decision threshold needs two classes, not {len(model.classes)}")
         self.model = model
         self.threshold = model.threshold
+        self.multi_label = model.multi_label
+        if self.multi_label:  # each label's threshold (0.5 without one), compared in float64 as decide() does
+            cut = torch.as_tensor(0.5 if model.threshold is None else model.threshold, dtype=torch.float64)
+            self.register_buffer("cut", cut.expand(len(model.classes)).clone())
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         p = self.model(x)
-        if self.threshold is None:
+        if self.multi_label:
+            predicted = (p >= self.cut.to(p.dtype)).long()
+        elif self.threshold is None:
             predicted = p.argmax(1)
         else:
             predicted = (p[:, 1] >= self.threshold).long()
@@ -84,6 +92,10 @@ def metadata(model: Ensemble, info: dict | None = None) -> dict[str, str]:
         "outputs": "probabilities: float32 (N, classes); predicted: int64 class index (threshold applied)",
         **(info or {}),
     }
+    if model.multi_label:  # only then: the metadata of one label per image keeps its bytes
+        values["multi_label"] = True
+        values["outputs"] = ("probabilities: float32 (N, labels), each label's sigmoid; predicted: int64 (N, labels), "
+                             "1 where the label's probability reaches its threshold (threshold: one per label)")
     return {k: json.dumps(v) for k, v in values.items()}
 
 
@@ -152,30 +164,40 @@ def parity(checkpoint: Ensemble, folded: Ensemble, onnx_path: Path, images: torc
     ref, decided = reference if reference is not None else (None, None)
     if ref is None:
         ref = torch_probs(checkpoint, images, batch_size)
-        decided = decide(ref, checkpoint.threshold)
+        decided = checkpoint.decide(ref)
     fold = torch_probs(folded, images, batch_size)
     ort, ort_pred = onnx if onnx is not None else onnx_probs(onnx_path, images, batch_size)
+
+    def differing(a: np.ndarray) -> int:  # images decided otherwise (several labels: any label)
+        return int(np.any((np.asarray(a) != decided).reshape(len(decided), -1), axis=1).sum())
+
     return {
         "images": int(len(ref)),
         "folded_max_abs_diff": float(np.abs(fold - ref).max()),
         "onnx_max_abs_diff": float(np.abs(ort - ref).max()),
-        "folded_class_mismatches": int((decide(fold, checkpoint.threshold) != decided).sum()),
-        "onnx_class_mismatches": int((ort_pred != decided).sum()),
+        "folded_class_mismatches": differing(checkpoint.decide(fold)),
+        "onnx_class_mismatches": differing(ort_pred),
         "probabilities": {"checkpoint": ref, "folded": fold, "onnx": ort}, "predicted": decided,
         "onnx_predicted": ort_pred,
     }
 
 
-def _evaluated(evaluated: dict[str, tuple[str, list[float]]] | None, paths,
-               classes: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
-    """evaluate's probabilities and decided class index for each of ``paths``; None without evaluate's record."""
+def _evaluated(evaluated: dict[str, tuple[str, list[float]]] | None, paths, classes: list[str],
+               multi_label: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
+    """evaluate's probabilities and decided class index for each of ``paths`` (several labels per
+    image: ``(N, labels)`` 0/1, from the labels decided joined by a space); None without evaluate's record."""
     if evaluated is None:
         return None
     missing = [p for p in paths if p not in evaluated]
     if missing:
         raise DataError(f"evaluate's predictions lack {len(missing)} test image(s), e.g. {missing[0]}: rerun evaluate")
-    return (np.array([evaluated[p][1] for p in paths], dtype=np.float64),
-            np.array([classes.index(evaluated[p][0]) for p in paths]))
+    probs = np.array([evaluated[p][1] for p in paths], dtype=np.float64)
+    if multi_label:
+        from recipe.data.sources import tags_of
+
+        return probs, np.array([[c in tags_of(evaluated[p][0]) for c in classes] for p in paths],
+                               dtype=np.int64).reshape(-1, len(classes))
+    return probs, np.array([classes.index(evaluated[p][0]) for p in paths])
 
 
 class ExportError(ConfigError):
@@ -215,7 +237,7 @@ def run(cfg, *, bundle: Path, split: Path, raw: Path, out: Path, workers: int, b
     path = export_onnx(folded, Path(out) / EXPORT.model, opset=cfg.opset, dynamic_batch=cfg.dynamic_batch,
                        optimize=cfg.optimize, info=info)
     idx = sample(len(images), cfg.parity_images)
-    reference = _evaluated(evaluated, [test.paths[i] for i in idx], classes)
+    reference = _evaluated(evaluated, [test.paths[i] for i in idx], classes, model.multi_label)
     check = parity(model, folded, path, images[torch.as_tensor(idx)].float() / 255, batch_size=batch_size,
                    reference=reference)
     labels = test.labels.numpy()[idx]

@@ -2,8 +2,9 @@
 
 Contract: :class:`OnnxModel` opens a file written by :func:`recipe.ship.export.export_onnx` and
 exposes what :func:`recipe.ship.predict.main` needs of any model (``classes``, ``size``,
-``channels``, ``threshold``, ``names``), and :meth:`OnnxModel.run`: float32 images ``(N, C,
-size, size)`` in [0, 1] to the graph's probabilities and decisions. This module imports numpy and
+``channels``, ``threshold``, ``names``, ``multi_label``), and :meth:`OnnxModel.run`: float32 images
+``(N, C, size, size)`` in [0, 1] to the graph's probabilities and decisions (several labels per
+image: ``(N, labels)`` 0/1, each label's threshold applied inside the graph). This module imports numpy and
 onnxruntime only (and the project's errors), so the ONNX path of ``predict`` needs onnxruntime,
 numpy and Pillow, not torch.
 """
@@ -43,12 +44,14 @@ class OnnxModel:
         self.size, self.channels = int(self.meta["size"]), int(self.meta["channels"])
         self.threshold = self.meta["threshold"]
         self.names = [m["name"] for m in self.meta["members"]]
+        self.multi_label = bool(self.meta.get("multi_label"))
         first = self.session.get_inputs()[0]
         self.input = first.name
         self.batch = first.shape[0] if isinstance(first.shape[0], int) else None  # None: any batch size
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities (float32, ``(N, classes)``) and decided class indices (int64, ``(N,)``)."""
+        """Probabilities (float32, ``(N, classes)``) and decided class indices (int64, ``(N,)``; several
+        labels per image: ``(N, labels)`` 0/1)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         if x.ndim != 4 or x.shape[1:] != (self.channels, self.size, self.size):
             raise ValueError(f"expected float32 images of shape (N, {self.channels}, {self.size}, {self.size}), "

@@ -11,10 +11,12 @@ applied), shorter side resized to the model's size, centre-cropped, scaled to [0
 (:func:`prepare`, from files or bytes).
 
 One line per image: path, the class the model decides on (its threshold applied), the
-probability of that class (``--top`` more classes after it, by probability). With ``--csv OUT``,
-one CSV row per image instead: ``path``, ``prediction``, then one column per class holding its
-probability. A folder argument means every image under it (by the file name's extension: the
-formats the pipeline decodes), in sorted order. Images are read, predicted and written one batch
+probability of that class (``--top`` more classes after it, by probability); for a model of several
+labels per image, each label decided (its own threshold applied) and its probability, or
+``(none)``. With ``--csv OUT``, one CSV row per image instead: ``path``, ``prediction`` (several
+labels: those decided, joined by a space), then one column per class holding its probability.
+A folder argument means every image under it (by the file name's extension: the formats the
+pipeline decodes), in sorted order. Images are read, predicted and written one batch
 at a time (a large folder needs no more memory than a batch). An image that cannot be read is
 reported on stderr and skipped; the exit code is then 1.
 """
@@ -71,13 +73,27 @@ class ServedModel:
         self.classes, self.size, self.channels = list(meta["classes"]), int(meta["size"]), int(meta["channels"])
         self.threshold = meta.get("threshold")
         self.names = list(meta.get("members", ["served"]))
+        self.multi_label = bool(meta.get("multi_label"))
 
     def predict_files(self, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
         import pandas as pd
 
+        from recipe.data.sources import tags_of
+
         out = self.pyfunc.predict(pd.DataFrame({"image": [Path(p).read_bytes() for p in paths]}))
+        if self.multi_label:  # the labels decided, joined by a space: back to 0/1 per label
+            decided = np.array([[c in tags_of(v) for c in self.classes] for v in out["predicted"]], dtype=np.int64)
+            return np.asarray(out[self.classes], dtype=np.float64), decided.reshape(-1, len(self.classes))
         return (np.asarray(out[self.classes], dtype=np.float64),
                 np.array([self.classes.index(c) for c in out["predicted"]], dtype=np.int64))
+
+
+def decided_names(model, decided: np.ndarray) -> list[str]:
+    """The decision for each image as written: the class's name, or with several labels per image
+    (``model.multi_label``) the labels decided, joined by a space (empty: none)."""
+    if getattr(model, "multi_label", False):
+        return [" ".join(c for c, v in zip(model.classes, row) if v) for row in np.asarray(decided)]
+    return [model.classes[int(d)] for d in decided]
 
 
 def load(source: str):
@@ -118,11 +134,9 @@ def probabilities(model, paths: list[Path], arrays: list[np.ndarray], batch_size
         return np.concatenate([p for p, _ in parts]).astype(np.float64), np.concatenate([d for _, d in parts])
     import torch
 
-    from recipe.decide.ensemble import decide
-
     with torch.no_grad():
         probs = torch.cat([model(torch.from_numpy(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
-    return probs.numpy(), decide(probs.numpy(), model.threshold)
+    return probs.numpy(), model.decide(probs.numpy())
 
 
 def _views_from_params(name: str):
@@ -225,9 +239,12 @@ def main(argv: list[str] | None = None) -> int:
             failed += len(errors)
             if ok:
                 probs, decided = probabilities(model, ok, arrays, args.batch_size)
-                for path, p, d in zip(ok, probs, decided):
+                for path, p, d, name in zip(ok, probs, decided, decided_names(model, decided)):
                     if writer is not None:
-                        writer.writerow([str(path), model.classes[int(d)], *[f"{v:.6f}" for v in p]])
+                        writer.writerow([str(path), name, *[f"{v:.6f}" for v in p]])
+                    elif getattr(model, "multi_label", False):
+                        yes = np.flatnonzero(d).tolist()
+                        print("\t".join([str(path), *([f"{model.classes[i]}\t{p[i]:.4f}" for i in yes] or ["(none)"])]))
                     else:
                         rest = [i for i in np.argsort(-p, kind="stable").tolist() if i != d][:k - 1]
                         print("\t".join([str(path), *[f"{model.classes[i]}\t{p[i]:.4f}" for i in [int(d), *rest]]]))

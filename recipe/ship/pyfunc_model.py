@@ -9,7 +9,8 @@ conf/, the logged model's ``model_config``), so one request cannot take the serv
 Each is prepared as the pipeline prepares its own images
 (``recipe.ship.predict.prepare``). Output: a DataFrame with one probability column per class and
 ``predicted``, the class the chosen model decides on (its decision threshold applied when it has
-one). Every member, view and the threshold of the bundle are applied: the logged model is exactly
+one; several labels per image: each label's sigmoid, and the labels decided at their thresholds,
+joined by a space). Every member, view and the threshold of the bundle are applied: the logged model is exactly
 what select chose. An image that cannot be read is refused with an MLflow
 ``INVALID_PARAMETER_VALUE`` error naming its row (HTTP 400 from the server, no traceback).
 """
@@ -63,7 +64,9 @@ class RecipeModel(PythonModel):
         with torch.no_grad():
             p = m(torch.from_numpy(x)).numpy()
         out = pd.DataFrame(p, columns=m.classes)
-        out["predicted"] = [m.classes[i] for i in m.decide(p)]
+        from recipe.ship.predict import decided_names
+
+        out["predicted"] = decided_names(m, m.decide(p))
         return out
 
 

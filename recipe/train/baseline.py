@@ -296,7 +296,7 @@ def _overfit(model: Classifier, common: Common, cfg: BaselineConfig, data: Data,
     paths = [data.train.paths[i] for i in idx.tolist()]
     return check_overfit(model, xb, yb, max_steps=cfg.overfit.max_steps, lr=cfg.overfit.lr,
                          max_loss=cfg.overfit.max_loss, paths=paths, classes=data.classes,
-                         lookalikes=other_label_lookalikes(read_split(split, multi_label_ok=True), paths))
+                         lookalikes=other_label_lookalikes(read_split(split), paths))
 
 
 def run(common: Common, cfg: BaselineConfig, *, split: Path, raw: Path, picture: Path, candidates: Path) -> dict:

@@ -76,7 +76,7 @@ class Data:
 
 
 def load_data(split_csv: Path, raw: Path, *, size: int, workers: int, splits: tuple[str, ...] = ("train", "valid")) -> Data:
-    table = read_split(split_csv, multi_label_ok=True)
+    table = read_split(split_csv)
     classes = class_names(table)
     if len(classes) < (1 if LABELS in table.columns else 2):
         raise DataError(f"{split_csv}: {len(classes)} class(es); a classifier needs at least 2")
