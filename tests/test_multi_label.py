@@ -267,7 +267,7 @@ def test_multi_label_digits_through_every_stage_to_the_same_label_sets_everywher
     assert 0 < m["table"]["cv_folds"]["test_accuracy"] <= 1 and m["table"]["cv_folds"]["members"] == 2
     assert len(m["confusion"]["chosen"]) == 10 and np.asarray(m["confusion"]["chosen"]).shape == (10, 2, 2)
     page = (proj / "outputs/evaluate/report.html").read_text()
-    assert "macro mAP" in page and "AP (chosen)" in page
+    assert "macro mAP" in page and "AP (chosen)" in page and "valid macro AP" in page
 
     # export: the thresholds inside the graph, the decisions equal to evaluate's
     ex = json.loads((proj / "outputs/export/metrics.json").read_text())

@@ -174,6 +174,7 @@ def _select_section(select: Path) -> str:
     key = key if cand and key in cand[0] else "valid_accuracy"
     cand.sort(key=lambda r: float(r[key]), reverse=key != "valid_log_loss")
     c = sel["chosen"]
+    multi = bool(cand) and "valid_macro_ap" in cand[0]  # several labels per image: the labels' mean AP too
     return (
         f"<p>{len(cand)} (candidate, view set) pairs scored on the valid split; "
         f"{html.escape(sel['criterion'])} chose <code>{html.escape(c['candidate'])}</code> with views "
@@ -181,9 +182,10 @@ def _select_section(select: Path) -> str:
                                           if c.get("threshold") is not None else "")
         + f": valid accuracy {_pct(c['valid_accuracy_as_chosen'])}, {c['cost_ratio']:.1f}x the cost per image of "
         f"{html.escape(c['reference']['candidate'])} alone. The test split played no part.</p>"
-        + _table(["candidate", "views", "size", "valid log loss", "valid accuracy", "cost (x one model)"],
+        + _table(["candidate", "views", "size", "valid log loss", "valid accuracy",
+                  *(["valid macro AP"] if multi else []), "cost (x one model)"],
                  [[r["candidate"], r["views"], r["size"], float(r["valid_log_loss"]), _pct(float(r["valid_accuracy"])),
-                   f"{float(r['cost_ratio']):.1f}"] for r in cand])
+                   *([float(r["valid_macro_ap"])] if multi else []), f"{float(r['cost_ratio']):.1f}"] for r in cand])
         + _img(Path(select) / SELECT.candidates_plot, "candidates on valid"))
 
 
