@@ -12,6 +12,7 @@ from mlflow.models import infer_signature
 import recipe
 from recipe.core.layout import BASELINE, CV, EVALUATE, RAW, SELECT, TRAINING, TRAINING_STAGES
 from recipe.decide import evaluate, inside
+from recipe.decide.labels import threshold_text
 from recipe.decide.schema import EvaluateConfig, InsideConfig, ScoringConfig
 from recipe.report import write_report
 from recipe.ship import pyfunc_model
@@ -94,13 +95,6 @@ def baseline_margin(chosen: dict, metrics: dict) -> str:
     if test is not None:
         line += f"; test {100 * metrics['test_chosen']['accuracy']:.2f}% against {100 * test:.2f}%"
     return line
-
-
-def threshold_text(t) -> str:
-    """A threshold as printed: one number, or one per label (several labels per image)."""
-    if isinstance(t, (list, tuple)):
-        return f"{min(t):.3f}..{max(t):.3f} (one per label)" if len(set(t)) > 1 else f"{t[0]:.3f} (every label)"
-    return f"{t:.3f}"
 
 
 def _title(data: dict, seed: int) -> str:

@@ -30,17 +30,8 @@ import pandas as pd
 
 from recipe.core.errors import DataError
 from recipe.core.layout import RAW, TRAINING
-from recipe.data.sources import tags_of
 from recipe.data.split import LABELS, TARGET_PREFIX
-
-
-def _hot(values, classes: list[str]) -> np.ndarray:
-    """Label lists (joined by a space) as ``(N, labels)`` 0/1."""
-    return np.array([[c in tags_of(v) for c in classes] for v in values], dtype=np.int64).reshape(-1, len(classes))
-
-
-def _joined(yes: np.ndarray, classes: list[str]) -> list[str]:
-    return [" ".join(c for c, v in zip(classes, row) if v) for row in yes]
+from recipe.decide.labels import hot, joined
 
 
 def fold_figures(labels: np.ndarray, probs: np.ndarray) -> dict:
@@ -78,7 +69,7 @@ def cv_figures(oof: pd.DataFrame, classes: list[str], multi_label: bool = False)
 def _labels(oof: pd.DataFrame, classes: list[str], multi_label: bool) -> np.ndarray:
     """The out-of-fold table's labels: class indices, or with several labels per image ``(N, labels)`` 0/1."""
     if multi_label:
-        return _hot(oof["label"], classes)
+        return hot(oof["label"], classes)
     return oof["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
 
 
@@ -119,7 +110,7 @@ def _multi_label_issues(oof: pd.DataFrame, probs: np.ndarray, labels: np.ndarray
     p = probs[:, present]
     ranked = find_label_issues(lists, p, return_indices_ranked_by="self_confidence", n_jobs=1)
     scores = get_label_quality_scores(lists, p)
-    suggested = _joined(probs >= 0.5, classes)
+    suggested = joined(probs >= 0.5, classes)
     rows = [{"rank": r + 1, "path": oof["path"].iloc[i], "fold": int(oof["fold"].iloc[i]),
              "given_label": oof["label"].iloc[i], "suggested_label": suggested[i],
              "self_confidence": float(scores[i]), "ranking_score": float(scores[i])} for r, i in enumerate(ranked)]
@@ -234,12 +225,12 @@ def oof_predictions(common, *, table: pd.DataFrame, fold_tables: dict[int, pd.Da
             for x, _ in common.batches(held, device, train=False):
                 probs.append(model(x).cpu().numpy())
         p = np.concatenate(probs)
-        given = (_joined(held.labels.numpy() > 0.5, classes) if model.multi_label
+        given = (joined(held.labels.numpy() > 0.5, classes) if model.multi_label
                  else [classes[i] for i in held.labels.tolist()])
         part = pd.DataFrame({"path": held.paths, "label": given, "fold": fold})
         for i, c in enumerate(classes):
             part[f"p_{c}"] = p[:, i]
-        part["predicted"] = _joined(p >= 0.5, classes) if model.multi_label else [classes[i] for i in p.argmax(1)]
+        part["predicted"] = joined(p >= 0.5, classes) if model.multi_label else [classes[i] for i in p.argmax(1)]
         parts.append(part)
     oof = pd.concat(parts, ignore_index=True)
     targets = [c for c in table.columns if c.startswith(TARGET_PREFIX)]

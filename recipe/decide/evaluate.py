@@ -35,11 +35,11 @@ from recipe.core.metrics import (
     top_losses,
 )
 from recipe.data.loader import ImageSet, load_split
-from recipe.data.sources import tags_of
 from recipe.data.split import LABELS, class_names, read_split
 from recipe.decide.engine import runner
 from recipe.decide.ensemble import Ensemble, decide, load_bundle
 from recipe.decide.fold import fold_ensemble, fold_member
+from recipe.decide.labels import hot, joined, threshold_text
 from recipe.decide.schema import EvaluateConfig, ScoringConfig
 from recipe.decide.tta import plain_views, predict
 from recipe.report import plots
@@ -211,26 +211,14 @@ def _write_label_pictures(out: Path, test: ImageSet, labels: np.ndarray, p_plain
     plots.label_confusion({"plain (0.5)": plain["confusion"], f"as chosen ({label})": chosen["confusion"]},
                           classes, out / EVALUATE.confusion)
     worst = label_mistakes(p_chosen, labels, decided, max(1, -(-top // len(classes))))[:top] if top else []
-    captions = [f"{classes[k]}: {'present' if labels[i, k] > 0.5 else 'absent'}, p={p_chosen[i, k]:.2f}\n"
-                f"{_names(labels[i], classes)} → {_names(decided[i], classes)}" for i, k in worst]
-    idx = torch.as_tensor([i for i, _ in worst], dtype=torch.long)
+    shown = [i for i, _ in worst]
+    captions = [f"{classes[k]}: {'present' if labels[i, k] > 0.5 else 'absent'}, p={p_chosen[i, k]:.2f}\n{a} → {d}"
+                for (i, k), a, d in zip(worst, joined(labels[shown] > 0.5, classes), joined(decided[shown], classes))]
+    idx = torch.as_tensor(shown, dtype=torch.long)
     plots.tensor_grid(test.images[idx].float().numpy() / 255 if len(worst) else np.zeros((0, 1, 8, 8)), captions,
                       out / EVALUATE.top_losses, "Most confident mistakes per label (as chosen): the label, its answer "
                       "and probability; actual labels → decided labels" if len(worst) else "Top losses: none")
     plots.tta_gain(gain, out / EVALUATE.tta_gain, f"Per-label recall gain of the choices ({label}) over plain (0.5)")
-
-
-def _names(row: np.ndarray, classes: list[str]) -> str:
-    """A 0/1 row of labels as their names joined by a space (several labels per image's ``tags``)."""
-    return " ".join(c for c, v in zip(classes, row) if v > 0.5)
-
-
-def _threshold_text(threshold) -> str:
-    """A threshold for a label: one number, or several labels' own (their range)."""
-    if isinstance(threshold, (list, tuple)):
-        return f"t={min(threshold):.3f}..{max(threshold):.3f} per label" if len(set(threshold)) > 1 \
-            else f"t={threshold[0]:.3f} for every label"
-    return f"t={threshold:.3f}"
 
 
 def run(common: Common, cfg: EvaluateConfig, *, split: Path, raw: Path, bundle: Path, checkpoints: dict[str, Path],
@@ -268,7 +256,7 @@ def run(common: Common, cfg: EvaluateConfig, *, split: Path, raw: Path, bundle: 
     gain = {c: chosen["per_class"][c]["recall"] - plain["per_class"][c]["recall"] for c in classes}
     eval_s = time.perf_counter() - t0
     name = meta.get("info", {}).get("candidate", "+".join(model.names))
-    label = f"{name} / {chosen_views.name}" + (f" / {_threshold_text(threshold)}" if threshold is not None else "")
+    label = f"{name} / {chosen_views.name}" + (f" / t={threshold_text(threshold)}" if threshold is not None else "")
     rows = _stage_table(cfg, common, device, test_at, baseline_metrics=baseline_metrics, classes=classes, labels=labels,
                         stage_metrics=stage_metrics, checkpoints=checkpoints, fold_models=fold_models, size=model.size,
                         info=meta.get("info", {}), plain=plain, chosen=chosen,
@@ -299,8 +287,7 @@ def run(common: Common, cfg: EvaluateConfig, *, split: Path, raw: Path, bundle: 
 
 def _label_priors(table, classes: list[str]) -> np.ndarray:
     """Several labels per image: each label's share of the train split's images."""
-    train = [set(tags_of(v)) for v in table.loc[table["split"] == "train", LABELS]]
-    return np.array([sum(c in t for t in train) / max(1, len(train)) for c in classes])
+    return hot(table.loc[table["split"] == "train", LABELS], classes).mean(0)
 
 
 def _write_predictions(path: Path, paths: list[str], labels, plain, chosen, decided, classes: list[str]) -> None:
@@ -314,10 +301,11 @@ def _write_predictions(path: Path, paths: list[str], labels, plain, chosen, deci
             w = csv.writer(f)
             w.writerow(["path", "actual", "predicted", "probability", "predicted_chosen", "probability_chosen",
                         *[f"p_{c}" for c in classes]])
+            actual, said, said_chosen = joined(labels > 0.5, classes), joined(plain_yes, classes), joined(decided, classes)
             for i, p in enumerate(paths):
-                w.writerow([p, _names(labels[i], classes), _names(plain_yes[i], classes),
+                w.writerow([p, actual[i], said[i],
                             f"{plain[i][plain_yes[i]].mean() if plain_yes[i].any() else 0.0:.6f}",
-                            _names(decided[i], classes),
+                            said_chosen[i],
                             f"{chosen[i][decided[i] > 0].mean() if decided[i].any() else 0.0:.6f}",
                             *[f"{v:.6f}" for v in chosen[i]]])
         return

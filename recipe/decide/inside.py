@@ -56,8 +56,8 @@ from torch import nn
 from recipe.core.layout import INSIDE, RAW, TRAINING_STAGES
 from recipe.core.metrics import label_mistakes, top_losses
 from recipe.data.loader import decode_all
-from recipe.data.sources import tags_of
 from recipe.decide.ensemble import Ensemble, fit_size
+from recipe.decide.labels import hot, joined
 from recipe.decide.schema import InsideConfig
 from recipe.report import plots  # (it puts matplotlib on the Agg backend before any figure is drawn)
 from recipe.train.models import Classifier
@@ -382,7 +382,7 @@ def read_predictions(path: Path, classes: list[str], multi_label: bool = False) 
 
     def of(column: str) -> np.ndarray:
         if multi_label:
-            return np.array([[c in tags_of(r[column]) for c in classes] for r in rows], dtype=np.int64).reshape(-1, len(classes))
+            return hot([r[column] for r in rows], classes)
         return np.array([classes.index(r[column]) for r in rows], dtype=np.int64)
 
     return {"paths": [r["path"] for r in rows], "labels": of("actual"),
@@ -496,8 +496,8 @@ def run(cfg: InsideConfig, *, model: Ensemble, meta: dict, predictions: Path, ra
     x = batch(shown)
     maps = [a.numpy() for a in activations(net, x, [m for _, m in picked])] if len(x) else []
     activations_picture(x.numpy(), maps, [label for label, _ in picked],
-                        [" ".join(c for c, v in zip(classes, pred["labels"][k]) if v) if multi
-                         else classes[pred["labels"][k]] for k in shown], cfg.activation_channels,
+                        joined(pred["labels"][shown], classes) if multi else [classes[pred["labels"][k]] for k in shown],
+                        cfg.activation_channels,
                         out / INSIDE.activations)
 
     x = batch([k for k, _ in worst])

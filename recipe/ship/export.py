@@ -193,10 +193,9 @@ def _evaluated(evaluated: dict[str, tuple[str, list[float]]] | None, paths, clas
         raise DataError(f"evaluate's predictions lack {len(missing)} test image(s), e.g. {missing[0]}: rerun evaluate")
     probs = np.array([evaluated[p][1] for p in paths], dtype=np.float64)
     if multi_label:
-        from recipe.data.sources import tags_of
+        from recipe.decide.labels import hot
 
-        return probs, np.array([[c in tags_of(evaluated[p][0]) for c in classes] for p in paths],
-                               dtype=np.int64).reshape(-1, len(classes))
+        return probs, hot([evaluated[p][0] for p in paths], classes)
     return probs, np.array([classes.index(evaluated[p][0]) for p in paths])
 
 

@@ -78,12 +78,11 @@ class ServedModel:
     def predict_files(self, paths: list[Path]) -> tuple[np.ndarray, np.ndarray]:
         import pandas as pd
 
-        from recipe.data.sources import tags_of
+        from recipe.decide.labels import hot
 
         out = self.pyfunc.predict(pd.DataFrame({"image": [Path(p).read_bytes() for p in paths]}))
         if self.multi_label:  # the labels decided, joined by a space: back to 0/1 per label
-            decided = np.array([[c in tags_of(v) for c in self.classes] for v in out["predicted"]], dtype=np.int64)
-            return np.asarray(out[self.classes], dtype=np.float64), decided.reshape(-1, len(self.classes))
+            return np.asarray(out[self.classes], dtype=np.float64), hot(out["predicted"], self.classes)
         return (np.asarray(out[self.classes], dtype=np.float64),
                 np.array([self.classes.index(c) for c in out["predicted"]], dtype=np.int64))
 
@@ -92,7 +91,9 @@ def decided_names(model, decided: np.ndarray) -> list[str]:
     """The decision for each image as written: the class's name, or with several labels per image
     (``model.multi_label``) the labels decided, joined by a space (empty: none)."""
     if getattr(model, "multi_label", False):
-        return [" ".join(c for c, v in zip(model.classes, row) if v) for row in np.asarray(decided)]
+        from recipe.decide.labels import joined
+
+        return joined(decided, model.classes)
     return [model.classes[int(d)] for d in decided]
 
 
