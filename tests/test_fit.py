@@ -9,7 +9,7 @@ from torch import nn
 from conftest import AUGMENT_RANGES
 from recipe.data.loader import Batches
 from recipe.train.augment import Augment
-from recipe.train.fit import Diverged, fit, moving_average, validate
+from recipe.train.fit import Diverged, _patience, fit, moving_average, validate
 from recipe.train.optim import make_schedule
 
 torch.set_num_threads(1)
@@ -357,6 +357,20 @@ def test_early_stopping_at_cycle_ends_waits_for_the_end_of_a_cycle():
     assert validate(model, kw["valid"], loss_fn=loss_fn)["loss"] == pytest.approx(history[0]["valid_loss"], abs=1e-6)
     model, kw = anti_learning_setup(8, patience=3, keep="best")
     assert len(fit(model, **kw)) == 4
+
+
+def test_whole_cycles_wait_for_a_cycle_that_brought_nothing():
+    """train.stop_at: cycle. SGDR's cycle ends at epochs 0, 2, 6, 14, 30 (cycles of 1, 2, 4, 8, 16
+    epochs), patience 3. The long-tailed digits' finetune lowered its valid loss last at epoch 3, the
+    first epoch of the cycle that ends at 6: three epochs without a lower loss stop it there at its
+    cycle's end, though that cycle did lower it; with whole cycles it needs four, and it goes on
+    (it lowered the loss again at epoch 11). A cycle shorter than patience still waits patience."""
+    ends = (0, 2, 6, 14, 30)
+    assert [_patience(3, e, ends, False) for e in ends] == [3, 3, 3, 3, 3]
+    assert [_patience(3, e, ends, True) for e in ends] == [3, 3, 4, 8, 16]
+    assert _patience(3, 6, None, True) == 3  # no cycles: patience alone
+    bad = 6 - 3  # after epoch 6, epochs since the best (epoch 3)
+    assert bad >= _patience(3, 6, ends, False) and bad < _patience(3, 6, ends, True)
 
 
 def test_without_patience_all_epochs_run():

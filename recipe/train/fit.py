@@ -8,7 +8,8 @@ augmentations are seeded by ``(seed, epoch)`` and the RNG state is restored, the
 ends with the same numbers as an uninterrupted one (on the CPU). With ``patience`` it stops when
 the monitored value has not improved for that many epochs (judged after every epoch, or with
 ``stop_at`` only after those epochs: SGDR's cycle ends, since a restart raises the loss on
-purpose); it ends with the weights of the best
+purpose; with ``whole_cycles`` as well, only once the whole cycle just ended, however long, has not
+lowered it); it ends with the weights of the best
 epoch (``keep="best"``; with ``start_loss``, the starting weights count as epoch -1) or the
 last one.
 
@@ -181,7 +182,8 @@ def fit(module: nn.Module, *, train: Batches, valid: Batches, epochs: int, optim
         keep: str = "best", resume: Path | None = None, fingerprint: str = "",
         phase: str = "train", on_epoch: Callable[[dict], None] | None = None,
         start_loss: float | None = None, watch: Sequence[int] | None = None,
-        stop_at: Sequence[int] | None = None, average: AveragedModel | None = None) -> list[dict]:
+        stop_at: Sequence[int] | None = None, whole_cycles: bool = False,
+        average: AveragedModel | None = None) -> list[dict]:
     """The history: one row per epoch trained (see the module's docstring)."""
     device = train.device
     history: list[dict] = []
@@ -223,7 +225,8 @@ def fit(module: nn.Module, *, train: Batches, valid: Batches, epochs: int, optim
         if on_epoch is not None:
             on_epoch(row)
         best, bad, best_state = _track_best(row["valid_loss"], best, bad, best_state, module, keep)
-        stopped = patience is not None and bad >= patience and (stop_at is None or epoch in stop_at)
+        stopped = patience is not None and bad >= _patience(patience, epoch, stop_at, whole_cycles) \
+            and (stop_at is None or epoch in stop_at)
         last = epoch + 1 >= epochs or stopped
         if last and keep == "best" and best_state is not None:
             module.load_state_dict(best_state)
@@ -236,6 +239,15 @@ def fit(module: nn.Module, *, train: Batches, valid: Batches, epochs: int, optim
                       f"(patience {patience})")
             break
     return history
+
+
+def _patience(patience: int, epoch: int, stop_at: Sequence[int] | None, whole_cycles: bool) -> int:
+    """The epochs without a lower valid loss that stop the fit after ``epoch``: ``patience``, or with
+    ``whole_cycles`` at least the length of the cycle that ends there (the epochs since the previous
+    end in ``stop_at``)."""
+    if not whole_cycles or not stop_at:
+        return patience
+    return max(patience, epoch - max((e for e in stop_at if e < epoch), default=-1))
 
 
 def moving_average(module: nn.Module, *, epochs: float, steps_per_epoch: int) -> AveragedModel:

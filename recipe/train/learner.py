@@ -324,8 +324,9 @@ class Learner:
         average = moving_average(self.model, epochs=train_cfg.ema, steps_per_epoch=len(train)) \
             if snapshots and train_cfg.ema else None
         stopping = stopping if stopping is not None else {"patience": train_cfg.patience, "keep": train_cfg.keep}
-        if stopping.get("patience") is not None and train_cfg.stop_at == "cycle_end" and ends:
-            stopping = {**stopping, "stop_at": ends}  # SGDR: judged at its restarts
+        if stopping.get("patience") is not None and train_cfg.stop_at in ("cycle_end", "cycle") and ends:
+            # SGDR: judged at its restarts; cycle: only once a whole cycle brought nothing
+            stopping = {**stopping, "stop_at": ends, "whole_cycles": train_cfg.stop_at == "cycle"}
         extra = {"train_mode": train_mode} if train_mode is not None else {}
         rows = train_phase(module if module is not None else self.model, name=name, **snaps, train=train,
                            valid=valid if valid is not None else self.batches(self.data.valid, train=False),

@@ -212,7 +212,8 @@ class TrainConfig(Strict):
     ema: Annotated[float, Field(ge=0)]  # epochs: horizon of the weights' moving average (<stage>@ema); 0 = off
     clip_grad: PositiveFloat | None
     patience: PositiveInt | None
-    stop_at: Literal["epoch", "cycle_end"]  # when early stopping may stop: any epoch, or (SGDR) only at a cycle's end
+    stop_at: Literal["epoch", "cycle_end", "cycle"]  # when early stopping may stop: any epoch, (SGDR) only at a cycle's
+    # end, or only at a cycle's end once that whole cycle did not lower the valid loss
     keep: Literal["best", "last"]
     dynamics_images: NonNegativeInt  # valid images whose p(true class) every epoch records; 0 = off
     nproc: PositiveInt  # processes for the training stages (DistributedDataParallel when > 1)
