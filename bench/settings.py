@@ -14,9 +14,10 @@ How it is measured, for each seed (``run``):
   accuracy plainly and as chosen (evaluate's metrics).
 
 ``plot`` reads the CSV and prints one markdown row per setting (mean ± standard deviation over
-its seeds) and draws test accuracy as chosen against minutes, each seed a dot, each setting's
-mean with its standard deviation, and the bar as a line. Minutes are only comparable between rows
-measured on the same machine with nothing else running.
+its seeds) and draws test accuracy as chosen against minutes, each seed a dot (hollow, at the
+setting's mean minutes, where it was not timed), each setting's mean with its standard
+deviation, and the bar as a line. Minutes are only comparable between rows measured on the same
+machine with nothing else running.
 
 Usage: ``python bench/settings.py run --name lite2-long --seeds 42 1 2 -S model=efficientnet_lite2
 -S finetune.epochs=15 [--csv docs/results/elpv-frontier.csv] [--work DIR]`` then ``python
@@ -106,18 +107,21 @@ def plot(args) -> None:
         cells = [spread(mean, std, len(have[k]), len(group), "%") for k, (mean, std) in fig_of.items()]
         print(f"| {name} | `{group[0]['overrides'] or '(defaults)'}` | {', '.join(r['seed'] for r in group)} | "
               f"{spread(m_mean, m_std, len(mins), len(group), '', 1)} | {cells[0]} | {cells[1]} | **{cells[2]}** |")
-        for r in group:
-            if r["minutes"]:
-                ax.plot(float(r["minutes"]), 100 * float(r["test_as_chosen"]), ".", color=f"C{i}", alpha=0.5)
+        for r in group:  # a seed without minutes: hollow, at the setting's mean minutes
+            timed = bool(r["minutes"])
+            ax.plot(float(r["minutes"]) if timed else m_mean, 100 * float(r["test_as_chosen"]), "o", ms=4,
+                    color=f"C{i}", mfc=f"C{i}" if timed else "none", alpha=0.6)
         mean, std = fig_of["test_as_chosen"]
         ax.errorbar(m_mean, mean, yerr=std, xerr=m_std or None, fmt="o", capsize=4, color=f"C{i}",
                     label=f"{name} (seeds {', '.join(r['seed'] for r in group)})")
     ax.axhline(100 * BAR, color="grey", ls="--", lw=1)
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, max(high, 100 * BAR + 0.25))
     ax.annotate(f"Deitsch et al. 2019: {100 * BAR:.2f}%", (ax.get_xlim()[0], 100 * BAR), fontsize=8,
                 xytext=(4, 3), textcoords="offset points", color="grey")
     ax.set_xlabel("minutes of dvc repro, every stage (2 CPU cores)")
     ax.set_ylabel("test accuracy as chosen, %")
-    ax.set_title("ELPV: test accuracy against minutes (dots: seeds; bars: mean ± std)")
+    ax.set_title("ELPV: test accuracy against minutes\n(small dots: seeds, hollow where not timed; bars: mean ± std)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()

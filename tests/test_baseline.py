@@ -82,6 +82,23 @@ def test_overfit_one_batch_stops_as_soon_as_the_loss_is_low():
     assert not short.passed and short.value >= 0.05
 
 
+def test_overfit_starts_again_at_a_tenth_of_a_rate_that_wrecked_the_network():
+    # At 0.01 the tiny net ends with the same output for every image (its loss stuck at 0.5653,
+    # 30 steps); from the same weights at 0.001 it memorises the batch in 17.
+    wrecked, numbers = overfit(max_steps=30, lr=0.01)
+    assert not wrecked.passed and numbers["overfit_tries"] == 1
+    torch.manual_seed(0)
+    x, y = data(8)
+    check, numbers = check_overfit(tiny_model(), x.float() / 255, y, max_steps=30, lr=0.01, max_loss=0.05,
+                                   paths=PATHS, classes=["a", "b"], lookalikes={}, retries=1)
+    assert check.passed and numbers["overfit_lr"] == 0.001 and numbers["overfit_tries"] == 2, check.detail
+    assert 0 < numbers["overfit_steps"] < 30 and "at lr 0.001; at lr 0.01: " in check.detail
+    assert "every image got the same output" in check.detail
+    # It started again from the weights it was given: the same steps and loss as a fresh run at 0.001.
+    fresh, fresh_numbers = overfit(max_steps=30, lr=0.001)
+    assert (numbers["overfit_steps"], check.value) == (fresh_numbers["overfit_steps"], fresh.value)
+
+
 def test_overfit_failure_names_the_images_and_their_lookalikes():
     check, numbers = overfit(max_steps=2, lr=1e-9, lookalikes={"img/0.png": [("img/9.png", "b")]})
     assert not check.passed and "over by" in check.detail and numbers["overfit_steps"] == 2

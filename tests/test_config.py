@@ -46,6 +46,9 @@ def test_overrides_compose_like_dvc(tmp_path):
     assert out["split"]["seed"] == 7  # interpolated from the one seed
     tiny = yaml.safe_load(compose(REPO, ["experiment=tiny"], tmp_path / "t.yaml").read_text())
     assert tiny["data"]["limit"] == 48 and tiny["data"]["source"] == "elpv"
+    large = yaml.safe_load(compose(REPO, ["experiment=elpv_large"], tmp_path / "l.yaml").read_text())
+    assert large["model"]["name"] == "efficientnet_lite2" and (large["finetune"]["epochs"], large["resize"]["epochs"]) == (15, 7)
+    assert large["train"] == yaml.safe_load((REPO / "params.yaml").read_text())["train"]  # the rest: the defaults
 
 
 def test_unknown_override_key_is_refused(tmp_path):

@@ -224,6 +224,7 @@ class OverfitConfig(Strict):
     max_steps: PositiveInt  # the check stops as soon as the loss is below max_loss
     lr: Rate
     max_loss: PositiveFloat
+    retries: Annotated[int, Field(ge=0)]  # again from the same weights at a tenth of the rate, when the budget runs out
 
 
 class SimpleModelConfig(Strict):
