@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import platform
 import statistics
 import subprocess
@@ -46,7 +47,7 @@ BAR = 0.8842  # Deitsch et al. 2019, fine-tuned VGG-19, stratified 75/25 split
 
 def commit() -> str:
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "recipe", "conf", "dvc.yaml"], cwd=REPO,
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "recipe", "stages", "conf", "dvc.yaml"], cwd=REPO,
                            capture_output=True, text=True).stdout
     return head.strip() + ("+changes" if dirty.strip() else "")
 
@@ -63,7 +64,7 @@ def run(args) -> None:
                "minutes": f"{minutes:.1f}", "chosen": f"{sel['candidate']}{views}",
                "valid_as_chosen": f"{sel['valid_accuracy_as_chosen']:.6f}",
                "test_plain": f"{m['test']['accuracy']:.6f}", "test_as_chosen": f"{m['test_chosen']['accuracy']:.6f}",
-               "machine": f"{platform.processor() or platform.machine()}, {len(__import__('os').sched_getaffinity(0))} cores"}
+               "machine": f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores"}
         new = not args.csv.is_file()
         with args.csv.open("a", newline="") as f:
             w = csv.DictWriter(f, FIELDS)
