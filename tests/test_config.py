@@ -49,6 +49,9 @@ def test_overrides_compose_like_dvc(tmp_path):
     large = yaml.safe_load(compose(REPO, ["experiment=elpv_large"], tmp_path / "l.yaml").read_text())
     assert large["model"]["name"] == "efficientnet_lite2" and (large["finetune"]["epochs"], large["resize"]["epochs"]) == (15, 7)
     assert large["train"] == yaml.safe_load((REPO / "params.yaml").read_text())["train"]  # the rest: the defaults
+    xl = yaml.safe_load(compose(REPO, ["experiment=elpv_xl"], tmp_path / "x.yaml").read_text())
+    assert xl["model"]["name"] == "efficientnet_lite2" and (xl["finetune"]["epochs"], xl["resize"]["epochs"]) == (31, 15)
+    assert xl["train"] == large["train"]
 
 
 def test_unknown_override_key_is_refused(tmp_path):
