@@ -58,9 +58,10 @@ def run(args) -> None:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="settings-bench-"))
     for seed in args.seeds:
+        made_at = commit()  # the tree the copy is made from, read before the run: an edit while it runs is not its
         proj, minutes, m, sel = repro(work / f"{args.name}_{seed}", [*args.overrides, f"seed={seed}"])
         views = "" if sel["views"] == "none" else f", {sel['views']}"
-        row = {"setting": args.name, "overrides": " ".join(args.overrides), "seed": seed, "commit": commit(),
+        row = {"setting": args.name, "overrides": " ".join(args.overrides), "seed": seed, "commit": made_at,
                "minutes": f"{minutes:.1f}", "chosen": f"{sel['candidate']}{views}",
                "valid_as_chosen": f"{sel['valid_accuracy_as_chosen']:.6f}",
                "test_plain": f"{m['test']['accuracy']:.6f}", "test_as_chosen": f"{m['test_chosen']['accuracy']:.6f}",
