@@ -58,7 +58,7 @@ def run(args) -> None:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="settings-bench-"))
     for seed in args.seeds:
-        made_at = commit()  # the tree the copy is made from, read before the run: an edit while it runs is not its
+        made_at = commit()  # the tree repro copies, read now: an edit made while the seed runs is not in its copy
         proj, minutes, m, sel = repro(work / f"{args.name}_{seed}", [*args.overrides, f"seed={seed}"])
         views = "" if sel["views"] == "none" else f", {sel['views']}"
         row = {"setting": args.name, "overrides": " ".join(args.overrides), "seed": seed, "commit": made_at,
