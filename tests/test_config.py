@@ -73,7 +73,7 @@ def test_every_section_of_the_real_config_validates(params):
     ("optim", ["sgd", "adam", "adamw", "rmsprop", "adagrad", "adadelta"]),
     ("model", ["efficientnet_lite0", "resnet18", "resnet34", "resnet50", "mobilenet_v3_large", "efficientnet_b0",
                "convnext_tiny", "efficientnet_lite1", "efficientnet_lite2", "timm"]),
-    ("augment", ["top_down", "side_on", "none"]),
+    ("augment", ["top_down", "side_on", "upright", "none"]),
 ])
 def test_every_option_of_a_group_composes_and_validates(tmp_path, group, options):
     for option in options:
