@@ -142,7 +142,8 @@ def main() -> None:
     if args.long_tail is not None or args.limit is not None:
         ref_bal = logistic(*pixels("fit"), *pixels("test"), balanced=True)
         recalls = {c: v["recall"] for c, v in m["test_chosen"]["per_class"].items()}
-        print(f"digits ({f'long tail R={args.long_tail}' if args.long_tail else f'{args.limit} images'}): balanced accuracy recipe "
+        subset = f"long tail R={args.long_tail}" if args.long_tail is not None else f"{args.limit} images"
+        print(f"digits ({subset}): balanced accuracy recipe "
               f"{100 * m['test']['balanced_accuracy']:.2f}% plain, {100 * m['test_chosen']['balanced_accuracy']:.2f}% "
               f"as chosen (logit adjustment tau {sel.get('logit_adjust', 0):g}); class-weighted logistic regression "
               f"{100 * ref_bal:.2f}% on the same split")
