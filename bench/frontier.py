@@ -54,7 +54,7 @@ def pools(rows: list[dict], last: str) -> dict[str, list[dict]]:
 def measure(proj: Path) -> list[dict]:
     params = read_params(proj / "params.yaml")
     cfg = load_section("select", SelectConfig, params)
-    common = Common(seed=params["seed"], train=load_section("train", TrainConfig, params), model=None, optim=None,
+    common = Common(seed=params["seed"], train=load_section("train", TrainConfig, params).batch_for(), model=None, optim=None,
                     augment=load_section("augment", AugmentConfig, params))
     out = proj / "outputs"
     with (out / "select/candidates.csv").open(newline="") as f:

@@ -8,19 +8,34 @@ from recipe.core import distributed as dist
 from recipe.core.config import StageParams
 from recipe.core.layout import TRAINING
 from recipe.core.schema import Seed
-from recipe.data.sizes import median_side, train_size
+from recipe.data.sizes import median_side, train_images, train_size
 from recipe.track import tracking
 from recipe.train.learner import Common
 from recipe.train.schema import AugmentConfig, ModelConfig, OptimConfig, TrainConfig
 from stages._common import log_numbers, write_json
 
 
-def common_config(p: StageParams, split: Path | None = None) -> Common:
-    """The shared sections a model stage lists in dvc.yaml, validated (see recipe.train.learner.Common);
-    ``model`` and ``optim`` are None for a stage that does not list them. With ``split`` (the
-    stages that train at ``train.image_size``), ``train.image_size: auto`` becomes its number (recipe.data.sizes)."""
+def train_config(p: StageParams, split: Path | None = None) -> TrainConfig:
+    """The ``train`` section, validated, its ``batch_size: auto`` made a number (TrainConfig.batch_for):
+    with ``split`` (a stage that trains) from the count of split.csv's train images, without it (a
+    stage that only scores images) the rule's largest."""
     train = p.section("train", TrainConfig)
-    if split is not None and train.image_size == "auto":
+    images = None if split is None else train_images(split)
+    resolved = train.batch_for(images)
+    if train.batch_size == "auto" and images is not None:
+        print(f"train.batch_size auto: {resolved.batch_size} ({images} train images, "
+              f"{images / resolved.batch_size:.1f} batches an epoch)")
+    return resolved
+
+
+def common_config(p: StageParams, split: Path | None = None, *, image_size: bool = True) -> Common:
+    """The shared sections a model stage lists in dvc.yaml, validated (see recipe.train.learner.Common);
+    ``model`` and ``optim`` are None for a stage that does not list them. With ``split`` (the stages
+    that train), ``train.batch_size: auto`` becomes its number (train_config), and so does
+    ``train.image_size: auto`` unless ``image_size`` is False (finetune and resize train at their
+    checkpoint's size)."""
+    train = train_config(p, split)
+    if split is not None and image_size and train.image_size == "auto":
         side = median_side(split)
         size = train_size("auto", side, low=train.auto_size.min, high=train.auto_size.max)
         print(f"train.image_size auto: {size} px (the train images' median shorter side is {side:g} px)")

@@ -13,7 +13,7 @@ from stages._training import common_config, log_epoch, record_training
 def main(args):
     name = args.stage or "finetune"
     p, experiment = stage_config(name)
-    common = common_config(p)
+    common = common_config(p, args.split, image_size=False)  # at the checkpoint's size
     distributed.launch(common.train.nproc, "stages.finetune")  # train.nproc > 1: again, under torchrun
     cfg = p.section("finetune", FinetuneConfig)
     lr_find_cfg = p.section("lr_find", LrFindConfig)

@@ -13,7 +13,7 @@ from stages._training import common_config, log_epoch, record_training
 def main(args):
     name = args.stage or "resize"
     p, experiment = stage_config(name)
-    common = common_config(p)
+    common = common_config(p, args.split, image_size=False)  # at the checkpoint's size
     distributed.launch(common.train.nproc, "stages.resize")  # train.nproc > 1: again, under torchrun
     cfg = p.section("resize", ResizeConfig)
     # as deep as finetune went: its decision (finetune.unfreeze_to, or what auto decided) is in its metrics

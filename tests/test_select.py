@@ -12,7 +12,7 @@ from conftest import REPO, noise_image
 from recipe.core.config import load_section, read_params
 from recipe.core.errors import ConfigError
 from recipe.core.layout import TRAINING_STAGES
-from recipe.data.sizes import resize_size, train_size
+from recipe.data.sizes import resize_size, train_batch, train_size
 from recipe.decide import select as S
 from recipe.decide.schema import ScoringConfig, SelectConfig
 from recipe.train.learner import Common
@@ -227,6 +227,17 @@ def test_size_rule_from_the_data():
     assert resize_size(None, 1.5, from_size=128, side=300, high=224) == 192
 
 
+def test_batch_rule_from_the_data():
+    # conf/'s bounds: ELPV's 1,575 train images and the digits' 1,078 keep 32; the long-tailed digits' 407 get 8
+    rule = {"low": 8, "high": 32, "steps": 32}
+    assert train_batch("auto", 1575, **rule) == 32 and train_batch("auto", 1078, **rule) == 32
+    assert train_batch("auto", 407, **rule) == 8 and train_batch("auto", 600, **rule) == 16
+    assert train_batch("auto", 1024, **rule) == 32 and train_batch("auto", 1023, **rule) == 16  # 32 batches of 32
+    assert train_batch("auto", 20, **rule) == 8  # never under min, however few the images
+    assert train_batch(64, 20, **rule) == 64  # a number is taken as it is
+    assert train_batch("auto", 100, low=32, high=32, steps=24) == 32
+
+
 def test_sgdr_cycle_ends_are_the_snapshot_epochs():
     sgdr = {"name": "sgdr", "cycle_len": 1, "cycle_mult": 2, "eta_min": 0.0}
     assert cycle_ends(sgdr, 7) == [0, 2, 6] and cycle_ends(sgdr, 3) == [0, 2]
@@ -241,13 +252,19 @@ def test_train_size_auto_becomes_a_number_from_split_csv(tmp_path, capsys):
 
     params = read_params(REPO / "params.yaml")
     assert params["train"]["image_size"] == "auto"  # conf/'s default
-    rows = [{"path": f"{i}.png", "label": "ab"[i % 2], "split": "train", "group": i, "width": 300, "height": 240 + i}
-            for i in range(5)]
+    assert params["train"]["batch_size"] == "auto"
+    rows = [{"path": f"{i}.png", "label": "ab"[i % 2], "split": "train" if i < 3 else "valid", "group": i,
+             "width": 300, "height": 240 + i} for i in range(5)]
     pd.DataFrame(rows).to_csv(tmp_path / "split.csv", index=False)
     p = StageParams("train_head", ["seed", "train", "augment"], params)
     common = common_config(p, tmp_path / "split.csv")
-    assert common.train.image_size == 128 and "train.image_size auto: 128 px" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert common.train.image_size == 128 and "train.image_size auto: 128 px" in out
+    assert common.train.batch_size == 8 and "train.batch_size auto: 8 (3 train images, 0.4 batches an epoch)" in out
     assert common_config(p).train.image_size == "auto"  # stages that train at a checkpoint's size leave it
+    finetune = common_config(p, tmp_path / "split.csv", image_size=False).train  # trains at its checkpoint's size
+    assert (finetune.image_size, finetune.batch_size) == ("auto", 8)
+    assert common_config(p).train.batch_size == 32  # a stage that only scores: the rule's largest
     pd.DataFrame(rows).drop(columns=["width", "height"]).to_csv(tmp_path / "old.csv", index=False)
     with pytest.raises(Exception, match="no width/height columns"):
         common_config(p, tmp_path / "old.csv")

@@ -1,4 +1,5 @@
-"""Image sizes from the data: what ``train.image_size: auto`` and ``resize.image_size: auto`` become.
+"""Sizes from the data: what ``train.image_size: auto``, ``resize.image_size: auto`` and
+``train.batch_size: auto`` become.
 
 The rule (README, "Sizes from the data"), from the median shorter side ``s`` of the training
 images (split.csv's ``width`` and ``height``, written by the audit):
@@ -10,7 +11,12 @@ images (split.csv's ``width`` and ``height``, written by the audit):
   larger than the size the model was trained at, there is nothing to grow into and resize passes
   its input on untrained (ELPV: 224; digits: none, where 224 px would be a 28x upscale).
 
-The bounds are conf/ values (``train.auto_size``); this module only applies them.
+- ``train.batch_size``: the largest of ``train.auto_batch.max``, its half, its quarter, ... (not under
+  ``min``) that cuts the train split into at least ``steps`` batches an epoch. The schedules count
+  epochs, so a small set would otherwise get few updates (conf/: 32, 8 and 32; ELPV's 1,575 train
+  images and the digits' 1,078 get 32, the long-tailed digits' 407 get 8).
+
+The bounds are conf/ values (``train.auto_size``, ``train.auto_batch``); this module only applies them.
 """
 from __future__ import annotations
 
@@ -41,6 +47,22 @@ def train_size(value: int | str, side: float, *, low: int, high: int) -> int:
     if value != "auto":
         return int(value)
     return max(low, min(high, _floor32(side)))
+
+
+def train_images(split_csv: Path) -> int:
+    """How many images split.csv puts in train."""
+    table = pd.read_csv(split_csv, keep_default_na=False, usecols=["split"])
+    return int((table["split"] == "train").sum())
+
+
+def train_batch(value: int | str, images: int, *, low: int, high: int, steps: int) -> int:
+    """``train.batch_size``: the number itself, or for ``auto`` the rule above."""
+    if value != "auto":
+        return int(value)
+    size = high
+    while size // 2 >= low and images < steps * size:
+        size //= 2
+    return size
 
 
 def resize_size(value: int | str | None, factor: float | None, *, from_size: int, side: float,

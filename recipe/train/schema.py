@@ -17,6 +17,7 @@ from typing import Annotated, Literal, Union
 from pydantic import AfterValidator, Discriminator, Field, NonNegativeInt, PositiveInt, Tag, field_validator
 
 from recipe.core.schema import Fraction, PositiveFloat, Rate, Strict
+from recipe.data.sizes import train_batch
 
 
 class HeadConfig(Strict):
@@ -196,10 +197,18 @@ class AutoSize(Strict):
     resize_max: Annotated[int, Field(ge=16)]
 
 
+class AutoBatch(Strict):
+    """The bounds of the ``batch_size: auto`` rule (recipe.data.sizes)."""
+    min: PositiveInt
+    max: PositiveInt
+    steps: PositiveInt  # batches an epoch, at least, while the batch can still halve without going under min
+
+
 class TrainConfig(Strict):
     image_size: Annotated[int, Field(ge=16)] | Literal["auto"]
     auto_size: AutoSize
-    batch_size: PositiveInt
+    batch_size: PositiveInt | Literal["auto"]
+    auto_batch: AutoBatch
     device: Literal["auto", "cpu", "cuda", "mps"]
     amp: bool
     channels_last: bool
@@ -217,6 +226,17 @@ class TrainConfig(Strict):
     keep: Literal["best", "last"]
     dynamics_images: NonNegativeInt  # valid images whose p(true class) every epoch records; 0 = off
     nproc: PositiveInt  # processes for the training stages (DistributedDataParallel when > 1)
+
+    def batch_for(self, images: int | None = None) -> TrainConfig:
+        """This section with ``batch_size: auto`` made a number: for a stage that trains on ``images``
+        train images, recipe.data.sizes's rule; for one that only scores images (None),
+        ``auto_batch.max``."""
+        if self.batch_size != "auto":
+            return self
+        rule = self.auto_batch
+        size = rule.max if images is None else train_batch("auto", images, low=rule.min, high=rule.max,
+                                                           steps=rule.steps)
+        return self.model_copy(update={"batch_size": size})
 
 
 class OverfitConfig(Strict):
