@@ -8,14 +8,14 @@ from recipe.core.layout import EVALUATE, EXPORT
 from recipe.ship import export
 from recipe.ship.schema import ExportConfig
 from recipe.track import tracking
+from recipe.train.schema import TrainConfig
 from stages._common import log_numbers, run, stage_config, write_json
-from stages._training import train_config
 
 
 def main(args):
     p, experiment = stage_config("export")
     cfg = p.section("export", ExportConfig)
-    train = train_config(p)  # batch_size auto: the rule's largest; export only scores images
+    train = p.section("train", TrainConfig).batch_for()  # batch_size auto: the rule's largest; export only scores
     chosen = json.loads(args.evaluate.read_text())["test_chosen"]["accuracy"]
     with (args.evaluate.parent / EVALUATE.predictions).open(newline="", encoding="utf-8") as f:
         rows = csv.DictReader(f)  # evaluate's decisions and probabilities (the p_<class> columns, in class order)
