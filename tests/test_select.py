@@ -236,6 +236,8 @@ def test_batch_rule_from_the_data():
     assert train_batch("auto", 20, **rule) == 8  # never under min, however few the images
     assert train_batch(64, 20, **rule) == 64  # a number is taken as it is
     assert train_batch("auto", 100, low=32, high=32, steps=24) == 32
+    with pytest.raises(ValueError, match="at least min"):  # bounds the wrong way round are refused
+        TrainConfig.model_validate({**read_params(REPO / "params.yaml")["train"], "auto_batch": {"min": 64, "max": 32, "steps": 32}})
 
 
 def test_sgdr_cycle_ends_are_the_snapshot_epochs():
@@ -383,6 +385,29 @@ def test_the_logit_adjustment_finds_the_known_tau_and_the_criteria_weigh_classes
     assert S.choose(rows, config()) is rows[0] and S.choose(rows, config(criterion="accuracy")) is rows[0]
     assert S.choose(rows, config(criterion="balanced_accuracy")) is rows[1]
     assert S.choose(rows, config(criterion="macro_f1")) is rows[0]
+
+
+def test_balanced_log_loss_weighs_each_class_alike():
+    probs = np.array([[0.9, 0.1, 0.0], [0.6, 0.4, 0.0], [0.2, 0.8, 0.0]])
+    labels = np.array([0, 0, 1])  # class 2 absent: it does not count
+    by_class = [-(np.log(0.9) + np.log(0.6)) / 2, -np.log(0.8)]
+    f = S.valid_figures(probs, labels)
+    assert f["valid_balanced_log_loss"] == pytest.approx(np.mean(by_class))
+    assert f["valid_log_loss"] == pytest.approx(-(np.log(0.9) + np.log(0.6) + np.log(0.8)) / 3)
+    # several labels: each label's positives and negatives weigh alike, then the labels alike
+    p2 = np.array([[0.9, 0.2], [0.3, 0.6], [0.4, 0.1]])
+    y2 = np.array([[1, 0], [1, 1], [0, 0]])
+    label0 = (-(np.log(0.9) + np.log(0.3)) / 2 - np.log(0.6)) / 2
+    label1 = (-np.log(0.6) - (np.log(0.8) + np.log(0.9)) / 2) / 2
+    assert S.balanced_log_loss(p2, y2) == pytest.approx((label0 + label1) / 2)
+    # on a long tail judged with its classes alike, the adjustment that undoes the train priors wins
+    probs, labels, priors = _long_tail()
+    tau, by = S.pick_logit_adjust(probs, labels, np.log(priors), [0.0, 0.5, 1.0, 1.5, 2.0], "balanced_log_loss")
+    assert tau >= 1.0 and by[tau] < by[0.0] - 0.05
+    rows = [row("a", "none", 0.30, 0.90, 1.0), row("b", "none", 0.35, 0.85, 1.0)]
+    rows[0].update(valid_balanced_log_loss=0.50)
+    rows[1].update(valid_balanced_log_loss=0.40)
+    assert S.choose(rows, config(criterion="balanced_log_loss")) is rows[1]
 
 
 def test_an_adjusted_bundle_predicts_the_adjusted_probabilities(tmp_path):

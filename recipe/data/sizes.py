@@ -1,8 +1,9 @@
 """Sizes from the data: what ``train.image_size: auto``, ``resize.image_size: auto`` and
 ``train.batch_size: auto`` become.
 
-The rule (README, "Sizes from the data"), from the median shorter side ``s`` of the training
-images (split.csv's ``width`` and ``height``, written by the audit):
+The rules (README, "Sizes from the data"): the image sizes from the median shorter side ``s`` of
+the training images (split.csv's ``width`` and ``height``, written by the audit), the batch from
+the number of training images:
 
 - ``train.image_size``: ``s`` rounded down to a multiple of 32, kept within ``train.auto_size``'s
   [min, max] (conf/: 128 and 128; ELPV's 300 px cells and 8 px digits both get 128, the best

@@ -42,7 +42,7 @@ class LogModelConfig(Strict):
 
 
 class SelectConfig(Strict):
-    criterion: Literal["log_loss", "accuracy", "balanced_accuracy", "macro_f1", "macro_ap"]  # on the valid split
+    criterion: Literal["log_loss", "balanced_log_loss", "accuracy", "balanced_accuracy", "macro_f1", "macro_ap"]  # on the valid split
     tolerance: Annotated[float, Field(ge=0)]  # within this of the best counts as a tie; ties go to the cheaper
     candidate: str  # auto | a candidate's name (pins the choice)
     views: str  # auto | a view set's name (pins the TTA choice)

@@ -20,8 +20,9 @@ Contract:
   recipe/decide/cv.py, averaged when shipped, but scored on valid out of fold (each valid image by the
   one member that never saw it), since every other member trained on it or chose by it: a
   conservative figure for the ensemble, on the same images as every other candidate.
-- **The choice** (:func:`choose`): the best by ``select.criterion`` (log loss, accuracy,
-  balanced accuracy or macro F1: the last two weigh every class alike); candidates within
+- **The choice** (:func:`choose`): the best by ``select.criterion`` (log loss, balanced log loss,
+  accuracy, balanced accuracy or macro F1: the second and the last two weigh every class alike;
+  several labels: macro average precision too); candidates within
   ``select.tolerance`` of it tie, and a tie goes to the cheaper (then the one with fewer members,
   then the earlier in the table). ``select.candidate`` / ``select.views`` pin either part.
 - **The logit adjustment** (:func:`pick_logit_adjust`, Menon et al. 2021): the chosen model's
@@ -356,14 +357,37 @@ def valid_figures(probs: np.ndarray, labels: np.ndarray) -> dict:
         recalls = [v["recall"] for v in m["per_class"].values() if v["support"]]
         return {"valid_log_loss": m["log_loss"], "valid_accuracy": m["accuracy"],
                 "valid_balanced_accuracy": m["balanced_accuracy"], "valid_macro_f1": m["macro_f1"],
-                "valid_worst_recall": float(min(recalls)) if recalls else 0.0, "valid_macro_ap": m["macro_ap"]}
+                "valid_worst_recall": float(min(recalls)) if recalls else 0.0, "valid_macro_ap": m["macro_ap"],
+                "valid_balanced_log_loss": balanced_log_loss(probs, labels)}
     p = np.clip(probs[np.arange(len(labels)), labels], 1e-15, 1.0)
     pred = probs.argmax(1)
     recall, f1 = per_class(pred, labels, probs.shape[1])
     present = np.bincount(labels, minlength=probs.shape[1]) > 0
     return {"valid_log_loss": float(-np.log(p).mean()), "valid_accuracy": float((pred == labels).mean()),
             "valid_balanced_accuracy": float(recall[present].mean()), "valid_macro_f1": float(f1[present].mean()),
-            "valid_worst_recall": float(recall[present].min())}
+            "valid_worst_recall": float(recall[present].min()),
+            "valid_balanced_log_loss": balanced_log_loss(probs, labels)}
+
+
+def balanced_log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Each class's mean log loss, averaged over the classes present in ``labels``: the log loss a
+    split with every class alike would give (a long tail's rare classes weigh as much as its
+    common ones). Several labels per image (``labels`` ``(N, L)``): each label's binary log loss
+    with its positives and its negatives weighed alike, averaged over the labels."""
+    if labels.ndim == 2:
+        q = np.clip(probs, 1e-15, 1 - 1e-15)
+        per_label = []
+        for k in range(labels.shape[1]):
+            pos = labels[:, k] >= 0.5
+            sides = [-np.log(q[pos, k]).mean() if pos.any() else None,
+                     -np.log(1 - q[~pos, k]).mean() if (~pos).any() else None]
+            per_label.append(np.mean([v for v in sides if v is not None]))
+        return float(np.mean(per_label))
+    nll = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-15, 1.0))
+    counts = np.bincount(labels, minlength=probs.shape[1])
+    sums = np.bincount(labels, weights=nll, minlength=probs.shape[1])
+    present = counts > 0
+    return float((sums[present] / counts[present]).mean())
 
 
 def per_class(pred: np.ndarray, labels: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -376,7 +400,8 @@ def per_class(pred: np.ndarray, labels: np.ndarray, classes: int) -> tuple[np.nd
     return recall, f1
 
 
-CRITERIA = {"log_loss": -1, "accuracy": 1, "balanced_accuracy": 1, "macro_f1": 1, "macro_ap": 1}  # +1: higher is better
+CRITERIA = {"log_loss": -1, "balanced_log_loss": -1, "accuracy": 1, "balanced_accuracy": 1,  # +1: higher is better
+            "macro_f1": 1, "macro_ap": 1}
 
 
 def better_first(rows: list[dict], criterion: str) -> list[dict]:

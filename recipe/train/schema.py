@@ -190,11 +190,20 @@ class AugmentConfig(Strict):
     noise: Annotated[float, Field(ge=0)]
 
 
+def _not_under_min(v: int, info) -> int:
+    """A bound ``max`` that is not under its ``min`` (else the rule would silently return ``max``)."""
+    if "min" in info.data and v < info.data["min"]:
+        raise ValueError(f"must be at least min ({info.data['min']})")
+    return v
+
+
 class AutoSize(Strict):
     """The bounds of the ``size: auto`` rule (recipe.data.sizes)."""
     min: Annotated[int, Field(ge=16)]
     max: Annotated[int, Field(ge=16)]
     resize_max: Annotated[int, Field(ge=16)]
+
+    _max = field_validator("max")(_not_under_min)
 
 
 class AutoBatch(Strict):
@@ -202,6 +211,8 @@ class AutoBatch(Strict):
     min: PositiveInt
     max: PositiveInt
     steps: PositiveInt  # batches an epoch, at least, while the batch can still halve without going under min
+
+    _max = field_validator("max")(_not_under_min)
 
 
 class TrainConfig(Strict):
