@@ -238,6 +238,9 @@ def test_batch_rule_from_the_data():
     assert train_batch("auto", 100, low=32, high=32, steps=24) == 32
     with pytest.raises(ValueError, match="at least min"):  # bounds the wrong way round are refused
         TrainConfig.model_validate({**read_params(REPO / "params.yaml")["train"], "auto_batch": {"min": 64, "max": 32, "steps": 32}})
+    with pytest.raises(ValueError, match="at least min"):  # the image size's bounds too
+        TrainConfig.model_validate({**read_params(REPO / "params.yaml")["train"],
+                                    "auto_size": {"min": 256, "max": 128, "resize_max": 224}})
 
 
 def test_sgdr_cycle_ends_are_the_snapshot_epochs():
