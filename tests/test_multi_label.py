@@ -346,8 +346,9 @@ def test_label_thresholds_find_known_answers_on_hand_made_probabilities():
 
 def test_multi_label_metrics_match_scikit_learn():
     from sklearn.metrics import average_precision_score, f1_score, hamming_loss, log_loss
+    from sklearn.utils.class_weight import compute_sample_weight
 
-    from recipe.core.metrics import multi_label_metrics
+    from recipe.core.metrics import balanced_binary_log_loss, multi_label_metrics
 
     rng = np.random.default_rng(1)
     y = (rng.random((50, 4)) < 0.4).astype(int)
@@ -361,6 +362,12 @@ def test_multi_label_metrics_match_scikit_learn():
     assert m["macro_ap"] == pytest.approx(average_precision_score(y, p, average="macro"))
     assert m["micro_ap"] == pytest.approx(average_precision_score(y, p, average="micro"))
     assert m["log_loss"] == pytest.approx(np.mean([log_loss(y[:, k], p[:, k], labels=[0, 1]) for k in range(4)]))
+    # each label's positives and negatives weighed alike (scikit-learn's "balanced" sample weights)
+    balanced = [log_loss(y[:, k], p[:, k], labels=[0, 1], sample_weight=compute_sample_weight("balanced", y[:, k]))
+                for k in range(4)]
+    assert m["balanced_log_loss"] == pytest.approx(np.mean(balanced))
+    # a soft label of exactly 0.5 is a "no", as the counts of every other figure have it
+    assert balanced_binary_log_loss(p, np.where(y == 0, 0.5, y)) == pytest.approx(m["balanced_log_loss"])
     assert m["per_class"]["b"]["support"] == int(y[:, 1].sum())
 
 

@@ -111,6 +111,20 @@ def binary_log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean())
 
 
+def balanced_binary_log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Several labels per image: each label's binary log loss with its positives (``labels > 0.5``,
+    as :func:`label_counts` decides) and its negatives weighed alike, averaged over the labels."""
+    q = np.clip(np.asarray(probs, dtype=np.float64), 1e-15, 1 - 1e-15)
+    y = np.asarray(labels) > 0.5
+    per_label = []
+    for k in range(y.shape[1]):
+        pos = y[:, k]
+        sides = [-np.log(q[pos, k]).mean() if pos.any() else None,
+                 -np.log(1 - q[~pos, k]).mean() if (~pos).any() else None]
+        per_label.append(np.mean([v for v in sides if v is not None]))
+    return float(np.mean(per_label))
+
+
 def label_counts(pred: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per label: true positives, false positives, false negatives, true negatives (``(N, L)`` 0/1)."""
     pred, y = np.asarray(pred, bool), np.asarray(labels) > 0.5
@@ -144,6 +158,7 @@ def multi_label_metrics(probs: np.ndarray, labels: np.ndarray, classes: list[str
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
         "balanced_accuracy": float(recall[present].mean()) if present.any() else 0.0,  # mean recall over labels
         "log_loss": binary_log_loss(probs, y),
+        "balanced_log_loss": balanced_binary_log_loss(probs, y),
         "macro_ap": float(np.nanmean(ap)) if present.any() else 0.0,
         "micro_ap": float(average_precision_score(y.ravel(), probs.ravel())) if y.any() else 0.0,
         "per_class": {name: {"precision": float(precision[k]), "recall": float(recall[k]), "f1": float(f1[k]),

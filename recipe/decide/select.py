@@ -46,7 +46,7 @@ import torch
 
 from recipe.core.errors import ConfigError, DataError
 from recipe.core.layout import RAW, TRAINING, TRAINING_STAGES
-from recipe.core.metrics import confusion, multi_label_metrics
+from recipe.core.metrics import balanced_binary_log_loss, confusion, multi_label_metrics
 from recipe.data.loader import ImageSet, load_split
 from recipe.data.split import LABELS, class_names, read_split
 from recipe.decide.engine import runner
@@ -347,47 +347,50 @@ def combine(scores: Scores, cand: Candidate, size: int, views: Views) -> np.ndar
 
 
 def valid_figures(probs: np.ndarray, labels: np.ndarray) -> dict:
-    """Log loss, accuracy, balanced accuracy, macro F1 and the lowest recall of any class (argmax
-    decisions) on these probabilities; the classes absent from ``labels`` do not count. Several
-    labels per image (``labels`` ``(N, L)``): the mean binary log loss, the yes/no answers at 0.5
-    (accuracy over every image and label, mean recall over labels, macro F1, the lowest label's
-    recall) and the macro average precision."""
+    """Log loss, balanced log loss, accuracy, balanced accuracy, macro F1 and the lowest recall of
+    any class (argmax decisions) on these probabilities; the classes absent from ``labels`` do not
+    count. Several labels per image (``labels`` ``(N, L)``): the mean binary log loss, its balanced
+    form, the yes/no answers at 0.5 (accuracy over every image and label, mean recall over labels,
+    macro F1, the lowest label's recall) and the macro average precision."""
     if labels.ndim == 2:
         m = multi_label_metrics(probs, labels, [str(k) for k in range(labels.shape[1])], 0.5)
         recalls = [v["recall"] for v in m["per_class"].values() if v["support"]]
         return {"valid_log_loss": m["log_loss"], "valid_accuracy": m["accuracy"],
                 "valid_balanced_accuracy": m["balanced_accuracy"], "valid_macro_f1": m["macro_f1"],
                 "valid_worst_recall": float(min(recalls)) if recalls else 0.0, "valid_macro_ap": m["macro_ap"],
-                "valid_balanced_log_loss": balanced_log_loss(probs, labels)}
-    p = np.clip(probs[np.arange(len(labels)), labels], 1e-15, 1.0)
+                "valid_balanced_log_loss": m["balanced_log_loss"]}
+    nll = _nll(probs, labels)
     pred = probs.argmax(1)
     recall, f1 = per_class(pred, labels, probs.shape[1])
     present = np.bincount(labels, minlength=probs.shape[1]) > 0
-    return {"valid_log_loss": float(-np.log(p).mean()), "valid_accuracy": float((pred == labels).mean()),
+    return {"valid_log_loss": float(nll.mean()), "valid_accuracy": float((pred == labels).mean()),
             "valid_balanced_accuracy": float(recall[present].mean()), "valid_macro_f1": float(f1[present].mean()),
             "valid_worst_recall": float(recall[present].min()),
-            "valid_balanced_log_loss": balanced_log_loss(probs, labels)}
+            "valid_balanced_log_loss": _per_class_mean(nll, labels, probs.shape[1])}
+
+
+def _nll(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each image's negative log probability of its class."""
+    return -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-15, 1.0))
+
+
+def _per_class_mean(nll: np.ndarray, labels: np.ndarray, classes: int) -> float:
+    """Each class's mean of ``nll``, averaged over the classes present in ``labels``."""
+    counts = np.bincount(labels, minlength=classes)
+    sums = np.bincount(labels, weights=nll, minlength=classes)
+    present = counts > 0
+    return float((sums[present] / counts[present]).mean())
 
 
 def balanced_log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
     """Each class's mean log loss, averaged over the classes present in ``labels``: the log loss a
     split with every class alike would give (a long tail's rare classes weigh as much as its
     common ones). Several labels per image (``labels`` ``(N, L)``): each label's binary log loss
-    with its positives and its negatives weighed alike, averaged over the labels."""
+    with its positives and its negatives weighed alike, averaged over the labels
+    (:func:`recipe.core.metrics.balanced_binary_log_loss`)."""
     if labels.ndim == 2:
-        q = np.clip(probs, 1e-15, 1 - 1e-15)
-        per_label = []
-        for k in range(labels.shape[1]):
-            pos = labels[:, k] >= 0.5
-            sides = [-np.log(q[pos, k]).mean() if pos.any() else None,
-                     -np.log(1 - q[~pos, k]).mean() if (~pos).any() else None]
-            per_label.append(np.mean([v for v in sides if v is not None]))
-        return float(np.mean(per_label))
-    nll = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-15, 1.0))
-    counts = np.bincount(labels, minlength=probs.shape[1])
-    sums = np.bincount(labels, weights=nll, minlength=probs.shape[1])
-    present = counts > 0
-    return float((sums[present] / counts[present]).mean())
+        return balanced_binary_log_loss(probs, labels)
+    return _per_class_mean(_nll(probs, labels), labels, probs.shape[1])
 
 
 def per_class(pred: np.ndarray, labels: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:
