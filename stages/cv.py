@@ -66,17 +66,23 @@ def main(args):
             "time_s": round(time.perf_counter() - t0, 1),
         }
         write_json(args.metrics, metrics)
-        log_numbers({k: metrics[k] for k in ("accuracy", "accuracy_std", "log_loss", "log_loss_std", "pooled")}, "cv")
+        log_numbers({k: metrics[k] for k in ("accuracy", "accuracy_std", "balanced_accuracy", "balanced_accuracy_std",
+                                              "log_loss", "log_loss_std", "pooled")}, "cv")
         log_numbers({k: v for k, v in metrics["label_issues"].items() if not isinstance(v, dict)}, "label_issues")
         for name in (CV.oof, CV.label_issues, CV.split):
             tracking.log_artifact(out / name)
         tracking.log_artifact(args.metrics)
         tracking.log_artifact(out / CV.label_issues_plot, "plots")
     print(f"cv: {cfg.folds} folds: accuracy {100 * figures['accuracy']:.2f}% ± {100 * figures['accuracy_std']:.2f} "
-          f"(pooled {100 * figures['pooled']['accuracy']:.2f}%), log loss {figures['log_loss']:.4f} ± "
+          f"(pooled {100 * figures['pooled']['accuracy']:.2f}%; balanced, pooled "
+          f"{100 * figures['pooled']['balanced_accuracy']:.2f}%), log loss {figures['log_loss']:.4f} ± "
           f"{figures['log_loss_std']:.4f}; {len(issues)} label suspects; policy {cfg.policy}"
           + (f": {metrics['policy']['dropped'] + metrics['policy']['relabelled']} train images changed"
              if cfg.policy != "report" else ""))
+    recall = figures["pooled"]["per_class"]
+    worst = sorted(recall, key=lambda c: recall[c]["recall"])[:5]
+    print("cv: recall out of fold, lowest first: " + ", ".join(
+        f"{c} {100 * recall[c]['recall']:.1f}% of {recall[c]['support']}" for c in worst))
 
 
 def _off(args, cfg, table, classes) -> None:

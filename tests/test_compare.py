@@ -253,3 +253,15 @@ def test_the_earlier_three_seed_figures_from_runs_alone():
     summarize(group, **STATS)
     assert round(100 * group.summary["test_accuracy"]["mean"], 2) == 86.36
     assert round(100 * group.summary["test_accuracy_chosen"]["mean"], 2) == 86.72
+
+
+def test_a_runs_cross_validated_figures_include_the_pooled_balanced_accuracy():
+    from recipe.compare.runs import TIMED, figures
+
+    metrics = {**{s: {"time_s": 6.0} for s in TIMED}, "evaluate": {"test": {"accuracy": 0.9}},
+               "select": {"chosen": {"valid_log_loss": 0.1}}, "cv": {"folds": 5, "accuracy": 0.97, "accuracy_std": 0.01,
+                      "pooled": {"accuracy": 0.97, "balanced_accuracy": 0.93}}}
+    out = figures(metrics, None)
+    assert (out["cv_accuracy"], out["cv_balanced_accuracy"]) == (0.97, 0.93)
+    metrics["cv"] = {"folds": 0}
+    assert "cv_balanced_accuracy" not in figures(metrics, None)

@@ -151,6 +151,28 @@ def test_cv_figures_are_the_mean_and_spread_over_folds():
     assert f["pooled"]["accuracy"] == pytest.approx(4 / 6)
 
 
+def test_cv_figures_give_balanced_accuracy_and_each_class_recall_out_of_fold():
+    from sklearn.metrics import balanced_accuracy_score, recall_score
+
+    rng = np.random.default_rng(0)
+    labels = np.array([0] * 30 + [1] * 8 + [2] * 4)  # a long tail
+    probs = rng.dirichlet(np.ones(3), len(labels)) + 0.8 * np.eye(3)[labels] * (rng.random(len(labels)) < 0.6)[:, None]
+    probs /= probs.sum(1, keepdims=True)
+    classes = ["a", "b", "c"]
+    oof = pd.DataFrame({"path": [f"{i}.png" for i in range(len(labels))], "label": [classes[k] for k in labels],
+                        "fold": np.arange(len(labels)) % 3, **{f"p_{c}": probs[:, k] for k, c in enumerate(classes)}})
+    f = cv.cv_figures(oof, classes)
+    pred = probs.argmax(1)
+    assert f["pooled"]["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, pred))
+    assert f["pooled"]["balanced_accuracy"] != pytest.approx(f["pooled"]["accuracy"])
+    recall = recall_score(labels, pred, average=None)
+    assert [f["pooled"]["per_class"][c]["recall"] for c in classes] == pytest.approx(recall)
+    assert [f["pooled"]["per_class"][c]["support"] for c in classes] == [30, 8, 4]
+    by_fold = [balanced_accuracy_score(labels[oof["fold"] == k], pred[oof["fold"] == k]) for k in range(3)]
+    assert f["balanced_accuracy"] == pytest.approx(np.mean(by_fold))
+    assert f["balanced_accuracy_std"] == pytest.approx(np.std(by_fold, ddof=1))
+
+
 class Fixed(torch.nn.Module):
     def __init__(self, bias):
         super().__init__()

@@ -402,7 +402,7 @@ def test_balanced_log_loss_weighs_each_class_alike():
     y2 = np.array([[1, 0], [1, 1], [0, 0]])
     label0 = (-(np.log(0.9) + np.log(0.3)) / 2 - np.log(0.6)) / 2
     label1 = (-np.log(0.6) - (np.log(0.8) + np.log(0.9)) / 2) / 2
-    assert S.balanced_log_loss(p2, y2) == pytest.approx((label0 + label1) / 2)
+    assert S.valid_figures(p2, y2)["valid_balanced_log_loss"] == pytest.approx((label0 + label1) / 2)
     # on a long tail judged with its classes alike, the adjustment that undoes the train priors wins
     probs, labels, priors = _long_tail()
     tau, by = S.pick_logit_adjust(probs, labels, np.log(priors), [0.0, 0.5, 1.0, 1.5, 2.0], "balanced_log_loss")

@@ -21,7 +21,7 @@ from recipe.compare.stats import PREDICTED, Images, class_list, interval, paired
 TEST_FIGURES = tuple(PREDICTED)  # one run: an interval from its test images
 OTHER_FIGURES = ("test_log_loss", "test_log_loss_chosen", "valid_accuracy", "valid_accuracy_chosen",
                  "valid_balanced_accuracy_chosen", "valid_log_loss", "valid_log_loss_chosen", "minutes",
-                 "cv_accuracy")  # no per-image record: an interval with two runs or more only
+                 "cv_accuracy", "cv_balanced_accuracy")  # no per-image record: an interval with two runs or more only
 SEED_KEYS = ("seed", "split.seed")  # a run's seeds: the same setting with other seeds is another sample
 PAIRED_FIGURES = ("test_accuracy", "test_accuracy_chosen")
 

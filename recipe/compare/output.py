@@ -22,7 +22,8 @@ from recipe.compare.runs import Run  # noqa: E402
 COLUMNS = [("test_accuracy", "test plain"), ("test_accuracy_chosen", "test as chosen"),
            ("test_balanced_accuracy_chosen", "test balanced (chosen)"), ("test_log_loss_chosen", "test log loss (chosen)"),
            ("valid_accuracy_chosen", "valid as chosen"), ("valid_log_loss_chosen", "valid log loss (chosen)"),
-           ("minutes", "stage minutes"), ("cv_accuracy", "cv accuracy (out of fold)")]
+           ("minutes", "stage minutes"), ("cv_accuracy", "cv accuracy (out of fold)"),
+           ("cv_balanced_accuracy", "cv balanced (pooled out of fold)")]
 
 
 def fmt(figure: str, value: float) -> str:

@@ -189,6 +189,8 @@ def figures(metrics: dict[str, dict], candidates: pd.DataFrame | None) -> dict[s
     cv = metrics.get("cv", {})
     if cv.get("folds", 0):
         out["cv_accuracy"], out["cv_accuracy_std"] = float(cv["accuracy"]), float(cv["accuracy_std"])
+        if "balanced_accuracy" in cv.get("pooled", {}):  # every rare image of train + valid counted once
+            out["cv_balanced_accuracy"] = float(cv["pooled"]["balanced_accuracy"])
     return out
 
 

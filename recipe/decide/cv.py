@@ -6,8 +6,9 @@ Contract:
   loads no torch).
 - **Out-of-fold predictions** (:func:`oof_predictions`): each fold's model (the last stage of
   ``cv.stages``) on its held-out fold, plainly (no TTA, argmax): one row per train and valid image.
-- **Figures** (:func:`cv_figures`): accuracy and log loss per fold, their mean and spread (the
-  standard deviation over folds), and the pooled out-of-fold figures.
+- **Figures** (:func:`cv_figures`): accuracy, balanced accuracy and log loss per fold, their mean
+  and spread (the standard deviation over folds), and the pooled out-of-fold figures with each
+  class's recall.
 - **Label issues** (:func:`label_issues`): confident learning (cleanlab) on the out-of-fold
   probabilities: the flagged images ranked by label quality (self-confidence), worst first.
 - **The policy** (:func:`apply_policy`): the split the final fit trains on. ``report`` leaves it
@@ -34,36 +35,51 @@ from recipe.data.split import LABELS, TARGET_PREFIX
 from recipe.decide.labels import hot, joined
 
 
-def fold_figures(labels: np.ndarray, probs: np.ndarray) -> dict:
-    if labels.ndim == 2:  # several labels per image: right yes/no answers at 0.5, binary log loss, macro AP
+def fold_figures(labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:
+    """Accuracy, balanced accuracy (the mean recall over the classes present), log loss and each
+    class's recall and support, argmax-decided; several labels per image: right yes/no answers at 0.5,
+    the mean recall over the labels present, binary log loss, macro AP, each label's recall."""
+    if labels.ndim == 2:
         from recipe.core.metrics import binary_log_loss, multi_label_metrics
 
-        m = multi_label_metrics(probs, labels, [str(k) for k in range(labels.shape[1])], 0.5)
-        return {"images": int(len(labels)), "accuracy": m["accuracy"], "log_loss": binary_log_loss(probs, labels),
-                "macro_ap": m["macro_ap"]}
-    p = np.clip(probs[np.arange(len(labels)), labels], 1e-15, 1.0)
-    return {"images": int(len(labels)), "accuracy": float((probs.argmax(1) == labels).mean()),
-            "log_loss": float(-np.log(p).mean())}
+        m = multi_label_metrics(probs, labels, classes, 0.5)
+        out = {"images": int(len(labels)), "accuracy": m["accuracy"], "balanced_accuracy": m["balanced_accuracy"],
+               "log_loss": binary_log_loss(probs, labels), "macro_ap": m["macro_ap"]}
+        recall = {c: (v["recall"], v["support"]) for c, v in m["per_class"].items()}
+    else:
+        from sklearn.metrics import confusion_matrix
+
+        m = confusion_matrix(labels, probs.argmax(1), labels=np.arange(len(classes)))
+        support = m.sum(1)
+        r = np.divide(np.diag(m), support, out=np.zeros(len(classes)), where=support > 0)
+        p = np.clip(probs[np.arange(len(labels)), labels], 1e-15, 1.0)
+        out = {"images": int(len(labels)), "accuracy": float((probs.argmax(1) == labels).mean()),
+               "balanced_accuracy": float(r[support > 0].mean()), "log_loss": float(-np.log(p).mean())}
+        recall = {c: (float(r[k]), int(support[k])) for k, c in enumerate(classes)}
+    out["per_class"] = {c: {"recall": v, "support": n} for c, (v, n) in recall.items()}
+    return out
 
 
 def cv_figures(oof: pd.DataFrame, classes: list[str], multi_label: bool = False) -> dict:
-    """Per fold, mean and spread (standard deviation over folds, ddof=1), and pooled."""
+    """Per fold, mean and spread (standard deviation over folds, ddof=1), and pooled. On a long tail
+    the pooled balanced accuracy and recall per class count every rare image of train + valid once."""
     probs = oof[[f"p_{c}" for c in classes]].to_numpy(float)
     labels = _labels(oof, classes, multi_label)
     per = {}
     for f in sorted(oof["fold"].unique()):
         m = (oof["fold"] == f).to_numpy()
-        per[str(int(f))] = fold_figures(labels[m], probs[m])
-    acc = np.array([v["accuracy"] for v in per.values()])
-    loss = np.array([v["log_loss"] for v in per.values()])
+        per[str(int(f))] = {k: v for k, v in fold_figures(labels[m], probs[m], classes).items() if k != "per_class"}
 
     def spread(a: np.ndarray) -> float:
         return float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
-    return {"folds": len(per), "accuracy": float(acc.mean()), "accuracy_std": spread(acc),
-            "accuracy_min": float(acc.min()), "accuracy_max": float(acc.max()),
-            "log_loss": float(loss.mean()), "log_loss_std": spread(loss),
-            "pooled": fold_figures(labels, probs), "per_fold": per}
+    out = {"folds": len(per)}
+    for name in ("accuracy", "balanced_accuracy", "log_loss"):
+        a = np.array([v[name] for v in per.values()])
+        out |= {name: float(a.mean()), f"{name}_std": spread(a)}
+        if name == "accuracy":
+            out |= {"accuracy_min": float(a.min()), "accuracy_max": float(a.max())}
+    return out | {"pooled": fold_figures(labels, probs, classes), "per_fold": per}
 
 
 def _labels(oof: pd.DataFrame, classes: list[str], multi_label: bool) -> np.ndarray:

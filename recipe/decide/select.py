@@ -46,7 +46,7 @@ import torch
 
 from recipe.core.errors import ConfigError, DataError
 from recipe.core.layout import RAW, TRAINING, TRAINING_STAGES
-from recipe.core.metrics import balanced_binary_log_loss, confusion, multi_label_metrics
+from recipe.core.metrics import confusion, multi_label_metrics
 from recipe.data.loader import ImageSet, load_split
 from recipe.data.split import LABELS, class_names, read_split
 from recipe.decide.engine import runner
@@ -380,17 +380,6 @@ def _per_class_mean(nll: np.ndarray, labels: np.ndarray, classes: int) -> float:
     sums = np.bincount(labels, weights=nll, minlength=classes)
     present = counts > 0
     return float((sums[present] / counts[present]).mean())
-
-
-def balanced_log_loss(probs: np.ndarray, labels: np.ndarray) -> float:
-    """Each class's mean log loss, averaged over the classes present in ``labels``: the log loss a
-    split with every class alike would give (a long tail's rare classes weigh as much as its
-    common ones). Several labels per image (``labels`` ``(N, L)``): each label's binary log loss
-    with its positives and its negatives weighed alike, averaged over the labels
-    (:func:`recipe.core.metrics.balanced_binary_log_loss`)."""
-    if labels.ndim == 2:
-        return balanced_binary_log_loss(probs, labels)
-    return _per_class_mean(_nll(probs, labels), labels, probs.shape[1])
 
 
 def per_class(pred: np.ndarray, labels: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -89,9 +89,16 @@ def _cv_section(cv: Path) -> str:
            f"<code>{html.escape(m['stages'])}</code> on the other folds, with its own valid split: accuracy "
            f"<b>{_pct(m['accuracy'])} ± {100 * m['accuracy_std']:.2f}</b> (standard deviation over folds; "
            f"{_pct(m['accuracy_min'])} – {_pct(m['accuracy_max'])}), log loss {m['log_loss']:.4f} ± {m['log_loss_std']:.4f}; "
-           f"pooled out-of-fold accuracy {_pct(m['pooled']['accuracy'])}.</p>"
-           + _table(["fold", "held-out images", "accuracy", "log loss"],
-                    [[f, v["images"], _pct(v["accuracy"]), v["log_loss"]] for f, v in per.items()])
+           f"pooled out-of-fold accuracy {_pct(m['pooled']['accuracy'])}, balanced accuracy "
+           f"<b>{_pct(m['pooled']['balanced_accuracy'])}</b> (the mean of each class's recall over every "
+           f"image of train + valid).</p>"
+           + _table(["fold", "held-out images", "accuracy", "balanced accuracy", "log loss"],
+                    [[f, v["images"], _pct(v["accuracy"]), _pct(v["balanced_accuracy"]), v["log_loss"]]
+                     for f, v in per.items()])
+           + "<p>Recall out of fold, lowest first:</p>"
+           + _table(["class", "images", "recall"],
+                    [[c, v["support"], _pct(v["recall"])]
+                     for c, v in sorted(m["pooled"]["per_class"].items(), key=lambda kv: kv[1]["recall"])])
            + f"<p>Confident learning (cleanlab) on the out-of-fold probabilities flags <b>{li['suspects']}</b> "
              f"images ({100 * li['share']:.1f}%) as probable label errors; policy <code>{html.escape(pol['name'])}</code>"
            + (f": {pol['dropped']} dropped and {pol['relabelled']} relabelled among the train images" if pol["name"] != "report" else
