@@ -47,9 +47,9 @@ def fold_figures(labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> d
                "log_loss": binary_log_loss(probs, labels), "macro_ap": m["macro_ap"]}
         recall = {c: (v["recall"], v["support"]) for c, v in m["per_class"].items()}
     else:
-        from sklearn.metrics import confusion_matrix
+        from recipe.core.metrics import confusion
 
-        m = confusion_matrix(labels, probs.argmax(1), labels=np.arange(len(classes)))
+        m = confusion(labels, probs.argmax(1), len(classes))
         support = m.sum(1)
         r = np.divide(np.diag(m), support, out=np.zeros(len(classes)), where=support > 0)
         p = np.clip(probs[np.arange(len(labels)), labels], 1e-15, 1.0)
